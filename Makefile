@@ -1,0 +1,35 @@
+# The two commands a user needs are `make demo` and `make test`; see README.md.
+SHELL := /bin/bash
+PYTEST_ARGS ?=
+
+.PHONY: test test-unit lint demo demo-down bench soak clean
+
+test:  ## install what the tests need, then run every test
+	scripts/setup.sh test
+	.venv/bin/ruff check agent tests bench
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-unit:
+	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check agent tests bench
+	.venv/bin/mypy
+
+demo:  ## a working gateway in front of real services on a single-node swarm
+	scripts/setup.sh demo
+	scripts/demo.sh up
+
+demo-down:
+	scripts/demo.sh down
+
+bench:
+	scripts/setup.sh bench
+	.venv/bin/python -m bench
+
+soak:
+	scripts/setup.sh test
+	.venv/bin/python -m pytest tests/soak -m soak $(PYTEST_ARGS)
+
+clean:
+	rm -rf .venv build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

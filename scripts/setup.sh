@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepare a machine for the tests, the demo or the benchmarks.
+#
+#   scripts/setup.sh test    Debian packages the tests start (as root), .venv with the test extras
+#   scripts/setup.sh demo    Debian packages for a single-node swarm demo, .venv
+#   scripts/setup.sh bench   test packages plus wrk, haproxy, caddy; .venv with the bench extras
+#
+# Installs only what is missing; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-test}
+base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
+swarm_pkgs=(docker.io debootstrap busybox-static)
+case "$what" in
+  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus); extras=test ;;
+  demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
+  bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus); extras=test,bench ;;
+  *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]}"
+    # no init system here: keep package scripts from starting the daemons they ship
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  else
+    echo "setup: missing Debian packages ${missing[*]} (run as root to install them)" >&2
+  fi
+fi
+
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[$extras]"

@@ -1,0 +1,72 @@
+"""Helpers every test tier shares: prerequisites, free ports, waiting for a condition.
+
+A test whose prerequisites are missing skips on a developer's machine and FAILS under CI=true:
+CI installs everything, so a missing program there is a defect, not a reason to pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() == "true"
+
+T = TypeVar("T")
+
+
+def missing(reason: str) -> None:
+    """Skip outside CI, fail inside it."""
+    if CI:
+        pytest.fail(f"prerequisite missing under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_programs(*names: str) -> dict[str, str]:
+    """Return {name: path} for each program, or skip/fail when one is not installed."""
+    found: dict[str, str] = {}
+    for name in names:
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+        if path is None:
+            missing(f"{name} is not installed (scripts/setup.sh test installs it)")
+        else:
+            found[name] = path
+    return found
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        missing("needs root (network namespaces, dockerd)")
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+) -> T:
+    """Call `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as exc:  # the probe's own failure is what we report on timeout
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+        time.sleep(interval)
