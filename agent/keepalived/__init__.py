@@ -1,0 +1,1 @@
+"""keepalived support: render a node's configuration, lint a cluster's, record VRRP transitions."""
