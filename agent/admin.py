@@ -1,0 +1,111 @@
+"""The admin HTTP server: /metrics, /healthz, /readyz, /status. Read-only: nothing here changes
+state, so binding it to a separate (internal) address is all it needs to be safe.
+
+- /healthz: the loop is alive (a cycle finished within a few intervals).
+- /readyz: nginx runs, a configuration is applied and serving, and discovery is fresh.
+- /status: JSON, what a human asks first: routes, endpoints per service, last reload, last error.
+
+HEAD answers with the status code only (aiohttp drops the body for HEAD).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from agent import __version__
+from agent.metrics import Metrics
+from agent.nginx import Nginx
+from agent.reconciler import State
+from agent.settings import Settings
+
+LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
+STALE_GRACE = 30.0  # discovery failing for longer than this makes the gateway not ready
+
+
+def liveness(state: State, settings: Settings, now: float) -> tuple[bool, str]:
+    limit = max(30.0, LIVENESS_INTERVALS * settings.poll_interval)
+    if state.heartbeat == 0.0:
+        age = now - state.started
+        return age < limit, f"no cycle finished yet ({age:.1f}s since start)"
+    age = now - state.heartbeat
+    return age < limit, f"last cycle {age:.1f}s ago"
+
+
+def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
+    problems = []
+    if not nginx.running:
+        problems.append("nginx is not running")
+    if nginx.generation is None:
+        problems.append("no configuration applied yet")
+    if state.last_discovery_ok == 0.0 and state.routes.routes:
+        problems.append("discovery has not answered yet")
+    elif state.routes.routes and now - state.last_discovery_ok > STALE_GRACE:
+        problems.append(f"discovery failing for {now - state.last_discovery_ok:.0f}s")
+    return not problems, problems
+
+
+def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
+                    ) -> dict[str, Any]:
+    ready, problems = readiness(state, nginx, now)
+    endpoints = {}
+    for target in state.routes.targets:
+        e = state.snapshot.get(target.lookup_name)
+        endpoints[target.name] = {
+            "kind": target.kind,
+            "lookup": target.lookup_name,
+            "addresses": list(e.addresses) if e else [],
+            "state": e.state if e else "unknown",
+            "stale": e.stale if e else False,
+            "error": e.error if e else None,
+        }
+    return {
+        "version": __version__,
+        "status": state.status,
+        "ready": ready,
+        "problems": problems,
+        "zone": settings.zone,
+        "nginx": {
+            "running": nginx.running,
+            "pid": nginx.process.pid if nginx.process else None,
+            "generation": nginx.generation,
+        },
+        "routes": [r.model_dump(mode="json", exclude_none=True) for r in state.routes.routes],
+        "routes_error": state.routes_error,
+        "endpoints": endpoints,
+        "last_reload": {
+            "at": state.last_reload_at,
+            "result": state.last_reload_result,
+            "detail": state.last_reload_detail,
+        },
+        "last_error": state.last_error,
+    }
+
+
+def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
+             clock: Callable[[], float] = time.monotonic) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        ok, detail = liveness(state, settings, clock())
+        return web.Response(status=200 if ok else 503, text=("ok: " if ok else "dead: ") + detail
+                            + "\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, problems = readiness(state, nginx, clock())
+        text = "ready\n" if ok else "not ready: " + "; ".join(problems) + "\n"
+        return web.Response(status=200 if ok else 503, text=text)
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(status_document(state, nginx, settings, clock()),
+                                 dumps=lambda o: json.dumps(o, indent=2) + "\n")
+
+    app = web.Application()
+    metrics_handler = make_aiohttp_handler(metrics.registry)
+    for path, handler in (("/metrics", metrics_handler), ("/healthz", healthz),
+                          ("/readyz", readyz), ("/status", status)):
+        app.router.add_get(path, handler)  # add_get also answers HEAD
+    return app

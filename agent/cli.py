@@ -1,0 +1,133 @@
+"""`gateway-agent`: run (the container's entrypoint), check, render, keepalived."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__, logs, settings
+from agent.routes import RoutesError, load_routes
+
+
+def _routes_or_exit(path: Path | None, zone: str | None) -> int | object:
+    if path is None:
+        print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
+        return 2
+    try:
+        return load_routes(path).for_zone(zone)
+    except RoutesError as exc:
+        print(f"{exc.source}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import daemon
+
+    s = settings.from_sources(args)
+    logs.setup(s.log_format, s.log_level)
+    if s.routes is None:
+        print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(daemon.run(s))
+    except RoutesError as exc:
+        print(f"{exc.source}: {len(exc.errors)} error(s); not starting", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    s = settings.from_sources(args)
+    table = _routes_or_exit(s.routes, s.zone)
+    if isinstance(table, int):
+        return table
+    from agent.routes import RouteTable
+
+    assert isinstance(table, RouteTable)
+    hosts = {h for r in table.routes for h in r.hosts}
+    print(f"{s.routes}: ok, {len(table.routes)} routes, {len(hosts)} host names, "
+          f"{len(table.targets)} targets" + (f" (zone {s.zone})" if s.zone else ""))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from agent.discovery import Endpoints, sort_addresses
+    from agent.render import Renderer, RenderError
+    from agent.routes import RouteTable
+
+    s = settings.from_sources(args)
+    table = _routes_or_exit(s.routes, s.zone)
+    if isinstance(table, int):
+        return table
+    assert isinstance(table, RouteTable)
+    snapshot: dict[str, Endpoints] = {}
+    if args.endpoints:
+        try:
+            doc = json.loads(Path(args.endpoints).read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("expected an object {\"service\": [\"10.0.1.3\", ...]}")
+            by_name = {t.name: t for t in table.targets}
+            for name, addresses in doc.items():
+                if not isinstance(addresses, list):
+                    raise ValueError(f"{name}: expected a list of addresses")
+                target = by_name.get(name)
+                lookup = target.lookup_name if target else name
+                ok = sort_addresses(addresses)
+                snapshot[lookup] = Endpoints(ok, "ok" if ok else "none")
+        except (OSError, ValueError) as exc:
+            print(f"{args.endpoints}: {exc}", file=sys.stderr)
+            return 1
+    renderer = Renderer(listen=str(s.listen), status_listen=str(s.status_listen),
+                        trusted_proxies=[str(n) for n in s.trusted_proxies], template=s.template)
+    try:
+        sys.stdout.write(renderer.render(table, snapshot).text)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gateway-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run nginx and keep its configuration in step with DNS")
+    settings.add_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
+    settings.add_arguments(check, only=("routes", "zone"))
+    check.set_defaults(func=cmd_check)
+
+    render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
+    settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
+                                         "trusted_proxies", "template"))
+    render.add_argument("--endpoints", metavar="FILE.json",
+                        help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
+    render.set_defaults(func=cmd_render)
+
+    from agent.keepalived.cli import register
+
+    register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except settings.SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

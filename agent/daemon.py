@@ -1,0 +1,86 @@
+"""The lifecycle shell of `gateway-agent run`: start, loop, shut down. Signals only set events.
+
+Exit status: 0 after SIGTERM/SIGINT (nginx quit gracefully: requests in flight finished);
+1 when nginx died or could not start with a valid configuration, so that swarm's restart
+policy restarts the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from agent.admin import make_app
+from agent.discovery import Discovery
+from agent.metrics import Metrics
+from agent.nginx import ApplyError, Nginx, NginxDied
+from agent.reconciler import Reconciler, State
+from agent.render import Renderer
+from agent.settings import Settings
+
+log = logging.getLogger("agent")
+
+
+def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
+    metrics = Metrics()
+    state = State()
+    nginx = Nginx(settings)
+    discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics)
+    renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
+                        trusted_proxies=[str(n) for n in settings.trusted_proxies],
+                        template=settings.template)
+    return Reconciler(settings, nginx, discovery, renderer, metrics, state), nginx, metrics, state
+
+
+async def run(settings: Settings) -> int:
+    reconciler, nginx, metrics, state = build(settings)
+    reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
+    nginx.prepare()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    runner = web.AppRunner(make_app(state, nginx, metrics, settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
+    await site.start()
+    log.info("admin_listening address=%s", settings.admin_listen)
+
+    try:
+        try:
+            status = await reconciler.start()
+        except (ApplyError, NginxDied) as exc:
+            log.error("start_failed error=%r", str(exc))
+            return 1
+        state.status = status
+        metrics.nginx_up.set(1)
+        log.info("serving listen=%s routes=%d status=%r", settings.listen,
+                 len(state.routes.routes), status)
+        assert nginx.process is not None
+        loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
+        nginx_task = asyncio.create_task(nginx.process.wait(), name="nginx")
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait({loop_task, nginx_task, stop_task},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        if nginx_task in done and stop_task not in done:
+            metrics.nginx_up.set(0)
+            log.error("nginx_died status=%s exiting=1", nginx.process.returncode)
+            return 1
+        log.info("stopping: nginx finishes the requests in flight")
+        code = await nginx.stop()
+        metrics.nginx_up.set(0)
+        log.info("stopped nginx_status=%s", code)
+        return 0
+    finally:
+        if nginx.running:
+            await nginx.stop()
+        await runner.cleanup()

@@ -1,0 +1,171 @@
+"""Discovery: DNS lookups of each target into an Endpoints snapshot.
+
+`tasks.<service>` on Docker's embedded DNS answers one A record per running task. Three outcomes
+are kept apart, because they call for opposite actions:
+
+- addresses: the tasks to route to;
+- NXDOMAIN, or no record of either family: the service has no running task (its hosts get 503);
+- a failed lookup (timeout, SERVFAIL, REFUSED, server unreachable): we do not know. The last known
+  addresses are kept and marked stale, never replaced by "no tasks".
+
+c-ares keeps a cache of answers for their TTL, and Docker answers with a TTL of 600 s: a channel
+kept across rounds would hide scaling for ten minutes. Each round therefore uses a fresh channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiodns
+import pycares
+
+from agent.metrics import Metrics
+from agent.settings import HostPort
+
+log = logging.getLogger("agent.discovery")
+
+State = Literal["ok", "none", "unknown"]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What is known of one lookup name."""
+
+    addresses: tuple[str, ...] = ()
+    # ok: addresses are the running tasks; none: no running task; unknown: never answered yet.
+    state: State = "unknown"
+    stale: bool = False  # the last lookup failed; addresses are the last known ones
+    error: str | None = None
+    since: float = field(default=0.0, compare=False)  # when these addresses were first seen
+
+
+Snapshot = Mapping[str, Endpoints]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one lookup of one name."""
+
+    result: str  # a gateway_dns_lookups_total result label
+    addresses: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.result not in ("ok", "nxdomain", "nodata")
+
+
+_ERRNO_RESULT = {
+    pycares.errno.ARES_ENOTFOUND: "nxdomain",
+    pycares.errno.ARES_ENODATA: "nodata",
+    pycares.errno.ARES_ETIMEOUT: "timeout",
+    pycares.errno.ARES_ESERVFAIL: "servfail",
+    pycares.errno.ARES_EREFUSED: "refused",
+}
+
+
+def _address(text: str) -> str | None:
+    """A usable upstream address in canonical form, or None."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.is_unspecified or ip.is_multicast:
+        return None
+    return ip.compressed
+
+
+def sort_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(addresses), key=lambda a: ipaddress.ip_address(a).packed.rjust(16)))
+
+
+class Discovery:
+    """Resolves lookup names against one nameserver, concurrently, with a per-lookup timeout."""
+
+    def __init__(self, nameserver: HostPort, timeout: float, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.nameserver = nameserver
+        self.timeout = timeout
+        self.metrics = metrics
+        self.clock = clock
+        self._failing: dict[str, str] = {}
+
+    def _resolver(self) -> aiodns.DNSResolver:
+        host = f"[{self.nameserver.host}]" if ":" in self.nameserver.host else self.nameserver.host
+        return aiodns.DNSResolver(
+            nameservers=[f"{host}:{self.nameserver.port}"],
+            timeout=self.timeout, tries=1,
+            flags=pycares.ARES_FLAG_NOSEARCH,  # look up `tasks.x` as it is, never `tasks.x.search`
+        )
+
+    async def _query(self, resolver: aiodns.DNSResolver, name: str, qtype: str) -> Answer:
+        started = time.perf_counter()
+        try:
+            # c-ares enforces the timeout; this bound only guards against a lost callback
+            result = await asyncio.wait_for(resolver.query_dns(name, qtype), self.timeout + 1.0)
+        except aiodns.error.DNSError as exc:
+            code = exc.args[0] if exc.args else None
+            text = exc.args[1] if len(exc.args) > 1 else str(exc)
+            answer = Answer(_ERRNO_RESULT.get(code, "error"), error=f"{qtype} {name}: {text}")
+        except TimeoutError:
+            answer = Answer("timeout", error=f"{qtype} {name}: no answer")
+        else:
+            addresses = [a for r in result.answer
+                         if r.type in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA)
+                         and (a := _address(str(r.data.addr))) is not None]
+            answer = Answer("ok", tuple(addresses)) if addresses else Answer("nodata")
+        self.metrics.dns_duration.observe(time.perf_counter() - started)
+        self.metrics.dns_lookups.labels(answer.result).inc()
+        return answer
+
+    async def lookup(self, resolver: aiodns.DNSResolver, name: str) -> Answer:
+        """A and AAAA of one name, combined. A decides; AAAA adds addresses when it has them.
+
+        An AAAA failure alone does not fail the lookup: resolvers that know only IPv4 names
+        (Docker's forwards unknown types upstream) may time out on it.
+        """
+        a, aaaa = await asyncio.gather(self._query(resolver, name, "A"),
+                                       self._query(resolver, name, "AAAA"))
+        if a.result == "ok":
+            return Answer("ok", sort_addresses(a.addresses + aaaa.addresses))
+        if a.result == "nxdomain":
+            return a
+        if a.result == "nodata":
+            return aaaa  # IPv6-only tasks, none at all, or a failure we must not read as "none"
+        return a
+
+    async def resolve(self, names: Iterable[str], previous: Snapshot) -> dict[str, Endpoints]:
+        """One round: every name at once, on a fresh channel (see the module docstring)."""
+        names = sorted(set(names))
+        resolver = self._resolver()
+        try:
+            answers = await asyncio.gather(*(self.lookup(resolver, n) for n in names))
+        finally:
+            await resolver.close()
+        now = self.clock()
+        snapshot: dict[str, Endpoints] = {}
+        for name, answer in zip(names, answers, strict=True):
+            before = previous.get(name, Endpoints())
+            if answer.failed:
+                if name not in self._failing:
+                    log.warning("dns_lookup_failed name=%s error=%r keeping=%d", name,
+                                answer.error, len(before.addresses))
+                self._failing[name] = answer.error or answer.result
+                snapshot[name] = Endpoints(before.addresses, before.state, True, answer.error,
+                                           before.since)
+                continue
+            if self._failing.pop(name, None) is not None:
+                log.info("dns_lookup_recovered name=%s addresses=%d", name,
+                         len(answer.addresses))
+            state: State = "ok" if answer.addresses else "none"
+            since = before.since if before.addresses == answer.addresses and before.since else now
+            snapshot[name] = Endpoints(answer.addresses, state, False, None, since)
+        for gone in set(self._failing) - set(names):
+            del self._failing[gone]
+        return snapshot

@@ -1,0 +1,279 @@
+"""The managed nginx: start it as a child, validate, apply a configuration safely, stop it.
+
+Applying a configuration:
+
+    write a temporary file -> nginx -t against the full configuration with it -> os.replace into
+    place -> SIGHUP the master (after checking the pid is our child and an nginx master) ->
+    wait until nginx serves the new configuration's generation -> done
+
+and on any failure after the replace, the previous file goes back and nginx is reloaded with it.
+nginx only ever reads a file that passed `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from agent.metrics import StubStatus
+from agent.render import render_main_conf
+from agent.settings import Settings
+
+log = logging.getLogger("agent.nginx")
+
+_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+class ApplyError(RuntimeError):
+    """Applying a configuration failed at `stage`; what was serving before still serves."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(f"{stage}: {message}")
+
+
+class NginxDied(RuntimeError):
+    """The nginx master exited while the agent was running (fatal: the task restarts)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where nginx's files are, for a private prefix or the system's /etc/nginx."""
+
+    main_conf: Path
+    routes_conf: Path
+    prefix: Path | None
+    # the line of the system nginx.conf that pulls in the routes file; the test config points
+    # it at the candidate instead
+    include_line: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Layout:
+        if settings.nginx_prefix is not None:
+            prefix = settings.nginx_prefix.absolute()
+            return cls(prefix / "nginx.conf", prefix / "conf.d" / "gateway.conf", prefix)
+        conf_dir = settings.nginx_conf_dir
+        return cls(conf_dir / "nginx.conf", conf_dir / "conf.d" / "default.conf", None,
+                   include_line=f"include {conf_dir}/conf.d/*.conf;")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Nginx:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout.from_settings(settings)
+        self.binary = settings.nginx_binary
+        self.process: asyncio.subprocess.Process | None = None
+        self.generation: str | None = None  # what nginx serves now, as verified
+        self._status_url = f"http://{settings.status_listen}"
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- files -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the private prefix (directories, main nginx.conf); nothing for system mode."""
+        layout = self.layout
+        if layout.prefix is None:
+            return
+        for sub in ("conf.d", "logs", *(f"temp/{d}" for d in _TEMP_DIRS)):
+            (layout.prefix / sub).mkdir(parents=True, exist_ok=True)
+        _write_atomic(layout.main_conf, render_main_conf(
+            prefix=layout.prefix, routes_conf=layout.routes_conf,
+            worker_processes=self.settings.worker_processes))
+
+    def live_text(self) -> str | None:
+        try:
+            return self.layout.routes_conf.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _base_args(self) -> list[str]:
+        args = [self.binary, "-e", "stderr", "-c", str(self.layout.main_conf)]
+        if self.layout.prefix is not None:
+            args[1:1] = ["-p", str(self.layout.prefix) + "/"]
+        return args
+
+    async def validate(self, text: str) -> None:
+        """Run `nginx -t` on the full configuration with `text` as the routes file."""
+        layout = self.layout
+        directory = layout.routes_conf.parent
+        try:
+            fd, candidate = tempfile.mkstemp(prefix=".candidate.", suffix=".conf.tmp",
+                                             dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ApplyError("write", f"cannot write a candidate in {directory}: {exc}") from exc
+        test_conf: str | None = None
+        try:
+            main = layout.main_conf.read_text(encoding="utf-8")
+            if layout.prefix is not None:
+                main = main.replace(f"include {layout.routes_conf};", f"include {candidate};")
+            else:
+                assert layout.include_line is not None
+                if layout.include_line not in main:
+                    raise ApplyError("validate", f"{layout.main_conf} does not contain "
+                                     f"{layout.include_line!r}; cannot test the routes file")
+                main = main.replace(layout.include_line, f"include {candidate};")
+            fd, test_conf = tempfile.mkstemp(prefix=".test.", suffix=".conf.tmp",
+                                             dir=layout.main_conf.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(main)
+            args = self._base_args()
+            args[args.index("-c") + 1] = test_conf
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *args, "-t", "-q", stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT)
+            except OSError as exc:
+                raise ApplyError("validate", f"cannot run {self.binary}: {exc}") from exc
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                said = out.decode(errors="replace").replace(candidate, str(layout.routes_conf))
+                said = " ".join(line.removeprefix("nginx: ").strip()
+                                for line in said.splitlines() if line.strip())
+                raise ApplyError("validate", f"nginx -t said: {said}")
+        except OSError as exc:
+            raise ApplyError("write", str(exc)) from exc
+        finally:
+            for path in (candidate, test_conf):
+                if path:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+
+    # -- the process -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self._base_args(), "-g", "daemon off; master_process on;")
+        except OSError as exc:
+            raise NginxDied(f"cannot start {self.binary}: {exc}") from exc
+        log.info("nginx_started pid=%d", self.process.pid)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def _check_master(self) -> int:
+        """The pid to signal, after making sure it is our child and an nginx master."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            raise ApplyError("reload", "nginx is not running")
+        try:
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        except OSError as exc:
+            raise ApplyError("reload", f"cannot read nginx's pid {proc.pid}: {exc}") from exc
+        if b"nginx" not in cmdline:
+            raise ApplyError("reload", f"pid {proc.pid} is not an nginx master: {cmdline[:80]!r}")
+        return proc.pid
+
+    async def wait_serving(self, generation: str, within: float = 10.0) -> None:
+        """Until nginx's status listener says `generation`: the new workers serve."""
+        deadline = time.monotonic() + within
+        last = "no answer"
+        while True:
+            got = await self._get("/generation")
+            if got is not None and got.strip() == generation:
+                self.generation = generation
+                return
+            last = repr(got.strip()) if got is not None else "no answer"
+            if not self.running:
+                raise ApplyError("verify", "nginx exited")
+            if time.monotonic() > deadline:
+                raise ApplyError("verify", f"nginx still serves generation {last} after "
+                                 f"{within:.0f}s, expected {generation!r}")
+            await asyncio.sleep(0.02)
+
+    async def reload(self, generation: str) -> None:
+        os.kill(self._check_master(), signal.SIGHUP)
+        await self.wait_serving(generation)
+
+    async def apply(self, text: str, generation: str) -> None:
+        """Validate, put in place, reload, verify; on failure restore what was there."""
+        await self.validate(text)
+        previous = self.live_text()
+        previous_generation = self.generation
+        try:
+            _write_atomic(self.layout.routes_conf, text)
+        except OSError as exc:
+            raise ApplyError("write", f"{self.layout.routes_conf}: {exc}") from exc
+        if not self.running:
+            return  # first write before start: nginx reads it when it starts
+        try:
+            await self.reload(generation)
+        except ApplyError as exc:
+            log.error("apply_failed stage=%s error=%r rolling_back=true", exc.stage, str(exc))
+            if previous is not None:
+                with contextlib.suppress(OSError):
+                    _write_atomic(self.layout.routes_conf, previous)
+                if self.running and previous_generation is not None:
+                    with contextlib.suppress(ApplyError, OSError):
+                        await self.reload(previous_generation)
+            raise
+
+    async def stop(self, grace: float = 30.0) -> int | None:
+        """Graceful quit (SIGQUIT: requests in flight finish), then the exit status."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGQUIT)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                log.warning("nginx_quit_timeout seconds=%.0f killing=true", grace)
+                proc.kill()
+                await proc.wait()
+        if self._session is not None:
+            await self._session.close()
+        return proc.returncode
+
+    # -- the status listener -----------------------------------------------------------------
+
+    async def _get(self, path: str) -> str | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=1.0),
+                connector=aiohttp.TCPConnector(force_close=True))
+        try:
+            async with self._session.get(self._status_url + path) as resp:
+                if resp.status != 200:
+                    return None
+                return await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def stub_status(self) -> StubStatus | None:
+        text = await self._get("/stub_status")
+        if text is None:
+            return None
+        try:
+            return StubStatus.parse(text)
+        except ValueError:
+            return None

@@ -1,0 +1,339 @@
+"""The reconcile loop: one cycle = read routes, discover, render, apply. Returns a status line.
+
+Cadence is fixed (`next_run += interval`); a cycle that overruns is logged. Changes are applied at
+once after a quiet period, and coalesced while reloads come fast: after a reload, the next one
+waits until `reload_min_interval` has passed, and then applies the latest state. A rolling update
+of ten tasks thus costs a handful of reloads, not twenty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.metrics import Metrics
+from agent.nginx import ApplyError, Nginx
+from agent.render import Rendered, Renderer, RenderError
+from agent.routes import RoutesError, RouteTable, load_routes
+from agent.settings import Settings
+
+log = logging.getLogger("agent.reconciler")
+
+_RETRY_FAILED_MAX = 60.0
+
+
+@dataclass
+class State:
+    """What the admin server shows. Written only by the reconciler."""
+
+    routes: RouteTable = field(default_factory=lambda: RouteTable(()))
+    routes_error: str | None = None
+    snapshot: Snapshot = field(default_factory=dict)
+    status: str = "starting"
+    last_error: str | None = None
+    heartbeat: float = 0.0  # monotonic time of the last finished cycle
+    last_discovery_ok: float = 0.0  # monotonic time a round last had no failed lookup
+    last_reload_at: float | None = None  # wall clock
+    last_reload_result: str | None = None
+    last_reload_detail: str | None = None
+    applied_generation: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _FileStamp:
+    mtime_ns: int
+    size: int
+    inode: int
+
+
+def _stamp(path: Path) -> _FileStamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
+                    new_routes: RouteTable) -> str:
+    """'+2 endpoints for tasks.managerhttp, -1 for tasks.dmzhttp; routes 3 -> 4'."""
+    parts = []
+    for name in sorted(set(old) | set(new)):
+        before = set(old.get(name, Endpoints()).addresses)
+        after = set(new.get(name, Endpoints()).addresses)
+        added, removed = len(after - before), len(before - after)
+        if added or removed:
+            change = " ".join(s for s in (f"+{added}" if added else "",
+                                          f"-{removed}" if removed else "") if s)
+            parts.append(f"{change} endpoints for {name}")
+    if old_routes != new_routes:
+        parts.append(f"routes {len(old_routes.routes)} -> {len(new_routes.routes)}")
+    return ", ".join(parts) or "configuration changed"
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, nginx: Nginx, discovery: Discovery,
+                 renderer: Renderer, metrics: Metrics, state: State,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.nginx = nginx
+        self.discovery = discovery
+        self.renderer = renderer
+        self.metrics = metrics
+        self.state = state
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self._routes_stamp: _FileStamp | None = None
+        self._applied_snapshot: Snapshot = {}
+        self._applied_routes = RouteTable(())
+        self._last_reload_mono: float | None = None
+        self._failed: tuple[str, float, float] | None = None  # generation, retry at, backoff
+        self._pending_due: float | None = None
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def load_initial_routes(self) -> None:
+        """At start: an invalid routes file is fatal (RoutesError with every problem)."""
+        path = self.settings.routes
+        if path is None:
+            return
+        self._routes_stamp = _stamp(path)
+        self.state.routes = load_routes(path).for_zone(self.settings.zone)
+        self.metrics.routes_loads.labels("success").inc()
+
+    def _reload_routes_if_changed(self) -> None:
+        """On a live change, a bad file is refused and the routes in use keep serving."""
+        path = self.settings.routes
+        if path is None:
+            return
+        stamp = _stamp(path)
+        if stamp == self._routes_stamp:
+            return
+        self._routes_stamp = stamp
+        try:
+            table = load_routes(path).for_zone(self.settings.zone)
+        except RoutesError as exc:
+            self.state.routes_error = str(exc)
+            self.metrics.routes_loads.labels("invalid").inc()
+            log.error("routes_refused file=%s errors=%d keeping=%d detail=%r", path,
+                      len(exc.errors), len(self.state.routes.routes), str(exc))
+            return
+        self.state.routes_error = None
+        self.metrics.routes_loads.labels("success").inc()
+        if table != self.state.routes:
+            log.info("routes_loaded file=%s routes=%d", path, len(table.routes))
+        self.state.routes = table
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def discover(self) -> Snapshot:
+        table = self.state.routes
+        names = [t.lookup_name for t in table.targets]
+        snapshot = await self.discovery.resolve(names, self.state.snapshot)
+        self.state.snapshot = snapshot
+        if not any(e.stale for e in snapshot.values()):
+            self.state.last_discovery_ok = self.clock()
+        self.metrics.set_endpoints({
+            t.name: (len(snapshot[t.lookup_name].addresses), snapshot[t.lookup_name].stale)
+            for t in table.targets})
+        self.metrics.routes.set(len(table.routes))
+        return snapshot
+
+    def render(self) -> Rendered:
+        return self.renderer.render(self.state.routes, self.state.snapshot)
+
+    async def apply(self, rendered: Rendered) -> str:
+        change = describe_change(self._applied_snapshot, self.state.snapshot,
+                                 self._applied_routes, self.state.routes)
+        started = time.time()
+        try:
+            await self.nginx.apply(rendered.text, rendered.generation)
+        except ApplyError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            self.metrics.apply_failures.labels(exc.stage).inc()
+            self.metrics.last_reload_successful.set(0)
+            self.state.last_reload_result = "failure"
+            self.state.last_reload_detail = str(exc)
+            self.state.last_error = str(exc)
+            backoff = self._failed[2] * 2 if self._failed and self._failed[0] == \
+                rendered.generation else max(self.settings.reload_min_interval, 2.0)
+            backoff = min(backoff, _RETRY_FAILED_MAX)
+            self._failed = (rendered.generation, self.clock() + backoff, backoff)
+            log.error("reload_failed stage=%s change=%r error=%r retry_in=%.0fs", exc.stage,
+                      change, str(exc), backoff)
+            return f"reload refused ({change}): {exc}"
+        self._failed = None
+        self._last_reload_mono = self.clock()
+        self._applied_snapshot = self.state.snapshot
+        self._applied_routes = self.state.routes
+        self.state.applied_generation = rendered.generation
+        self.state.last_reload_at = started
+        self.state.last_reload_result = "success"
+        self.state.last_reload_detail = change
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_reload_success.set(started)
+        self.metrics.last_reload_successful.set(1)
+        self._save()
+        return f"reloaded: {change}"
+
+    def _due(self, generation: str) -> float | None:
+        """When a configuration of this generation may be applied (None: now)."""
+        now = self.clock()
+        if self._failed is not None and self._failed[0] == generation and self._failed[1] > now:
+            return self._failed[1]
+        if self._last_reload_mono is not None:
+            due = self._last_reload_mono + self.settings.reload_min_interval
+            if due > now:
+                return due
+        return None
+
+    async def cycle(self) -> str:
+        self._reload_routes_if_changed()
+        await self.discover()
+        rendered = self.render()
+        self._pending_due = None
+        if rendered.generation == self.nginx.generation:
+            if self._failed is not None:  # the refused change went away: nothing is pending
+                self._failed = None
+                self.metrics.last_reload_successful.set(1)
+            status = "no change"
+        elif (due := self._due(rendered.generation)) is not None:
+            self._pending_due = due
+            retry = self._failed is not None and self._failed[0] == rendered.generation
+            status = (f"reload refused earlier; retrying in {due - self.clock():.1f}s" if retry
+                      else f"change pending: applying in {due - self.clock():.1f}s")
+        else:
+            status = await self.apply(rendered)
+        if self.state.routes_error:
+            status += f"; routes file refused: {self.state.routes_error}"
+        stub = await self.nginx.stub_status()
+        self.metrics.stub_status.last = stub
+        return status
+
+    # -- start and the saved state ------------------------------------------------------------
+
+    async def start(self) -> str:
+        """First configuration, then nginx. Failures here are fatal (ApplyError, NginxDied).
+
+        Lookups that fail now fall back to the endpoints saved by the last run (--state-dir), so a
+        gateway restarted while discovery is down serves its last known tasks at once.
+        """
+        saved = self._load_saved()
+        if saved:
+            self.state.snapshot = saved
+        await self.discover()
+        rendered = self.render()
+        await self.nginx.apply(rendered.text, rendered.generation)
+        await self.nginx.start()
+        await self.nginx.wait_serving(rendered.generation)
+        self._applied_snapshot = self.state.snapshot
+        self._applied_routes = self.state.routes
+        self.state.applied_generation = rendered.generation
+        self.state.last_reload_at = time.time()
+        self.state.last_reload_result = "success"
+        self.state.last_reload_detail = "started"
+        self.metrics.last_reload_success.set(self.state.last_reload_at)
+        self.metrics.last_reload_successful.set(1)
+        self._save()
+        stale = sorted(n for n, e in self.state.snapshot.items() if e.stale)
+        return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
+
+    def _state_file(self) -> Path | None:
+        d = self.settings.state_dir
+        return d / "endpoints.json" if d is not None else None
+
+    def _load_saved(self) -> dict[str, Endpoints]:
+        path = self._state_file()
+        if path is None:
+            return {}
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            # addresses from a file pass the same check as addresses from DNS
+            return {name: Endpoints(sort_addresses(e["addresses"]),
+                                    "ok" if e["addresses"] else "none", True,
+                                    "saved by a previous run", float(e.get("since", 0.0)))
+                    for name, e in doc["endpoints"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("state_unreadable file=%s error=%r", path, str(exc))
+            return {}
+
+    def _save(self) -> None:
+        path = self._state_file()
+        if path is None:
+            return
+        doc = {"endpoints": {n: {"addresses": list(e.addresses), "state": e.state,
+                                 "since": e.since}
+                             for n, e in self._applied_snapshot.items() if e.state != "unknown"}}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".endpoints.", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("state_not_saved file=%s error=%r", path, str(exc))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = self.settings.poll_interval
+        next_run = self.clock()
+        last_status = ""
+        while not stop.is_set():
+            started = self.clock()
+            try:
+                status = await self.cycle()
+                self.metrics.cycles.labels("ok").inc()
+            except (RenderError, OSError, ValueError) as exc:
+                status = f"cycle failed: {exc}"
+                self.state.last_error = status
+                self.metrics.cycles.labels("error").inc()
+                log.error("cycle_failed error=%r", str(exc))
+            except Exception as exc:  # one bad cycle must not end the daemon
+                status = f"cycle failed: {exc!r}"
+                self.state.last_error = status
+                self.metrics.cycles.labels("error").inc()
+                log.exception("cycle_failed")
+            elapsed = self.clock() - started
+            self.metrics.reconcile_duration.observe(elapsed)
+            self.state.status = status
+            self.state.heartbeat = self.clock()
+            if status != last_status or status.startswith("reloaded"):
+                log.log(logging.DEBUG if status == "no change" else logging.INFO,
+                        "cycle status=%r seconds=%.3f", status, elapsed)
+                last_status = status
+            next_run += interval
+            now = self.clock()
+            if now > next_run:
+                log.warning("cycle_overran seconds=%.3f interval=%.3f", elapsed, interval)
+                next_run = now
+            wake_at = next_run
+            if self._pending_due is not None:
+                wake_at = min(wake_at, self._pending_due)
+            await self._sleep_until(wake_at, stop)
+
+    async def _sleep_until(self, when: float, stop: asyncio.Event) -> None:
+        delay = max(0.0, when - self.clock())
+        self.wake.clear()
+        stop_wait = asyncio.ensure_future(stop.wait())
+        wake_wait = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({stop_wait, wake_wait}, timeout=delay,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stop_wait, wake_wait):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

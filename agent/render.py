@@ -1,0 +1,186 @@
+"""Rendering: routes and an endpoints snapshot in, nginx configuration text out. No I/O.
+
+Same input, byte-identical output: everything is sorted, nothing depends on time or dict order.
+The template sees only values that passed the routes model, and every interpolation goes through
+the `nginx` filter, which raises on anything but a plain token: a route, a label or a DNS answer
+cannot add a directive, even through a user's own template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from agent import __version__
+from agent.discovery import Endpoints, Snapshot
+from agent.routes import Route, RouteTable, Target
+
+SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
+KEEPALIVE = 64
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+class RenderError(ValueError):
+    """A value that is not a plain nginx token reached the template, or the template failed."""
+
+
+def nginx_token(value: object) -> str:
+    text = str(value)
+    if not SAFE_TOKEN.fullmatch(text):
+        raise RenderError(f"refusing to write {text[:80]!r} into nginx configuration")
+    return text
+
+
+def _environment(template_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # nginx text, not HTML; values pass the nginx filter
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["nginx"] = nginx_token
+    return env
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    kind: str
+    target: str
+    port: int
+    balance: str
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Location:
+    path: str
+    target: str
+    upstream: str | None
+    websocket: bool
+    connect_timeout_ms: int
+    read_timeout_ms: int
+    max_body_size: int
+
+
+@dataclass(frozen=True)
+class Server:
+    names: tuple[str, ...]
+    locations: tuple[Location, ...]
+
+    @property
+    def has_root(self) -> bool:
+        return any(loc.path == "/" for loc in self.locations)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    generation: str  # a digest of the configuration, served by nginx to prove it is live
+
+
+def upstream_name(target: Target, port: int, balance: str) -> str:
+    base = re.sub(r"[^a-z0-9_]", "_", target.name.lower())
+    if base != target.name:  # keep `a-b` and `a_b` apart
+        base += "_" + hashlib.sha256(target.name.encode()).hexdigest()[:6]
+    suffix = "" if balance == "round_robin" else f"_{balance}"
+    return f"{target.kind}_{base}_{port}{suffix}"
+
+
+def _server_address(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ipaddress.ip_address(address).version == 6 else (
+        f"{address}:{port}")
+
+
+def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target, int, str],
+                                                                      Upstream]:
+    out = {}
+    for route in routes:
+        key = (route.target, route.port, route.balance)
+        if key in out:
+            continue
+        endpoints = snapshot.get(route.target.lookup_name, Endpoints())
+        if not endpoints.addresses:
+            continue
+        out[key] = Upstream(
+            upstream_name(*key), route.target.kind, route.target.name, route.port, route.balance,
+            tuple(_server_address(a, route.port) for a in endpoints.addresses))
+    return dict(sorted(out.items(), key=lambda kv: kv[1].name))
+
+
+def _location(route: Route, upstream: Upstream | None) -> Location:
+    return Location(
+        path=route.path,
+        target=route.target.name,
+        upstream=upstream.name if upstream else None,
+        websocket=route.websocket,
+        connect_timeout_ms=max(1, round(route.connect_timeout * 1000)),
+        read_timeout_ms=max(1, round(route.read_timeout * 1000)),
+        max_body_size=route.max_body_size,
+    )
+
+
+def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Upstream],
+             ) -> list[Server]:
+    """One server block per set of hosts that share exactly the same locations."""
+    by_host: dict[str, list[Location]] = defaultdict(list)
+    for route in routes:
+        loc = _location(route, upstreams.get((route.target, route.port, route.balance)))
+        for host in route.hosts:
+            by_host[host].append(loc)
+    grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)
+    for host, locs in by_host.items():
+        # longest path first reads best; nginx picks the longest match whatever the order
+        grouped[tuple(sorted(locs, key=lambda x: (-len(x.path), x.path)))].append(host)
+    servers = [Server(tuple(sorted(hosts)), locs) for locs, hosts in grouped.items()]
+    return sorted(servers, key=lambda s: s.names)
+
+
+class Renderer:
+    def __init__(self, *, listen: str, status_listen: str, trusted_proxies: Sequence[str] = (),
+                 template: Path | None = None) -> None:
+        self.listen = listen
+        self.status_listen = status_listen
+        self.trusted_proxies = tuple(trusted_proxies)
+        directory, name = (template.parent, template.name) if template else (
+            _TEMPLATES, "gateway.conf.j2")
+        self._template = _environment(directory).get_template(name)
+
+    def render(self, table: RouteTable, snapshot: Snapshot) -> Rendered:
+        """The configuration for these routes and endpoints."""
+        routes = table.routes
+        upstreams = _upstreams(routes, snapshot)
+        context = {
+            "version": __version__,
+            "routes_count": len(routes),
+            "listen": self.listen,
+            "status_listen": self.status_listen,
+            "trusted_proxies": self.trusted_proxies,
+            "keepalive": KEEPALIVE,
+            "upstreams": list(upstreams.values()),
+            "servers": _servers(routes, upstreams),
+        }
+        # The generation is a digest of the configuration without it, then written into it.
+        try:
+            body = self._template.render(context, generation="0")
+            generation = hashlib.sha256(body.encode()).hexdigest()[:16]
+            text = self._template.render(context, generation=generation)
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"template: {exc}") from exc
+        return Rendered(text, generation)
+
+
+def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str) -> str:
+    """nginx.conf for a private nginx under `prefix` (--nginx-prefix)."""
+    template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
+    return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
+                           worker_processes=worker_processes)

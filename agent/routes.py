@@ -1,0 +1,298 @@
+"""The route model and its validation: the one place that decides what is safe.
+
+Every value a route carries ends up in nginx configuration, so each field is held to a pattern
+that cannot end a directive, open or close a block, quote, comment or expand a variable. A value
+that does not fit is refused with its place (`routes[2].hosts[0]: ...`); nothing is "cleaned up".
+All errors of a file are reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+DNS_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+# Docker's rule for service names (a stack prefixes its name and an underscore).
+SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+ZONE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# nginx matches locations against the decoded URI, so a path prefix is written decoded: no '%'.
+PATH_RE = re.compile(r"/(?:[A-Za-z0-9._~+,:@-]+(?:/[A-Za-z0-9._~+,:@-]+)*)?")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_SIZE_RE = re.compile(r"(\d+)([kKmMgG]?)")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _host(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not a host name (expected a string)")
+    if not value.isascii():
+        raise ValueError(f"{_shown(value)} is not a valid host name "
+                         "(write internationalised names in their xn-- form)")
+    lowered = value.lower()
+    if len(lowered) > 253 or not HOST_RE.fullmatch(lowered):
+        raise ValueError(f"{_shown(value)} is not a valid host name "
+                         "(letters, digits, '-', '_', dots; a wildcard only as a leading '*.')")
+    return lowered
+
+
+def _dns_name(value: str) -> str:
+    lowered = value.lower()
+    if not value.isascii() or len(lowered) > 253 or not DNS_NAME_RE.fullmatch(lowered):
+        raise ValueError(f"{_shown(value)} is not a valid DNS name")
+    return lowered.rstrip(".")
+
+
+def _service(value: str) -> str:
+    if not SERVICE_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a valid swarm service name "
+                         "(letters, digits, '_', '.', '-', at most 63, starting alphanumeric)")
+    return value
+
+
+def _zone(value: str) -> str:
+    if not ZONE_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a valid zone "
+                         "(lowercase letters, digits, '_', '-')")
+    return value
+
+
+def _path(value: str) -> str:
+    if value != "/" and value.endswith("/"):
+        raise ValueError(f"{_shown(value)}: leave out the trailing '/' "
+                         f"({value.rstrip('/')!r} matches itself and everything below it)")
+    if not PATH_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a valid path prefix (it starts with '/'; "
+                         "segments of letters, digits and - . _ ~ + , : @)")
+    segments = value.split("/")
+    if "." in segments or ".." in segments:
+        raise ValueError(f"{_shown(value)} contains a '.' or '..' segment")
+    return value
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{_shown(value)} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"{_shown(value)} is not a duration "
+                         "(seconds, or e.g. '500ms', '30s', '2m')")
+    if not 0.001 <= seconds <= 86400:
+        raise ValueError(f"{_shown(value)} is out of range (1ms to 24h)")
+    return seconds
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{_shown(value)} is not a size")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError(f"{_shown(value)} is not a size (bytes, or e.g. '512k', '10m', '1g')")
+    if not 0 <= size <= 64 * 1024**3:
+        raise ValueError(f"{_shown(value)} is out of range (0 = unlimited, at most 64g)")
+    return size
+
+
+def _strict_str(value: object) -> object:
+    """Names are strings in the file; a number or a list where a name belongs is a mistake."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not a string")
+    return value
+
+
+HostName = Annotated[str, BeforeValidator(_host)]
+DnsName = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_dns_name)]
+ServiceName = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_service)]
+Zone = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_zone)]
+PathPrefix = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_path)]
+Seconds = Annotated[float, BeforeValidator(_duration)]
+Bytes = Annotated[int, BeforeValidator(_size)]
+Balance = Literal["round_robin", "least_conn", "ip_hash"]
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """What a route sends traffic to: a swarm service's tasks, or a plain DNS name."""
+
+    kind: Literal["service", "host"]
+    name: str
+
+    @property
+    def lookup_name(self) -> str:
+        return f"tasks.{self.name}" if self.kind == "service" else self.name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    hosts: tuple[HostName, ...] = Field(min_length=1)
+    path: PathPrefix = "/"
+    service: ServiceName | None = None
+    host: DnsName | None = None
+    port: int = Field(ge=1, le=65535, strict=True)
+    zone: Zone | None = None
+    balance: Balance = "round_robin"
+    connect_timeout: Seconds = 5.0
+    read_timeout: Seconds = 60.0
+    max_body_size: Bytes = 1024**2
+    websocket: bool = Field(default=False, strict=True)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Route:
+        if (self.service is None) == (self.host is None):
+            raise ValueError("give exactly one of 'service' (a swarm service) "
+                             "or 'host' (a DNS name resolved as it is)")
+        return self
+
+    @property
+    def target(self) -> Target:
+        if self.service is not None:
+            return Target("service", self.service)
+        assert self.host is not None
+        return Target("host", self.host)
+
+
+class _RoutesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    routes: tuple[Route, ...]
+
+
+class RoutesError(ValueError):
+    """A routes file that cannot be used; `errors` holds every problem, each naming its place."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__(f"{source}: " + "; ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: tuple[Route, ...]
+
+    def for_zone(self, zone: str | None) -> RouteTable:
+        if zone is None:
+            return self
+        return RouteTable(tuple(r for r in self.routes if r.zone == zone))
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return tuple(sorted({r.target for r in self.routes}))
+
+
+def _place(loc: Iterable[int | str]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("model_type",):
+            msg = f"{_shown(err['input'])}: {msg}"
+        out.append(f"{_place(loc)}: {msg}")
+    return out
+
+
+def _duplicates(routes: Sequence[Route]) -> list[str]:
+    seen: dict[tuple[str, str], int] = {}
+    errors = []
+    for i, route in enumerate(routes):
+        for j, host in enumerate(route.hosts):
+            key = (host, route.path)
+            if key in seen:
+                where = "this route" if seen[key] == i else f"routes[{seen[key]}]"
+                errors.append(f"routes[{i}].hosts[{j}]: {host!r} with path {route.path!r} "
+                              f"is already routed by {where}")
+            else:
+                seen[key] = i
+    return errors
+
+
+def parse_routes(data: Any, source: str = "routes") -> RouteTable:
+    if not isinstance(data, Mapping):
+        raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
+    try:
+        parsed = _RoutesFile.model_validate(data)
+    except ValidationError as exc:
+        raise RoutesError(source, _messages(exc)) from None
+    errors = _duplicates(parsed.routes)
+    if errors:
+        raise RoutesError(source, errors)
+    return RouteTable(parsed.routes)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently; a routes file must not."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in keys:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
+            keys[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_routes_text(text: str, source: str = "routes") -> RouteTable:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RoutesError(source, [f"{where}invalid YAML: {problem}"]) from None
+    if data is None:
+        raise RoutesError(source, ["(top level): the file is empty; expected 'routes:'"])
+    return parse_routes(data, source)
+
+
+def load_routes(path: Path) -> RouteTable:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RoutesError(str(path), [f"cannot read: {exc}"]) from None
+    return parse_routes_text(text, str(path))

@@ -1,0 +1,209 @@
+"""Settings: defaults, then GATEWAY_* environment variables, then flags, into one frozen object.
+
+Every flag has an environment variable: `--poll-interval` is `GATEWAY_POLL_INTERVAL`. A value that
+does not parse is reported with the flag and the variable it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "GATEWAY_"
+DEFAULT_NAMESERVER = "127.0.0.11:53"
+
+
+class SettingsError(ValueError):
+    """A setting that does not parse; the message names the flag and its variable."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(value: str, default_host: str | None = None, default_port: int | None = None,
+                    ) -> HostPort:
+    """`HOST:PORT`, `[V6]:PORT`, `HOST` (with default_port) or `PORT` (with default_host)."""
+    value = value.strip()
+    host: str | None
+    port_text: str | None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"{value!r}: unclosed '['")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{value!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] or None
+    elif value.isdigit():
+        host, port_text = default_host, value
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+    elif value.count(":") > 1:  # a bare IPv6 address
+        host, port_text = value, None
+    else:
+        host, port_text = value, None
+    if not host:
+        raise ValueError(f"{value!r}: no host")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"{value!r}: no port")
+        port = default_port
+    else:
+        if not port_text.isdigit():
+            raise ValueError(f"{value!r}: port {port_text!r} is not a number")
+        port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is out of range 1-65535")
+    return HostPort(host, port)
+
+
+def parse_ip_host_port(value: str, default_host: str | None = None,
+                       default_port: int | None = None) -> HostPort:
+    """Like parse_host_port, but the host must be an IP address (it goes into nginx `listen`)."""
+    hp = parse_host_port(value, default_host, default_port)
+    try:
+        ipaddress.ip_address(hp.host)
+    except ValueError:
+        raise ValueError(f"{value!r}: {hp.host!r} is not an IP address") from None
+    return hp
+
+
+def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address or network (CIDR)") from None
+    return tuple(nets)
+
+
+def worker_processes(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 1024):
+        raise ValueError(f"{value!r} is not 'auto' or a number of processes")
+    return value
+
+
+def zone_name(value: str) -> str:
+    from agent.routes import ZONE_RE  # the routes model decides what a zone name may be
+
+    if not ZONE_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid zone name")
+    return value
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value!r} must be greater than 0")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    routes: Path | None = None
+    nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
+    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
+    admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
+    status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
+    poll_interval: float = 1.0
+    dns_timeout: float = 0.5
+    reload_min_interval: float = 2.0
+    zone: str | None = None
+    nginx_prefix: Path | None = None
+    nginx_binary: str = "nginx"
+    nginx_conf_dir: Path = Path("/etc/nginx")
+    template: Path | None = None
+    state_dir: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    worker_processes: str = "auto"
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def routes_conf_path(self) -> Path:
+        """Where the generated http-context configuration lives."""
+        if self.nginx_prefix is not None:
+            return self.nginx_prefix / "conf.d" / "gateway.conf"
+        return self.nginx_conf_dir / "conf.d" / "default.conf"
+
+
+# One row per setting: flag, destination, parser, help. Order is the order of `--help`.
+Parser = Callable[[str], Any]
+_OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
+    ("--routes", "routes", Path, "routes YAML file (a docker config in a swarm)"),
+    ("--nameserver", "nameserver", lambda v: parse_host_port(v, default_port=53),
+     f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
+    ("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+     "[ADDRESS:]PORT nginx serves routes on (default 8080)"),
+    ("--admin-listen", "admin_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+     "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
+    ("--status-listen", "status_listen", lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
+     "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
+    ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
+    ("--dns-timeout", "dns_timeout", positive_float, "seconds one DNS lookup may take (0.5)"),
+    ("--reload-min-interval", "reload_min_interval", float,
+     "seconds between two reloads; changes inside it are coalesced into one (2)"),
+    ("--zone", "zone", zone_name, "render only the routes of this zone"),
+    ("--nginx-prefix", "nginx_prefix", Path,
+     "run a private nginx under DIR (own nginx.conf, pid, logs, temp paths)"),
+    ("--nginx-binary", "nginx_binary", str, "the nginx executable (nginx)"),
+    ("--nginx-conf-dir", "nginx_conf_dir", Path,
+     "without --nginx-prefix: nginx's configuration directory (/etc/nginx)"),
+    ("--template", "template", Path, "a Jinja2 template to use instead of the built-in one"),
+    ("--state-dir", "state_dir", Path,
+     "keep the last good configuration and endpoints here, to serve at once after a restart"),
+    ("--trusted-proxies", "trusted_proxies", parse_networks,
+     "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
+    ("--worker-processes", "worker_processes", worker_processes, "nginx worker_processes (auto)"),
+    ("--log-format", "log_format", str, "text or json"),
+    ("--log-level", "log_level", str, "debug, info, warning or error"),
+)
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Add the setting flags (all, or those whose destination is in `only`)."""
+    for flag, dest, _, help_text in _OPTIONS:
+        if only is None or dest in only:
+            parser.add_argument(flag, dest=dest, default=None, metavar=dest.upper(),
+                                help=f"{help_text} [{env_name(flag)}]")
+
+
+def from_sources(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < environment < flags. Raises SettingsError listing every bad value."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for flag, dest, parse, _ in _OPTIONS:
+        raw = getattr(args, dest, None)
+        source = flag
+        if raw is None and env_name(flag) in environ and environ[env_name(flag)] != "":
+            raw, source = environ[env_name(flag)], env_name(flag)
+        if raw is None:
+            continue
+        try:
+            values[dest] = parse(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            errors.append(f"{source}: {exc}")
+    if values.get("log_format", "text") not in ("text", "json"):
+        errors.append(f"--log-format: {values['log_format']!r} is not text or json")
+    if values.get("log_level", "info") not in ("debug", "info", "warning", "error"):
+        errors.append(f"--log-level: {values['log_level']!r} is not debug/info/warning/error")
+    if errors:
+        raise SettingsError("; ".join(errors))
+    return Settings(**values)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import free_port
+from tests.support.gateway import Agent, Dnsmasq, Upstream
+
+pytestmark = pytest.mark.integration
+
+# Distinct loopback addresses, one per task, so each upstream answers with its own identity.
+TASK_ADDRESSES = [f"127.0.10.{i}" for i in range(1, 9)]
+
+
+@pytest.fixture
+def dns(tmp_path: Path) -> Iterator[Dnsmasq]:
+    server = Dnsmasq(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_port() -> int:
+    return free_port("127.0.10.1")
+
+
+@pytest.fixture(scope="session")
+def tasks(upstream_port: int) -> Iterator[dict[str, Upstream]]:
+    """Eight upstream 'tasks' on 127.0.10.1-8, each answering 'task1'...'task8'."""
+    servers = {f"task{i + 1}": Upstream(f"task{i + 1}", a, upstream_port)
+               for i, a in enumerate(TASK_ADDRESSES)}
+    yield servers
+    for s in servers.values():
+        s.stop()
+
+
+def write_routes(path: Path, routes: Sequence[dict[str, object]]) -> Path:
+    path.write_text(yaml.safe_dump({"routes": list(routes)}, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[..., Agent]]:
+    agents: list[Agent] = []
+
+    def start(routes: Sequence[dict[str, object]], *extra: str, wait_ready: bool = True,
+              workdir: Path | None = None) -> Agent:
+        wd = workdir or tmp_path / f"agent{len(agents)}"
+        wd.mkdir(exist_ok=True)
+        routes_file = write_routes(wd / "routes.yaml", routes)
+        agent = Agent(wd, routes_file, dns.nameserver, extra=["--poll-interval", "0.5", *extra])
+        agents.append(agent)
+        agent.start(wait_ready=wait_ready)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()

@@ -1,0 +1,249 @@
+"""Real programs for the integration tests: dnsmasq, HTTP upstreams and the gateway agent.
+
+Everything binds to loopback addresses (127.0.0.0/8) and is stopped by the fixture that made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import free_port, require_programs, wait_until
+
+
+def http_get(port: int, host: str | None = "x", path: str = "/", address: str = "127.0.0.1",
+             timeout: float = 5.0, headers: Mapping[str, str] | None = None,
+             method: str = "GET") -> tuple[int, str, dict[str, str]]:
+    """One request on a fresh connection: (status, body, headers). host=None sends no Host."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        return resp.status, body, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+class Dnsmasq:
+    """A real DNS server answering from a hosts file; `set()` changes answers, then waits."""
+
+    def __init__(self, workdir: Path, address: str = "127.0.0.53") -> None:
+        self.paths = require_programs("dnsmasq")
+        self.address = address
+        self.port = free_port(address)
+        self.hosts_file = workdir / "dns-hosts"
+        self.log_file = workdir / "dnsmasq.log"
+        self.records: dict[str, list[str]] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.hosts_file.write_text("")
+
+    @property
+    def nameserver(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.paths["dnsmasq"], "--keep-in-foreground", "--no-resolv", "--no-hosts",
+             f"--addn-hosts={self.hosts_file}", f"--listen-address={self.address}",
+             f"--port={self.port}", "--bind-interfaces", "--pid-file=", "--local=/#/",
+             "--cache-size=0", "--log-facility=-",
+             # Docker answers with a TTL of 600 s; so do we, so that any caching shows
+             "--local-ttl=600",
+             *(["--user=root", "--group=root"] if os.geteuid() == 0 else [])],
+            stdout=self.log_file.open("ab"), stderr=subprocess.STDOUT)
+        wait_until(lambda: self._answers("dnsmasq-ready.test") == [], 10, "dnsmasq to answer")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+    def _answers(self, name: str) -> list[str] | None:
+        """The A answer for `name` as dnsmasq gives it now (None if it does not answer)."""
+        from dnslib import QTYPE, DNSRecord
+
+        try:
+            reply = DNSRecord.parse(DNSRecord.question(name, "A").send(
+                self.address, self.port, timeout=0.5))
+        except (OSError, Exception):
+            return None
+        return sorted(str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A)
+
+    def set(self, name: str, addresses: Sequence[str]) -> None:
+        """Make `name` answer exactly `addresses` (none: NXDOMAIN), and wait until it does."""
+        if addresses:
+            self.records[name] = list(addresses)
+        else:
+            self.records.pop(name, None)
+        lines = [f"{a} {n}" for n, addrs in sorted(self.records.items()) for a in addrs]
+        tmp = self.hosts_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.hosts_file)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        want = sorted(addresses)
+        wait_until(lambda: self._answers(name) == want, 5, f"dnsmasq to answer {name} {want}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Upstream
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(float(self.path.partition("=")[2] or 2))
+        if self.path.startswith("/headers"):
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()})
+        else:
+            body = self.server.name
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.server.hits += 1
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Upstream(ThreadingHTTPServer):
+    daemon_threads = True
+    name: str
+    hits: int
+
+
+class Upstream:
+    """An HTTP server on its own loopback address that answers with its name."""
+
+    def __init__(self, name: str, address: str, port: int) -> None:
+        self.name, self.address, self.port = name, address, port
+        self.server = _Upstream((address, port), _Handler)
+        self.server.name = name
+        self.server.hits = 0
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Agent:
+    """`gateway-agent run` as a user starts it, with a private nginx under a temporary prefix."""
+
+    def __init__(self, workdir: Path, routes: Path, nameserver: str,
+                 extra: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        require_programs("nginx")
+        self.workdir = workdir
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.status_port = free_port()
+        self.prefix = workdir / "nginx"
+        self.log_file = workdir / "agent.log"
+        self.args = [sys.executable, "-m", "agent", "run", "--routes", str(routes),
+                     "--nameserver", nameserver, "--listen", f"127.0.0.1:{self.port}",
+                     "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                     "--status-listen", f"127.0.0.1:{self.status_port}",
+                     "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
+                     "--log-level", "debug", *extra]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=self.log_file.open("ab"),
+                                     stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=Path(__file__).resolve().parents[2])
+        if wait_ready:
+            wait_until(self.ready, 20, f"the agent to be ready; log:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            return self.admin("/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def get(self, host: str | None, path: str = "/", **kw: Any) -> tuple[int, str]:
+        status, body, _ = http_get(self.port, host, path, **kw)
+        return status, body
+
+    def admin(self, path: str) -> tuple[int, str]:
+        status, body, _ = http_get(self.admin_port, "localhost", path)
+        return status, body
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.admin("/status")
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics, parsed by prometheus_client: {'name{k="v"}': value}."""
+        code, body = self.admin("/metrics")
+        assert code == 200, body
+        out = {}
+        for family in text_string_to_metric_families(body):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def backends_seen(self, host: str, requests: int = 30) -> set[str]:
+        """Which upstream names answer `requests` requests for `host`."""
+        seen = set()
+        for _ in range(requests):
+            status, body = self.get(host)
+            if status == 200:
+                seen.add(body)
+        return seen
+
+
+@contextlib.contextmanager
+def upstreams(names_addresses: Mapping[str, str], port: int) -> Iterator[dict[str, Upstream]]:
+    servers = {n: Upstream(n, a, port) for n, a in names_addresses.items()}
+    try:
+        yield servers
+    finally:
+        for s in servers.values():
+            s.stop()
