@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.routes import RoutesError, Target, load_routes, parse_routes, parse_routes_text
+
+EXAMPLE = """
+routes:
+  - hosts: [managerhttp, Manager.Example.com]
+    service: managerhttp
+    port: 8888
+  - hosts: [dmzhttp, "*.dmz.example.com"]
+    service: dmzhttp
+    port: 8888
+    zone: dmz
+    balance: least_conn
+    connect_timeout: 500ms
+    read_timeout: 2m
+    max_body_size: 10m
+    websocket: true
+  - hosts: [api.example.com]
+    path: /v1/users
+    host: api.internal
+    port: 80
+"""
+
+
+def errors_of(data: object) -> list[str]:
+    with pytest.raises(RoutesError) as info:
+        parse_routes(data)
+    return info.value.errors
+
+
+def one(**route: object) -> dict[str, object]:
+    base: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
+    base.update(route)
+    return {"routes": [base]}
+
+
+def test_the_example_parses_with_defaults_and_units() -> None:
+    table = parse_routes_text(EXAMPLE)
+    manager, dmz, api = table.routes
+    assert manager.hosts == ("managerhttp", "manager.example.com")  # host names are lowercased
+    assert (manager.path, manager.balance, manager.connect_timeout) == ("/", "round_robin", 5.0)
+    assert manager.target == Target("service", "managerhttp")
+    assert manager.target.lookup_name == "tasks.managerhttp"
+    assert (dmz.connect_timeout, dmz.read_timeout, dmz.max_body_size) == (0.5, 120.0, 10 << 20)
+    assert dmz.websocket is True
+    assert api.target == Target("host", "api.internal")
+    assert api.target.lookup_name == "api.internal"
+    assert table.targets == (Target("host", "api.internal"), Target("service", "dmzhttp"),
+                             Target("service", "managerhttp"))
+
+
+def test_zone_selects_only_its_routes() -> None:
+    table = parse_routes_text(EXAMPLE)
+    assert [r.service for r in table.for_zone("dmz").routes] == ["dmzhttp"]
+    assert table.for_zone("intra").routes == ()
+    assert table.for_zone(None) == table
+
+
+def test_every_error_is_reported_at_once_with_its_place() -> None:
+    errors = errors_of({"routes": [
+        {"hosts": ["ok.example.com"], "service": "svc", "port": 8888},
+        {"hosts": ["a b"], "service": "svc", "port": 0},
+        {"hosts": [], "port": 80},
+        {"hosts": ["x.example.com"], "service": "svc", "port": 80, "colour": "red"},
+    ]})
+    text = "\n".join(errors)
+    assert "routes[1].hosts[0]: 'a b' is not a valid host name" in text
+    assert "routes[1].port" in text
+    assert "routes[2].hosts" in text
+    assert "routes[2]: give exactly one of 'service'" in text or "routes[2]" in text
+    assert "routes[3].colour: unknown field" in text
+    assert len(errors) >= 4
+
+
+@pytest.mark.parametrize("hostile", [
+    "a.example.com; include /etc/passwd", "a{", "a}", "a'b", 'a"b', "$host", "a#b", "a\nb",
+    "a\x00b", "a b", "a\\b", "ünïcode.example", "-a.example.com", "a..b", "*.*.example.com",
+    "a.*.example.com", "x" * 64 + ".example.com", ("a." * 127) + "com", "", "~^(.*)$",
+])
+def test_hostile_host_names_are_refused(hostile: str) -> None:
+    errors = errors_of(one(hosts=[hostile]))
+    assert errors[0].startswith("routes[0].hosts[0]: ")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("service", "svc;evil"), ("service", "svc}"), ("service", "$svc"), ("service", "a b"),
+    ("service", "-svc"), ("service", "s" * 64), ("service", 12), ("service", ["a"]),
+    ("path", "api"), ("path", "/api/"), ("path", "/a b"), ("path", "/a;b"), ("path", "/a{b}"),
+    ("path", "/$uri"), ("path", "/a/../b"), ("path", "/a//b"), ("path", "/a%20b"),
+    ("path", '/a"b'), ("path", "/a\nb"), ("path", "/a#b"), ("path", "/a\\b"),
+    ("zone", "DMZ"), ("zone", "dmz;"), ("zone", ""), ("port", 0), ("port", 65536),
+    ("port", "8888"), ("port", True), ("port", 80.5), ("balance", "random"),
+    ("connect_timeout", "5 s"), ("connect_timeout", "5;"), ("connect_timeout", 0),
+    ("connect_timeout", True), ("read_timeout", "1d"), ("max_body_size", "10 m"),
+    ("max_body_size", "-1"), ("max_body_size", "1t"), ("websocket", "yes"),
+])
+def test_hostile_or_wrong_values_are_refused_naming_the_field(field: str,
+                                                              value: object) -> None:
+    errors = errors_of(one(**{field: value}))
+    assert any(e.startswith(f"routes[0].{field}") for e in errors), errors
+
+
+def test_host_lookup_name_is_a_dns_name() -> None:
+    assert errors_of(one(service=None, host="api.internal;x"))[0].startswith("routes[0].host")
+    assert parse_routes(one(service=None, host="API.internal.")).routes[0].host == "api.internal"
+
+
+def test_exactly_one_target() -> None:
+    assert "exactly one of 'service'" in errors_of(one(host="api.internal"))[0]
+    assert "exactly one of 'service'" in errors_of(one(service=None))[0]
+
+
+def test_the_same_host_and_path_twice_is_refused() -> None:
+    errors = errors_of({"routes": [
+        {"hosts": ["a.example.com"], "service": "one", "port": 80},
+        {"hosts": ["b.example.com", "A.example.com"], "service": "two", "port": 80},
+        {"hosts": ["a.example.com"], "path": "/api", "service": "three", "port": 80},
+        {"hosts": ["c.example.com", "c.example.com"], "service": "four", "port": 80},
+    ]})
+    assert errors == [
+        "routes[1].hosts[1]: 'a.example.com' with path '/' is already routed by routes[0]",
+        "routes[3].hosts[1]: 'c.example.com' with path '/' is already routed by this route",
+    ]
+
+
+def test_yaml_problems_name_the_line() -> None:
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text("routes:\n  - hosts: [a\n    port: 80\n")
+    assert "line" in info.value.errors[0]
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text("routes:\n  - hosts: [a]\n    port: 80\n    port: 81\n    service: s\n")
+    assert "duplicate key 'port' (line 4)" in info.value.errors[0]
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text("")
+    assert "empty" in info.value.errors[0]
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text("- a\n- b\n")
+    assert "expected a mapping" in info.value.errors[0]
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text("routes: !!python/object/apply:os.system ['true']\n")
+    assert "invalid YAML" in info.value.errors[0]
+
+
+def test_an_empty_route_list_is_valid() -> None:
+    assert parse_routes_text("routes: []\n").routes == ()
+
+
+def test_load_routes_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(tmp_path / "missing.yaml")
+    assert str(tmp_path / "missing.yaml") in str(info.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"routes: \xff\n")
+    with pytest.raises(RoutesError):
+        load_routes(bad)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from agent import settings
+from agent.settings import HostPort, SettingsError, parse_host_port
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.Settings:
+    p = argparse.ArgumentParser()
+    settings.add_arguments(p)
+    return settings.from_sources(p.parse_args(argv), env or {})
+
+
+def test_defaults_match_the_documentation() -> None:
+    s = parse([])
+    assert s.nameserver == HostPort("127.0.0.11", 53)
+    assert s.listen == HostPort("0.0.0.0", 8080)
+    assert s.admin_listen == HostPort("0.0.0.0", 9180)
+    assert s.poll_interval == 1.0
+    assert s.routes_conf_path == Path("/etc/nginx/conf.d/default.conf")
+
+
+def test_flags_win_over_environment_which_wins_over_defaults() -> None:
+    env = {"GATEWAY_POLL_INTERVAL": "5", "GATEWAY_ZONE": "dmz", "GATEWAY_LISTEN": "9000"}
+    s = parse(["--poll-interval", "0.5"], env)
+    assert s.poll_interval == 0.5
+    assert s.zone == "dmz"
+    assert s.listen == HostPort("0.0.0.0", 9000)
+
+
+def test_every_bad_value_is_named_with_its_source() -> None:
+    with pytest.raises(SettingsError) as info:
+        parse(["--listen", "host.example:80", "--zone", "DMZ;"],
+              {"GATEWAY_POLL_INTERVAL": "-1", "GATEWAY_WORKER_PROCESSES": "auto; user root"})
+    text = str(info.value)
+    for place in ("--listen", "--zone", "GATEWAY_POLL_INTERVAL", "GATEWAY_WORKER_PROCESSES"):
+        assert place in text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.11", HostPort("127.0.0.11", 53)),
+    ("127.0.0.11:5353", HostPort("127.0.0.11", 5353)),
+    ("[::1]:53", HostPort("::1", 53)),
+    ("::1", HostPort("::1", 53)),
+])
+def test_nameserver_forms(text: str, expected: HostPort) -> None:
+    assert parse_host_port(text, default_port=53) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":53", "host:0", "host:70000", "host:x", "[::1"])
+def test_bad_host_ports(text: str) -> None:
+    with pytest.raises(ValueError, match=r".+"):
+        parse_host_port(text, default_port=53)
