@@ -117,7 +117,7 @@ class Discovery:
             answer = Answer("timeout", error=f"{qtype} {name}: no answer")
         else:
             addresses = [a for r in result.answer
-                         if r.type in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA)
+                         if isinstance(r.data, pycares.ARecordData | pycares.AAAARecordData)
                          and (a := _address(str(r.data.addr))) is not None]
             answer = Answer("ok", tuple(addresses)) if addresses else Answer("nodata")
         self.metrics.dns_duration.observe(time.perf_counter() - started)
