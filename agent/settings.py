@@ -103,6 +103,13 @@ def zone_name(value: str) -> str:
     return value
 
 
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value!r} must be 0 or more")
+    return number
+
+
 def positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -153,7 +160,7 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
     ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
     ("--dns-timeout", "dns_timeout", positive_float, "seconds one DNS lookup may take (0.5)"),
-    ("--reload-min-interval", "reload_min_interval", float,
+    ("--reload-min-interval", "reload_min_interval", non_negative_float,
      "seconds between two reloads; changes inside it are coalesced into one (2)"),
     ("--zone", "zone", zone_name, "render only the routes of this zone"),
     ("--nginx-prefix", "nginx_prefix", Path,
@@ -163,7 +170,8 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "without --nginx-prefix: nginx's configuration directory (/etc/nginx)"),
     ("--template", "template", Path, "a Jinja2 template to use instead of the built-in one"),
     ("--state-dir", "state_dir", Path,
-     "keep the last good configuration and endpoints here, to serve at once after a restart"),
+     "keep the endpoints behind the last applied configuration here (a volume), to serve "
+     "them at once after a restart while discovery is down"),
     ("--trusted-proxies", "trusted_proxies", parse_networks,
      "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
     ("--worker-processes", "worker_processes", worker_processes, "nginx worker_processes (auto)"),
