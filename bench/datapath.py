@@ -1,0 +1,118 @@
+"""1. Data path: the same two upstreams behind each gateway, wrk with the same threads and
+connections for all, interleaved rounds (the order rotates each round), medians and ratios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import gateways, net, stats, wrk
+from bench.dns import Dnsmasq
+from bench.gateways import Gateway
+from bench.options import Options
+from bench.procs import BenchError, Procs
+from bench.sysinfo import session_cpu
+
+SERVICE = "svc"
+
+
+def _spread_ok(gw: Gateway, samples: int = 20) -> list[str]:
+    seen = sorted({gw.get()[1].strip() for _ in range(samples)})
+    return seen
+
+
+def start_all(procs: Procs) -> list[Gateway]:
+    dns = Dnsmasq(procs, net.DNS_MAIN)
+    tasks = [net.upstream(1), net.upstream(2)]
+    # the article proxies to the service name, the others look up tasks.<service>: in this
+    # benchmark both answer the two task addresses (there is no service VIP on loopback)
+    dns.set({f"tasks.{SERVICE}": tasks, SERVICE: tasks}, confirm=f"tasks.{SERVICE}")
+    gateways.start_upstreams(procs, tasks)
+    routes = gateways.write_routes(procs.workdir / "routes.yaml", SERVICE)
+    return [
+        gateways.start_article(procs, net.DNS_MAIN, SERVICE),
+        gateways.start_agent(procs, net.DNS_MAIN, routes),
+        gateways.start_agent(procs, net.DNS_MAIN, routes, name="agent-1w",
+                             extra=["--worker-processes", "1"],
+                             label="agent, worker_processes 1"),
+        gateways.start_haproxy(procs, net.DNS_MAIN, SERVICE),
+        gateways.start_caddy(procs, net.DNS_MAIN, SERVICE),
+        gateways.direct(tasks[0]),
+    ]
+
+
+def measure(gw: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
+    gw.check_alive()
+    if opts.warmup > 0:
+        wrk.run(gw.url, gw.host_header, opts.warmup, opts.threads, opts.connections, workdir)
+    sids = [p.pid for p in gw.procs]
+    cpu0 = sum(session_cpu(s) for s in sids)
+    result = wrk.run(gw.url, gw.host_header, opts.duration, opts.threads, opts.connections,
+                     workdir)
+    cpu1 = sum(session_cpu(s) for s in sids)
+    row = result.as_dict()
+    if sids:
+        row["gateway_cpu_s"] = cpu1 - cpu0
+        row["gateway_cpu_us_per_request"] = (cpu1 - cpu0) / max(result.requests, 1) * 1e6
+    return row
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    rps = [r["rps"] for r in rows]
+    out: dict[str, Any] = {
+        "rps_median": stats.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+        "rps_spread": stats.spread(rps),
+        "p50_ms": stats.median([r["latency_ms"]["p50"] for r in rows]),
+        "p99_ms": stats.median([r["latency_ms"]["p99"] for r in rows]),
+        "mean_ms": stats.median([r["latency_ms"]["mean"] for r in rows]),
+        "errors": sum(sum(r["errors"].values()) for r in rows),
+    }
+    cpu = [r["gateway_cpu_us_per_request"] for r in rows if "gateway_cpu_us_per_request" in r]
+    if cpu:
+        out["cpu_us_per_request"] = stats.median(cpu)
+    return out
+
+
+def run(opts: Options, workdir: Path) -> dict[str, Any]:
+    with Procs(workdir) as procs:
+        gws = start_all(procs)
+        spread = {gw.name: _spread_ok(gw) for gw in gws}
+        for gw in gws:
+            if gw.name != "direct" and len(spread[gw.name]) < 2:
+                raise BenchError(f"{gw.name} reached only {spread[gw.name]} in 20 requests")
+        rows: dict[str, list[dict[str, Any]]] = {gw.name: [] for gw in gws}
+        for rnd in range(opts.rounds):
+            k = rnd % len(gws)
+            for gw in gws[k:] + gws[:k]:
+                rows[gw.name].append(measure(gw, opts, workdir) | {"round": rnd})
+        info = {gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
+                for gw in gws}
+    results = {name: info[name] | {"rounds": r, "summary": summarize(r)}
+               for name, r in rows.items()}
+    med = {name: g["summary"]["rps_median"] for name, g in results.items()}
+    ratios = {
+        "agent_vs_article": stats.ratio(med["agent"], med["article"]),
+        "agent_vs_haproxy": stats.ratio(med["agent"], med["haproxy"]),
+        "agent_vs_caddy": stats.ratio(med["agent"], med["caddy"]),
+        "agent_vs_direct": stats.ratio(med["agent"], med["direct"]),
+        "agent_1w_vs_agent": stats.ratio(med["agent-1w"], med["agent"]),
+        "haproxy_vs_direct": stats.ratio(med["haproxy"], med["direct"]),
+    }
+    goals = [
+        {"goal": "agent >= 3.5x the article's configuration (requests/s)",
+         "measured": f"{ratios['agent_vs_article']:.2f}x",
+         "met": ratios["agent_vs_article"] >= 3.5},
+        {"goal": "agent at least as fast as HAProxy (requests/s)",
+         "measured": f"{ratios['agent_vs_haproxy']:.2f}x",
+         "met": ratios["agent_vs_haproxy"] >= 1.0},
+        {"goal": "agent as close to no gateway as a proxy hop allows",
+         "measured": f"{ratios['agent_vs_direct']:.2f}x of direct "
+                     f"(HAProxy {ratios['haproxy_vs_direct']:.2f}x)",
+         "met": None},
+    ]
+    return {
+        "params": {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
+                   "threads": opts.threads, "connections": opts.connections,
+                   "upstreams": [net.upstream(1), net.upstream(2)]},
+        "gateways": results, "ratios": ratios, "goals": goals,
+    }

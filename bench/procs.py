@@ -1,0 +1,147 @@
+"""The programs a benchmark starts, and the small network helpers it waits with.
+
+Every program runs in a session of its own, so that stopping it (by its own process id and group)
+also stops the workers it forked, and nothing else on the machine. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """Something a benchmark needs did not happen; the message says what."""
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str,
+               interval: float = 0.02) -> T:
+    """Call `probe` until it returns something truthy; raise BenchError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+        except BenchError:  # a program we wait on has died: waiting longer will not help
+            raise
+        except Exception as exc:  # the probe's own failure is what we report on timeout
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise BenchError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(host: str, port: int, path: str = "/", host_header: str | None = None,
+             timeout: float = 2.0) -> tuple[int, str]:
+    """One GET on a fresh connection: (status, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        headers = {"Host": host_header} if host_header else {}
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class Proc:
+    """One program we started, its output going to a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path,
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log = log
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None, cwd=cwd, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Ask the program to stop; after `timeout`, kill what is left of its process group."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        # Workers (nginx) or children (the agent's nginx) left behind share our group id.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+
+
+class Procs:
+    """The programs of one benchmark section; `close` stops them, last started first."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[tuple[Proc, int]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Proc:
+        proc = Proc(name, argv, self.workdir / f"{name}.log", env=env, cwd=self.workdir)
+        self.started.append((proc, stop_signal))
+        return proc
+
+    def close(self) -> None:
+        while self.started:
+            proc, sig = self.started.pop()
+            proc.stop(sig)
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_quiet(argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion, capturing its output."""
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          check=False)

@@ -1,0 +1,242 @@
+"""REPORT.md from results.json: goals first, then one part per section, each with its table,
+its plot and what it ran against. `write_docs` puts the same figures into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import plots
+
+DOCS_START = "<!-- bench:results:start -->"
+DOCS_END = "<!-- bench:results:end -->"
+TITLES = {"datapath": "1. Data path", "convergence": "2. Convergence",
+          "reloads": "3. Reloads under load", "failover": "4. Failover",
+          "scale": "5. Scale and footprint", "check": "6. The health check"}
+
+
+def _n(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def _s(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f} s"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return [*out, ""]
+
+
+def _met(goal: dict[str, Any]) -> str:
+    return {True: "met", False: "**not met**", None: "–"}[goal.get("met")]
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    m = results.get("machine", {})
+    v = m.get("versions", {})
+    return [
+        f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"{m.get('memory_gib', '?')} GiB, {m.get('os', '?')}, kernel {m.get('kernel', '?')}",
+        f"- Software: nginx {v.get('nginx')}, HAProxy {v.get('haproxy')}, Caddy {v.get('caddy')}, "
+        f"wrk {v.get('wrk')}, dnsmasq {v.get('dnsmasq')}, keepalived {v.get('keepalived')}, "
+        f"Python {m.get('python')}",
+        f"- Agent revision: {m.get('revision', '?')}; results updated {results.get('updated')}",
+    ]
+
+
+def goals_table(sections: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, sec in sections.items():
+        if "error" in sec:
+            rows.append([TITLES.get(name, name), "(section failed)", sec["error"][:120], "–"])
+        for g in sec.get("goals", []):
+            rows.append([TITLES.get(name, name), g["goal"], g["measured"], _met(g)])
+    return _table(["section", "goal", "measured", "verdict"], rows)
+
+
+def _run_line(sec: dict[str, Any]) -> str:
+    o = sec.get("options", {})
+    return (f"_Ran {sec.get('started')}, {sec.get('elapsed_s', 0):.0f} s"
+            f"{' (--quick)' if o.get('quick') else ''}; other load on the machine before it: "
+            f"{sec.get('machine_busy_before', 0) * 100:.0f}% of all cores busy, load average "
+            f"{sec.get('loadavg_before', ['?'])[0]} -> {sec.get('loadavg_after', ['?'])[0]}._")
+
+
+def datapath(sec: dict[str, Any]) -> list[str]:
+    p = sec["params"]
+    lines = [f"wrk -t{p['threads']} -c{p['connections']}, {p['duration_s']:g} s per measurement "
+             f"after {p['warmup_s']:g} s of warm-up, {p['rounds']} interleaved rounds (the order "
+             "rotates each round); two upstream nginx servers answering a fixed 200. CPU is "
+             "what the gateway's own processes used per request (all of them, workers included).",
+             ""]
+    rows = []
+    for name, g in sec["gateways"].items():
+        s = g["summary"]
+        rows.append([f"{name}: {g['label']}", f"{_n(s['rps_median'])}",
+                     f"{_n(s['rps_min'])} – {_n(s['rps_max'])}", _n(s["p50_ms"], 3),
+                     _n(s["p99_ms"], 3), _n(s.get("cpu_us_per_request"), 1),
+                     str(s["errors"])])
+    lines += _table(["gateway", "req/s (median)", "req/s (min – max)", "p50 ms", "p99 ms",
+                     "CPU µs/req", "errors"], rows)
+    r = sec["ratios"]
+    lines += [f"Ratios of medians: agent / article **{r['agent_vs_article']:.2f}x**, "
+              f"agent / HAProxy **{r['agent_vs_haproxy']:.2f}x**, agent / Caddy "
+              f"{r['agent_vs_caddy']:.2f}x, agent / no gateway {r['agent_vs_direct']:.2f}x "
+              f"(HAProxy / no gateway {r['haproxy_vs_direct']:.2f}x), agent with 1 worker / "
+              f"agent {r['agent_1w_vs_agent']:.2f}x.", ""]
+    lines += ["Configurations:", ""]
+    lines += [f"- {name}: {g['detail']}" for name, g in sec["gateways"].items()]
+    return [*lines, ""]
+
+
+def convergence(sec: dict[str, Any]) -> list[str]:
+    p = sec["params"]
+    lines = [f"A client asks each gateway every {p['poll_every_s'] * 1000:g} ms which task "
+             "answers. Times run from the moment the DNS server answers the new set. A removed "
+             f"task counts as gone once it has not answered for {p['quiet_s']:g} s. "
+             f"{p['changes_per_kind']} changes of each kind for the agent, HAProxy and Caddy "
+             f"(the same changes for all); {p['article_changes']} for the article's nginx, "
+             "timed at a random point of its 30 s cache.", ""]
+    rows = []
+    for name, s in sec["systems"].items():
+        add, rem = s["add"] or {}, s["remove"] or {}
+        errors = ", ".join(f"{k}: {v}" for k, v in s["errors"].items()) or "0"
+        rows.append([f"{name}: {s['label']}", _s(add.get("median")), _s(add.get("p99")),
+                     _s(rem.get("median")), _s(rem.get("p99")),
+                     f"{add.get('n', 0)} + {rem.get('n', 0)}", str(s["timeouts"]), errors])
+    lines += _table(["system", "add median", "add p99", "remove median", "remove p99",
+                     "changes", "timed out", "failed requests during changes"], rows)
+    return lines
+
+
+def reloads(sec: dict[str, Any]) -> list[str]:
+    p = sec["params"]
+    lines = [f"{p['changes']} changes while wrk -t{p['threads']} -c{p['connections']} runs; "
+             f"agent with --poll-interval {p['poll_interval_s']:g} --reload-min-interval "
+             f"{p['reload_min_interval_s']:g}; three changes in four are a task joining or "
+             "leaving DNS, one in four an edit of the routes file. The article's nginx gets "
+             "as many `nginx -s reload`s at the same pace. wrk's socket errors are mostly "
+             "'read' errors: a kept-alive connection closed by an old worker while a request "
+             "was on it.", ""]
+    rows = []
+    for key in ("agent", "article"):
+        r = sec.get(key)
+        if not r:
+            continue
+        w = r["wrk"]
+        errs = ", ".join(f"{k} {v}" for k, v in w["errors"].items() if v) or "none"
+        rows.append([r["label"], str(int(r["reloads"].get("success", 0))),
+                     str(int(r["reloads"].get("failure", 0))), _n(w["requests"]),
+                     _n(w["rps"]), str(w["non2xx"]), f"{w['socket_errors']} ({errs})",
+                     _n(w["latency_ms"]["p99"], 2), _n(w["latency_ms"]["max"], 1)])
+    lines += _table(["setup", "reloads", "failed reloads", "requests", "req/s", "non-2xx",
+                     "socket errors", "p99 ms", "max ms"], rows)
+    a = sec.get("agent", {})
+    if a.get("change_to_reload_s"):
+        c = a["change_to_reload_s"]
+        lines += [f"Change to reload counted: median {_s(c['median'])}, p99 {_s(c['p99'])}; "
+                  f"changes without a reload: {a['changes_without_reload']}; apply failures: "
+                  f"{a['apply_failures'] or 'none'}.", ""]
+    return lines
+
+
+def failover(sec: dict[str, Any]) -> list[str]:
+    if "skipped" in sec:
+        return [f"Not measured: {sec['skipped']}.", ""]
+    p = sec["params"]
+    lines = [f"Three nodes in network namespaces, keepalived with the rendered configuration, "
+             f"{p['trials']} trials per mode; a client asks the VIP every "
+             f"{p['poll_every_s'] * 1000:g} ms (timeout {p['request_timeout_s']:g} s); the "
+             "master's nginx is killed (SIGKILL, whole group).", ""]
+    rows = []
+    for mode, m in sec["modes"].items():
+        f = m["failover"]
+        c = m["check"]
+        rows.append([mode, _s(f["median"]), _s(f["p99"]), _s(f["max"]), str(m["not_observed"]),
+                     _n(m["failed_requests_median"], 0),
+                     f"interval {c.get('interval')} s, watch {c.get('watch_interval')} s, "
+                     f"fall {c.get('fall')}, weight {c.get('weight')}"])
+    lines += _table(["mode", "median", "p99", "worst", "not observed",
+                     "failed requests (median)", "check"], rows)
+    return lines
+
+
+def scale(sec: dict[str, Any]) -> list[str]:
+    lines = ["One agent at a time, default settings (1 s polling); each route has 1 to 10 tasks "
+             "(tasks exist in DNS only). 'Cycle with a reload' is one resolve-render-validate-"
+             "reload-verify cycle, from the agent's own histogram; idle CPU is the agent "
+             "process alone over a window with no changes and no scraping.", ""]
+    rows = []
+    for s in sec["sizes"]:
+        ch, idle = s["change_cycle_s"] or {}, s["idle_cycle_s"] or {}
+        i = s["idle"]
+        rows.append([str(s["routes"]), str(s["tasks"]), _s(s["ready_s"]),
+                     _s(ch.get("median")), _s(ch.get("max")), _s(idle.get("median")),
+                     _n(s["agent_rss_mib"], 1), _n(s["nginx_pss_mib"], 1),
+                     _n(i["cpu_per_poll_ms"], 1), _n(i["cpu_percent_of_core"], 2)])
+    lines += _table(["routes", "tasks", "start to ready", "cycle w/ reload (median)",
+                     "(worst)", "idle cycle", "agent RSS MiB", "nginx PSS MiB",
+                     "CPU ms/poll", "idle CPU % core"], rows)
+    return lines
+
+
+def healthcheck(sec: dict[str, Any]) -> list[str]:
+    lines = [f"{sec['params']['runs']} runs of each, interleaved, each a new process timed "
+             "from spawn to exit, against a running agent.", ""]
+    rows = [[name, _n(v["median"] * 1000, 1), _n(v["p99"] * 1000, 1), _n(v["min"] * 1000, 1),
+             _n(v["max"] * 1000, 1)] for name, v in sec["variants"].items()]
+    return lines + _table(["command", "median ms", "p99 ms", "min ms", "max ms"], rows)
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "datapath": datapath, "convergence": convergence, "reloads": reloads,
+    "failover": failover, "scale": scale, "check": healthcheck}
+
+
+def body(results: dict[str, Any], images: dict[str, Path] | None = None,
+         image_prefix: str = "") -> list[str]:
+    sections = {k: results["sections"][k] for k in TITLES if k in results["sections"]}
+    lines = [*machine_lines(results), "", "## Goals", "", *goals_table(sections)]
+    for name, sec in sections.items():
+        lines += [f"## {TITLES[name]}", "", _run_line(sec), ""]
+        if "error" in sec:
+            lines += [f"The section failed: `{sec['error']}`", ""]
+            continue
+        lines += RENDER[name](sec)
+        if images and name in images:
+            lines += [f"![{TITLES[name]}]({image_prefix}{images[name].name})", ""]
+    return lines
+
+
+def write(results: dict[str, Any], out: Path) -> Path:
+    images: dict[str, Path] = {}
+    for name, sec in results["sections"].items():
+        if "error" not in sec and name in plots.ALL:
+            made = plots.ALL[name](sec, out)
+            if made is not None:
+                images[name] = made
+    lines = ["# swarm-gateway benchmarks", "",
+             "Written by `python -m bench` (`make bench`); every raw figure is in "
+             "`results.json`. Nothing here is a pass/fail test: goals are met or not met.", "",
+             *body(results, images)]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def write_docs(results: dict[str, Any], docs: Path) -> None:
+    """Replace the part of docs/benchmarks.md between the markers with the latest figures."""
+    text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{DOCS_START}\n{DOCS_END}\n"
+    if DOCS_START not in text or DOCS_END not in text:
+        text = text.rstrip() + f"\n\n{DOCS_START}\n{DOCS_END}\n"
+    figures = "\n".join(["", *body(results)]).replace("## ", "### ")
+    pattern = re.compile(re.escape(DOCS_START) + ".*?" + re.escape(DOCS_END), re.S)
+    docs.write_text(pattern.sub(lambda _: f"{DOCS_START}\n{figures.strip()}\n\n{DOCS_END}",
+                                text))

@@ -1,0 +1,154 @@
+"""5. Scale and footprint: 10, 100 and 1000 routes with 1 to 10 tasks each.
+
+For each size: the time from starting the agent to /readyz (the first full cycle plus nginx's
+start), the duration of cycles that change something (resolve, render, nginx -t, reload, verify)
+and of idle cycles, read one by one from the agent's own `gateway_reconcile_duration_seconds`
+(scraped often enough that each scrape sees at most one new cycle), the agent's memory, and its
+CPU per poll while nothing changes (no scraping inside that window).
+
+The tasks only exist in DNS: nginx -t and a reload do not connect to upstreams.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import admin, gateways, net, stats
+from bench.dns import Dnsmasq
+from bench.options import Options
+from bench.procs import BenchError, Procs
+from bench.sysinfo import process_cpu, pss_kib, session_pids, status_kib
+
+HIST = "gateway_reconcile_duration_seconds"
+
+
+def _tasks_for(i: int) -> int:
+    return i % 10 + 1
+
+
+def _write_routes(path: Path, n: int) -> None:
+    lines = ["routes:"]
+    for i in range(n):
+        lines += [f"  - hosts: [s{i}.example]", f"    service: s{i}",
+                  f"    port: {net.UPSTREAM_PORT}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _records(n: int) -> tuple[dict[str, list[str]], int]:
+    records: dict[str, list[str]] = {}
+    k = 0
+    for i in range(n):
+        records[f"tasks.s{i}"] = [net.scale_task(k + j) for j in range(_tasks_for(i))]
+        k += _tasks_for(i)
+    return records, k
+
+
+def _hist(samples: admin.Samples) -> tuple[float, float]:
+    return admin.value(samples, f"{HIST}_count"), admin.value(samples, f"{HIST}_sum")
+
+
+def _cycles(gw: gateways.Gateway, dns: Dnsmasq, n: int, changes: int, next_task: int,
+            scrape_every: float = 0.1) -> tuple[list[float], list[float], int]:
+    """Make `changes` DNS changes one at a time; return (change cycles, idle cycles, missed)."""
+    changed: list[float] = []
+    idle: list[float] = []
+    missed = 0
+    m = admin.metrics(gw)
+    count, total = _hist(m)
+    reloads = sum(admin.reloads(m).values())
+    for c in range(changes):
+        name = f"tasks.s{c % n}"
+        dns.update({name: [net.scale_task(next_task + c), *dns.records[name][1:]]})
+        deadline = time.monotonic() + 30.0
+        seen_reload = False
+        while time.monotonic() < deadline and not seen_reload:
+            time.sleep(scrape_every)
+            gw.check_alive()
+            m = admin.metrics(gw)
+            new_count, new_total = _hist(m)
+            new_reloads = sum(admin.reloads(m).values())
+            if new_count == count + 1:  # exactly one cycle since the last scrape: its duration
+                (changed if new_reloads > reloads else idle).append(new_total - total)
+            seen_reload = new_reloads > reloads
+            count, total, reloads = new_count, new_total, new_reloads
+        if not seen_reload:
+            missed += 1
+    return changed, idle, missed
+
+
+def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
+    records, used = _records(n)
+    with Procs(workdir) as procs:
+        dns = Dnsmasq(procs, net.DNS_MAIN)
+        dns.set(records, confirm="tasks.s0")
+        routes = workdir / "routes.yaml"
+        _write_routes(routes, n)
+        t0 = time.monotonic()
+        gw = gateways.start_agent(procs, net.DNS_MAIN, routes, ready_timeout=300.0,
+                                  serve_check=False)
+        ready_s = time.monotonic() - t0
+        changed, idle, missed = _cycles(gw, dns, n, opts.scale_cycles, used)
+        pid = gw.procs[0].pid
+        time.sleep(1.0)  # let the last scrape's work settle
+        m0 = admin.metrics(gw)
+        cpu0 = process_cpu(pid)
+        cpu0_children = process_cpu(pid, children=True)
+        w0 = time.monotonic()
+        time.sleep(opts.idle_seconds)
+        cpu1 = process_cpu(pid)
+        cpu1_children = process_cpu(pid, children=True)
+        window = time.monotonic() - w0
+        m1 = admin.metrics(gw)
+        polls = _hist(m1)[0] - _hist(m0)[0]
+        reloads_idle = sum(admin.reloads(m1).values()) - sum(admin.reloads(m0).values())
+        nginx_pids = [p for p in session_pids(pid) if p != pid]
+        rss = status_kib(pid, "VmRSS")
+        hwm = status_kib(pid, "VmHWM")
+        nginx_pss = sum(pss_kib(p) or 0 for p in nginx_pids)
+        if rss is None:
+            raise BenchError("the agent's memory could not be read")
+    cpu_s = cpu1.total - cpu0.total
+    return {
+        "routes": n, "tasks": used, "ready_s": ready_s,
+        "change_cycle_s": stats.summary(changed) if changed else None,
+        "change_cycles": changed, "idle_cycle_s": stats.summary(idle) if idle else None,
+        "changes_without_reload": missed,
+        "agent_rss_mib": rss / 1024, "agent_peak_rss_mib": (hwm or 0) / 1024,
+        "nginx_pss_mib": nginx_pss / 1024, "nginx_processes": len(nginx_pids),
+        "idle": {"window_s": window, "polls": polls, "reloads": reloads_idle,
+                 "cpu_s": cpu_s, "cpu_s_with_children": cpu1_children.total - cpu0_children.total,
+                 "cpu_per_poll_ms": cpu_s / polls * 1000 if polls else None,
+                 "cpu_percent_of_core": cpu_s / window * 100},
+    }
+
+
+def run(opts: Options, workdir: Path) -> dict[str, Any]:
+    sizes = []
+    for n in opts.route_counts:
+        sub = workdir / f"routes-{n}"
+        sub.mkdir()
+        sizes.append(one_size(n, opts, sub))
+    goals: list[dict[str, Any]] = []
+    big = next((s for s in sizes if s["routes"] == 1000), None)
+    if big is None:
+        goals.append({"goal": "1000 routes: cycle < 1 s, RSS < 60 MB, idle CPU < 2% at 1 s",
+                      "measured": "not measured (1000 not among --routes)", "met": None})
+    else:
+        cycle = big["change_cycle_s"]["median"] if big["change_cycle_s"] else None
+        goals += [
+            {"goal": "1000 routes: a full cycle with a reload under 1 s (median)",
+             "measured": "no cycle measured" if cycle is None else f"{cycle:.3f} s",
+             "met": None if cycle is None else cycle < 1.0},
+            {"goal": "1000 routes: agent RSS under 60 MB",
+             "measured": f"{big['agent_rss_mib']:.1f} MiB",
+             "met": big["agent_rss_mib"] * 1.048576 < 60},
+            {"goal": "1000 routes: idle CPU under 2% of a core at 1 s polling",
+             "measured": f"{big['idle']['cpu_percent_of_core']:.2f}%",
+             "met": big["idle"]["cpu_percent_of_core"] < 2.0},
+        ]
+    return {"params": {"route_counts": list(opts.route_counts), "tasks_per_route": "1-10",
+                       "cycles_per_size": opts.scale_cycles, "idle_s": opts.idle_seconds,
+                       "poll_interval_s": 1.0},
+            "sizes": sizes, "goals": goals}
