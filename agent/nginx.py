@@ -103,7 +103,8 @@ class Nginx:
             (layout.prefix / sub).mkdir(parents=True, exist_ok=True)
         _write_atomic(layout.main_conf, render_main_conf(
             prefix=layout.prefix, routes_conf=layout.routes_conf,
-            worker_processes=self.settings.worker_processes))
+            worker_processes=self.settings.worker_processes,
+            access_log=self.settings.access_log_metrics))
 
     def live_text(self) -> str | None:
         try:
@@ -209,9 +210,53 @@ class Nginx:
                                  f"{within:.0f}s, expected {generation!r}")
             await asyncio.sleep(0.02)
 
+    def _workers(self, master: int) -> set[int]:
+        """The master's children (its worker processes), from /proc."""
+        try:
+            text = Path(f"/proc/{master}/task/{master}/children").read_text()
+            return {int(p) for p in text.split()}
+        except OSError:
+            pass
+        children = set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rpartition(")")[2].split()[1]) == master:
+                    children.add(int(entry.name))
+        return children
+
+    async def _old_workers_stop_accepting(self, old: set[int], within: float = 5.0) -> None:
+        """Until every worker of the previous configuration is gone or shutting down.
+
+        A worker that got the quit signal renames itself "... is shutting down" and closes its
+        listening sockets: from then on only workers of the new configuration accept requests.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            busy = []
+            for pid in old:
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue  # exited
+                if b"shutting down" not in title and b"nginx" in title:
+                    busy.append(pid)
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ApplyError("verify", f"old nginx workers {busy} still accept requests "
+                                 f"{within:.0f}s after the reload")
+            await asyncio.sleep(0.005)
+
     async def reload(self, generation: str) -> None:
-        os.kill(self._check_master(), signal.SIGHUP)
+        master = self._check_master()
+        old = self._workers(master)
+        os.kill(master, signal.SIGHUP)
         await self.wait_serving(generation)
+        await self._old_workers_stop_accepting(old)
 
     async def apply(self, text: str, generation: str) -> None:
         """Validate, put in place, reload, verify; on failure restore what was there."""

@@ -99,6 +99,7 @@ class Reconciler:
         self._last_reload_mono: float | None = None
         self._failed: tuple[str, float, float] | None = None  # generation, retry at, backoff
         self._pending_due: float | None = None
+        self._rendered: tuple[object, Rendered] | None = None
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -150,7 +151,12 @@ class Reconciler:
         return snapshot
 
     def render(self) -> Rendered:
-        return self.renderer.render(self.state.routes, self.state.snapshot)
+        """Render, or reuse the last rendering when its inputs are the same (the idle case)."""
+        key = (self.state.routes, tuple(sorted(
+            (name, e.addresses) for name, e in self.state.snapshot.items())))
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot))
+        return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:
         change = describe_change(self._applied_snapshot, self.state.snapshot,
