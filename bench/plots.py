@@ -67,7 +67,8 @@ def convergence(section: dict[str, Any], out: Path) -> Path | None:
     for ax, kind, title in ((axes[0], "add_s", "task added: first request reaches it"),
                             (axes[1], "remove_s", "task removed: last request reaches it")):
         data = [systems[n][kind] or [float("nan")] for n in names]
-        ax.boxplot(data, labels=names, showfliers=False)
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(names) + 1), names)
         for i, values in enumerate(data, start=1):
             ax.scatter([i] * len(values), values, s=10, alpha=0.6, color=_color(names[i - 1]))
         ax.set_yscale("log")
@@ -79,7 +80,7 @@ def convergence(section: dict[str, Any], out: Path) -> Path | None:
 
 
 def reloads(section: dict[str, Any], out: Path) -> Path | None:
-    rows = [(k, section[k]) for k in ("agent", "article") if k in section]
+    rows = [(k, section[k]) for k in ("agent", "agent_close", "article") if k in section]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -137,8 +138,8 @@ def healthcheck(section: dict[str, Any], out: Path) -> Path | None:
         return None
     names = list(variants)
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.boxplot([[v * 1000 for v in variants[n]["runs_s"]] for n in names], vert=False,
-               labels=names, showfliers=True)
+    ax.boxplot([[v * 1000 for v in variants[n]["runs_s"]] for n in names], vert=False)
+    ax.set_yticks(range(1, len(names) + 1), names)
     ax.axvline(50, color="red", linewidth=0.8, linestyle="--")
     ax.set_xlabel("wall time of one run, ms")
     ax.set_title("Health check, one process per run")

@@ -58,7 +58,7 @@ def _wrk_row(result: wrk.WrkResult) -> dict[str, Any]:
             "errors": result.errors, "latency_ms": result.latency_ms}
 
 
-def agent_under_load(opts: Options, workdir: Path) -> dict[str, Any]:
+def agent_under_load(opts: Options, workdir: Path, keepalive: bool = True) -> dict[str, Any]:
     tasks = [net.upstream(31), net.upstream(32)]
     extra = net.upstream(33)
     with Procs(workdir) as procs:
@@ -74,7 +74,7 @@ def agent_under_load(opts: Options, workdir: Path) -> dict[str, Any]:
         total = sum(start.values())
         budget = opts.reload_changes * 16.0 + 30
         load = wrk.Background(gw.url, gw.host_header, budget, opts.threads, opts.connections,
-                              workdir)
+                              workdir, headers=() if keepalive else ("Connection: close",))
         waits: list[float] = []
         missed = 0
         has_extra = has_second = False
@@ -101,8 +101,10 @@ def agent_under_load(opts: Options, workdir: Path) -> dict[str, Any]:
         end = admin.reloads(admin.metrics(gw))
         failures = {k: v for k, v in admin.metrics(gw).items()
                     if k[0] == "gateway_apply_failures_total" and v}
+    label = "agent, clients keep connections alive" if keepalive else \
+        "agent, a new connection per request (Connection: close)"
     return {
-        "label": gw.label, "detail": gw.detail, "changes": opts.reload_changes,
+        "label": label, "detail": gw.detail, "changes": opts.reload_changes,
         "reloads": {k: end[k] - start[k] for k in end}, "changes_without_reload": missed,
         "apply_failures": {dict(k[1]).get("stage", "?"): v for k, v in failures.items()},
         "change_to_reload_s": stats.summary(waits) if waits else None,
@@ -144,9 +146,10 @@ def article_under_load(opts: Options, workdir: Path) -> dict[str, Any]:
 
 
 def run(opts: Options, workdir: Path) -> dict[str, Any]:
-    (workdir / "agent-run").mkdir()
-    (workdir / "article-run").mkdir()
+    for sub in ("agent-run", "agent-close-run", "article-run"):
+        (workdir / sub).mkdir()
     agent = agent_under_load(opts, workdir / "agent-run")
+    agent_close = agent_under_load(opts, workdir / "agent-close-run", keepalive=False)
     article = article_under_load(opts, workdir / "article-run")
     w = agent["wrk"]
     clean = w["non2xx"] == 0 and w["socket_errors"] == 0
@@ -155,8 +158,14 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
               "measured": f"{w['non2xx']} non-2xx, {w['socket_errors']} socket errors in "
                           f"{w['requests']} requests, {int(agent['reloads']['success'])} reloads",
               "met": clean and agent["changes_without_reload"] == 0}]
+    c = agent_close["wrk"]
+    goals.append({"goal": "the same with a new connection per request (what is lost beyond "
+                          "kept-alive connections closed at a reload)",
+                  "measured": f"{c['non2xx']} non-2xx, {c['socket_errors']} socket errors in "
+                              f"{c['requests']} requests",
+                  "met": c["non2xx"] == 0 and c["socket_errors"] == 0})
     return {"params": {"changes": opts.reload_changes,
                        "poll_interval_s": opts.reload_poll_interval,
                        "reload_min_interval_s": opts.reload_min_interval,
                        "threads": opts.threads, "connections": opts.connections},
-            "agent": agent, "article": article, "goals": goals}
+            "agent": agent, "agent_close": agent_close, "article": article, "goals": goals}

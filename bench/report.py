@@ -126,7 +126,7 @@ def reloads(sec: dict[str, Any]) -> list[str]:
              "'read' errors: a kept-alive connection closed by an old worker while a request "
              "was on it.", ""]
     rows = []
-    for key in ("agent", "article"):
+    for key in ("agent", "agent_close", "article"):
         r = sec.get(key)
         if not r:
             continue
@@ -184,7 +184,15 @@ def scale(sec: dict[str, Any]) -> list[str]:
     lines += _table(["routes", "tasks", "start to ready", "cycle w/ reload (median)",
                      "(worst)", "idle cycle", "agent RSS MiB", "nginx PSS MiB",
                      "CPU ms/poll", "idle CPU % core"], rows)
-    return lines
+    for s in sec["sizes"]:
+        failed = {k: v for k, v in s.get("dns_lookups", {}).items()
+                  if k not in ("ok", "nodata", "nxdomain")}
+        if failed:
+            lines += [f"- {s['routes']} routes: DNS lookups that failed during the run: "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in failed.items())
+                      + f" of {sum(s['dns_lookups'].values()):.0f}; services stale at the end: "
+                      f"{s.get('stale_services_at_end', 0):.0f}."]
+    return [*lines, ""]
 
 
 def healthcheck(sec: dict[str, Any]) -> list[str]:

@@ -103,6 +103,9 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         m1 = admin.metrics(gw)
         polls = _hist(m1)[0] - _hist(m0)[0]
         reloads_idle = sum(admin.reloads(m1).values()) - sum(admin.reloads(m0).values())
+        lookups = {dict(k[1])["result"]: v for k, v in m1.items()
+                   if k[0] == "gateway_dns_lookups_total" and v}
+        stale = sum(v for k, v in m1.items() if k[0] == "gateway_upstream_endpoints_stale")
         nginx_pids = [p for p in session_pids(pid) if p != pid]
         rss = status_kib(pid, "VmRSS")
         hwm = status_kib(pid, "VmHWM")
@@ -115,6 +118,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         "change_cycle_s": stats.summary(changed) if changed else None,
         "change_cycles": changed, "idle_cycle_s": stats.summary(idle) if idle else None,
         "changes_without_reload": missed,
+        "dns_lookups": lookups, "stale_services_at_end": stale,
         "agent_rss_mib": rss / 1024, "agent_peak_rss_mib": (hwm or 0) / 1024,
         "nginx_pss_mib": nginx_pss / 1024, "nginx_processes": len(nginx_pids),
         "idle": {"window_s": window, "polls": polls, "reloads": reloads_idle,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,11 @@ def script(workdir: Path, count_non2xx: bool) -> Path:
 
 
 def command(url: str, host_header: str, duration: float, threads: int, connections: int,
-            lua: Path, timeout_s: int = 5) -> list[str]:
+            lua: Path, timeout_s: int = 5, headers: Sequence[str] = ()) -> list[str]:
+    extra = [arg for header in headers for arg in ("-H", header)]
     return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            f"--timeout={timeout_s}s", "-H", f"Host: {host_header}", "-s", str(lua), url]
+            f"--timeout={timeout_s}s", "-H", f"Host: {host_header}", *extra, "-s", str(lua),
+            url]
 
 
 def parse(output: str, args: dict[str, Any]) -> WrkResult:
@@ -107,12 +110,14 @@ class Background:
     """wrk running until `stop` (SIGINT makes wrk stop and report, as Ctrl-C does)."""
 
     def __init__(self, url: str, host_header: str, max_duration: float, threads: int,
-                 connections: int, workdir: Path, count_non2xx: bool = True) -> None:
+                 connections: int, workdir: Path, count_non2xx: bool = True,
+                 headers: Sequence[str] = ()) -> None:
         lua = script(workdir, count_non2xx)
-        self.args = {"threads": threads, "connections": connections}
+        self.args = {"threads": threads, "connections": connections, "headers": list(headers)}
         self.max_duration = max_duration
         self.popen = subprocess.Popen(
-            command(url, host_header, max_duration, threads, connections, lua),
+            command(url, host_header, max_duration, threads, connections, lua,
+                    headers=headers),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def stop(self) -> WrkResult:
