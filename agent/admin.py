@@ -25,7 +25,7 @@ from agent.reconciler import State
 from agent.settings import Settings
 
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
-STALE_GRACE = 30.0  # discovery failing for longer than this makes the gateway not ready
+STALE_GRACE = 30.0  # every lookup failing for longer than this makes the gateway not ready
 
 
 def liveness(state: State, settings: Settings, now: float) -> tuple[bool, str]:
@@ -46,7 +46,7 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
     if state.last_discovery_ok == 0.0 and state.routes.routes:
         problems.append("discovery has not answered yet")
     elif state.routes.routes and now - state.last_discovery_ok > STALE_GRACE:
-        problems.append(f"discovery failing for {now - state.last_discovery_ok:.0f}s")
+        problems.append(f"every DNS lookup failing for {now - state.last_discovery_ok:.0f}s")
     return not problems, problems
 
 

@@ -41,7 +41,7 @@ class State:
     status: str = "starting"
     last_error: str | None = None
     heartbeat: float = 0.0  # monotonic time of the last finished cycle
-    last_discovery_ok: float = 0.0  # monotonic time a round last had no failed lookup
+    last_discovery_ok: float = 0.0  # monotonic time the nameserver last answered a lookup
     last_reload_at: float | None = None  # wall clock
     last_reload_result: str | None = None
     last_reload_detail: str | None = None
@@ -142,7 +142,9 @@ class Reconciler:
         names = [t.lookup_name for t in table.targets]
         snapshot = await self.discovery.resolve(names, self.state.snapshot)
         self.state.snapshot = snapshot
-        if not any(e.stale for e in snapshot.values()):
+        # The nameserver works if it answered anything; one service failing (a typo, a name the
+        # resolver forwards upstream) must not make the whole gateway unready.
+        if not snapshot or not all(e.stale for e in snapshot.values()):
             self.state.last_discovery_ok = self.clock()
         self.metrics.set_endpoints({
             t.name: (len(snapshot[t.lookup_name].addresses), snapshot[t.lookup_name].stale)
