@@ -1,0 +1,85 @@
+"""A real single-node Docker Swarm running the stacks of stacks/, deployed as docs/swarm.md says.
+
+Runs when CI=true or GATEWAY_TEST_SWARM=1 (it starts dockerd, inits a swarm, builds images and
+takes host ports 8080, 8081, 9180, 9181 and 8090); skips otherwise. The session's fixtures undo what
+they did: stacks, configs, volumes, the images they built, and - through scripts/swarm.sh - the
+swarm and the dockerd they started. The debootstrap base image is kept as a cache
+(`scripts/images.sh clean` removes it).
+
+Measurements (time for a scale to show, failed requests during a rolling update, ...) are printed
+at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import CI, missing, require_programs, require_root, wait_until
+from tests.swarm.stacks import (
+    IMAGES,
+    ROOT,
+    STACKS,
+    Swarm,
+    clean,
+    deploy_commands,
+    measured,
+    measurements,
+    run,
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if measurements:
+        terminalreporter.section("swarm measurements")
+        for line in measurements:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    if not (CI or os.environ.get("GATEWAY_TEST_SWARM") == "1"):
+        missing("swarm tests start dockerd and take ports 8080/8081/9180/9181/8090: "
+                "set GATEWAY_TEST_SWARM=1 (CI=true runs them)")
+    require_root()
+    require_programs("docker", "dockerd", "debootstrap")
+    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
+        missing("busybox-static is not installed (scripts/setup.sh test installs it)")
+
+    state = tmp_path_factory.mktemp("swarm-state")
+    swarm_env = {**os.environ, "SWARM_STATE_DIR": str(state)}
+    subprocess.run([str(ROOT / "scripts/swarm.sh"), "up"], env=swarm_env, check=True, timeout=180)
+    try:
+        existing = set(run("docker", "stack", "ls", "--format", "{{.Name}}").split())
+        if existing & {*STACKS, "gateway-ingress"}:
+            pytest.fail(f"stacks {sorted(existing & set(STACKS))} already exist (is `make demo` "
+                        "running? `make demo-down` removes it)", pytrace=False)
+        started = time.monotonic()
+        run("scripts/images.sh", "auto", timeout=600)
+        measured(f"images built in {time.monotonic() - started:.0f} s")
+        try:
+            commands = deploy_commands()
+            assert len(commands) == 4, f"docs/swarm.md deploys {commands}"
+            for command in commands:
+                run(*command.split())
+            s = Swarm()
+            for host, service in (("managerhttp", "managerhttp"), ("intrahttp", "intrahttp"),
+                                  ("dmzhttp", "dmzhttp")):
+                s.wait_answering(host, service, timeout=120)
+            for gateway in ("http-gateway", "dmz-gateway"):
+                wait_until(lambda g=gateway: s.healthy(g) == s.containers(g), 60,
+                           f"the {gateway} container's HEALTHCHECK to pass", interval=0.5)
+            yield s
+        finally:
+            clean()
+            for image in IMAGES.values():
+                run("docker", "image", "rm", image, check=False)
+    finally:
+        subprocess.run([str(ROOT / "scripts/swarm.sh"), "down"], env=swarm_env, check=False,
+                       timeout=120)

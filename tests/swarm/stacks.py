@@ -1,0 +1,152 @@
+"""What the swarm tests ask of the deployed stacks: commands, requests, task hostnames, numbers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support import wait_until
+from tests.support.gateway import http_get
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "swarm.md"
+# the images the tests build, removed at the end; the stacks read these names from the environment
+IMAGES = {
+    "GATEWAY_IMAGE": "swarm-gateway/http-gateway:swarm-test",
+    "APP_IMAGE": "swarm-gateway/hostname-httpd:swarm-test",
+}
+STACKS = ("gateway", "manager", "intra", "dmz")
+GATEWAY_PORT, ADMIN_PORT, DMZ_GATEWAY_PORT = 8080, 9180, 8081
+
+measurements: list[str] = []
+
+
+def measured(line: str) -> None:
+    """A number worth reading after the run (printed in the terminal summary)."""
+    measurements.append(line)
+
+
+def run(*args: str, check: bool = True, timeout: float = 300) -> str:
+    """Run a command with the test images in the environment; its stdout."""
+    env = {**os.environ, **IMAGES}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def docs_commands(pattern: str) -> list[str]:
+    """The shell commands of docs/swarm.md's code blocks that match `pattern`, in order."""
+    blocks = re.findall(r"```sh\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if re.fullmatch(pattern, line)]
+
+
+def deploy_commands() -> list[str]:
+    """The documented deploy commands of the gateway and application stacks."""
+    cmds = docs_commands(r"docker stack deploy -c stacks/\S+\.yml \S+")
+    return [c for c in cmds if "gateway-ingress" not in c]
+
+
+class Swarm:
+    """The deployed stacks, and what a test asks of them."""
+
+    def service(self, name: str) -> str:
+        """A service's full name: managerhttp -> manager_managerhttp."""
+        return {"managerhttp": "manager_managerhttp", "intrahttp": "intra_intrahttp",
+                "dmzhttp": "dmz_dmzhttp", "http-gateway": "gateway_http-gateway",
+                "dmz-gateway": "gateway_dmz-gateway"}[name]
+
+    def containers(self, service: str) -> set[str]:
+        """The service's started tasks that swarm wants running, by container short id (= the
+        task's hostname). A task being stopped is not one of them, though its container may still
+        be up for its grace period; a task waiting for its first health check ("starting") is."""
+        tasks = run("docker", "service", "ps", "-q", "--filter", "desired-state=running",
+                    self.service(service)).split()
+        if not tasks:
+            return set()
+        out = run("docker", "inspect", "-f",
+                  "{{.Status.State}} {{.Status.ContainerStatus.ContainerID}}", *tasks)
+        return {cid[:12] for state, cid in (line.split() for line in out.splitlines())
+                if state in ("starting", "running")}
+
+    def healthy(self, service: str) -> set[str]:
+        """Containers of the service whose HEALTHCHECK passes."""
+        out = run("docker", "ps", "--filter", "health=healthy", "--filter",
+                  f"label=com.docker.swarm.service.name={self.service(service)}",
+                  "--format", "{{.ID}}")
+        return {cid[:12] for cid in out.split()}
+
+    def ip_addresses(self, service: str) -> set[str]:
+        addresses: set[str] = set()
+        for cid in self.containers(service):
+            out = run("docker", "inspect", "-f",
+                      "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid)
+            addresses.update(out.split())
+        return addresses
+
+    def scale(self, service: str, replicas: int) -> None:
+        run("docker", "service", "scale", "--detach", f"{self.service(service)}={replicas}")
+
+    def get(self, host: str | None, port: int = GATEWAY_PORT, path: str = "/",
+            timeout: float = 5.0) -> tuple[int, str]:
+        status, body, _ = http_get(port, host, path, timeout=timeout)
+        return status, body.strip()
+
+    def answering(self, host: str, port: int = GATEWAY_PORT, requests: int = 30) -> set[str]:
+        """The task hostnames that answer `requests` requests for `host` (only 200s count)."""
+        seen = set()
+        for _ in range(requests):
+            status, body = self.get(host, port)
+            if status == 200:
+                seen.add(body)
+        return seen
+
+    def wait_answering(self, host: str, service: str, timeout: float = 20.0) -> float:
+        """Wait until exactly the running tasks of `service` answer for `host`; seconds taken."""
+        def settled() -> bool:
+            want = self.containers(service)
+            return bool(want) and self.answering(host, requests=4 * len(want) + 4) == want
+
+        started = time.monotonic()
+        wait_until(settled, timeout, f"the tasks of {service} to answer for Host {host}",
+                   interval=0.2)
+        return time.monotonic() - started
+
+
+def stack_containers(*stacks: str) -> list[str]:
+    """Containers (running or not) of these stacks."""
+    found: list[str] = []
+    for stack in stacks:
+        found += run("docker", "ps", "-aq", "--filter",
+                     f"label=com.docker.stack.namespace={stack}", check=False).split()
+    return found
+
+
+def clean() -> None:
+    """Remove the stacks, and what `docker stack rm` leaves: networks (async), configs, volumes."""
+    apps = ("gateway-ingress", *STACKS[1:])
+    run("docker", "stack", "rm", *apps, check=False)
+    # the gateway stack owns the networks the applications use: remove it once they are gone
+    wait_until(lambda: not stack_containers(*apps), 60, "the application containers to go",
+               interval=0.5)
+    run("docker", "stack", "rm", "gateway", check=False)
+    wait_until(lambda: not run("docker", "network", "ls", "-q", "--filter", "name=gateway-",
+                               check=False).strip() or None,
+               60, "the gateway networks to go", interval=0.5)
+    configs = run("docker", "config", "ls", "-q", "--filter", "name=gateway-", check=False).split()
+    if configs:
+        run("docker", "config", "rm", *configs, check=False)
+    # containers of removed services linger a moment and hold their volumes
+    wait_until(lambda: not stack_containers("gateway"), 60, "the gateway containers to go",
+               interval=0.5)
+    volumes = run("docker", "volume", "ls", "-q", "--filter", "name=gateway_", check=False).split()
+    if volumes:
+        run("docker", "volume", "rm", *volumes, check=False)
+
+

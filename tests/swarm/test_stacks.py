@@ -1,0 +1,256 @@
+"""The gateway on a real single-node swarm, through its host-mode published ports.
+
+The tests share one deployment (tests/swarm/conftest.py) and run in this file's order: the
+scaling test leaves managerhttp at 2 tasks for the rolling update, and the gateway is killed last.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import wait_until
+from tests.swarm.stacks import (
+    ADMIN_PORT,
+    DMZ_GATEWAY_PORT,
+    GATEWAY_PORT,
+    ROOT,
+    Swarm,
+    docs_commands,
+    measured,
+    run,
+)
+
+pytestmark = pytest.mark.swarm
+
+ROUTES = yaml.safe_load((ROOT / "stacks" / "routes.yml").read_text(encoding="utf-8"))["routes"]
+
+
+def endpoints_metric(port: int = ADMIN_PORT) -> dict[str, float]:
+    """gateway_upstream_endpoints by service, from the gateway's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {sample.labels["service"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "gateway_upstream_endpoints"}
+
+
+def gateway_container(swarm: Swarm) -> str:
+    (container,) = swarm.containers("http-gateway")
+    return container
+
+
+def test_every_host_routes_to_its_service(swarm: Swarm) -> None:
+    for route in ROUTES:
+        tasks = swarm.containers(route["service"])
+        assert len(tasks) >= 2, f"{route['service']} runs {tasks}"
+        for host in route["hosts"]:
+            # round robin: every task answers, and nothing else does
+            assert swarm.answering(host, requests=6 * len(tasks)) == tasks, host
+    assert endpoints_metric() == {r["service"]: len(swarm.containers(r["service"]))
+                                  for r in ROUTES}
+
+
+def test_unknown_host_is_refused(swarm: Swarm) -> None:
+    every_task = set().union(*(swarm.containers(r["service"]) for r in ROUTES))
+    for host in ("unknown.example.com", "managerhttp.evil.example", "127.0.0.1:8080",
+                 "localhost", "", None):
+        status, body = swarm.get(host)
+        assert status in (400, 404), (host, status, body)
+        assert body not in every_task
+
+
+def test_dmz_gateway_serves_dmz_routes_only(swarm: Swarm) -> None:
+    dmz_tasks = swarm.containers("dmzhttp")
+    assert swarm.answering("www.example.com", port=DMZ_GATEWAY_PORT) == dmz_tasks
+    assert endpoints_metric(ADMIN_PORT + 1) == {"dmzhttp": len(dmz_tasks)}
+
+
+def test_no_host_header_reaches_intra_through_the_dmz_gateway(swarm: Swarm) -> None:
+    internal = swarm.containers("intrahttp") | swarm.containers("managerhttp")
+    addresses = swarm.ip_addresses("intrahttp") | swarm.ip_addresses("managerhttp")
+    hosts = {h for r in ROUTES for h in r["hosts"]} | {
+        "intrahttp", "tasks.intrahttp", "intra_intrahttp", "intrahttp:8888", "managerhttp",
+        "tasks.managerhttp", "manager_managerhttp", "localhost", "127.0.0.1",
+        *addresses, *(f"{a}:8888" for a in addresses)}
+    answered = {}
+    for host in sorted(hosts):
+        for path in ("/", f"http://{host}/", f"http://{host}:8888/"):
+            status, body = swarm.get(host, port=DMZ_GATEWAY_PORT, path=path)
+            answered[(host, path)] = status
+            assert body not in internal, f"Host {host!r}, {path}: an internal task answered"
+    # nor can anything in the dmz gateway's container: it is not on the intra network at all
+    (dmz_gateway,) = swarm.containers("dmz-gateway")
+    probe = ("import sys, urllib.request\n"
+             "for a in sys.argv[1:]:\n"
+             "    try: print(urllib.request.urlopen(f'http://{a}:8888/', timeout=2).read())\n"
+             "    except OSError: pass\n")
+    bodies = run("docker", "exec", dmz_gateway, "python3", "-c", probe, *sorted(addresses))
+    assert not any(task in bodies for task in internal), bodies
+    dmz_hosts = {h for r in ROUTES if r.get("zone") == "dmz" for h in r["hosts"]}
+    served = {key for key, status in answered.items() if status not in (400, 404)}
+    assert {host for host, _ in served} <= dmz_hosts, served
+
+
+def test_scaling_is_followed_and_zero_tasks_answer_503(swarm: Swarm) -> None:
+    gateway = gateway_container(swarm)
+    for replicas in (3, 5, 1, 0, 2):
+        started = time.monotonic()
+        swarm.scale("managerhttp", replicas)
+        if replicas == 0:
+            wait_until(lambda: swarm.get("managerhttp")[0] == 503, 20,
+                       "managerhttp to answer 503 with no task", interval=0.1)
+            wait_until(lambda: endpoints_metric().get("managerhttp") == 0, 5,
+                       "gateway_upstream_endpoints to say 0")
+        else:
+            wait_until(lambda n=replicas: len(swarm.containers("managerhttp")) == n, 60,
+                       f"{replicas} managerhttp tasks to run", interval=0.2)
+            swarm.wait_answering("managerhttp", "managerhttp", timeout=20)
+            assert endpoints_metric()["managerhttp"] == replicas
+        measured(f"scale managerhttp -> {replicas}: the gateway followed "
+                 f"{time.monotonic() - started:.1f} s after `docker service scale`")
+    assert gateway_container(swarm) == gateway, "the gateway's container was replaced"
+    tasks = run("docker", "service", "ps", "-q", swarm.service("http-gateway")).split()
+    assert len(tasks) == 1, f"the gateway was restarted: tasks {tasks}"
+
+
+class Client(threading.Thread):
+    """Requests for Host managerhttp through the gateway, one after another, until stopped.
+
+    keepalive=True reuses one connection, and - like browsers and HTTP libraries - sends a request
+    again on a new connection when a reused one is closed before any response (RFC 9112 9.3.1:
+    nginx closes idle connections when it reloads, and a request can cross that close). Those
+    retries are counted apart; a failure is a request that got no 200 in the end.
+    """
+
+    def __init__(self, keepalive: bool) -> None:
+        super().__init__()
+        self.keepalive = keepalive
+        self.stop = threading.Event()
+        self.results: list[tuple[int, str]] = []
+        self.retried = 0
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=10)
+
+    def run(self) -> None:
+        conn, used = self._connect(), False
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", "/", headers={"Host": "managerhttp"})
+                resp = conn.getresponse()
+                self.results.append((resp.status, resp.read().decode().strip()))
+                used = True
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                if used:
+                    self.retried += 1  # the same request again, on a new connection
+                else:
+                    self.results.append((0, repr(exc)))
+                conn.close()
+                conn, used = self._connect(), False
+                continue
+            except (OSError, http.client.HTTPException) as exc:
+                self.results.append((0, repr(exc)))
+                conn.close()
+                conn, used = self._connect(), False
+                continue
+            if not self.keepalive:
+                conn.close()
+                conn, used = self._connect(), False
+        conn.close()
+
+    @property
+    def failed(self) -> list[tuple[int, str]]:
+        return [r for r in self.results if r[0] != 200]
+
+
+def test_rolling_update_under_load(swarm: Swarm) -> None:
+    before = swarm.containers("managerhttp")
+    assert len(before) == 2
+    clients = [Client(keepalive=True), Client(keepalive=False)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        run("docker", "service", "update", "--force", "--detach=false",
+            swarm.service("managerhttp"), timeout=180)
+        updated = time.monotonic() - started
+        swarm.wait_answering("managerhttp", "managerhttp", timeout=20)
+        time.sleep(2)
+    finally:
+        for client in clients:
+            client.stop.set()
+            client.join()
+    for client in clients:
+        kind = ("one keep-alive connection" if client.keepalive else "a new connection each")
+        measured(f"rolling update of managerhttp (2 tasks, --force, {updated:.0f} s), {kind}: "
+                 f"{len(client.failed)} failed of {len(client.results)} requests"
+                 + (f", {client.retried} sent again after an idle close" if client.keepalive
+                    else ""))
+    after = swarm.containers("managerhttp")
+    assert not after & before, "the update did not replace the tasks"
+    for client in clients:
+        assert {body for status, body in client.results if status == 200} >= after
+        assert client.failed == [], (f"{len(client.failed)} of {len(client.results)} requests "
+                                     f"failed: {client.failed[:5]}")
+
+
+def test_killed_gateway_is_restarted_and_routes_again(swarm: Swarm) -> None:
+    old = gateway_container(swarm)
+    killed = time.monotonic()
+    run("docker", "kill", old)
+    wait_until(lambda: (swarm.containers("http-gateway") - {old}) or None, 60,
+               "swarm to start a new gateway container", interval=0.2)
+    wait_until(lambda: swarm.get("managerhttp", timeout=2)[1] in swarm.containers("managerhttp"),
+               30, "the new gateway to route managerhttp", interval=0.1)
+    measured(f"gateway container killed: routing again {time.monotonic() - killed:.1f} s later")
+    swarm.wait_answering("managerhttp", "managerhttp", timeout=20)
+
+
+def test_ingress_variant_deploys_as_documented(swarm: Swarm) -> None:
+    (command,) = docs_commands(r"docker stack deploy -c stacks/gateway-ingress\.yml \S+")
+    run(*command.split())
+    service = "gateway-ingress_http-gateway"
+    mode = run("docker", "service", "inspect", "-f", "{{(index .Endpoint.Ports 0).PublishMode}}",
+               service).strip()
+    assert mode == "ingress"
+
+    def healthy() -> list[str]:
+        out = run("docker", "ps", "--filter", f"label=com.docker.swarm.service.name={service}",
+                  "--filter", "health=healthy", "--format", "{{.ID}}")
+        return out.split() if len(out.split()) == 2 else []
+
+    # healthy = its own /readyz: nginx serving, discovery answering. The mesh's port itself needs
+    # IPVS, which this machine's kernel lacks, so it is asked from inside the task.
+    containers = wait_until(healthy, 90, "both ingress gateway tasks to be healthy", interval=0.5)
+    probe = ("import http.client\n"
+             "c = http.client.HTTPConnection('127.0.0.1', 8080, timeout=5)\n"
+             "c.request('GET', '/', headers={'Host': 'managerhttp'})\n"
+             "r = c.getresponse(); print(r.status, r.read().decode().strip())\n")
+    for container in containers:
+        status, body = run("docker", "exec", container, "python3", "-c", probe).split()
+        assert status == "200"
+        assert body in swarm.containers("managerhttp")
+
+
+def test_docs_and_stacks_agree() -> None:
+    """Every stack file is deployed by a documented command, under the name its header gives."""
+    documented = {re.search(r"stacks/(\S+)\.yml (\S+)", c).groups()  # type: ignore[union-attr]
+                  for c in docs_commands(r"docker stack deploy -c stacks/\S+\.yml \S+")}
+    stack_files = {p.stem for p in (ROOT / "stacks").glob("*.yml")} - {"routes"}
+    assert {f for f, _ in documented} == stack_files
+    for file, name in documented:
+        header = Path(ROOT / "stacks" / f"{file}.yml").read_text(encoding="utf-8")
+        assert f"docker stack deploy -c stacks/{file}.yml {name}" in header
