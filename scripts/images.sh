@@ -6,6 +6,7 @@
 #   scripts/images.sh official  the gateway image from the official nginx image (registry + package index)
 #   scripts/images.sh local     the gateway image from a local base image built with debootstrap
 #   scripts/images.sh upstream  the test upstream: busybox httpd answering with its hostname
+#   scripts/images.sh registry  exit 0 when a container registry answers (the official base pulls)
 #   scripts/images.sh clean     remove every image this script builds (base images included)
 #
 # Image names come from the environment, so that tests can build their own:
@@ -128,14 +129,28 @@ build_gateway_local() {
   docker build -q -t "$GATEWAY_IMAGE" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_INDEX=--no-index \
     -f "$ctx/images/http-gateway/Dockerfile" "$ctx" >"$ctx.log" 2>&1 || { cat "$ctx.log" >&2; exit 1; }
+  drop_build_stage
   log "built $GATEWAY_IMAGE"
 }
 
 build_gateway_official() {
   log "building $GATEWAY_IMAGE on $OFFICIAL_BASE"
   docker build -q -t "$GATEWAY_IMAGE" -f images/http-gateway/Dockerfile .
+  drop_build_stage
   log "built $GATEWAY_IMAGE"
 }
+
+# The builder without BuildKit keeps the wheel-building stage as an untagged image, and a rebuild
+# leaves the image that had the tag before without a name: remove both.
+previous_gateway=""
+drop_build_stage() {
+  docker image prune -f --filter label=swarm-gateway.stage=build >/dev/null
+  if [ -n "$previous_gateway" ] && [ "$previous_gateway" != "$(image_id "$GATEWAY_IMAGE")" ]; then
+    docker image rm "$previous_gateway" >/dev/null 2>&1 || true  # still used by a container
+  fi
+}
+
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
 
 registry_answers() {
   have_image "$OFFICIAL_BASE" && return 0
@@ -151,6 +166,7 @@ clean() {
   done
 }
 
+previous_gateway=$(image_id "$GATEWAY_IMAGE")
 case "${1:-}" in
   auto)
     if registry_answers; then
@@ -163,8 +179,9 @@ case "${1:-}" in
     ;;
   official) build_gateway_official ;;
   local) build_gateway_local ;;
+  registry) registry_answers ;;
   base) build_base ;;
   upstream) build_upstream ;;
   clean) clean ;;
-  *) echo "usage: $0 auto|official|local|base|upstream|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 auto|official|local|base|upstream|registry|clean" >&2; exit 2 ;;
 esac
