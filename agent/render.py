@@ -96,9 +96,18 @@ def upstream_name(target: Target, port: int, balance: str) -> str:
     return f"{target.kind}_{base}_{port}{suffix}"
 
 
-def _server_address(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ipaddress.ip_address(address).version == 6 else (
-        f"{address}:{port}")
+def _server_address(lookup: str, address: str, port: int) -> str:
+    """An upstream server written from the address as parsed, never from the text as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise RenderError(f"endpoints of {lookup}: {str(address)[:80]!r} is not an IP address",
+                          ) from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise RenderError(f"endpoints of {lookup}: {str(address)[:80]!r} has a scope")
+        return f"[{ip.compressed}]:{port}"
+    return f"{ip.compressed}:{port}"
 
 
 def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target, int, str],
@@ -113,7 +122,8 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
             continue
         out[key] = Upstream(
             upstream_name(*key), route.target.kind, route.target.name, route.port, route.balance,
-            tuple(_server_address(a, route.port) for a in endpoints.addresses))
+            tuple(_server_address(route.target.lookup_name, a, route.port)
+                  for a in endpoints.addresses))
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 

@@ -9,7 +9,7 @@ All errors of a file are reported at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,8 +33,10 @@ SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 ZONE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # nginx matches locations against the decoded URI, so a path prefix is written decoded: no '%'.
 PATH_RE = re.compile(r"/(?:[A-Za-z0-9._~+,:@-]+(?:/[A-Za-z0-9._~+,:@-]+)*)?")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_SIZE_RE = re.compile(r"(\d+)([kKmMgG]?)")
+# re.ASCII: `\d` would also take digits of other scripts ('\u0665s' read as 5 seconds)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", re.ASCII)
+_SIZE_RE = re.compile(r"(\d+)([kKmMgG]?)", re.ASCII)
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -213,7 +215,12 @@ class RouteTable:
 def _place(loc: Iterable[int | str]) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _FIELD_NAME.fullmatch(part):
+            text += f".{part}" if text else part
+        else:  # a key as the file wrote it, quoted: it cannot break the line or forge a place
+            text += f"[{_shown(part)}]"
     return text or "(top level)"
 
 
@@ -228,6 +235,9 @@ def _messages(exc: ValidationError) -> list[str]:
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "invalid_key":  # pydantic puts str(key) where the key was
+            loc = loc[:-1]
+            msg = f"the key {_shown(err['input'])} is not a field name"
         elif "input" in err and err["type"] not in ("model_type",):
             msg = f"{_shown(err['input'])}: {msg}"
         out.append(f"{_place(loc)}: {msg}")
@@ -269,6 +279,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         keys: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? {a: 1}` makes a mapping a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key cannot be a {type(key).__name__}", key_node.start_mark)
             if key in keys:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
@@ -284,6 +297,12 @@ def parse_routes_text(text: str, source: str = "routes") -> RouteTable:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: a position, no mark
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - text.rfind("\n", 0, exc.position)
+            where = f"line {line} column {column}: "
+            problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        problem = " ".join(str(problem).split())  # one line, whatever the parser said
         raise RoutesError(source, [f"{where}invalid YAML: {problem}"]) from None
     if data is None:
         raise RoutesError(source, ["(top level): the file is empty; expected 'routes:'"])

@@ -5,6 +5,7 @@
     python -m bench --only datapath,check --duration 5
     python -m bench --report-only        redraw REPORT.md and the plots from results.json
     python -m bench --write-docs ...     also put the latest figures into docs/benchmarks.md
+                                         (a full run of every section does so by itself)
 
 Sections that run replace their own part of results.json; the others are kept (with the time
 they ran), unless --fresh. A section that fails is recorded with its error and the rest still
@@ -78,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; redraw REPORT.md and plots from results.json")
     p.add_argument("--write-docs", action="store_true",
-                   help="put the latest figures into docs/benchmarks.md")
+                   help="put the latest figures into docs/benchmarks.md (a full run of every "
+                        "section does it by itself)")
     p.add_argument("--keep", action="store_true",
                    help="keep each section's working directory (logs, configurations)")
     p.add_argument("--out", type=Path, help="results directory (bench/results)")
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report.write(results, out)
     print(f"bench: wrote {out / 'REPORT.md'}")
-    if args.write_docs:
+    full_run = not (args.report_only or args.quick or args.only) and not failed
+    if args.write_docs or full_run:
         report.write_docs(results, REPO / "docs" / "benchmarks.md")
         print("bench: updated docs/benchmarks.md")
     return 1 if failed else 0

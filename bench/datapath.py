@@ -3,6 +3,7 @@ connections for all, interleaved rounds (the order rotates each round), medians 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from bench.dns import Dnsmasq
 from bench.gateways import Gateway
 from bench.options import Options
 from bench.procs import BenchError, Procs
-from bench.sysinfo import session_cpu
+from bench.sysinfo import process_cpu, session_cpu
 
 SERVICE = "svc"
 
@@ -29,16 +30,22 @@ def start_all(procs: Procs) -> list[Gateway]:
     dns.set({f"tasks.{SERVICE}": tasks, SERVICE: tasks}, confirm=f"tasks.{SERVICE}")
     gateways.start_upstreams(procs, tasks)
     routes = gateways.write_routes(procs.workdir / "routes.yaml", SERVICE)
-    return [
+    started = [
         gateways.start_article(procs, net.DNS_MAIN, SERVICE),
         gateways.start_agent(procs, net.DNS_MAIN, routes),
         gateways.start_agent(procs, net.DNS_MAIN, routes, name="agent-1w",
                              extra=["--worker-processes", "1"],
                              label="agent, worker_processes 1"),
-        gateways.start_haproxy(procs, net.DNS_MAIN, SERVICE),
-        gateways.start_caddy(procs, net.DNS_MAIN, SERVICE),
-        gateways.direct(tasks[0]),
     ]
+    if "--access-log-metrics" in gateways.agent_help():
+        # per-route metrics from nginx's access log cost something per request: how much?
+        started.append(gateways.start_agent(
+            procs, net.DNS_MAIN, routes, name="agent-nolog",
+            extra=["--access-log-metrics", "off"], label="agent, --access-log-metrics off"))
+    return [*started,
+            gateways.start_haproxy(procs, net.DNS_MAIN, SERVICE),
+            gateways.start_caddy(procs, net.DNS_MAIN, SERVICE),
+            gateways.direct(tasks[0])]
 
 
 def measure(gw: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
@@ -47,13 +54,18 @@ def measure(gw: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
         wrk.run(gw.url, gw.host_header, opts.warmup, opts.threads, opts.connections, workdir)
     sids = [p.pid for p in gw.procs]
     cpu0 = sum(session_cpu(s) for s in sids)
+    main0 = sum(process_cpu(s).total for s in sids)
     result = wrk.run(gw.url, gw.host_header, opts.duration, opts.threads, opts.connections,
                      workdir)
     cpu1 = sum(session_cpu(s) for s in sids)
+    main1 = sum(process_cpu(s).total for s in sids)
     row = result.as_dict()
     if sids:
         row["gateway_cpu_s"] = cpu1 - cpu0
         row["gateway_cpu_us_per_request"] = (cpu1 - cpu0) / max(result.requests, 1) * 1e6
+        # the process we started itself: the agent (Python) for the agent, nginx's master
+        # (nearly idle) for the article, the whole proxy for HAProxy and Caddy
+        row["main_process_cpu_s"] = main1 - main0
     return row
 
 
@@ -70,6 +82,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = [r["gateway_cpu_us_per_request"] for r in rows if "gateway_cpu_us_per_request" in r]
     if cpu:
         out["cpu_us_per_request"] = stats.median(cpu)
+        out["main_process_cpu_percent"] = stats.median(
+            [r["main_process_cpu_s"] / r["duration_s"] * 100 for r in rows])
     return out
 
 
@@ -85,9 +99,11 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
             k = rnd % len(gws)
             for gw in gws[k:] + gws[:k]:
                 rows[gw.name].append(measure(gw, opts, workdir) | {"round": rnd})
-        info = {gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
-                for gw in gws}
-    results = {name: info[name] | {"rounds": r, "summary": summarize(r)}
+        info: dict[str, dict[str, Any]] = {
+            gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
+            for gw in gws}
+    results: dict[str, dict[str, Any]] = {
+        name: {**info[name], "rounds": r, "summary": summarize(r)}
                for name, r in rows.items()}
     med = {name: g["summary"]["rps_median"] for name, g in results.items()}
     ratios = {
@@ -96,6 +112,7 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         "agent_vs_caddy": stats.ratio(med["agent"], med["caddy"]),
         "agent_vs_direct": stats.ratio(med["agent"], med["direct"]),
         "agent_1w_vs_agent": stats.ratio(med["agent-1w"], med["agent"]),
+        "agent_nolog_vs_agent": stats.ratio(med.get("agent-nolog", math.nan), med["agent"]),
         "haproxy_vs_direct": stats.ratio(med["haproxy"], med["direct"]),
     }
     goals = [

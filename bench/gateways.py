@@ -201,9 +201,13 @@ def start_upstreams(procs: Procs, addresses: Sequence[str]) -> list[Proc]:
         text = UPSTREAM_CONF.format(prefix=prefix, address=address, port=net.UPSTREAM_PORT)
         started.append(_start_nginx(procs, name, text, prefix))
     for address, proc in zip(addresses, started, strict=True):
-        wait_until(lambda a=address, p=proc: p.check_alive() or tcp_open(a, net.UPSTREAM_PORT),
-                   10, f"upstream nginx on {address}")
+        _wait_listening(proc, address, net.UPSTREAM_PORT)
     return started
+
+
+def _wait_listening(proc: Proc, host: str, port: int) -> None:
+    wait_until(lambda: proc.check_alive() and tcp_open(host, port), 10,
+               f"{proc.name} listening on {host}:{port}")
 
 
 def start_article(procs: Procs, resolver: str, service: str, name: str = "article",
@@ -266,6 +270,11 @@ def venv_program(name: str) -> str:
     return found
 
 
+def agent_help() -> str:
+    """`gateway-agent run --help`: which flags this version of the agent has."""
+    return run_quiet([venv_program("gateway-agent"), "run", "--help"]).stdout
+
+
 def write_routes(path: Path, service: str) -> Path:
     path.write_text(ROUTES_YAML.format(server_name=net.HOST_HEADER, service=service,
                                        port=net.UPSTREAM_PORT))
@@ -292,7 +301,7 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
     settings = " ".join(extra) or "defaults"
     gw = Gateway(name, label or "agent (gateway-agent run)", net.GATEWAY, port,
                  f"gateway-agent, poll {poll_interval or 1:g}s, {settings}", [proc], admin=admin)
-    wait_until(lambda: proc.check_alive() or http_get(*admin, "/readyz")[0] == 200,
+    wait_until(lambda: proc.check_alive() and http_get(*admin, "/readyz")[0] == 200,
                ready_timeout, f"{name} /readyz")
     if serve_check:
         _wait_serving(gw)

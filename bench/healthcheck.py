@@ -51,7 +51,8 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
                 if code != 0:
                     raise BenchError(f"{' '.join(argv)} exited {code}")
                 times[name].append(seconds)
-    rows = {name: stats.summary(t) | {"runs_s": t} for name, t in times.items()}
+    rows: dict[str, dict[str, Any]] = {name: {**stats.summary(t), "runs_s": t}
+                                       for name, t in times.items()}
     main = rows["gateway-check --http /readyz"]
     goals = [{"goal": "gateway-check under 50 ms (median and p99 over "
                       f"{opts.check_runs} runs)",

@@ -111,9 +111,11 @@ class Proc:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
 
-    def check_alive(self) -> None:
+    def check_alive(self) -> bool:
+        """True, or BenchError with the end of the program's log if it has exited."""
         if not self.alive():
             raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+        return True
 
 
 class Procs:

@@ -74,7 +74,9 @@ def datapath(sec: dict[str, Any]) -> list[str]:
     lines = [f"wrk -t{p['threads']} -c{p['connections']}, {p['duration_s']:g} s per measurement "
              f"after {p['warmup_s']:g} s of warm-up, {p['rounds']} interleaved rounds (the order "
              "rotates each round); two upstream nginx servers answering a fixed 200. CPU is "
-             "what the gateway's own processes used per request (all of them, workers included).",
+             "what the gateway's own processes used per request (all of them, workers included); "
+             "'main process' is the program started itself (the agent's Python process for the "
+             "agent), in % of one core.",
              ""]
     rows = []
     for name, g in sec["gateways"].items():
@@ -82,15 +84,16 @@ def datapath(sec: dict[str, Any]) -> list[str]:
         rows.append([f"{name}: {g['label']}", f"{_n(s['rps_median'])}",
                      f"{_n(s['rps_min'])} – {_n(s['rps_max'])}", _n(s["p50_ms"], 3),
                      _n(s["p99_ms"], 3), _n(s.get("cpu_us_per_request"), 1),
-                     str(s["errors"])])
+                     _n(s.get("main_process_cpu_percent"), 0), str(s["errors"])])
     lines += _table(["gateway", "req/s (median)", "req/s (min – max)", "p50 ms", "p99 ms",
-                     "CPU µs/req", "errors"], rows)
+                     "CPU µs/req", "main process CPU %", "errors"], rows)
     r = sec["ratios"]
     lines += [f"Ratios of medians: agent / article **{r['agent_vs_article']:.2f}x**, "
               f"agent / HAProxy **{r['agent_vs_haproxy']:.2f}x**, agent / Caddy "
               f"{r['agent_vs_caddy']:.2f}x, agent / no gateway {r['agent_vs_direct']:.2f}x "
               f"(HAProxy / no gateway {r['haproxy_vs_direct']:.2f}x), agent with 1 worker / "
-              f"agent {r['agent_1w_vs_agent']:.2f}x.", ""]
+              f"agent {r['agent_1w_vs_agent']:.2f}x, agent without access-log metrics / agent "
+              f"{_n(r.get('agent_nolog_vs_agent'), 2)}x.", ""]
     lines += ["Configurations:", ""]
     lines += [f"- {name}: {g['detail']}" for name, g in sec["gateways"].items()]
     return [*lines, ""]
@@ -171,18 +174,19 @@ def failover(sec: dict[str, Any]) -> list[str]:
 def scale(sec: dict[str, Any]) -> list[str]:
     lines = ["One agent at a time, default settings (1 s polling); each route has 1 to 10 tasks "
              "(tasks exist in DNS only). 'Cycle with a reload' is one resolve-render-validate-"
-             "reload-verify cycle, from the agent's own histogram; idle CPU is the agent "
-             "process alone over a window with no changes and no scraping.", ""]
+             "reload-verify cycle, as the agent logs it with its status line. Idle cycles and "
+             "idle CPU come from a window with no changes and no scraping; CPU is the agent "
+             "process alone.", ""]
     rows = []
     for s in sec["sizes"]:
-        ch, idle = s["change_cycle_s"] or {}, s["idle_cycle_s"] or {}
+        ch = s["change_cycle_s"] or {}
         i = s["idle"]
         rows.append([str(s["routes"]), str(s["tasks"]), _s(s["ready_s"]),
-                     _s(ch.get("median")), _s(ch.get("max")), _s(idle.get("median")),
+                     _s(ch.get("median")), _s(ch.get("max")), _s(s.get("idle_cycle_mean_s")),
                      _n(s["agent_rss_mib"], 1), _n(s["nginx_pss_mib"], 1),
                      _n(i["cpu_per_poll_ms"], 1), _n(i["cpu_percent_of_core"], 2)])
     lines += _table(["routes", "tasks", "start to ready", "cycle w/ reload (median)",
-                     "(worst)", "idle cycle", "agent RSS MiB", "nginx PSS MiB",
+                     "(worst)", "idle cycle (mean)", "agent RSS MiB", "nginx PSS MiB",
                      "CPU ms/poll", "idle CPU % core"], rows)
     for s in sec["sizes"]:
         failed = {k: v for k, v in s.get("dns_lookups", {}).items()

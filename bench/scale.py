@@ -2,15 +2,16 @@
 
 For each size: the time from starting the agent to /readyz (the first full cycle plus nginx's
 start), the duration of cycles that change something (resolve, render, nginx -t, reload, verify)
-and of idle cycles, read one by one from the agent's own `gateway_reconcile_duration_seconds`
-(scraped often enough that each scrape sees at most one new cycle), the agent's memory, and its
-CPU per poll while nothing changes (no scraping inside that window).
+as the agent logs it with each status line, the mean duration of idle cycles from the agent's own
+`gateway_reconcile_duration_seconds` over a window with no changes, the agent's memory, and its
+CPU per poll in that window (no scraping inside it).
 
 The tasks only exist in DNS: nginx -t and a reload do not connect to upstreams.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,33 +50,36 @@ def _hist(samples: admin.Samples) -> tuple[float, float]:
     return admin.value(samples, f"{HIST}_count"), admin.value(samples, f"{HIST}_sum")
 
 
+RELOADED = re.compile(r"cycle status=[\"']reloaded[^\n]*? seconds=([0-9.]+)")
+
+
 def _cycles(gw: gateways.Gateway, dns: Dnsmasq, n: int, changes: int, next_task: int,
-            scrape_every: float = 0.1) -> tuple[list[float], list[float], int]:
-    """Make `changes` DNS changes one at a time; return (change cycles, idle cycles, missed)."""
-    changed: list[float] = []
-    idle: list[float] = []
+            settle: float = 2.5) -> tuple[list[float], int]:
+    """Make `changes` DNS changes one at a time; return (durations of the cycles that reloaded,
+    changes that brought no reload). Each duration is the one the agent logs with its status
+    line ("cycle status='reloaded: ...' seconds=..."); `settle` keeps changes further apart than
+    the agent's minimum interval between reloads, so that none waits to be coalesced."""
+    log = gw.procs[0].log
+    durations: list[float] = []
     missed = 0
-    m = admin.metrics(gw)
-    count, total = _hist(m)
-    reloads = sum(admin.reloads(m).values())
     for c in range(changes):
+        offset = log.stat().st_size
         name = f"tasks.s{c % n}"
         dns.update({name: [net.scale_task(next_task + c), *dns.records[name][1:]]})
         deadline = time.monotonic() + 30.0
-        seen_reload = False
-        while time.monotonic() < deadline and not seen_reload:
-            time.sleep(scrape_every)
+        found = None
+        while found is None and time.monotonic() < deadline:
+            time.sleep(0.1)
             gw.check_alive()
-            m = admin.metrics(gw)
-            new_count, new_total = _hist(m)
-            new_reloads = sum(admin.reloads(m).values())
-            if new_count == count + 1:  # exactly one cycle since the last scrape: its duration
-                (changed if new_reloads > reloads else idle).append(new_total - total)
-            seen_reload = new_reloads > reloads
-            count, total, reloads = new_count, new_total, new_reloads
-        if not seen_reload:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                found = RELOADED.search(f.read().decode(errors="replace"))
+        if found is None:
             missed += 1
-    return changed, idle, missed
+        else:
+            durations.append(float(found.group(1)))
+        time.sleep(settle)
+    return durations, missed
 
 
 def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
@@ -89,7 +93,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         gw = gateways.start_agent(procs, net.DNS_MAIN, routes, ready_timeout=300.0,
                                   serve_check=False)
         ready_s = time.monotonic() - t0
-        changed, idle, missed = _cycles(gw, dns, n, opts.scale_cycles, used)
+        changed, missed = _cycles(gw, dns, n, opts.scale_cycles, used)
         pid = gw.procs[0].pid
         time.sleep(1.0)  # let the last scrape's work settle
         m0 = admin.metrics(gw)
@@ -102,6 +106,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         window = time.monotonic() - w0
         m1 = admin.metrics(gw)
         polls = _hist(m1)[0] - _hist(m0)[0]
+        idle_cycle = (_hist(m1)[1] - _hist(m0)[1]) / polls if polls else None
         reloads_idle = sum(admin.reloads(m1).values()) - sum(admin.reloads(m0).values())
         lookups = {dict(k[1])["result"]: v for k, v in m1.items()
                    if k[0] == "gateway_dns_lookups_total" and v}
@@ -116,7 +121,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
     return {
         "routes": n, "tasks": used, "ready_s": ready_s,
         "change_cycle_s": stats.summary(changed) if changed else None,
-        "change_cycles": changed, "idle_cycle_s": stats.summary(idle) if idle else None,
+        "change_cycles": changed, "idle_cycle_mean_s": idle_cycle,
         "changes_without_reload": missed,
         "dns_lookups": lookups, "stale_services_at_end": stale,
         "agent_rss_mib": rss / 1024, "agent_peak_rss_mib": (hwm or 0) / 1024,

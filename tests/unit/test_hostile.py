@@ -1,0 +1,622 @@
+"""Hostile input, generated: every value is refused with a message naming its place, or it renders
+a configuration that `nginx -t` accepts and that holds exactly what the routes asked for.
+
+"Exactly" is checked on the parsed configuration, not by grepping: the http context holds the
+fixed blocks of an empty route table, one upstream per (target, port, balance) with tasks and
+nothing else in it, one server per set of hosts with exactly the locations their routes asked for,
+and each location holds only the directives of a proxy (or of a 503) with the route's own values.
+A `;`, `{`, `}`, quote, comment or newline that slipped through would show as a directive, a block
+or a server name no route asked for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.discovery import Endpoints, sort_addresses
+from agent.render import KEEPALIVE, Renderer, RenderError, nginx_token, render_main_conf
+from agent.render import upstream_name as expected_upstream_name
+from agent.routes import (
+    Route,
+    RoutesError,
+    RouteTable,
+    parse_routes,
+    parse_routes_text,
+)
+from tests.support import require_programs
+
+LISTEN = "0.0.0.0:8080"
+STATUS = "127.0.0.1:9181"
+TRUSTED = ("10.0.0.0/8", "fd00::/8")
+
+# Examples per property: several thousand in all. nginx -t costs a few milliseconds, so every
+# configuration the model accepts is also shown to the real nginx.
+FILES = settings(max_examples=1000, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+CHEAP = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- a reader of nginx configuration, as nginx's own lexer splits it -----------------------------
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    args: tuple[str, ...]
+    block: tuple[Directive, ...] | None = None
+
+    def children(self, name: str) -> list[Directive]:
+        assert self.block is not None, f"{self.name} has no block"
+        return [d for d in self.block if d.name == name]
+
+    def one(self, name: str) -> Directive:
+        found = self.children(name)
+        assert len(found) == 1, f"{self.name} {self.args}: {len(found)} {name!r} directives"
+        return found[0]
+
+
+# nginx starts a quoted token or a comment only where a token starts; a word runs to whitespace,
+# ';', '{' or '}'.
+_TOKEN = re.compile(r"""(?P<space>\s+)|(?P<comment>\#[^\n]*)|"(?P<dq>(?:[^"\\]|\\.)*)"|"""
+                    r"""'(?P<sq>(?:[^'\\]|\\.)*)'|(?P<punct>[{};])|(?P<word>[^\s{};]+)""", re.S)
+
+
+def _tokens(text: str) -> Iterator[tuple[str, str]]:
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        assert m is not None, f"nginx could not read this at {pos}: {text[pos:pos + 60]!r}"
+        pos = m.end()
+        kind = m.lastgroup
+        if kind in ("space", "comment"):
+            continue
+        assert kind is not None
+        yield ("punct" if kind == "punct" else "word", m.group(kind))
+
+
+def parse_conf(text: str) -> tuple[Directive, ...]:
+    stack: list[list[Directive]] = [[]]
+    heads: list[list[str]] = []
+    words: list[str] = []
+    for kind, value in _tokens(text):
+        if kind == "word":
+            words.append(value)
+        elif value == ";":
+            assert words, "an empty directive"
+            stack[-1].append(Directive(words[0], tuple(words[1:])))
+            words = []
+        elif value == "{":
+            assert words, "a block without a name"
+            heads.append(words)
+            stack.append([])
+            words = []
+        else:
+            assert not words, "a '}' ends a directive without ';'"
+            assert heads, "an unbalanced '}'"
+            head, body = heads.pop(), stack.pop()
+            stack[-1].append(Directive(head[0], tuple(head[1:]), tuple(body)))
+    assert not words, "a directive without ';' at the end"
+    assert not heads, "an unclosed block"
+    return tuple(stack[0])
+
+
+# -- what a route table asked for, against what was rendered --------------------------------------
+
+PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 6,
+                            "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
+                            "proxy_send_timeout": 1, "client_max_body_size": 1,
+                            "proxy_next_upstream": 1, "proxy_next_upstream_tries": 1})
+REFUSAL_DIRECTIVES = Counter({"default_type": 1, "add_header": 1, "return": 1})
+NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
+
+
+def _renderer() -> Renderer:
+    return Renderer(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED)
+
+
+RENDERER = _renderer()
+
+
+def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
+    """Everything but the upstreams and the routes' servers: maps, geo, default and status."""
+    return [d for d in conf if d.name != "upstream" and not _is_route_server(d)]
+
+
+def _is_route_server(d: Directive) -> bool:
+    if d.name != "server":
+        return False
+    listen = d.one("listen").args
+    return listen == (LISTEN,)
+
+
+def _reference_fixed_part() -> list[Directive]:
+    rendered = RENDERER.render(RouteTable(()), {})
+    return _fixed_part(parse_conf(rendered.text.replace(rendered.generation, "GENERATION")))
+
+
+REFERENCE = _reference_fixed_part()
+
+
+def _parse_server(arg: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    m = re.fullmatch(r"\[([0-9a-f:.]+)\]:(\d+)|([0-9.]+):(\d+)", arg)
+    assert m is not None, f"upstream server {arg!r} is not an address:port"
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    return ipaddress.ip_address(host), int(port)
+
+
+def _check_upstream(block: Directive, route: Route, addresses: tuple[str, ...]) -> None:
+    names = [d.name for d in block.block or ()]
+    balance = [] if route.balance == "round_robin" else [route.balance]
+    assert names == [*balance, *["server"] * len(addresses), "keepalive", "keepalive_timeout"]
+    for d in block.children("server"):
+        assert d.args[1:] == ("max_fails=1", "fail_timeout=5s")
+    servers = sorted((_parse_server(d.args[0]) for d in block.children("server")), key=str)
+    assert servers == sorted(((ipaddress.ip_address(a), route.port) for a in addresses), key=str)
+    assert block.one("keepalive").args == (str(KEEPALIVE),)
+
+
+def _check_location(loc: Directive, route: Route | None, upstream: str | None) -> None:
+    body = loc.block or ()
+    got = Counter(d.name for d in body)
+    if route is None:  # a host with paths but no route for '/'
+        assert got == NO_PATH_DIRECTIVES, got
+        assert loc.one("return").args == ("404", "404 no route for this path\\n")
+        return
+    if upstream is None:
+        assert got == REFUSAL_DIRECTIVES, got
+        assert loc.one("return").args == ("503", f"503 no running task of {route.target.name}\\n")
+        return
+    want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0})
+    assert got == want, got
+    assert loc.one("proxy_pass").args == (f"http://{upstream}",)
+    headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
+    assert len(headers) == want["proxy_set_header"], "a header set twice"
+    # every header value is nginx's own variable or empty: nothing from a route or a client
+    assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
+    assert ("Upgrade" in headers) is route.websocket
+    ms = max(1, round(route.connect_timeout * 1000))
+    assert loc.one("proxy_connect_timeout").args == (f"{ms}ms",)
+    ms = max(1, round(route.read_timeout * 1000))
+    assert loc.one("proxy_read_timeout").args == (f"{ms}ms",)
+    assert loc.one("proxy_send_timeout").args == (f"{ms}ms",)
+    assert loc.one("client_max_body_size").args == (str(route.max_body_size),)
+
+
+def check_rendered(text: str, generation: str, table: RouteTable,
+                   snapshot: Mapping[str, Endpoints]) -> None:
+    """The configuration holds what `table` asked for with these endpoints, and nothing else."""
+    assert text.isascii()
+    conf = parse_conf(text.replace(generation, "GENERATION"))
+    assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
+    assert [d.name for d in conf if d.name not in ("map", "geo", "upstream", "server")] == []
+
+    # upstreams: one per (target, port, balance) that has tasks, with exactly those tasks
+    upstreams = {d.args: d for d in conf if d.name == "upstream"}
+    assert len(upstreams) == len([d for d in conf if d.name == "upstream"]), "duplicate upstream"
+    wanted: dict[str, tuple[Route, tuple[str, ...]]] = {}
+    for route in table.routes:
+        addresses = snapshot.get(route.target.lookup_name, Endpoints()).addresses
+        if addresses:
+            name = expected_upstream_name(route.target, route.port, route.balance)
+            wanted.setdefault(name, (route, addresses))
+    assert set(upstreams) == {(name,) for name in wanted}
+    for name, (route, addresses) in wanted.items():
+        _check_upstream(upstreams[(name,)], route, addresses)
+
+    # servers: every host once, each with exactly the locations its routes asked for
+    asked: dict[str, dict[tuple[str, ...], Route | None]] = defaultdict(dict)
+    for route in table.routes:
+        for host in route.hosts:
+            if route.path == "/":
+                asked[host][("/",)] = route
+            else:
+                asked[host][("=", route.path)] = route
+                asked[host][("^~", route.path + "/")] = route
+    for locations in asked.values():
+        locations.setdefault(("/",), None)
+    servers = [d for d in conf if _is_route_server(d)]
+    named = [n for s in servers for n in s.one("server_name").args]
+    assert sorted(named) == sorted(asked), "server names differ from the routes' hosts"
+    for server in servers:
+        assert [d.name for d in server.block or ()][:2] == ["listen", "server_name"]
+        assert Counter(d.name for d in server.block or ()) == Counter(
+            {"listen": 1, "server_name": 1, "location": len(server.children("location"))})
+        locations = {loc.args: loc for loc in server.children("location")}
+        assert len(locations) == len(server.children("location")), "a location twice"
+        for host in server.one("server_name").args:
+            assert set(locations) == set(asked[host]), (host, sorted(locations))
+            for args, loc in locations.items():
+                route = asked[host][args]
+                upstream = None
+                if route is not None and f"{route.target.lookup_name}" in snapshot and \
+                        snapshot[route.target.lookup_name].addresses:
+                    upstream = expected_upstream_name(route.target, route.port, route.balance)
+                _check_location(loc, route, upstream)
+
+
+# -- the real nginx --------------------------------------------------------------------------------
+
+
+class NginxTest:
+    """`nginx -t` of a routes file inside the main configuration the agent runs nginx with."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.binary = require_programs("nginx")["nginx"]
+        self.prefix = prefix
+        for sub in ("conf.d", "logs", "temp/client_body", "temp/proxy", "temp/fastcgi",
+                    "temp/uwsgi", "temp/scgi"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        self.routes_conf = prefix / "conf.d" / "gateway.conf"
+        (prefix / "nginx.conf").write_text(render_main_conf(
+            prefix=prefix, routes_conf=self.routes_conf, worker_processes="1"))
+        self.runs = 0
+
+    def check(self, text: str) -> None:
+        self.routes_conf.write_text(text)
+        result = subprocess.run([self.binary, "-e", "stderr", "-p", f"{self.prefix}/", "-c",
+                                 str(self.prefix / "nginx.conf"), "-t", "-q"],
+                                capture_output=True, text=True, timeout=30)
+        self.runs += 1
+        assert result.returncode == 0, f"nginx -t refused it: {result.stderr}\n{text}"
+
+
+@pytest.fixture(scope="module")
+def nginx_t(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxTest]:
+    checker = NginxTest(tmp_path_factory.mktemp("nginx-t"))
+    yield checker
+    print(f"nginx -t runs: {checker.runs}")
+
+
+# -- hostile values --------------------------------------------------------------------------------
+
+NASTY = [";", "{", "}", "'", '"', "$", "#", "\\", "\n", "\r", "\t", "\x00", " ", "`", "|", "&",
+         "<", ">", "%", "?", "^", "(", ")", "[", "]", "=", "!", "*", "~", "/", ":", ",",
+         "\u00e9", "\u0130", "\u212a", "\u0665", "\u202e", "\ufeff", "\u00a0", "\U0001f600"]
+PAYLOADS = ["; include /etc/passwd", "}\nserver { listen 1; }", "$host", "${host}", "\"; #",
+            "' ;", "\nreturn 200 pwned;", "# comment", "~^(.*)$", "\\x3b", "a\x00b", "*",
+            "1; proxy_pass http://evil", "http://evil/", "\u2028", "10.0.0.1 backup"]
+
+
+def hostile_text() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.text(st.sampled_from([*NASTY, "a", "b", "0", "9", ".", "-", "_"]), max_size=24),
+        st.sampled_from(PAYLOADS),
+        st.text(max_size=24),  # any code point
+        st.text(st.characters(codec="ascii"), min_size=200, max_size=600),  # very long
+    )
+
+
+def poisoned(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """A valid value with something nasty put somewhere into it."""
+    @st.composite
+    def build(draw: st.DrawFn) -> str:
+        value = draw(valid)
+        at = draw(st.integers(0, len(value)))
+        bad = draw(st.one_of(st.text(st.sampled_from(NASTY), min_size=1, max_size=3),
+                             st.sampled_from(PAYLOADS)))
+        return value[:at] + bad + value[at:]
+    return build()
+
+
+def _word(alphabet: str, inner: str, longest: int) -> st.SearchStrategy[str]:
+    """A first character from `alphabet`, the rest from `inner` (cheaper than from_regex)."""
+    return st.builds(lambda first, rest: first + rest, st.sampled_from(alphabet),
+                     st.text(st.sampled_from(inner), max_size=longest - 1))
+
+
+_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+_LABEL = _word(_ALNUM + "_", _ALNUM + "_-", 63).filter(lambda s: not s.endswith("-"))
+_NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join).filter(lambda s: len(s) <= 253)
+_SEGMENT = st.text(st.sampled_from(_ALNUM + "ABZ._~+,:@-"), min_size=1, max_size=12).filter(
+    lambda s: s not in (".", ".."))
+
+VALID: dict[str, st.SearchStrategy[Any]] = {
+    "hosts": st.lists(st.one_of(_NAME, _NAME.map(str.upper),
+                                _NAME.map(lambda n: "*." + n).filter(lambda s: len(s) <= 253)),
+                      min_size=1, max_size=3, unique_by=str.lower),
+    "path": st.one_of(st.just("/"), st.lists(_SEGMENT, min_size=1, max_size=4).map(
+        lambda segments: "/" + "/".join(segments))),
+    "service": _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 63),
+    "host": st.one_of(_NAME, _NAME.map(lambda n: n + ".").filter(lambda s: len(s) <= 253)),
+    "port": st.integers(1, 65535),
+    "zone": _word(_ALNUM, _ALNUM + "_-", 63),
+    "balance": st.sampled_from(["round_robin", "least_conn", "ip_hash"]),
+    "connect_timeout": st.one_of(st.integers(1, 86400), st.floats(0.001, 86400),
+                                 st.sampled_from(["500ms", "30s", "2m", "1h", "0.5s", " 3s"])),
+    "read_timeout": st.one_of(st.integers(1, 86400), st.sampled_from(["1ms", "24h", "90"])),
+    "max_body_size": st.one_of(st.integers(0, 64 << 30), st.sampled_from(["0", "512k", "10M",
+                                                                          "64g", "1"])),
+    "websocket": st.booleans(),
+}
+
+HOSTILE: dict[str, st.SearchStrategy[Any]] = {
+    "hosts": st.one_of(st.lists(st.one_of(hostile_text(), poisoned(_NAME)),
+                                max_size=3),
+                       hostile_text(), st.none(), st.integers()),
+    "path": st.one_of(hostile_text(), poisoned(st.sampled_from(["/", "/api", "/a/b"]))),
+    "service": st.one_of(hostile_text(), poisoned(VALID["service"]), st.integers(),
+                         st.lists(st.text(max_size=3), max_size=2)),
+    "host": st.one_of(hostile_text(), poisoned(VALID["host"])),
+    "port": st.one_of(st.integers(), st.text(max_size=6), st.booleans(), st.floats(),
+                      st.none()),
+    "zone": st.one_of(hostile_text(), poisoned(VALID["zone"])),
+    "balance": st.one_of(hostile_text(), poisoned(st.sampled_from(["least_conn", "ip_hash"]))),
+    "connect_timeout": st.one_of(hostile_text(), poisoned(st.sampled_from(["5s", "100ms"])),
+                                 st.floats(allow_nan=True, allow_infinity=True),
+                                 st.integers(), st.booleans()),
+    "read_timeout": st.one_of(hostile_text(), poisoned(st.just("60s")), st.floats()),
+    "max_body_size": st.one_of(hostile_text(), poisoned(st.sampled_from(["1m", "512k"])),
+                               st.integers(), st.floats(), st.booleans()),
+    "websocket": st.one_of(hostile_text(), st.integers(), st.none()),
+}
+FIELDS = sorted(HOSTILE)
+OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
+            "websocket"]
+
+
+@dataclass
+class GeneratedRoute:
+    data: dict[str, Any]
+    hostile: frozenset[str]  # the fields given a hostile value (which may still be valid)
+
+
+@st.composite
+def generated_route(draw: st.DrawFn) -> GeneratedRoute:
+    data: dict[str, Any] = {"hosts": draw(VALID["hosts"]), "port": draw(VALID["port"])}
+    target = draw(st.sampled_from(["service", "host"]))
+    data[target] = draw(VALID[target])
+    for name in OPTIONAL:
+        if draw(st.booleans()):
+            data[name] = draw(VALID[name])
+    hostile: set[str] = set()
+    if draw(st.integers(0, 2)) == 2:  # one route in three has one or two hostile fields
+        fields = [f for f in FIELDS if f != "host" or target == "host"]
+        hostile = set(draw(st.permutations(fields))[:draw(st.integers(1, 2))])
+    for name in hostile:
+        data[name] = draw(HOSTILE[name])
+    extra: frozenset[str] = frozenset()
+    if draw(st.integers(0, 20)) == 20:  # a field the model does not know
+        key = draw(st.one_of(hostile_text(), st.sampled_from(["proxy_pass", "include"])))
+        if key not in data:
+            data[key] = draw(hostile_text())
+            extra = frozenset([key])
+    return GeneratedRoute(data, frozenset(hostile) | extra)
+
+
+@st.composite
+def snapshot_for(draw: st.DrawFn, table: RouteTable) -> dict[str, Endpoints]:
+    """Endpoints as discovery produces them: canonical, usable addresses; some names empty."""
+    usable = st.ip_addresses().filter(lambda ip: not (ip.is_unspecified or ip.is_multicast))
+    snapshot: dict[str, Endpoints] = {}
+    for target in table.targets:
+        kind = draw(st.sampled_from(["ok", "ok", "none", "unknown"]))
+        if kind == "ok":
+            addresses = sort_addresses(str(ip) for ip in draw(st.lists(usable, min_size=1,
+                                                                       max_size=5)))
+            snapshot[target.lookup_name] = Endpoints(addresses, "ok",
+                                                     stale=draw(st.booleans()))
+        elif kind == "none":
+            snapshot[target.lookup_name] = Endpoints((), "none")
+    return snapshot
+
+
+# routes[2].hosts[0], routes[2]['a key as written'], routes, (top level), line 3 column 7, and
+# a field name at the top level (`websocket: unknown field` when a line break moved it there)
+PLACE = re.compile(r"(?:\(top level\)|line \d+ column \d+|\[['\"].*?\]|routes(?:\[(?P<index>\d+)\]"
+                   r"(?:\.(?P<field>[A-Za-z_]\w*)(?:\[\d+\])?|\[(?P<key>['\"].*?)\])?)?"
+                   r"|(?!None:)[A-Za-z_]\w*): \S")
+
+
+def parsed(document: object, text: str | None = None) -> RouteTable | RoutesError:
+    """The route table, or the refusal with every error."""
+    try:
+        return parse_routes_text(text) if text is not None else parse_routes(document)
+    except RoutesError as exc:
+        return exc
+
+
+def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) -> None:
+    assert exc.errors
+    for error in exc.errors:
+        assert not {"\n", "\r"} & set(error), f"not one line: {error!r}"
+        m = PLACE.match(error)
+        assert m is not None, f"no place in {error!r}"
+        if m.group("index") is None:
+            continue
+        route = routes[int(m.group("index"))]
+        field = m.group("field")
+        if m.group("key") is not None:  # a key the model does not know, quoted
+            assert set(route.data) - set(VALID), error
+        elif field is None:  # the route as a whole: 'give exactly one of service or host'
+            assert {"service", "host"} & route.hostile or \
+                any(f not in route.data for f in ("hosts", "port")), error
+        elif "is already routed by" in error:  # two routes may draw the same valid host
+            assert field == "hosts"
+        else:
+            assert field in route.hostile, f"{error!r} names a field that was valid"
+
+
+@FILES
+@given(st.lists(generated_route(), min_size=1, max_size=4), st.data())
+def test_a_route_file_is_refused_naming_the_place_or_renders_only_what_it_asked(
+        nginx_t: NginxTest, routes: list[GeneratedRoute], data: st.DataObject) -> None:
+    document = {"routes": [r.data for r in routes]}
+    table = parsed(document)
+    if isinstance(table, RoutesError):
+        assert_refusal_names_places(table, routes)
+        return
+    snapshot = data.draw(snapshot_for(table))
+    rendered = RENDERER.render(table, snapshot)
+    check_rendered(rendered.text, rendered.generation, table, snapshot)
+    nginx_t.check(rendered.text)
+
+
+@CHEAP
+@given(st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f), HOSTILE[f])))
+def test_one_hostile_value_is_refused_at_its_field_or_kept_to_its_place(
+        field_value: tuple[str, Any]) -> None:
+    field, value = field_value
+    route: dict[str, Any] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
+    if field == "host":
+        del route["service"]
+    route[field] = value
+    table = parsed({"routes": [route]})
+    if isinstance(table, RoutesError):
+        assert any(e.startswith(f"routes[0].{field}") for e in table.errors), table.errors
+        assert all("\n" not in e for e in table.errors)
+        return
+    snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
+    rendered = RENDERER.render(table, snapshot)
+    check_rendered(rendered.text, rendered.generation, table, snapshot)
+
+
+VALID_FILE = """\
+routes:
+  - hosts: [managerhttp, "*.dmz.example.com"]
+    service: managerhttp
+    port: 8888
+    path: /api
+    read_timeout: 2m
+  - hosts: [dmzhttp]
+    host: api.internal
+    port: 80
+    websocket: true
+"""
+
+
+@CHEAP
+@given(st.integers(0, len(VALID_FILE)), st.one_of(st.text(st.sampled_from(NASTY), min_size=1,
+                                                          max_size=3),
+                                                  st.sampled_from(PAYLOADS)))
+def test_a_routes_file_with_something_inserted_anywhere(at: int, inserted: str) -> None:
+    text = VALID_FILE[:at] + inserted + VALID_FILE[at:]
+    table = parsed(None, text)
+    if isinstance(table, RoutesError):
+        for error in table.errors:
+            assert "\n" not in error, f"not one line: {error!r}"
+            assert PLACE.match(error), f"no place in {error!r}"
+        return
+    snapshot = {t.lookup_name: Endpoints(("10.0.0.1", "fd00::1"), "ok") for t in table.targets}
+    rendered = RENDERER.render(table, snapshot)
+    check_rendered(rendered.text, rendered.generation, table, snapshot)
+
+
+# -- DNS answers ----------------------------------------------------------------------------------
+
+ROUTES = parse_routes({"routes": [
+    {"hosts": ["web.example.com"], "service": "web", "port": 8080},
+    {"hosts": ["api.example.com"], "host": "api.internal", "port": 80, "balance": "least_conn"},
+]})
+
+
+def answer_like() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=6).map(lambda ip: ip.exploded.upper()),  # valid, not canonical
+        poisoned(st.ip_addresses().map(str)),
+        st.ip_addresses().map(lambda ip: f"{ip}%eth0"),  # a scope id
+        hostile_text(),
+        st.sampled_from(["10.0.0.1:80", "10.0.0.1 backup", "localhost", "tasks.web", "0x0a000001",
+                         "10.1", "010.0.0.1", "::ffff:10.0.0.1", "[::1]", "1.2.3.4.5"]),
+    )
+
+
+@CHEAP
+@given(st.lists(answer_like(), min_size=1, max_size=4), st.lists(answer_like(), max_size=3))
+def test_an_answer_that_is_not_an_ip_address_never_reaches_nginx(
+        web: list[str], api: list[str]) -> None:
+    snapshot = {"tasks.web": Endpoints(tuple(web), "ok"),
+                "api.internal": Endpoints(tuple(api), "ok" if api else "none")}
+
+    def is_ip(text: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return not (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id)
+
+    if all(is_ip(a) for a in web + api):
+        rendered = RENDERER.render(ROUTES, snapshot)
+        check_rendered(rendered.text, rendered.generation, ROUTES, snapshot)
+        return
+    with pytest.raises(RenderError) as info:
+        RENDERER.render(ROUTES, snapshot)
+    bad = next(name for name, addresses in (("tasks.web", web), ("api.internal", api))
+               if not all(is_ip(a) for a in addresses))
+    assert bad in str(info.value), "the refusal names the lookup the answer came from"
+
+
+@CHEAP
+@given(st.text())
+def test_the_nginx_filter_passes_only_plain_tokens(text: str) -> None:
+    try:
+        out = nginx_token(text)
+    except RenderError:
+        return
+    assert out == text
+    assert text
+    assert text.isascii()
+    assert not set(text) & set(";{}'\"$#\\ \t\r\n\x00")
+
+
+def test_the_lexer_sees_what_nginx_would() -> None:
+    """The checks above are only as good as this reader: it must split like nginx does."""
+    conf = parse_conf('a "b c" \'d;\' e#f {\n # g;\n h; }\ni "j\\"}";')
+    assert conf == (Directive("a", ("b c", "d;", "e#f"), (Directive("h", ()),)),
+                    Directive("i", ('j\\"}',)))
+    with pytest.raises(AssertionError):
+        parse_conf("a { b;")
+    with pytest.raises(AssertionError):
+        parse_conf("a; }")
+
+
+def test_an_injection_that_slipped_through_would_be_seen() -> None:
+    """The structural check fails on a configuration with one directive more than asked."""
+    table = parse_routes({"routes": [{"hosts": ["a.example.com"], "service": "s", "port": 80}]})
+    snapshot = {"tasks.s": Endpoints(("10.0.0.1",), "ok")}
+    rendered = RENDERER.render(table, snapshot)
+    check_rendered(rendered.text, rendered.generation, table, snapshot)
+    for forged in (
+        rendered.text.replace("server_name a.example.com;", "server_name a.example.com evil;"),
+        rendered.text.replace("proxy_http_version 1.1;", "proxy_http_version 1.1; root /;"),
+        rendered.text.replace("server 10.0.0.1:80 ", "server 10.6.6.6:80 "),
+        rendered.text.replace("client_max_body_size 1048576;", "client_max_body_size 0;"),
+        rendered.text.replace("keepalive 64;", "keepalive 64; } server { listen 1;"),
+    ):
+        assert forged != rendered.text
+        with pytest.raises(AssertionError):
+            check_rendered(forged, rendered.generation, table, snapshot)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # each found by the generators above, kept here so that it is checked on every run
+    ('routes:\n  - {hosts: [a], service: s, port: 80, "\\r\\nx": 1}\n',
+     "routes[0]['\\r\\nx']: unknown field"),
+    ("routes:\n  - hosts: [a]\n    service: s\n    port: 80\n    read_timeout: \"\u0665s\"\n",
+     "routes[0].read_timeout: '\u0665s' is not a duration"),
+    ("routes: []\n? [a, b]\n: 1\n", "line 2 column 3: invalid YAML: a key cannot be a list"),
+    ("routes: []\n? {a: b}\n: 1\n", "line 2 column 3: invalid YAML: a key cannot be a dict"),
+    ("routes:\n  - hosts: [a\x00]\n", "line 2 column 14: invalid YAML: unacceptable character"),
+    ("routes: []\n?\n", "(top level): the key None is not a field name"),
+])
+def test_refusals_found_by_generation(text: str, expected: str) -> None:
+    refused = parsed(None, text)
+    assert isinstance(refused, RoutesError)
+    assert refused.errors[0].startswith(expected), refused.errors
+    assert "\n" not in refused.errors[0]
+
+
+@pytest.mark.parametrize("answer", ["fe80::1%eth0", "fe80::1%;x{", "10.0.0.1 backup", ""])
+def test_an_answer_refused_names_its_lookup(answer: str) -> None:
+    with pytest.raises(RenderError, match=r"endpoints of tasks\.web: "):
+        RENDERER.render(ROUTES, {"tasks.web": Endpoints(("10.0.0.2", answer), "ok")})
