@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import gateways, net, stats, wrk
+from bench import admin, gateways, net, stats, wrk
 from bench.dns import Dnsmasq
 from bench.gateways import Gateway
 from bench.options import Options
@@ -69,6 +69,17 @@ def measure(gw: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
     return row
 
 
+def _access_log_records(gw: Gateway) -> dict[str, float]:
+    """What the agent made of nginx's access-log records over the whole run (if it reads them):
+    counted, dropped by the kernel because the agent fell behind, ..."""
+    samples = admin.metrics(gw)
+    out = {dict(k[1]).get("result", "?"): v for k, v in samples.items()
+           if k[0] == "gateway_access_log_records_total"}
+    if out:
+        out["nginx_requests"] = admin.value(samples, "nginx_http_requests_total")
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     rps = [r["rps"] for r in rows]
     out: dict[str, Any] = {
@@ -102,6 +113,9 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         info: dict[str, dict[str, Any]] = {
             gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
             for gw in gws}
+        for gw in gws:
+            if gw.admin is not None:
+                info[gw.name]["access_log_records"] = _access_log_records(gw)
     results: dict[str, dict[str, Any]] = {
         name: {**info[name], "rounds": r, "summary": summarize(r)}
                for name, r in rows.items()}

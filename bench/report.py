@@ -94,7 +94,14 @@ def datapath(sec: dict[str, Any]) -> list[str]:
               f"(HAProxy / no gateway {r['haproxy_vs_direct']:.2f}x), agent with 1 worker / "
               f"agent {r['agent_1w_vs_agent']:.2f}x, agent without access-log metrics / agent "
               f"{_n(r.get('agent_nolog_vs_agent'), 2)}x.", ""]
-    lines += ["Configurations:", ""]
+    for name, g in sec["gateways"].items():
+        rec = g.get("access_log_records")
+        if rec:
+            lines += [f"- {name}: access-log records counted {_n(rec.get('ok'))}, dropped by "
+                      f"the kernel {_n(rec.get('dropped'))}; nginx had served about "
+                      f"{_n(rec.get('nginx_requests'))} requests by the agent's last reading "
+                      "of its counters."]
+    lines += ["", "Configurations:", ""]
     lines += [f"- {name}: {g['detail']}" for name, g in sec["gateways"].items()]
     return [*lines, ""]
 
