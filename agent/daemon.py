@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import socket
 
 from aiohttp import web
 
@@ -25,11 +27,29 @@ from agent.settings import Settings
 log = logging.getLogger("agent")
 
 
+def control_name(settings: Settings) -> str | None:
+    """The name whose answer tells "the nameserver works" (see agent.discovery)."""
+    name = settings.dns_control_name
+    if name == "none":
+        return None
+    if name != "auto":
+        return name
+    if settings.nameserver.host != "127.0.0.11":
+        return None
+    try:  # in a container, the hostname maps to the container's address in /etc/hosts
+        own = ipaddress.ip_address(socket.gethostbyname(socket.gethostname()))
+    except (OSError, ValueError):
+        log.warning("dns_control_unavailable reason='own address unknown'")
+        return None
+    return own.reverse_pointer
+
+
 def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
     metrics = Metrics()
     state = State()
     nginx = Nginx(settings)
-    discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics)
+    discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics,
+                          control_name=control_name(settings))
     renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                         trusted_proxies=[str(n) for n in settings.trusted_proxies],
                         template=settings.template)

@@ -10,6 +10,16 @@ are kept apart, because they call for opposite actions:
 
 c-ares keeps a cache of answers for their TTL, and Docker answers with a TTL of 600 s: a channel
 kept across rounds would hide scaling for ten minutes. Each round therefore uses a fresh channel.
+
+Docker's embedded DNS answers only the names it knows (a service with running tasks on a network
+the gateway shares); every other name, `tasks.<service>` of a service scaled to zero included, is
+forwarded to the host's resolvers. Where those are unreachable (air-gapped sites) the answer is a
+timeout or SERVFAIL, which would read as "lookup failed" and keep a scaled-down service's old
+addresses forever. So, with a control name (`--dns-control-name`; by default the reverse name of
+the gateway's own address, which Docker always answers itself), a round where the control name
+was answered reads a timeout, SERVFAIL or REFUSED for another name as "Docker does not know this
+name": no tasks. When the control name fails too, the nameserver itself is failing and the last
+known addresses are kept.
 """
 
 from __future__ import annotations
@@ -89,11 +99,13 @@ class Discovery:
     """Resolves lookup names against one nameserver, concurrently, with a per-lookup timeout."""
 
     def __init__(self, nameserver: HostPort, timeout: float, metrics: Metrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, control_name: str | None = None,
+                 ) -> None:
         self.nameserver = nameserver
         self.timeout = timeout
         self.metrics = metrics
         self.clock = clock
+        self.control_name = control_name
         self._failing: dict[str, str] = {}
 
     def _resolver(self) -> aiodns.DNSResolver:
@@ -145,13 +157,22 @@ class Discovery:
         names = sorted(set(names))
         resolver = self._resolver()
         try:
-            answers = await asyncio.gather(*(self.lookup(resolver, n) for n in names))
+            control = (self._query(resolver, self.control_name, "PTR"
+                                   if self.control_name.endswith(".arpa") else "A")
+                       if self.control_name and names else None)
+            answers, control_answer = await asyncio.gather(
+                asyncio.gather(*(self.lookup(resolver, n) for n in names)),
+                control if control is not None else asyncio.sleep(0, None))
         finally:
             await resolver.close()
+        nameserver_answers = control_answer is not None and not control_answer.failed
         now = self.clock()
         snapshot: dict[str, Endpoints] = {}
         for name, answer in zip(names, answers, strict=True):
             before = previous.get(name, Endpoints())
+            if answer.failed and nameserver_answers and answer.result != "error":
+                answer = Answer("nxdomain", error=f"{answer.error} (the nameserver answers "
+                                f"{self.control_name}: taken as a name it does not know)")
             if answer.failed:
                 if name not in self._failing:
                     log.warning("dns_lookup_failed name=%s error=%r keeping=%d", name,

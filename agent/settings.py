@@ -126,6 +126,7 @@ class Settings:
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
     poll_interval: float = 1.0
     dns_timeout: float = 0.5
+    dns_control_name: str = "auto"
     reload_min_interval: float = 2.0
     zone: str | None = None
     nginx_prefix: Path | None = None
@@ -160,6 +161,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
     ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
     ("--dns-timeout", "dns_timeout", positive_float, "seconds one DNS lookup may take (0.5)"),
+    ("--dns-control-name", "dns_control_name", str,
+     "a name the nameserver always answers itself; while it answers, a failed lookup of "
+     "another name means no tasks. 'auto': the gateway's own reverse name when the nameserver "
+     "is Docker's 127.0.0.11; 'none': off (auto)"),
     ("--reload-min-interval", "reload_min_interval", non_negative_float,
      "seconds between two reloads; changes inside it are coalesced into one (2)"),
     ("--zone", "zone", zone_name, "render only the routes of this zone"),

@@ -104,3 +104,25 @@ async def test_server_gone_is_a_failure_not_an_empty_service(metrics: Metrics) -
     got = await d.resolve(["tasks.web"], previous)
     assert got["tasks.web"].addresses == ("10.0.0.2",)
     assert got["tasks.web"].stale is True
+
+
+@pytest.mark.parametrize("fault", ["servfail", "silent", "refused"])
+async def test_with_a_control_name_an_unknown_name_means_no_tasks(
+        dns: ControlledDns, metrics: Metrics, fault: str) -> None:
+    """Docker forwards names it does not know (a service scaled to zero) to the host's
+    resolvers; with none reachable the answer is SERVFAIL or silence. While Docker answers a
+    name it always knows, such a failure means "no tasks", not "keep the old addresses"."""
+    d = Discovery(parse_host_port(dns.nameserver), 0.3, metrics,
+                  control_name="7.1.0.10.in-addr.arpa")
+    dns.set("7.1.0.10.in-addr.arpa", [])  # answered: the name exists
+    dns.set("tasks.web", ["10.0.0.2"])
+    good = await d.resolve(["tasks.web"], {})
+    dns.set("tasks.web", None)
+    dns.fault("tasks.web", fault)  # what the unreachable upstream resolver gives
+    got = await d.resolve(["tasks.web"], good)
+    assert got["tasks.web"] == Endpoints((), "none")
+
+    dns.fault("*", "silent")  # the nameserver itself fails: keep the last known tasks
+    got = await d.resolve(["tasks.web"], good)
+    assert got["tasks.web"].addresses == ("10.0.0.2",)
+    assert got["tasks.web"].stale is True

@@ -55,3 +55,13 @@ def test_nameserver_forms(text: str, expected: HostPort) -> None:
 def test_bad_host_ports(text: str) -> None:
     with pytest.raises(ValueError, match=r".+"):
         parse_host_port(text, default_port=53)
+
+
+def test_dns_control_name_is_automatic_only_for_dockers_dns() -> None:
+    from agent.daemon import control_name
+
+    assert control_name(parse(["--nameserver", "127.0.0.53:5353"])) is None
+    docker = control_name(parse([]))
+    assert docker is None or docker.endswith(".in-addr.arpa") or docker.endswith(".ip6.arpa")
+    assert control_name(parse(["--dns-control-name", "none"])) is None
+    assert control_name(parse(["--dns-control-name", "tasks.gateway"])) == "tasks.gateway"
