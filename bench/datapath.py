@@ -15,6 +15,7 @@ from bench.procs import BenchError, Procs
 from bench.sysinfo import process_cpu, session_cpu
 
 SERVICE = "svc"
+TASKS = [net.upstream(1), net.upstream(2)]
 
 
 def _spread_ok(gw: Gateway, samples: int = 20) -> list[str]:
@@ -24,7 +25,7 @@ def _spread_ok(gw: Gateway, samples: int = 20) -> list[str]:
 
 def start_all(procs: Procs) -> list[Gateway]:
     dns = Dnsmasq(procs, net.DNS_MAIN)
-    tasks = [net.upstream(1), net.upstream(2)]
+    tasks = TASKS
     # the article proxies to the service name, the others look up tasks.<service>: in this
     # benchmark both answer the two task addresses (there is no service VIP on loopback)
     dns.set({f"tasks.{SERVICE}": tasks, SERVICE: tasks}, confirm=f"tasks.{SERVICE}")
@@ -48,18 +49,23 @@ def start_all(procs: Procs) -> list[Gateway]:
             gateways.direct(tasks[0])]
 
 
-def measure(gw: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
+def measure(gw: Gateway, opts: Options, workdir: Path, upstreams: list[str]) -> dict[str, Any]:
     gw.check_alive()
     if opts.warmup > 0:
         wrk.run(gw.url, gw.host_header, opts.warmup, opts.threads, opts.connections, workdir)
     sids = [p.pid for p in gw.procs]
     cpu0 = sum(session_cpu(s) for s in sids)
     main0 = sum(process_cpu(s).total for s in sids)
+    conns0 = sum(gateways.upstream_connections(a) for a in upstreams)
     result = wrk.run(gw.url, gw.host_header, opts.duration, opts.threads, opts.connections,
                      workdir)
     cpu1 = sum(session_cpu(s) for s in sids)
     main1 = sum(process_cpu(s).total for s in sids)
+    conns1 = sum(gateways.upstream_connections(a) for a in upstreams)
     row = result.as_dict()
+    # connections the upstreams accepted per 1000 requests: ~0 when the gateway keeps its
+    # upstream connections alive, 1000 when it opens one per request
+    row["upstream_connections_per_1000"] = (conns1 - conns0) / max(result.requests, 1) * 1000
     if sids:
         row["gateway_cpu_s"] = cpu1 - cpu0
         row["gateway_cpu_us_per_request"] = (cpu1 - cpu0) / max(result.requests, 1) * 1e6
@@ -89,6 +95,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": stats.median([r["latency_ms"]["p99"] for r in rows]),
         "mean_ms": stats.median([r["latency_ms"]["mean"] for r in rows]),
         "errors": sum(sum(r["errors"].values()) for r in rows),
+        "upstream_connections_per_1000": stats.median(
+            [r["upstream_connections_per_1000"] for r in rows]),
     }
     cpu = [r["gateway_cpu_us_per_request"] for r in rows if "gateway_cpu_us_per_request" in r]
     if cpu:
@@ -109,7 +117,7 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         for rnd in range(opts.rounds):
             k = rnd % len(gws)
             for gw in gws[k:] + gws[:k]:
-                rows[gw.name].append(measure(gw, opts, workdir) | {"round": rnd})
+                rows[gw.name].append(measure(gw, opts, workdir, TASKS) | {"round": rnd})
         info: dict[str, dict[str, Any]] = {
             gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
             for gw in gws}
@@ -144,6 +152,6 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
     return {
         "params": {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
                    "threads": opts.threads, "connections": opts.connections,
-                   "upstreams": [net.upstream(1), net.upstream(2)]},
+                   "upstreams": TASKS},
         "gateways": results, "ratios": ratios, "goals": goals,
     }

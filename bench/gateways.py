@@ -87,6 +87,9 @@ http {{
         location / {{
             return 200 "{address}\\n";
         }}
+        location = /bench-stub-status {{
+            stub_status;
+        }}
     }}
 }}
 """
@@ -203,6 +206,14 @@ def start_upstreams(procs: Procs, addresses: Sequence[str]) -> list[Proc]:
     for address, proc in zip(addresses, started, strict=True):
         _wait_listening(proc, address, net.UPSTREAM_PORT)
     return started
+
+
+def upstream_connections(address: str) -> int:
+    """Connections an upstream nginx has accepted so far, not counting this reading's own."""
+    status, text = http_get(address, net.UPSTREAM_PORT, "/bench-stub-status")
+    if status != 200:
+        raise BenchError(f"upstream {address} stub_status answered {status}")
+    return int(text.splitlines()[2].split()[0]) - 1
 
 
 def _wait_listening(proc: Proc, host: str, port: int) -> None:

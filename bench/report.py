@@ -76,7 +76,8 @@ def datapath(sec: dict[str, Any]) -> list[str]:
              "rotates each round); two upstream nginx servers answering a fixed 200. CPU is "
              "what the gateway's own processes used per request (all of them, workers included); "
              "'main process' is the program started itself (the agent's Python process for the "
-             "agent), in % of one core.",
+             "agent), in % of one core; 'upstream conns / 1000 req' counts the connections the "
+             "upstreams accepted (1000: a new upstream connection for every request).",
              ""]
     rows = []
     for name, g in sec["gateways"].items():
@@ -84,9 +85,11 @@ def datapath(sec: dict[str, Any]) -> list[str]:
         rows.append([f"{name}: {g['label']}", f"{_n(s['rps_median'])}",
                      f"{_n(s['rps_min'])} – {_n(s['rps_max'])}", _n(s["p50_ms"], 3),
                      _n(s["p99_ms"], 3), _n(s.get("cpu_us_per_request"), 1),
-                     _n(s.get("main_process_cpu_percent"), 0), str(s["errors"])])
+                     _n(s.get("main_process_cpu_percent"), 0),
+                     _n(s.get("upstream_connections_per_1000"), 1), str(s["errors"])])
     lines += _table(["gateway", "req/s (median)", "req/s (min – max)", "p50 ms", "p99 ms",
-                     "CPU µs/req", "main process CPU %", "errors"], rows)
+                     "CPU µs/req", "main process CPU %", "upstream conns / 1000 req",
+                     "errors"], rows)
     r = sec["ratios"]
     lines += [f"Ratios of medians: agent / article **{r['agent_vs_article']:.2f}x**, "
               f"agent / HAProxy **{r['agent_vs_haproxy']:.2f}x**, agent / Caddy "
