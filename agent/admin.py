@@ -23,6 +23,7 @@ from agent.metrics import Metrics
 from agent.nginx import Nginx
 from agent.reconciler import State
 from agent.settings import Settings
+from agent.tls import status as tls_status
 
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
 STALE_GRACE = 30.0  # every lookup failing for longer than this makes the gateway not ready
@@ -78,6 +79,7 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
         "routes": [r.model_dump(mode="json", exclude_none=True) for r in state.routes.routes],
         "routes_error": state.routes_error,
         "endpoints": endpoints,
+        "tls": tls_status(state.tls),
         "last_reload": {
             "at": state.last_reload_at,
             "result": state.last_reload_result,

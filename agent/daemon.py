@@ -23,6 +23,7 @@ from agent.nginx import ApplyError, Nginx, NginxDied
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
 from agent.settings import Settings
+from agent.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
 
@@ -52,8 +53,16 @@ def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
                           control_name=control_name(settings))
     renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                         trusted_proxies=[str(n) for n in settings.trusted_proxies],
-                        template=settings.template)
-    return Reconciler(settings, nginx, discovery, renderer, metrics, state), nginx, metrics, state
+                        template=settings.template,
+                        https_listen=str(settings.https_listen),
+                        https_redirect_port=settings.https_redirect_port,
+                        resolver=str(settings.nameserver))
+    certificates = Certificates(settings.certs_dir,
+                                store_dir(settings.nginx_prefix, settings.nginx_conf_dir),
+                                settings.tls_ca_bundle)
+    reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
+                            certificates=certificates)
+    return reconciler, nginx, metrics, state
 
 
 async def run(settings: Settings) -> int:

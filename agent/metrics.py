@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.tls import TlsCollector
+
 _DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _CYCLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -102,6 +104,10 @@ class Metrics:
             "(success, invalid)", ["result"], registry=r)
         self.stub_status = StubStatusCollector()
         r.register(self.stub_status)
+        # gateway_tls_certificate_expiry_timestamp_seconds{host} and
+        # gateway_tls_certificate_valid{host}: defined in agent/tls.py, set by each cycle.
+        self.tls = TlsCollector()
+        r.register(self.tls)
         # Make the labelled series exist from the start, so a rate() has a zero to start from.
         for result in ("success", "failure"):
             self.reloads.labels(result)

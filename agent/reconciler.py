@@ -25,6 +25,7 @@ from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
 from agent.routes import RoutesError, RouteTable, load_routes
 from agent.settings import Settings
+from agent.tls import Certificates, TlsPlan
 
 log = logging.getLogger("agent.reconciler")
 
@@ -46,6 +47,7 @@ class State:
     last_reload_result: str | None = None
     last_reload_detail: str | None = None
     applied_generation: str | None = None
+    tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -84,7 +86,9 @@ def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
 class Reconciler:
     def __init__(self, settings: Settings, nginx: Nginx, discovery: Discovery,
                  renderer: Renderer, metrics: Metrics, state: State,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 certificates: Certificates | None = None) -> None:
+        self.certificates = certificates
         self.settings = settings
         self.nginx = nginx
         self.discovery = discovery
@@ -153,11 +157,19 @@ class Reconciler:
         return snapshot
 
     def render(self) -> Rendered:
-        """Render, or reuse the last rendering when its inputs are the same (the idle case)."""
+        """Render, or reuse the last rendering when its inputs are the same (the idle case).
+
+        Certificates are an input: a replaced certificate file changes the plan (its copy is
+        named by its content), so the next cycle renders and reloads.
+        """
+        if self.certificates is not None:
+            self.state.tls = self.certificates.plan(self.state.routes)
+            self.metrics.tls.plan = self.state.tls
         key = (self.state.routes, tuple(sorted(
-            (name, e.addresses) for name, e in self.state.snapshot.items())))
+            (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls)
         if self._rendered is None or self._rendered[0] != key:
-            self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot))
+            self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
+                                                        tls=self.state.tls))
         return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:
@@ -192,6 +204,8 @@ class Reconciler:
         self.metrics.last_reload_success.set(started)
         self.metrics.last_reload_successful.set(1)
         self._save()
+        if self.certificates is not None:
+            self.certificates.applied(self.state.tls)
         return f"reloaded: {change}"
 
     def _due(self, generation: str) -> float | None:
@@ -224,6 +238,9 @@ class Reconciler:
             status = await self.apply(rendered)
         if self.state.routes_error:
             status += f"; routes file refused: {self.state.routes_error}"
+        if self.state.tls is not None and self.state.tls.errors:
+            status += "; certificate refused for " + ", ".join(
+                h.host for h in self.state.tls.errors)
         stub = await self.nginx.stub_status()
         self.metrics.stub_status.last = stub
         return status
@@ -253,6 +270,8 @@ class Reconciler:
         self.metrics.last_reload_success.set(self.state.last_reload_at)
         self.metrics.last_reload_successful.set(1)
         self._save()
+        if self.certificates is not None:
+            self.certificates.applied(self.state.tls)
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 

@@ -21,6 +21,7 @@ import jinja2
 from agent import __version__
 from agent.discovery import Endpoints, Snapshot
 from agent.routes import Route, RouteTable, Target
+from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 KEEPALIVE = 64
@@ -76,6 +77,9 @@ class Location:
 class Server:
     names: tuple[str, ...]
     locations: tuple[Location, ...]
+    redirect: bool = False  # plain HTTP: every location redirects to HTTPS (the route's tls)
+    certificate: Served | None = None  # an HTTPS server, with this certificate
+    hsts: int = 0  # HTTPS: Strict-Transport-Security max-age (0: none)
 
     @property
     def has_root(self) -> bool:
@@ -155,9 +159,35 @@ def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], U
     return sorted(servers, key=lambda s: s.names)
 
 
+def _with_tls(servers: list[Server], tls: TlsPlan | None) -> tuple[list[Server], list[Server]]:
+    """Plain HTTP servers (the hosts whose route asks for it redirect) and HTTPS servers (the
+    hosts with a certificate to serve), hosts grouped when they share locations and settings."""
+    if tls is None:
+        return servers, []
+    by_host = {h.host: h for h in tls.hosts}
+    plain: dict[tuple[tuple[Location, ...], bool], list[str]] = defaultdict(list)
+    secure: dict[tuple[tuple[Location, ...], Served, int], list[str]] = defaultdict(list)
+    for server in servers:
+        for name in server.names:
+            h = by_host.get(name)
+            plain[(server.locations, h is not None and h.redirect)].append(name)
+            if h is not None and h.served is not None:
+                secure[(server.locations, h.served, h.hsts)].append(name)
+    http = [Server(tuple(sorted(names)), locs, redirect=redirect)
+            for (locs, redirect), names in plain.items()]
+    https = [Server(tuple(sorted(names)), locs, certificate=cert, hsts=hsts)
+             for (locs, cert, hsts), names in secure.items()]
+    return sorted(http, key=lambda s: s.names), sorted(https, key=lambda s: s.names)
+
+
 class Renderer:
     def __init__(self, *, listen: str, status_listen: str, trusted_proxies: Sequence[str] = (),
-                 template: Path | None = None) -> None:
+                 template: Path | None = None,
+                 https_listen: str | None = None, https_redirect_port: int = 443,
+                 resolver: str | None = None) -> None:
+        self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
+        self.https_redirect_port = https_redirect_port
+        self.resolver = resolver  # for OCSP stapling: nginx looks up the responder's name
         self.listen = listen
         self.status_listen = status_listen
         self.trusted_proxies = tuple(trusted_proxies)
@@ -165,10 +195,19 @@ class Renderer:
             _TEMPLATES, "gateway.conf.j2")
         self._template = _environment(directory).get_template(name)
 
-    def render(self, table: RouteTable, snapshot: Snapshot) -> Rendered:
-        """The configuration for these routes and endpoints."""
+    def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
+               ) -> Rendered:
+        """The configuration for these routes and endpoints (and certificates: agent.tls)."""
         routes = table.routes
         upstreams = _upstreams(routes, snapshot)
+        if self.https_listen is None:
+            tls = None
+        http_servers, https_servers = _with_tls(_servers(routes, upstreams), tls)
+        https = None if tls is None else {
+            "listen": self.https_listen,
+            "redirect_port": self.https_redirect_port,
+            "resolver": self.resolver if tls.stapling else None,
+        }
         context = {
             "version": __version__,
             "routes_count": len(routes),
@@ -177,7 +216,9 @@ class Renderer:
             "trusted_proxies": self.trusted_proxies,
             "keepalive": KEEPALIVE,
             "upstreams": list(upstreams.values()),
-            "servers": _servers(routes, upstreams),
+            "servers": http_servers,
+            "https": https,
+            "https_servers": https_servers,
         }
         # The generation is a digest of the configuration without it, then written into it.
         try:

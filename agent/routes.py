@@ -138,6 +138,68 @@ Seconds = Annotated[float, BeforeValidator(_duration)]
 Bytes = Annotated[int, BeforeValidator(_size)]
 Balance = Literal["round_robin", "least_conn", "ip_hash"]
 
+# A certificate or key: a file name in --certs-dir (a docker secret's name under /run/secrets).
+CERT_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+HSTS_DEFAULT = 31536000  # one year, as `hsts: true`
+_HSTS_MAX = 2 * HSTS_DEFAULT
+
+
+def _cert_file(value: str) -> str:
+    if not CERT_FILE_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"{_shown(value)} is not a valid file name in --certs-dir (letters, "
+                         "digits, '_', '.', '-', starting alphanumeric; no '/' or '..')")
+    return value
+
+
+def _hsts(value: object) -> int:
+    if value is True:
+        return HSTS_DEFAULT
+    if value is False:
+        return 0
+    if isinstance(value, int) and 0 <= value <= _HSTS_MAX:
+        return value
+    raise ValueError(f"{_shown(value)} is not true, false or a max-age in seconds "
+                     f"(0 to {_HSTS_MAX})")
+
+
+CertFile = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cert_file)]
+HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]
+
+
+class Tls(BaseModel):
+    """HTTPS for a route's hosts: which certificate, and what plain HTTP does (docs/tls.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    certificate: CertFile | None = None  # without it: <host>.crt, or _wildcard.<parent>.crt
+    key: CertFile | None = None  # default: the certificate's name with .crt -> .key
+    redirect: bool = Field(default=False, strict=True)
+    hsts: HstsMaxAge = 0
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Tls:
+        if self.certificate is None and self.key is not None:
+            raise ValueError("'key' needs 'certificate' (without both, the certificate of each "
+                             "host is <host>.crt and <host>.key)")
+        if self.certificate is not None and self.key is None and \
+                not self.certificate.endswith(".crt"):
+            raise ValueError(f"give 'key' for certificate {self.certificate!r} (it is "
+                             "<name>.key by default only for a certificate named <name>.crt)")
+        return self
+
+    @property
+    def key_name(self) -> str:
+        if self.key is not None:
+            return self.key
+        assert self.certificate is not None
+        return self.certificate.removesuffix(".crt") + ".key"
+
+
+def _tls(value: object) -> object:
+    if isinstance(value, bool):  # `tls: true`: the certificates by host name
+        return {} if value else None
+    return value
+
 
 @dataclass(frozen=True, order=True)
 class Target:
@@ -168,6 +230,7 @@ class Route(BaseModel):
     read_timeout: Seconds = 60.0
     max_body_size: Bytes = 1024**2
     websocket: bool = Field(default=False, strict=True)
+    tls: Annotated[Tls | None, BeforeValidator(_tls)] = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
@@ -259,6 +322,21 @@ def _duplicates(routes: Sequence[Route]) -> list[str]:
     return errors
 
 
+def _tls_conflicts(routes: Sequence[Route]) -> list[str]:
+    """Routes that share a host name share its HTTPS server: they must say the same `tls`."""
+    seen: dict[str, int] = {}
+    errors = []
+    for i, route in enumerate(routes):
+        for host in route.hosts:
+            first = seen.setdefault(host, i)
+            if first != i and routes[first].tls != route.tls:
+                errors.append(f"routes[{i}].tls: {host!r} is also routed by routes[{first}] "
+                              "with a different 'tls'; routes that share a host share its "
+                              "certificate and redirect: give them the same 'tls'")
+                break
+    return errors
+
+
 def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
@@ -266,7 +344,7 @@ def parse_routes(data: Any, source: str = "routes") -> RouteTable:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
         raise RoutesError(source, _messages(exc)) from None
-    errors = _duplicates(parsed.routes)
+    errors = _duplicates(parsed.routes) + _tls_conflicts(parsed.routes)
     if errors:
         raise RoutesError(source, errors)
     return RouteTable(parsed.routes)

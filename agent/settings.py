@@ -117,11 +117,21 @@ def positive_float(value: str) -> float:
     return number
 
 
+def port_number(value: str) -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{value!r} is not a port number (1-65535)")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     routes: Path | None = None
     nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
     listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
+    https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
+    https_redirect_port: int = 443
+    certs_dir: Path = Path("/run/secrets")
+    tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
     poll_interval: float = 1.0
@@ -155,6 +165,15 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
     ("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
      "[ADDRESS:]PORT nginx serves routes on (default 8080)"),
+    ("--https-listen", "https_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+     "[ADDRESS:]PORT nginx serves HTTPS on, when a route has `tls` (default 8443)"),
+    ("--https-redirect-port", "https_redirect_port", port_number,
+     "the port clients reach HTTPS on (the published port): HTTP redirects point there (443)"),
+    ("--certs-dir", "certs_dir", Path,
+     "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
+    ("--tls-ca-bundle", "tls_ca_bundle", Path,
+     "root certificates a certificate chain must lead to, unless it ends in a root itself "
+     "(/etc/ssl/certs/ca-certificates.crt)"),
     ("--admin-listen", "admin_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
      "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
     ("--status-listen", "status_listen", lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),

@@ -120,6 +120,7 @@ class Loop:
     pollers: dict[str, Poller]
     timeout: float
     pause: Callable[[], float]
+    halt: threading.Event
     results: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     timeouts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -135,7 +136,8 @@ class Loop:
         t0 = self.dns.set(self.records(tasks), confirm=f"tasks.{self.service}")
         watches = {name: Watch(p, t0, self.extra, kind) for name, p in self.pollers.items()}
         found: dict[str, float] = {}
-        while len(found) < len(watches) and time.monotonic() < t0 + self.timeout:
+        while (len(found) < len(watches) and time.monotonic() < t0 + self.timeout
+               and not self.halt.is_set()):
             time.sleep(0.02)
             now = time.monotonic()
             for name, w in watches.items():
@@ -160,9 +162,8 @@ class Loop:
     def run(self, changes: int, stop_after: float) -> None:
         """`changes` changes, alternating add and remove, each after a random pause."""
         for i in range(changes):
-            if time.monotonic() > stop_after:
+            if time.monotonic() > stop_after or self.halt.wait(self.pause()):
                 break
-            time.sleep(self.pause())
             for p in self.pollers.values():
                 if not p.is_alive():
                     raise BenchError(f"poller {p.name} stopped")
@@ -200,12 +201,14 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         ]
         article = gateways.start_article(procs, net.DNS_ARTICLE, "conva")
         pollers = _start_pollers([*gws, article], budget)
+        halt = threading.Event()
+        side: threading.Thread | None = None
         try:
             main = Loop(dns_main, "conv", main_tasks, main_extra,
                         {n: p for n, p in pollers.items() if n != "article"}, timeout=15.0,
-                        pause=lambda: random.uniform(1.0, 2.0))
+                        pause=lambda: random.uniform(1.0, 2.0), halt=halt)
             art = Loop(dns_art, "conva", art_tasks, art_extra, {"article": pollers["article"]},
-                       timeout=45.0, pause=lambda: random.uniform(0.0, 30.0))
+                       timeout=45.0, pause=lambda: random.uniform(0.0, 30.0), halt=halt)
             stop_after = time.monotonic() + budget
             failure: list[BaseException] = []
 
@@ -224,6 +227,9 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
             if side.is_alive():
                 raise BenchError("the article's convergence loop did not finish in time")
         finally:
+            halt.set()  # the article's loop stops too if the main one failed
+            if side is not None:
+                side.join(timeout=10)
             for p in pollers.values():
                 p.halt.set()
             for p in pollers.values():

@@ -57,7 +57,8 @@ class Dnsmasq:
         """Replace every record; return time.monotonic() when `confirm` answers its new set."""
         self.records = {name: sorted(ips) for name, ips in records.items()}
         self._write()
-        os.kill(self.proc.pid, signal.SIGHUP)
+        self.proc.check_alive()
+        self.proc.send(signal.SIGHUP)
         if confirm is None:
             return time.monotonic()
         want = self.records.get(confirm, [])

@@ -71,6 +71,19 @@ def http_get(host: str, port: int, path: str = "/", host_header: str | None = No
         conn.close()
 
 
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
 class Proc:
     """One program we started, its output going to a log file."""
 
@@ -99,17 +112,29 @@ class Proc:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Ask the program to stop; after `timeout`, kill what is left of its process group."""
-        if self.alive():
+        """Ask the program to stop; after `timeout`, kill what is left of its process group.
+
+        The group id is our program's pid. It stays ours while the program is not reaped (a
+        zombie keeps it), so we wait for the exit without reaping, kill the group, then reap.
+        """
+        if self.popen.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    break
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        # Workers (nginx) or children (the agent's nginx) left behind share our group id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
+                self.popen.wait(5)
+        else:
+            # Reaped earlier: workers it left (nginx's) still carry its group id, which keeps
+            # that id from being reused while they live.
+            for pid in _group_members(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def check_alive(self) -> bool:
         """True, or BenchError with the end of the program's log if it has exited."""

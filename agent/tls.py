@@ -1,0 +1,577 @@
+"""HTTPS certificates: find the files a route names, validate them, keep what nginx may read.
+
+A route with a `tls` block names its certificate in one of two ways (see agent/routes.py):
+
+- `certificate: NAME` (and `key: NAME`): files in --certs-dir, in a swarm the docker secrets
+  under /run/secrets;
+- no name: for each host `H` of the route, `H.crt` and `H.key` in --certs-dir, or else the
+  wildcard pair of its parent domain, `_wildcard.PARENT.crt` and `_wildcard.PARENT.key`.
+
+Before nginx sees a certificate it is checked: the files parse (PEM), the key is not encrypted
+and matches the first certificate, each certificate of the chain is issued by the next one, the
+last one is a root or was issued by a root of --tls-ca-bundle (else the chain is incomplete),
+every certificate is within its validity period, and the names cover the hosts it serves.
+
+A certificate that passes is copied to a directory the agent owns under a name made from its
+content (`<digest>.crt`, `<digest>.key`), and the configuration points at the copy: nginx reads
+exactly the bytes that were checked, a replaced file gives a new name and thus a new
+configuration (the next cycle reloads nginx, whose old workers finish their connections), and the
+files of the configuration serving now stay until a newer one has been applied (rollback).
+
+A certificate that fails is refused for the hosts it would serve, never for the others: those
+hosts get no HTTPS server (nginx refuses their TLS handshake), their plain HTTP does what the
+route says (it still redirects if the route asks for that). When a certificate that was in use
+is replaced by one that fails, the last good one keeps serving and the problem is reported, as a
+bad routes file is on a live change: a pair of files replaced one after the other never makes
+a host lose HTTPS in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.routes import RouteTable, Tls
+
+log = logging.getLogger("agent.tls")
+
+WILDCARD_PREFIX = "_wildcard."  # `*.example.com` as a file name: `_wildcard.example.com.crt`
+MIN_RSA_BITS = 2048
+_PEM_END = b"-----END CERTIFICATE-----"
+
+PrivateKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+              | ed448.Ed448PrivateKey)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Source:
+    """A certificate and its key: two file names in --certs-dir."""
+
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Served:
+    """A certificate that passed validation, as nginx reads it (paths of the agent's copies)."""
+
+    digest: str
+    name: str  # the certificate file's name, for humans
+    chain: Path
+    key: Path
+    names: tuple[str, ...]  # its subjectAltName DNS names
+    not_after: float  # Unix time
+    stapling: bool  # the leaf names an OCSP responder and its issuer is known
+    trusted: Path | None  # issuers up to the root, to verify OCSP answers (None: no verify)
+
+
+@dataclass(frozen=True)
+class HostTls:
+    """What HTTPS does for one host name."""
+
+    host: str
+    source: Source
+    redirect: bool
+    hsts: int
+    served: Served | None  # None: no certificate to serve (the handshake is refused)
+    error: str | None  # the problem with the files as they are now; None: they are in use
+
+
+@dataclass(frozen=True)
+class TlsPlan:
+    """Every host of a route with `tls`, sorted: an input of rendering (so it is hashable)."""
+
+    hosts: tuple[HostTls, ...]
+
+    def get(self, host: str) -> HostTls | None:
+        for h in self.hosts:
+            if h.host == host:
+                return h
+        return None
+
+    @property
+    def stapling(self) -> bool:
+        return any(h.served is not None and h.served.stapling for h in self.hosts)
+
+    @property
+    def errors(self) -> tuple[HostTls, ...]:
+        return tuple(h for h in self.hosts if h.error is not None)
+
+
+# -- checks (pure) ---------------------------------------------------------------------------
+
+
+def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
+
+
+def covers(name: str, host: str) -> bool:
+    """Does a certificate name cover a host? `*.a.b` covers `x.a.b` (one label) and `*.a.b`."""
+    name, host = name.lower(), host.lower()
+    if name == host:
+        return True
+    if name.startswith("*.") and not host.startswith("*."):
+        first, dot, parent = host.partition(".")
+        return bool(dot) and bool(first) and parent == name[2:]
+    return False
+
+
+def describe(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def _when(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _public(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def check_key(leaf: x509.Certificate, key: PrivateKey) -> list[str]:
+    problems = []
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+        problems.append(f"the RSA key has {key.key_size} bits; at least {MIN_RSA_BITS} needed")
+    if _public(leaf.public_key()) != _public(key.public_key()):
+        problems.append(f"the key does not match the certificate ({describe(leaf)})")
+    return problems
+
+
+def check_chain(chain: Sequence[x509.Certificate],
+                roots: Callable[[x509.Name], Sequence[x509.Certificate]] | None,
+                ) -> tuple[list[str], x509.Certificate | None]:
+    """Each certificate issued by the next; the last a root or issued by one of `roots`.
+
+    Returns the problems and the root the chain leads to (None when it is not known). With
+    `roots` None (no CA bundle), a chain that does not end in a root is taken as it is.
+    """
+    problems = []
+    for i in range(len(chain) - 1):
+        if not _issued_by(chain[i], chain[i + 1]):
+            problems.append(
+                f"certificate {i + 1} of the file ({describe(chain[i])}) was not issued by "
+                f"certificate {i + 2} ({describe(chain[i + 1])}): write the server's "
+                "certificate first, then each issuer in order")
+            return problems, None
+    last = chain[-1]
+    if last.issuer == last.subject and _issued_by(last, last):
+        return problems, last
+    if roots is None:
+        return problems, None
+    for root in roots(last.issuer):
+        if _issued_by(last, root):
+            return problems, root
+    problems.append(f"the chain is incomplete: {describe(last)} was issued by "
+                    f"{last.issuer.rfc4514_string()}, which is neither in the file nor a root "
+                    "of --tls-ca-bundle (append the intermediate certificates to the file)")
+    return problems, None
+
+
+def check_dates(chain: Sequence[x509.Certificate], now: datetime.datetime) -> list[str]:
+    problems = []
+    for i, cert in enumerate(chain):
+        which = "the certificate" if i == 0 else f"chain certificate {describe(cert)}"
+        if now < cert.not_valid_before_utc:
+            problems.append(f"{which} is not valid before {_when(cert.not_valid_before_utc)}")
+        elif now > cert.not_valid_after_utc:
+            problems.append(f"{which} expired on {_when(cert.not_valid_after_utc)}")
+    return problems
+
+
+def check_names(leaf: x509.Certificate, hosts: Sequence[str]) -> list[str]:
+    names = dns_names(leaf)
+    if not names:
+        return ["the certificate has no subjectAltName DNS names (clients ignore the CN)"]
+    missing = [h for h in hosts if not any(covers(n, h) for n in names)]
+    if missing:
+        return [f"its names ({', '.join(names)}) do not cover {', '.join(missing)}"]
+    return []
+
+
+def check_usage(leaf: x509.Certificate) -> list[str]:
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return []
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku and \
+            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        return ["the certificate is not for TLS servers (its extended key usage lacks "
+                "serverAuth)"]
+    return []
+
+
+def ocsp_url(leaf: x509.Certificate) -> str | None:
+    try:
+        aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return None
+    for desc in aia:
+        if desc.access_method == AuthorityInformationAccessOID.OCSP and \
+                isinstance(desc.access_location, x509.UniformResourceIdentifier):
+            return str(desc.access_location.value)
+    return None
+
+
+def parse_chain(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN" not in data:
+        raise ValueError("not a PEM file (expected -----BEGIN CERTIFICATE-----)")
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(f"cannot read the certificates: {exc}") from None
+    if not chain:
+        raise ValueError("no certificate in the file")
+    return chain
+
+
+def parse_key(data: bytes) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ValueError("the key is encrypted; give it without a passphrase") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"not a PEM private key: {str(exc).splitlines()[0][:120]}") from None
+    if not isinstance(key, PrivateKey):
+        raise ValueError(f"unsupported key type {type(key).__name__}")
+    return key
+
+
+def load_roots(data: bytes) -> dict[x509.Name, list[x509.Certificate]]:
+    """A CA bundle by subject; a certificate that does not parse is skipped."""
+    out: dict[x509.Name, list[x509.Certificate]] = {}
+    for block in data.split(_PEM_END):
+        if b"-----BEGIN CERTIFICATE-----" not in block:
+            continue
+        try:
+            cert = x509.load_pem_x509_certificate(block + _PEM_END + b"\n")
+        except ValueError:
+            continue
+        out.setdefault(cert.subject, []).append(cert)
+    return out
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def candidates(host: str) -> list[str]:
+    """File stems for a host in directory mode: its own, then its parent's wildcard."""
+    if host.startswith("*."):
+        return [WILDCARD_PREFIX + host[2:]]
+    _, dot, parent = host.partition(".")
+    return [host, WILDCARD_PREFIX + parent] if dot else [host]
+
+
+def sources(tls: Tls, host: str, certs_dir: Path) -> Source:
+    """The files that hold the certificate of `host` under this `tls` block."""
+    if tls.certificate is not None:
+        return Source(tls.certificate, tls.key_name)
+    stems = candidates(host)
+    for stem in stems:
+        if (certs_dir / f"{stem}.crt").exists():
+            return Source(f"{stem}.crt", f"{stem}.key")
+    return Source(f"{stems[0]}.crt", f"{stems[0]}.key")
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    mtime_ns: int
+    size: int
+    inode: int
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A certificate file and its key, read and checked apart from any host or time."""
+
+    digest: str
+    chain: tuple[x509.Certificate, ...]
+    chain_pem: bytes
+    key_pem: bytes
+    trusted_pem: bytes | None
+    problems: tuple[str, ...]
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    if path.exists():
+        return  # named by its content: already there means already right
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Certificates:
+    """Reads, checks and stores certificates; `plan()` once per cycle, `applied()` after."""
+
+    def __init__(self, certs_dir: Path, store_dir: Path, ca_bundle: Path | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.certs_dir = certs_dir
+        self.store_dir = store_dir
+        self.ca_bundle = ca_bundle
+        self.clock = clock
+        self._pairs: dict[Source, tuple[tuple[_Stamp | None, ...], _Pair | str]] = {}
+        self._good: dict[tuple[Source, str], Served] = {}  # last good per source and host
+        self._logged: dict[str, tuple[str | None, str | None]] = {}
+        self._roots: tuple[_Stamp | None, dict[x509.Name, list[x509.Certificate]] | None] = (
+            None, None)
+        self._roots_warned = False
+
+    # -- the CA bundle ---------------------------------------------------------------------
+
+    def _root_index(self) -> dict[x509.Name, list[x509.Certificate]] | None:
+        if self.ca_bundle is None:
+            return None
+        stamp = _stamp(self.ca_bundle)
+        if stamp is None:
+            if not self._roots_warned:
+                log.warning("tls_ca_bundle_missing file=%s effect=%r", self.ca_bundle,
+                            "chains that do not end in a root are not checked for completeness")
+                self._roots_warned = True
+            return None
+        if self._roots[0] != stamp:
+            try:
+                self._roots = (stamp, load_roots(self.ca_bundle.read_bytes()))
+            except OSError as exc:
+                log.warning("tls_ca_bundle_unreadable file=%s error=%r", self.ca_bundle, str(exc))
+                return None
+        return self._roots[1]
+
+    # -- one pair of files -----------------------------------------------------------------
+
+    def _read(self, source: Source) -> _Pair | str:
+        cert_path = self.certs_dir / source.certificate
+        key_path = self.certs_dir / source.key
+        stamps = (_stamp(cert_path), _stamp(key_path),
+                  _stamp(self.ca_bundle) if self.ca_bundle is not None else None)
+        cached = self._pairs.get(source)
+        if cached is not None and cached[0] == stamps and None not in stamps[:2]:
+            return cached[1]
+        result = self._load(cert_path, key_path)
+        self._pairs[source] = (stamps, result)
+        return result
+
+    def _load(self, cert_path: Path, key_path: Path) -> _Pair | str:
+        try:
+            chain_data = cert_path.read_bytes()
+        except FileNotFoundError:
+            return f"{cert_path.name}: not found in {cert_path.parent}"
+        except OSError as exc:
+            return f"{cert_path.name}: cannot read: {exc.strerror}"
+        try:
+            key_data = key_path.read_bytes()
+        except FileNotFoundError:
+            return f"{key_path.name}: the key is not found in {key_path.parent}"
+        except OSError as exc:
+            return f"{key_path.name}: cannot read: {exc.strerror}"
+        try:
+            chain = parse_chain(chain_data)
+        except ValueError as exc:
+            return f"{cert_path.name}: {exc}"
+        try:
+            key = parse_key(key_data)
+        except ValueError as exc:
+            return f"{key_path.name}: {exc}"
+        problems = check_key(chain[0], key) + check_usage(chain[0])
+        roots = self._root_index()
+        chain_problems, root = check_chain(
+            chain, (lambda name: roots.get(name, [])) if roots is not None else None)
+        problems += chain_problems
+        pem = serialization.Encoding.PEM
+        chain_pem = b"".join(c.public_bytes(pem) for c in chain)
+        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        issuers = [*chain[1:], *([root] if root is not None and root not in chain else [])]
+        trusted = b"".join(c.public_bytes(pem) for c in issuers) if root is not None else None
+        digest = hashlib.sha256(chain_pem + b"\0" + key_pem).hexdigest()[:24]
+        return _Pair(digest, tuple(chain), chain_pem, key_pem, trusted, tuple(problems))
+
+    def _serve(self, pair: _Pair, name: str) -> Served:
+        """Write the checked bytes where nginx reads them; named by their digest."""
+        self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        chain = self.store_dir / f"{pair.digest}.crt"
+        key = self.store_dir / f"{pair.digest}.key"
+        _write(chain, pair.chain_pem, 0o644)
+        _write(key, pair.key_pem, 0o600)
+        leaf = pair.chain[0]
+        issuer_known = len(pair.chain) > 1 or pair.trusted_pem is not None
+        stapling = ocsp_url(leaf) is not None and issuer_known and \
+            leaf.issuer != leaf.subject
+        trusted = None
+        if stapling and pair.trusted_pem:
+            trusted = self.store_dir / f"{pair.digest}.trusted.pem"
+            _write(trusted, pair.trusted_pem, 0o644)
+        return Served(pair.digest, name, chain, key, dns_names(leaf),
+                      leaf.not_valid_after_utc.timestamp(), stapling, trusted)
+
+    # -- every host --------------------------------------------------------------------------
+
+    def plan(self, table: RouteTable) -> TlsPlan | None:
+        """What HTTPS serves for each host of a route with `tls`; None when no route has it."""
+        wanted: dict[str, Tls] = {}
+        for route in table.routes:
+            if route.tls is not None:
+                for host in route.hosts:
+                    wanted.setdefault(host, route.tls)
+        if not wanted:
+            return None
+        now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        hosts = []
+        for host, tls in sorted(wanted.items()):
+            source = sources(tls, host, self.certs_dir)
+            error, served = self._check(source, host, now)
+            if served is not None:
+                self._good[(source, host)] = served
+            else:
+                served = self._good.get((source, host))
+            hosts.append(HostTls(host, source, tls.redirect, tls.hsts, served, error))
+            self._log(host, source, served, error)
+        return TlsPlan(tuple(hosts))
+
+    def _check(self, source: Source, host: str, now: datetime.datetime,
+               ) -> tuple[str | None, Served | None]:
+        pair = self._read(source)
+        if isinstance(pair, str):
+            return pair, None
+        problems = [*pair.problems, *check_names(pair.chain[0], [host]),
+                    *check_dates(pair.chain, now)]
+        if problems:
+            return f"{source.certificate}: " + "; ".join(problems), None
+        try:
+            return None, self._serve(pair, source.certificate)
+        except OSError as exc:
+            return f"{source.certificate}: cannot store a copy in {self.store_dir}: {exc}", None
+
+    def _log(self, host: str, source: Source, served: Served | None, error: str | None) -> None:
+        now = (served.digest if served else None, error)
+        if self._logged.get(host) == now:
+            return
+        self._logged[host] = now
+        if error is None and served is not None:
+            log.info("certificate_in_use host=%s certificate=%s expires=%s", host,
+                     source.certificate, _when(datetime.datetime.fromtimestamp(
+                         served.not_after, datetime.UTC)))
+        elif served is not None:
+            log.error("certificate_refused host=%s certificate=%s error=%r keeping=%s", host,
+                      source.certificate, error, served.name)
+        else:
+            log.error("certificate_refused host=%s certificate=%s error=%r https=off", host,
+                      source.certificate, error)
+
+    def applied(self, plan: TlsPlan | None) -> None:
+        """After `plan` serves: remove the copies that no configuration refers to any more."""
+        keep = {h.served.digest for h in (plan.hosts if plan else ()) if h.served}
+        self._good = {k: v for k, v in self._good.items() if v.digest in keep}
+        if plan is not None:
+            in_plan = {h.host for h in plan.hosts}
+            self._logged = {h: v for h, v in self._logged.items() if h in in_plan}
+        try:
+            entries = list(self.store_dir.iterdir())
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.split(".", 1)[0] not in keep:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def store_dir(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
+    """Where the checked copies live: beside the configuration nginx reads."""
+    if nginx_prefix is not None:
+        return nginx_prefix.absolute() / "tls"
+    return nginx_conf_dir / "gateway-tls"
+
+
+# -- what a user reads -----------------------------------------------------------------------
+
+
+def status(plan: TlsPlan | None) -> dict[str, dict[str, Any]]:
+    """For /status: per host, the certificate serving it and the problem, if any."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in plan.hosts if plan else ():
+        out[h.host] = {
+            "certificate": h.source.certificate,
+            "key": h.source.key,
+            "serving": h.served is not None,
+            "serving_certificate": h.served.name if h.served else None,
+            "not_after": datetime.datetime.fromtimestamp(
+                h.served.not_after, datetime.UTC).isoformat() if h.served else None,
+            "names": list(h.served.names) if h.served else [],
+            "ocsp_stapling": h.served.stapling if h.served else False,
+            "redirect": h.redirect,
+            "hsts": h.hsts,
+            "error": h.error,
+        }
+    return out
+
+
+class TlsCollector(Collector):
+    """gateway_tls_* from the plan of the last cycle: one series per host of a `tls` route."""
+
+    def __init__(self) -> None:
+        self.plan: TlsPlan | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "gateway_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate serving the host expires (notAfter), as Unix time",
+            labels=["host"])
+        valid = GaugeMetricFamily(
+            "gateway_tls_certificate_valid",
+            "1 when the host's certificate files passed validation and serve; 0 when they "
+            "were refused (the host has no HTTPS, or its last good certificate still serves)",
+            labels=["host"])
+        for h in self.plan.hosts if self.plan else ():
+            if h.served is not None:
+                expiry.add_metric([h.host], h.served.not_after)
+            valid.add_metric([h.host], 0 if h.error else 1)
+        yield expiry
+        yield valid
