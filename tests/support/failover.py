@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import threading
@@ -97,12 +98,16 @@ class Poller:
         return sorted(self.samples, key=lambda s: s.sent)
 
 
-def one_trial(cluster: Cluster, timeout: float = 15) -> Trial:
-    """Kill the master's (node1's) nginx; measure until the next node (node2) answers."""
+def one_trial(cluster: Cluster, timeout: float = 15, jitter: float = 1.0) -> Trial:
+    """Kill the master's (node1's) nginx; measure until the next node (node2) answers.
+
+    The kill comes at a random moment within `jitter` seconds: keepalived runs its scripts on a
+    fixed one-second beat, and a trial that starts a fixed time after the previous recovery
+    would always hit the same phase of it."""
     master, successor = cluster.nodes[0], cluster.nodes[1]
     poller = Poller(cluster)
     try:
-        time.sleep(0.2)  # the client is polling before anything happens
+        time.sleep(0.2 + random.uniform(0, jitter))  # the client polls before anything happens
         killed_at = time.monotonic()
         cluster.kill_nginx(master)
         deadline = killed_at + timeout
