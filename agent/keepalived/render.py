@@ -104,8 +104,10 @@ class CheckSpec(_Model):
     timeout: Annotated[float, Field(gt=0, le=30)] = 1.0
     # vrrp_script: keepalived 2.2 runs scripts at whole-second intervals
     interval: Annotated[int, Field(ge=1, le=60)] = 1
-    fall: Annotated[int, Field(ge=1, le=10)] = 1
-    rise: Annotated[int, Field(ge=1, le=10)] = 2
+    # failed checks before the node gives the VIP up, good ones before it may take it again
+    # (script runs, or watcher rounds)
+    fall: Annotated[int, Field(ge=1, le=100)] = 1
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
     # 0: a failed check puts the instance in FAULT (fastest hand-over); negative: lowers priority
     weight: Annotated[int, Field(ge=-253, le=0)] = 0
     # track_file mode: the file the watcher writes, and its probing interval
@@ -123,9 +125,12 @@ class CheckSpec(_Model):
             args += ["--docker-service", service]
         return [*args, "--timeout", f"{self.timeout:g}"]
 
-    def watcher_argv(self) -> list[str]:
-        return [self.command, "--watch", "--track-file", self.track_file,
-                "--interval", f"{self.watch_interval:g}", *self.argv()]
+    def watcher_args(self) -> list[str]:
+        """The watcher's arguments (after the command): keepalived/gateway-check-watch.service
+        reads them as GATEWAY_CHECK_ARGS."""
+        return ["--watch", "--track-file", self.track_file, "--interval",
+                f"{self.watch_interval:g}", "--fall", str(self.fall), "--rise", str(self.rise),
+                *self.argv()]
 
 
 class Cluster(_Model):
@@ -236,9 +241,10 @@ def render_node(cluster: Cluster, node_name: str, source: str = "the cluster fil
         "# change the cluster file and render again.",
     ]
     if check.mode == "track_file":
-        watcher = _script_line(check.watcher_argv()).replace(NODE, node.name)
-        out += ["# The gateway-check watcher writes the track file; run it next to keepalived:",
-                f"#   {watcher}"]
+        watcher = _script_line(check.watcher_args()).replace(NODE, node.name)
+        out += ["# The gateway-check watcher writes the track file: run it next to keepalived",
+                "# (keepalived/gateway-check-watch.service) with, in /etc/default/gateway-check:",
+                f"#   GATEWAY_CHECK_ARGS={watcher}"]
     user = cluster.script_user + (f" {cluster.script_group}" if cluster.script_group else "")
     out += [
         "",

@@ -413,8 +413,8 @@ class Cluster:
 
     def start_watcher(self, node: Node) -> None:
         assert self.spec is not None
-        argv = [part.replace("{node}", node.name) for part in self.spec.check.watcher_argv()]
-        self._spawn(node, "watcher", [sys.executable, "-m", "agent.check", *argv[1:]])
+        args = [part.replace("{node}", node.name) for part in self.spec.check.watcher_args()]
+        self._spawn(node, "watcher", [sys.executable, "-m", "agent.check", *args])
 
     def start_keepalived(self, node: Node) -> None:
         self._spawn(node, "keepalived", [

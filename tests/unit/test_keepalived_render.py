@@ -67,8 +67,8 @@ def test_track_file_mode(tmp_path: Path) -> None:
     assert track.statement.first("init_file").args == ["1", "overwrite"]  # type: ignore[union-attr]
     assert [e.name for e in config.instances[0].tracked("track_file")] == ["gateway_check"]
     text = (tmp_path / "node1.conf").read_text()
-    assert ("#   /usr/local/bin/gateway-check --watch --track-file /run/gateway-check/state "
-            "--interval 0.1 --http http://127.0.0.1:8080/healthz --timeout 1") in text
+    assert ("#   GATEWAY_CHECK_ARGS=--watch --track-file /run/gateway-check/state --interval 0.1 "
+            "--fall 1 --rise 2 --http http://127.0.0.1:8080/healthz --timeout 1\n") in text
 
 
 def test_script_mode(tmp_path: Path) -> None:
