@@ -9,7 +9,7 @@ import pytest
 from tests.support import require_programs, require_root
 from tests.support.netns import Cluster
 
-pytestmark = pytest.mark.keepalived
+FAILED = pytest.StashKey[bool]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,8 +25,6 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     if report.when == "call":
         item.stash[FAILED] = report.failed
 
-
-FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture

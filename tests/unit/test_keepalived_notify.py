@@ -54,9 +54,10 @@ def test_sync_groups_have_their_own_series(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [("VRRP", "x", "MASTER", "1"), ("INSTANCE", "x", "UP", "1"),
                                   ("INSTANCE", "x", "MASTER", "high")])
 def test_arguments_keepalived_never_sends_are_refused(tmp_path: Path,
-                                                      args: tuple[str, ...]) -> None:
+                                                      args: tuple[str, str, str, str]) -> None:
+    kind, name, state, priority = args
     with pytest.raises(NotifyError):
-        record_transition(tmp_path / "k.prom", *args)
+        record_transition(tmp_path / "k.prom", kind, name, state, priority)
     assert not (tmp_path / "k.prom").exists()
 
 

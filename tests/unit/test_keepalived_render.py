@@ -17,6 +17,7 @@ from agent.keepalived.cli import register
 from agent.keepalived.config import Config, read_config
 from agent.keepalived.lint import lint_files
 from agent.keepalived.render import ClusterError, cluster_from_dict, load_cluster, render_node
+from tests.support import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "keepalived" / "cluster.example.yaml"
@@ -197,7 +198,7 @@ def test_lint_with_the_scripts_of_this_machine_finds_nothing(tmp_path: Path) -> 
     one running the tests (root in CI): lint also checks the files keepalived will run."""
     gateway_check = Path(sys.executable).parent / "gateway-check"
     if not gateway_check.exists():
-        pytest.skip("gateway-check is not installed beside this interpreter")
+        missing("gateway-check is not installed beside this interpreter (pip install -e .)")
     folder = tmp_path / "configs"
     folder.mkdir()
     user = pwd.getpwuid(os.getuid()).pw_name
