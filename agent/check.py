@@ -331,8 +331,24 @@ class Watcher:
     def value(self, ok: bool) -> int:
         return 0 if ok else self.fail_value
 
+    def _write(self, value: int, last_error: str | None) -> str | None:
+        """Write the file; on failure say so once (not every round) and try again next round.
+        Until it works keepalived keeps the value it has (`init_file 1`: FAULT)."""
+        try:
+            with signals_blocked():
+                write_track_file(self.track_file, value)
+        except OSError as exc:
+            error = f"cannot write {self.track_file}: {exc.strerror or exc}"
+            if error != last_error:
+                log(f"{error}; trying again every round")
+            return error
+        if last_error is not None:
+            log(f"wrote {self.track_file} again")
+        return None
+
     def run(self) -> int:
         state: bool | None = None
+        write_error: str | None = None
         streak = 0
         next_run = time.monotonic()
         try:
@@ -349,8 +365,7 @@ class Watcher:
                     state, streak = verdict.ok, 0
                 wanted = str(self.value(verdict.ok if state is None else state))
                 if read_track_file(self.track_file) != wanted:
-                    with signals_blocked():
-                        write_track_file(self.track_file, int(wanted))
+                    write_error = self._write(int(wanted), write_error)
                 next_run += self.interval
                 now = time.monotonic()
                 if next_run < now:  # a slow round: start the next one now, keep the cadence after
@@ -358,9 +373,9 @@ class Watcher:
                 time.sleep(next_run - now)
         except Stopped as stop:
             if self.fail_on_exit:
-                with signals_blocked():
-                    write_track_file(self.track_file, self.fail_value)
-                log(f"stopped by {stop.signame}: wrote {self.fail_value} to {self.track_file}")
+                if self._write(self.fail_value, None) is None:
+                    log(f"stopped by {stop.signame}: wrote {self.fail_value} to "
+                        f"{self.track_file}")
             else:
                 log(f"stopped by {stop.signame}: left {self.track_file} as it was")
             return 0

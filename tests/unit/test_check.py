@@ -438,3 +438,26 @@ def test_watcher_replaces_the_file_atomically(tmp_path: Path, http_server: tuple
         inodes.add(os.stat(state).st_ino)
     assert seen <= {"0", "1"}
     assert len(inodes) > 1, "each change is a new file moved into place"
+
+
+def test_watcher_survives_a_missing_folder(tmp_path: Path, http_server: tuple[str, Health],
+                                           ) -> None:
+    """Until the folder exists the watcher says so once and keeps trying; then it writes."""
+    url, _ = http_server
+    state = tmp_path / "later" / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.check", "--watch", "--track-file", str(state),
+         "--interval", "0.05", "--http", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None
+        state.parent.mkdir()
+        wait_until(lambda: read(state) == "0", 10, "the watcher to write once it can")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=GENEROUS)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stderr.count("cannot write") == 1
+    assert "wrote " in stderr
