@@ -69,12 +69,18 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
             for command in commands:
                 run(*command.split())
             s = Swarm()
-            for host, service in (("managerhttp", "managerhttp"), ("intrahttp", "intrahttp"),
-                                  ("dmzhttp", "dmzhttp")):
-                s.wait_answering(host, service, timeout=120)
-            for gateway in ("http-gateway", "dmz-gateway"):
-                wait_until(lambda g=gateway: s.healthy(g) == s.containers(g), 60,
-                           f"the {gateway} container's HEALTHCHECK to pass", interval=0.5)
+            try:
+                for host, service in (("managerhttp", "managerhttp"), ("intrahttp", "intrahttp"),
+                                      ("dmzhttp", "dmzhttp")):
+                    s.wait_answering(host, service, timeout=120)
+                for gateway in ("http-gateway", "dmz-gateway"):
+                    wait_until(lambda g=gateway: s.healthy(g) == s.containers(g), 60,
+                               f"the {gateway} container's HEALTHCHECK to pass", interval=0.5)
+            except AssertionError as exc:
+                log = state / "dockerd.log"  # when the fixture started dockerd
+                tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+                raise AssertionError("\n".join([str(exc), s.diagnose(), "--- dockerd", *tail])
+                                     ) from None
             yield s
         finally:
             clean()

@@ -90,6 +90,19 @@ class Swarm:
             addresses.update(out.split())
         return addresses
 
+    def diagnose(self) -> str:
+        """What swarm says of the stacks' tasks, and the gateways' last log lines."""
+        services = run("docker", "service", "ls", "--format", "{{.Name}}", check=False).split()
+        report = [run("docker", "service", "ps", "--no-trunc", "--format",
+                      "{{.Name}} {{.DesiredState}} {{.CurrentState}} {{.Error}}", *services,
+                      check=False)]
+        for gateway in ("http-gateway", "dmz-gateway"):
+            proc = subprocess.run(["docker", "service", "logs", "--tail", "20",
+                                   self.service(gateway)], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            report.append(f"--- {gateway} log\n{proc.stdout}{proc.stderr}")
+        return "\n".join(report)
+
     def scale(self, service: str, replicas: int) -> None:
         run("docker", "service", "scale", "--detach", f"{self.service(service)}={replicas}")
 
