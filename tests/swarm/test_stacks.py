@@ -219,6 +219,28 @@ def test_killed_gateway_is_restarted_and_routes_again(swarm: Swarm) -> None:
     swarm.wait_answering("managerhttp", "managerhttp", timeout=20)
 
 
+def test_no_task_answers_503_also_when_the_nodes_resolver_does_not_answer(swarm: Swarm) -> None:
+    """Docker's DNS forwards names it does not know - a service with no task - to the node's
+    resolvers. Where those do not answer (an air-gapped site), "no task" looks like a failed
+    lookup: the gateway must still answer 503 rather than keep sending to tasks that are gone."""
+    gateway = swarm.service("http-gateway")
+    # 127.0.0.1 inside the container: a resolver that never answers, on any machine
+    run("docker", "service", "update", "--detach=false", "--dns-add", "127.0.0.1", gateway)
+    try:
+        swarm.wait_answering("intrahttp", "intrahttp", timeout=60)
+        started = time.monotonic()
+        swarm.scale("intrahttp", 0)
+        wait_until(lambda: swarm.get("intrahttp")[0] == 503, 30,
+                   "intrahttp to answer 503 with no task and a silent resolver", interval=0.1)
+        measured(f"scale intrahttp -> 0 with the node's resolver silent: 503 after "
+                 f"{time.monotonic() - started:.1f} s")
+        assert endpoints_metric().get("intrahttp") == 0
+        swarm.scale("intrahttp", 2)
+        swarm.wait_answering("intrahttp", "intrahttp", timeout=30)
+    finally:
+        run("docker", "service", "update", "--detach=false", "--dns-rm", "127.0.0.1", gateway)
+
+
 def test_ingress_variant_deploys_as_documented(swarm: Swarm) -> None:
     (command,) = docs_commands(r"docker stack deploy -c stacks/gateway-ingress\.yml \S+")
     run(*command.split())
