@@ -1,6 +1,6 @@
 """`python -m bench`: run the benchmarks, write bench/results/{results.json,REPORT.md,*.png}.
 
-    python -m bench                      everything, full length (about 30 minutes)
+    python -m bench                      everything, full length (about 35 minutes)
     python -m bench --quick              everything, short (a few minutes; for trying it out)
     python -m bench --only datapath,check --duration 5
     python -m bench --report-only        redraw REPORT.md and the plots from results.json
