@@ -38,6 +38,7 @@ class ApplyError(RuntimeError):
 
     def __init__(self, stage: str, message: str) -> None:
         self.stage = stage
+        self.detail = message
         super().__init__(f"{stage}: {message}")
 
 
@@ -82,6 +83,19 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _accepting(workers: set[int]) -> list[int]:
+    """Those of `workers` that still run and are not shutting down (their title, in /proc)."""
+    busy = []
+    for pid in sorted(workers):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited
+        if b"shutting down" not in title and b"nginx" in title:
+            busy.append(pid)
+    return busy
+
+
 class Nginx:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,12 +136,16 @@ class Nginx:
         """Run `nginx -t` on the full configuration with `text` as the routes file."""
         layout = self.layout
         directory = layout.routes_conf.parent
+        candidate = ""
         try:
             fd, candidate = tempfile.mkstemp(prefix=".candidate.", suffix=".conf.tmp",
                                              dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as exc:
+            if candidate:  # created, then the disk was full: leave nothing behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(candidate)
             raise ApplyError("write", f"cannot write a candidate in {directory}: {exc}") from exc
         test_conf: str | None = None
         try:
@@ -236,14 +254,7 @@ class Nginx:
         """
         deadline = time.monotonic() + within
         while True:
-            busy = []
-            for pid in old:
-                try:
-                    title = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue  # exited
-                if b"shutting down" not in title and b"nginx" in title:
-                    busy.append(pid)
+            busy = _accepting(old)
             if not busy:
                 return
             if time.monotonic() > deadline:
@@ -272,14 +283,17 @@ class Nginx:
         try:
             await self.reload(generation)
         except ApplyError as exc:
-            log.error("apply_failed stage=%s error=%r rolling_back=true", exc.stage, str(exc))
+            # what the rollback did goes into the one error the caller logs and counts
+            undone = "nothing to roll back to"
             if previous is not None:
-                with contextlib.suppress(OSError):
+                try:
                     _write_atomic(self.layout.routes_conf, previous)
-                if self.running and previous_generation is not None:
-                    with contextlib.suppress(ApplyError, OSError):
+                    if self.running and previous_generation is not None:
                         await self.reload(previous_generation)
-            raise
+                    undone = "rolled back to the previous configuration"
+                except (ApplyError, OSError) as undo:
+                    undone = f"rolling back failed too: {undo}"
+            raise ApplyError(exc.stage, f"{exc.detail}; {undone}") from exc
 
     async def stop(self, grace: float = 30.0) -> int | None:
         """Graceful quit (SIGQUIT: requests in flight finish), then the exit status."""

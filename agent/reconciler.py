@@ -272,7 +272,7 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
-        stale = sorted(n for n, e in self.state.snapshot.items() if e.stale)
+        stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 
     def _state_file(self) -> Path | None:
@@ -303,6 +303,7 @@ class Reconciler:
         doc = {"endpoints": {n: {"addresses": list(e.addresses), "state": e.state,
                                  "since": e.since}
                              for n, e in self._applied_snapshot.items() if e.state != "unknown"}}
+        tmp = ""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".endpoints.", dir=path.parent)
@@ -310,6 +311,9 @@ class Reconciler:
                 json.dump(doc, f, indent=1, sort_keys=True)
             os.replace(tmp, path)
         except OSError as exc:
+            if tmp:  # a full disk: leave no half-written file to pile up, one per reload
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             log.warning("state_not_saved file=%s error=%r", path, str(exc))
 
     # -- the loop ----------------------------------------------------------------------------

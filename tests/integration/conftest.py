@@ -44,15 +44,19 @@ def write_routes(path: Path, routes: Sequence[dict[str, object]]) -> Path:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[..., Agent]]:
+def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Start agents against any nameserver (`start_agent` is this with dnsmasq); each is stopped
+    at the end of the test."""
     agents: list[Agent] = []
 
-    def start(routes: Sequence[dict[str, object]], *extra: str, wait_ready: bool = True,
-              workdir: Path | None = None) -> Agent:
+    def start(nameserver: str, routes: Sequence[dict[str, object]], *extra: str,
+              wait_ready: bool = True, workdir: Path | None = None,
+              admin_address: str = "127.0.0.1") -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
         routes_file = write_routes(wd / "routes.yaml", routes)
-        agent = Agent(wd, routes_file, dns.nameserver, extra=["--poll-interval", "0.5", *extra])
+        agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
+                      admin_address=admin_address)
         agents.append(agent)
         agent.start(wait_ready=wait_ready)
         return agent
@@ -60,3 +64,11 @@ def start_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture
+def start_agent(dns: Dnsmasq, agent_on: Callable[..., Agent]) -> Callable[..., Agent]:
+    def start(routes: Sequence[dict[str, object]], *extra: str, **options: object) -> Agent:
+        return agent_on(dns.nameserver, routes, *extra, **options)
+
+    return start

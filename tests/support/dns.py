@@ -1,5 +1,11 @@
 """A DNS server the tests control (dnslib, real DNS over UDP): answers, NXDOMAIN, SERVFAIL,
-REFUSED, silence, truncation, and a count of queries. For what dnsmasq cannot be made to do."""
+REFUSED, silence, truncation, and a count of queries. For what dnsmasq cannot be made to do.
+
+Optionally it behaves like Docker's embedded DNS with many tasks: UDP answers longer than 512
+bytes are truncated (TC set) and the same port answers over TCP. A name can also be given a
+sequence of outcomes that advances on every A query, i.e. every discovery round: answers that
+flap every poll, or a server that fails every other round.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from tests.support import free_port
 
@@ -19,17 +25,32 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         self.faults: dict[str, str] = {}  # name -> servfail | refused | silent | truncated
         self.ttl = 600
         self.queries = 0
+        self.tcp_queries = 0
+        # name -> outcomes (addresses, None for NXDOMAIN, or a fault for every name), and the
+        # outcome in force, advanced by each A query for that name
+        self.sequences: dict[str, list[Sequence[str] | str | None]] = {}
+        self.rounds: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord | None:
+    def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         with self.lock:
             self.queries += 1
+            self.tcp_queries += getattr(handler, "protocol", "udp") == "tcp"
             name = str(request.q.qname).rstrip(".").lower()
             fault = self.faults.get(name) or self.faults.get("*")
+            exists = name in self.records
             addresses = list(self.records.get(name, []))
+            if name in self.sequences and request.q.qtype == QTYPE.A:
+                self.rounds[name] = self.rounds.get(name, -1) + 1
+            for sequenced, outcomes in self.sequences.items():
+                outcome = outcomes[max(0, self.rounds.get(sequenced, 0)) % len(outcomes)]
+                if isinstance(outcome, str):  # the whole server fails this round
+                    fault = outcome
+                elif sequenced == name:
+                    exists, addresses = outcome is not None, list(outcome or [])
         reply = request.reply()
-        if fault == "silent":
-            return None
+        if fault == "silent":  # dnslib's handler sends nothing, and logs nothing with -error
+            raise DNSError("silent: no answer, as the test asked")
         if fault == "servfail":
             reply.header.rcode = RCODE.SERVFAIL
             return reply
@@ -39,7 +60,7 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         if fault == "truncated":
             reply.header.tc = 1
             return reply
-        if name not in self.records:
+        if not exists:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         for a in addresses:
@@ -50,14 +71,32 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         return reply
 
 
+class _TruncatingHandler(DNSHandler):  # type: ignore[misc]
+    """UDP answers longer than 512 bytes become an empty answer with TC set, the question kept
+    (as Docker's DNS does; dnslib's own truncation drops the question, which clients refuse)."""
+
+    def get_reply(self, data: bytes) -> bytes:
+        rdata: bytes = super().get_reply(data)
+        if self.protocol == "udp" and len(rdata) > 512:
+            reply = DNSRecord.parse(data).reply()
+            reply.header.tc = 1
+            return bytes(reply.pack())
+        return rdata
+
+
 class ControlledDns:
-    def __init__(self, address: str = "127.0.0.54") -> None:
+    def __init__(self, address: str = "127.0.0.54", *, tcp: bool = False) -> None:
+        """tcp=True: truncate UDP answers at 512 bytes and answer over TCP too, as Docker's DNS
+        does; clients must retry over TCP to see more than a few dozen addresses."""
         self.address = address
         self.port = free_port(address)
         self.resolver = _Resolver()
-        self.server = DNSServer(self.resolver, address=address, port=self.port,
-                                logger=DNSLogger(log="-request,-reply,-truncated,-error",
-                                                 prefix=False))
+        logger = DNSLogger(log="-request,-reply,-truncated,-error", prefix=False)
+        handler = _TruncatingHandler if tcp else DNSHandler
+        self.server = DNSServer(self.resolver, address=address, port=self.port, logger=logger,
+                                handler=handler)
+        self.tcp_server = DNSServer(self.resolver, address=address, port=self.port, tcp=True,
+                                    logger=logger, handler=handler) if tcp else None
 
     @property
     def nameserver(self) -> str:
@@ -65,10 +104,14 @@ class ControlledDns:
 
     def start(self) -> None:
         self.server.start_thread()
+        if self.tcp_server is not None:
+            self.tcp_server.start_thread()
 
     def stop(self) -> None:
-        self.server.stop()
-        self.server.server.server_close()
+        for server in (self.server, self.tcp_server):
+            if server is not None:
+                server.stop()
+                server.server.server_close()
 
     def set(self, name: str, addresses: Sequence[str] | None) -> None:
         """Answer `addresses` for `name`; None: NXDOMAIN; []: the name exists with no record."""
@@ -84,3 +127,21 @@ class ControlledDns:
                 self.resolver.faults.pop(name, None)
             else:
                 self.resolver.faults[name] = kind
+
+    def sequence(self, name: str, outcomes: Sequence[Sequence[str] | str | None] | None) -> None:
+        """Answer the A queries for `name` with each outcome in turn, round and round: a list
+        of addresses, None (NXDOMAIN), or a fault ("servfail", "silent", ...) that the whole
+        server shows for that round. AAAA queries share the outcome of the last A query.
+        None ends the sequence."""
+        with self.resolver.lock:
+            if outcomes is None:
+                self.resolver.sequences.pop(name, None)
+                self.resolver.rounds.pop(name, None)
+            else:
+                self.resolver.sequences[name] = list(outcomes)
+                self.resolver.rounds[name] = -1
+
+    def rounds(self, name: str) -> int:
+        """How many A queries for a sequenced `name` arrived (discovery rounds)."""
+        with self.resolver.lock:
+            return self.resolver.rounds.get(name, -1) + 1

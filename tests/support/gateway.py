@@ -26,9 +26,12 @@ from tests.support import free_port, require_programs, wait_until
 
 def http_get(port: int, host: str | None = "x", path: str = "/", address: str = "127.0.0.1",
              timeout: float = 5.0, headers: Mapping[str, str] | None = None,
-             method: str = "GET") -> tuple[int, str, dict[str, str]]:
-    """One request on a fresh connection: (status, body, headers). host=None sends no Host."""
-    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+             method: str = "GET", source: str | None = None,
+             ) -> tuple[int, str, dict[str, str]]:
+    """One request on a fresh connection: (status, body, headers). host=None sends no Host;
+    `source` is the local address to connect from (any 127.x: a client the test names)."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     try:
         conn.putrequest(method, path, skip_host=True)
         if host is not None:
@@ -155,17 +158,19 @@ class Agent:
     """`gateway-agent run` as a user starts it, with a private nginx under a temporary prefix."""
 
     def __init__(self, workdir: Path, routes: Path, nameserver: str,
-                 extra: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+                 extra: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 admin_address: str = "127.0.0.1") -> None:
         require_programs("nginx")
         self.workdir = workdir
         self.port = free_port()
-        self.admin_port = free_port()
+        self.admin_address = admin_address
+        self.admin_port = free_port(admin_address)
         self.status_port = free_port()
         self.prefix = workdir / "nginx"
         self.log_file = workdir / "agent.log"
         self.args = [sys.executable, "-m", "agent", "run", "--routes", str(routes),
                      "--nameserver", nameserver, "--listen", f"127.0.0.1:{self.port}",
-                     "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                     "--admin-listen", f"{admin_address}:{self.admin_port}",
                      "--status-listen", f"127.0.0.1:{self.status_port}",
                      "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
                      "--log-level", "debug", *extra]
@@ -210,7 +215,8 @@ class Agent:
         return status, body
 
     def admin(self, path: str) -> tuple[int, str]:
-        status, body, _ = http_get(self.admin_port, "localhost", path)
+        status, body, _ = http_get(self.admin_port, "localhost", path,
+                                   address=self.admin_address)
         return status, body
 
     def status(self) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def parse_conf(text: str) -> tuple[Directive, ...]:
 
 # -- what a route table asked for, against what was rendered --------------------------------------
 
-PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 6,
+PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 9,
                             "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
                             "proxy_send_timeout": 1, "client_max_body_size": 1,
                             "proxy_next_upstream": 1, "proxy_next_upstream_tries": 1})
