@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,14 @@ def test_namespaces_of_a_killed_run_are_swept() -> None:
     require_programs("ip")
     orphan = Namespace(f"{PREFIX}999999999x0-sw")  # made by a pid that does not exist
     orphan.create()
+    files = Path(tempfile.gettempdir()) / f"{PREFIX}999999999x0-files"
+    files.mkdir(exist_ok=True)
     sleeper = subprocess.Popen(orphan.argv(["sleep", "600"]))
     try:
         wait_until(lambda: orphan.pids(), 5, "the process inside the namespace")
         sweep_stale()
         assert orphan.name not in namespaces()
+        assert not files.exists()
         deadline = time.monotonic() + 5
         while sleeper.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

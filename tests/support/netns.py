@@ -162,12 +162,16 @@ def unique_name(role: str) -> str:
 
 
 def sweep_stale() -> None:
-    """Delete namespaces a killed test run left behind (their creator's pid is gone)."""
+    """Delete the namespaces and files a killed test run left behind (its pid is gone)."""
     for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         match = _STALE.match(name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             Namespace(name).delete()
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-files"):
+        match = _STALE.match(folder.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def http_get(host: str, port: int = 80, path: str = "/", timeout: float = 0.5) -> str | None:
@@ -223,6 +227,8 @@ class Node:
 
 
 class Cluster:
+    """N node namespaces, a switch and a client; see the module's docstring."""
+
     def __init__(self, size: int = 3, priorities: list[int] | None = None,
                  keep_workdir: bool = False) -> None:
         if size < 2:
@@ -233,7 +239,7 @@ class Cluster:
         self.tag = unique_name("")[:-1]
         self.namespaces: list[Namespace] = []
         self.nodes: list[Node] = []
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        self.workdir = Path(tempfile.gettempdir()) / f"{self.tag}-files"
         self.switch = Namespace(f"{self.tag}-sw")
         self.client = Namespace(f"{self.tag}-client")
         self.spec: ClusterSpec | None = None
@@ -266,8 +272,8 @@ class Cluster:
 
     def setup(self) -> None:
         sweep_stale()
-        # scripts run as an unprivileged user: it must be able to read the work folder
-        os.chmod(self.workdir, 0o755)
+        # readable by all: the script user may be unprivileged
+        self.workdir.mkdir(mode=0o755)
         self._namespace(self.switch)
         run(["ip", "-n", self.switch.name, "link", "add", "br0", "type", "bridge",
              "mcast_snooping", "0"])
@@ -386,11 +392,19 @@ class Cluster:
                    f"nginx on {node.name}")
 
     def kill_nginx(self, node: Node) -> None:
-        """What a crashed gateway looks like: the whole nginx process group, SIGKILL."""
+        """What a crashed gateway looks like: the whole nginx process group, SIGKILL. Returns
+        once no process of the group is left (the workers hold the listening socket too)."""
         proc = node.procs.pop("nginx")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
 
     def hang_http(self, node: Node) -> None:
         """Replace nginx by a listener that accepts connections and never answers."""
