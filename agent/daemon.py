@@ -16,6 +16,7 @@ import socket
 
 from aiohttp import web
 
+from agent import accesslog
 from agent.admin import make_app
 from agent.discovery import Discovery
 from agent.metrics import Metrics
@@ -45,7 +46,9 @@ def control_name(settings: Settings) -> str | None:
     return own.reverse_pointer
 
 
-def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
+def build(settings: Settings, access_log: str | None = None,
+          ) -> tuple[Reconciler, Nginx, Metrics, State]:
+    """The parts of the daemon; `access_log` is where nginx sends its records (HOST:PORT)."""
     metrics = Metrics()
     state = State()
     nginx = Nginx(settings)
@@ -53,7 +56,7 @@ def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
                           control_name=control_name(settings))
     renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                         trusted_proxies=[str(n) for n in settings.trusted_proxies],
-                        template=settings.template,
+                        template=settings.template, access_log=access_log,
                         https_listen=str(settings.https_listen),
                         https_redirect_port=settings.https_redirect_port,
                         resolver=str(settings.nameserver))
@@ -66,7 +69,19 @@ def build(settings: Settings) -> tuple[Reconciler, Nginx, Metrics, State]:
 
 
 async def run(settings: Settings) -> int:
-    reconciler, nginx, metrics, state = build(settings)
+    sock = None
+    if settings.access_log_metrics:
+        try:
+            sock = accesslog.bind(settings.access_log_listen.host, settings.access_log_listen.port)
+        except OSError as exc:
+            log.error("access_log_bind_failed address=%s error=%r", settings.access_log_listen,
+                      str(exc))
+            return 1
+    reconciler, nginx, metrics, state = build(
+        settings, access_log=accesslog.address(sock) if sock is not None else None)
+    receiver = accesslog.Receiver(sock, metrics.traffic) if sock is not None else None
+    if receiver is not None:
+        metrics.traffic.follow(lambda: state.routes)
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
     nginx.prepare()
 
@@ -80,6 +95,8 @@ async def run(settings: Settings) -> int:
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()
     log.info("admin_listening address=%s", settings.admin_listen)
+    if receiver is not None:
+        receiver.start()  # before nginx: its first request already has somewhere to go
 
     try:
         try:
@@ -112,4 +129,6 @@ async def run(settings: Settings) -> int:
     finally:
         if nginx.running:
             await nginx.stop()
+        if receiver is not None:
+            receiver.close()
         await runner.cleanup()

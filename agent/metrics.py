@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.accesslog import Traffic
 from agent.tls import TlsCollector
 
 _DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -104,6 +105,14 @@ class Metrics:
             "(success, invalid)", ["result"], registry=r)
         self.stub_status = StubStatusCollector()
         r.register(self.stub_status)
+        # Per-route request metrics from nginx's access log (gateway_http_*, gateway_upstream_*
+        # by route, gateway_access_log_records_total): defined in agent/accesslog.py beside the
+        # parser, exported once the daemon turns the feature on.
+        self.traffic = Traffic()
+        r.register(self.traffic)
+        # The agent's own CPU and memory (process_cpu_seconds_total, ...): what the access-log
+        # metrics cost shows here.
+        ProcessCollector(registry=r)
         # gateway_tls_certificate_expiry_timestamp_seconds{host} and
         # gateway_tls_certificate_valid{host}: defined in agent/tls.py, set by each cycle.
         self.tls = TlsCollector()

@@ -19,6 +19,8 @@ from pathlib import Path
 import jinja2
 
 from agent import __version__
+from agent.accesslog import TAG as ACCESS_LOG_TAG
+from agent.accesslog import UNROUTED_ROOT, route_root
 from agent.discovery import Endpoints, Snapshot
 from agent.routes import Route, RouteTable, Target
 from agent.tls import Served, TlsPlan
@@ -65,6 +67,7 @@ class Upstream:
 @dataclass(frozen=True)
 class Location:
     path: str
+    root: str  # names the route in the access log (agent.accesslog.route_root)
     target: str
     upstream: str | None
     websocket: bool
@@ -134,6 +137,7 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
 def _location(route: Route, upstream: Upstream | None) -> Location:
     return Location(
         path=route.path,
+        root=route_root(route),
         target=route.target.name,
         upstream=upstream.name if upstream else None,
         websocket=route.websocket,
@@ -182,7 +186,7 @@ def _with_tls(servers: list[Server], tls: TlsPlan | None) -> tuple[list[Server],
 
 class Renderer:
     def __init__(self, *, listen: str, status_listen: str, trusted_proxies: Sequence[str] = (),
-                 template: Path | None = None,
+                 template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None) -> None:
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
@@ -191,6 +195,7 @@ class Renderer:
         self.listen = listen
         self.status_listen = status_listen
         self.trusted_proxies = tuple(trusted_proxies)
+        self.access_log = access_log  # HOST:PORT of the agent's access-log socket, or None
         directory, name = (template.parent, template.name) if template else (
             _TEMPLATES, "gateway.conf.j2")
         self._template = _environment(directory).get_template(name)
@@ -214,6 +219,9 @@ class Renderer:
             "listen": self.listen,
             "status_listen": self.status_listen,
             "trusted_proxies": self.trusted_proxies,
+            "access_log": self.access_log,
+            "access_log_tag": ACCESS_LOG_TAG,
+            "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
             "upstreams": list(upstreams.values()),
             "servers": http_servers,
@@ -230,8 +238,13 @@ class Renderer:
         return Rendered(text, generation)
 
 
-def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str) -> str:
-    """nginx.conf for a private nginx under `prefix` (--nginx-prefix)."""
+def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
+                     access_log: bool = False) -> str:
+    """nginx.conf for a private nginx under `prefix` (--nginx-prefix).
+
+    With `access_log` the routes file sets the http-level access log (records to the agent);
+    otherwise this file turns access logging off.
+    """
     template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
-                           worker_processes=worker_processes)
+                           worker_processes=worker_processes, access_log=access_log)

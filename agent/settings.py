@@ -117,6 +117,25 @@ def positive_float(value: str) -> float:
     return number
 
 
+def on_off(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{value!r} is not on or off")
+
+
+def loopback_udp(value: str) -> HostPort:
+    """ADDRESS:PORT on loopback for access-log records; port 0 picks a free port at start."""
+    text = value.strip()
+    any_port = text.endswith(":0")
+    hp = parse_ip_host_port(text[:-1] + "1" if any_port else text)
+    if not ipaddress.ip_address(hp.host).is_loopback:
+        raise ValueError(f"{value!r}: records are not authenticated; use a loopback address")
+    return HostPort(hp.host, 0) if any_port else hp
+
+
 def port_number(value: str) -> int:
     if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
         raise ValueError(f"{value!r} is not a port number (1-65535)")
@@ -148,6 +167,8 @@ class Settings:
     worker_processes: str = "auto"
     log_format: str = "text"
     log_level: str = "info"
+    access_log_metrics: bool = False
+    access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
 
     @property
     def routes_conf_path(self) -> Path:
@@ -201,6 +222,11 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--worker-processes", "worker_processes", worker_processes, "nginx worker_processes (auto)"),
     ("--log-format", "log_format", str, "text or json"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--access-log-metrics", "access_log_metrics", on_off,
+     "on or off: per-route request metrics from nginx's access log, sent to the agent (off)"),
+    ("--access-log-listen", "access_log_listen", loopback_udp,
+     "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
+     "picked at start (127.0.0.1:0)"),
 )
 
 

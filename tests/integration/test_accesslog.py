@@ -1,0 +1,183 @@
+"""Per-route traffic metrics end to end: real requests through a real nginx, whose access-log
+records reach the agent over UDP, and the counts a user reads on /metrics."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Callable
+
+from tests.integration.conftest import TASK_ADDRESSES, write_routes
+from tests.support import free_port, wait_until
+from tests.support.gateway import Agent, Dnsmasq, Upstream
+
+T1, T2, T3 = TASK_ADDRESSES[:3]
+NOBODY = "127.0.10.99"  # in DNS as a task, but nothing listens there: connections are refused
+StartAgent = Callable[..., Agent]
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def start(start_agent: StartAgent, routes: list[dict[str, object]], *extra: str,
+          ) -> tuple[Agent, int]:
+    port = free_port(kind=socket.SOCK_DGRAM)
+    return start_agent(routes, "--access-log-metrics", "on", "--access-log-listen",
+                       f"127.0.0.1:{port}", *extra), port
+
+
+def requests_by_class(m: dict[str, float], route: str) -> dict[str, float]:
+    """{status_class: count} of one route, leaving out the classes that are 0."""
+    out = {}
+    for klass in CLASSES:
+        value = m.get(f'gateway_http_requests_total{{route="{route}",status_class="{klass}"}}')
+        if value:
+            out[klass] = value
+    return out
+
+
+def routes_in(m: dict[str, float]) -> set[str]:
+    return {key.split('route="')[1].split('"')[0] for key in m
+            if key.startswith("gateway_http_requests_total{")}
+
+
+def post(agent: Agent, host: str, body: bytes) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+    try:
+        conn.request("POST", "/upload", body=body, headers={"Host": host})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_counts_match_the_requests_sent_per_route_and_status_class(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1, T2])
+    dns.set("tasks.api", [T3])  # tasks.dmzhttp: NXDOMAIN, its route answers 503
+    agent, _ = start(start_agent, [
+        {"hosts": ["managerhttp", "manager.example.com"], "service": "managerhttp",
+         "port": upstream_port, "max_body_size": "1k"},
+        {"hosts": ["manager.example.com"], "path": "/api", "service": "api",
+         "port": upstream_port},
+        {"hosts": ["dmzhttp"], "service": "dmzhttp", "port": upstream_port},
+    ])
+    sent = {"managerhttp/": {"2xx": 0, "4xx": 0}, "manager.example.com/api": {"2xx": 0},
+            "dmzhttp/": {"5xx": 0}, "unrouted": {"4xx": 0}}
+
+    def expect(route: str, klass: str, status: int, want: int) -> None:
+        assert status == want
+        sent[route][klass] += 1
+
+    for _ in range(7):
+        expect("managerhttp/", "2xx", agent.get("managerhttp")[0], 200)
+    for _ in range(3):  # the route's second host counts under the same route
+        expect("managerhttp/", "2xx", agent.get("manager.example.com", "/x")[0], 200)
+    for _ in range(2):  # refused by nginx before any location logic: still the route's request
+        expect("managerhttp/", "4xx", post(agent, "managerhttp", b"x" * 2048), 413)
+    for path in ("/api", "/api/", "/api/v1/items", "/api/x?y=1"):
+        expect("manager.example.com/api", "2xx", agent.get("manager.example.com", path)[0], 200)
+    for _ in range(5):
+        expect("dmzhttp/", "5xx", agent.get("dmzhttp")[0], 503)
+    for host, status in (("unknown.example.com", 404), ("other", 404), (None, 400)):
+        expect("unrouted", "4xx", agent.get(host)[0], status)  # None: HTTP/1.1 without Host
+    want = {route: {k: float(v) for k, v in classes.items()} for route, classes in sent.items()}
+
+    def counted() -> dict[str, dict[str, float]]:
+        m = agent.metrics()
+        return {route: requests_by_class(m, route) for route in sent}
+
+    wait_until(lambda: counted() == want, 5, f"the counts {want}, /metrics had {counted()}")
+    m = agent.metrics()
+    assert routes_in(m) == set(sent), "one series per route, no URL or client in a label"
+    for route, classes in want.items():
+        count = m[f'gateway_http_request_duration_seconds_count{{route="{route}"}}']
+        assert count == sum(classes.values())
+        assert m[f'gateway_http_response_bytes_total{{route="{route}"}}'] > 0
+        assert m[f'gateway_http_request_bytes_total{{route="{route}"}}'] > 0
+    # only the requests an upstream answered have an upstream time
+    assert m['gateway_upstream_response_duration_seconds_count{route="managerhttp/"}'] == 10
+    assert m['gateway_upstream_response_duration_seconds_count{route="dmzhttp/"}'] == 0
+    assert m['gateway_http_response_bytes_total{route="manager.example.com/api"}'] >= \
+        4 * len("task3")
+    assert m['gateway_access_log_records_total{result="ok"}'] == sum(
+        sum(classes.values()) for classes in want.values())
+    for result in ("malformed", "unknown_route", "dropped"):
+        assert m[f'gateway_access_log_records_total{{result="{result}"}}'] == 0
+
+
+def test_a_dead_task_shows_as_upstream_errors_and_retries_while_clients_get_200(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1, NOBODY])
+    agent, _ = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+                                    "port": upstream_port}])
+    for _ in range(6):  # round robin: at least one of the first two tries NOBODY
+        assert agent.get("managerhttp") == (200, "task1")
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 6}, 5,
+               "six requests counted")
+    m = agent.metrics()
+    errors = m['gateway_upstream_errors_total{route="managerhttp/"}']
+    assert errors >= 1
+    assert m['gateway_upstream_retries_total{route="managerhttp/"}'] == errors
+    assert m['gateway_upstream_response_duration_seconds_count{route="managerhttp/"}'] == 6
+
+
+def test_records_that_name_no_route_in_use_are_counted_without_a_series(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    agent, port = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+                                       "port": upstream_port}])
+    header = b"<190>Nov 25 17:11:04 gateway: "
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for datagram in (
+            b"not a record",
+            header + b"g1|/gateway-route/managerhttp|2000|0.001|-|-|-|10|10",  # bad status
+            header + b"g1|/gateway-route/managerhttp|200|0.001|-|-|-|10",  # a field short
+            header + b"g1|/gateway-route/evil.example.com/x|200|0.001|-|-|-|10|10",
+        ):
+            s.sendto(datagram, ("127.0.0.1", port))
+
+    def results() -> dict[str, float]:
+        m = agent.metrics()
+        return {r: m[f'gateway_access_log_records_total{{result="{r}"}}']
+                for r in ("ok", "malformed", "unknown_route")}
+
+    wait_until(lambda: results() == {"ok": 0, "malformed": 3, "unknown_route": 1}, 5,
+               f"the records to be counted, /metrics had {results()}")
+    assert routes_in(agent.metrics()) == {"managerhttp/", "unrouted"}
+
+
+def test_route_series_follow_the_routes_in_use(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    routes = [{"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port}]
+    agent, _ = start(start_agent, routes)
+    assert agent.get("managerhttp")[0] == 200
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 1}, 5,
+               "the request to be counted")
+
+    write_routes(agent.workdir / "routes.yaml",
+                 [{"hosts": ["renamed.example.com"], "service": "managerhttp",
+                   "port": upstream_port}])
+    wait_until(lambda: agent.get("renamed.example.com")[0] == 200, 5, "the new route")
+    assert routes_in(agent.metrics()) == {"renamed.example.com/", "unrouted"}
+    wait_until(lambda: requests_by_class(agent.metrics(), "renamed.example.com/"), 5,
+               "the request on the new route to be counted")
+
+
+def test_off_sends_no_records_and_writes_no_access_log(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    agent = start_agent([{"hosts": ["managerhttp"], "service": "managerhttp",
+                          "port": upstream_port}], "--access-log-metrics", "off")
+    for _ in range(3):
+        assert agent.get("managerhttp") == (200, "task1")
+    wait_until(lambda: agent.metrics().get("nginx_http_requests_total", 0) >= 3, 5,
+               "nginx's request counter")
+    m = agent.metrics()
+    assert not any(k.startswith(("gateway_http_", "gateway_access_log_")) for k in m)
+    conf = (agent.prefix / "conf.d" / "gateway.conf").read_text()
+    assert "access_log syslog" not in conf
+    assert not list(agent.prefix.rglob("access.log")), "nginx's default access log is off too"
