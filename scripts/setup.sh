@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 what=${1:-test}
 base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
-swarm_pkgs=(docker.io debootstrap busybox-static)
+swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
 case "$what" in
   test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus); extras=test ;;
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
@@ -34,6 +34,11 @@ if ((${#missing[@]})); then
   else
     echo "setup: missing Debian packages ${missing[*]} (run as root to install them)" >&2
   fi
+fi
+
+# keepalived runs check scripts as this user under enable_script_security (keepalived/example)
+if [ "$(id -u)" -eq 0 ] && ! id keepalived_script >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin keepalived_script
 fi
 
 py=${PYTHON:-python3}

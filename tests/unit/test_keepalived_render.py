@@ -69,7 +69,8 @@ def test_track_file_mode(tmp_path: Path) -> None:
     assert [e.name for e in config.instances[0].tracked("track_file")] == ["gateway_check"]
     text = (tmp_path / "node1.conf").read_text()
     assert ("#   GATEWAY_CHECK_ARGS=--watch --track-file /run/gateway-check/state --interval 0.1 "
-            "--fall 1 --rise 2 --http http://127.0.0.1:8080/healthz --timeout 1\n") in text
+            "--fall 1 --rise 2 --http http://127.0.0.1:9180/readyz --tcp 127.0.0.1:8080 "
+            "--timeout 1\n") in text
 
 
 def test_script_mode(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_script_mode(tmp_path: Path) -> None:
                           ["127.0.0.1:8443"], "timeout": 0.8, "fall": 2, "rise": 3})
     config = render_all(data, tmp_path)["node2"]
     script = config.scripts["gateway_check"]
-    assert script.script == ("/usr/local/bin/gateway-check --http http://127.0.0.1:8080/healthz "
+    assert script.script == ("/usr/local/bin/gateway-check --http http://127.0.0.1:9180/readyz "
                              "--tcp 127.0.0.1:8443 --docker-service gw_gateway --timeout 0.8 "
                              "--quiet")
     values = {s.keyword: s.args for s in script.statement.children or []}
