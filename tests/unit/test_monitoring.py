@@ -20,7 +20,7 @@ from tests.support import require_programs
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-RULES_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+RULES_TESTS = sorted((ROOT / "deploy" / "prometheus").glob("*.test.yml"))
 DASHBOARD = ROOT / "deploy" / "grafana" / "swarm-gateway.json"
 DOC = ROOT / "docs" / "metrics.md"
 # the names a query may use: ours, nginx's (stub_status), the process', keepalived's, `up`
@@ -77,10 +77,11 @@ def test_alert_rules_pass_promtool_check_and_their_tests() -> None:
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     # every alert has a case, and every case passes
-    tested = set(re.findall(r"alertname: (\w+)", RULES_TESTS.read_text()))
+    tested = {name for path in RULES_TESTS
+              for name in re.findall(r"alertname: (\w+)", path.read_text())}
     assert {r["alert"] for r in alert_rules()} <= tested
-    run = subprocess.run([promtool, "test", "rules", RULES_TESTS.name], capture_output=True,
-                         text=True, cwd=RULES_TESTS.parent)
+    run = subprocess.run([promtool, "test", "rules", *(p.name for p in RULES_TESTS)],
+                         capture_output=True, text=True, cwd=RULES.parent)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
