@@ -1,10 +1,11 @@
 """A real single-node Docker Swarm running the stacks of stacks/, deployed as docs/swarm.md says.
 
 Runs when CI=true or GATEWAY_TEST_SWARM=1 (it starts dockerd, inits a swarm, builds images and
-takes host ports 8080, 8081, 9180, 9181 and 8090); skips otherwise. The session's fixtures undo what
-they did: stacks, configs, volumes, the images they built, and - through scripts/swarm.sh - the
-swarm and the dockerd they started. The debootstrap base image is kept as a cache
-(`scripts/images.sh clean` removes it).
+takes host ports 8080, 8081, 443, 8444, 9180, 9181, 8090 and 8453); skips otherwise. The gateways'
+secrets are a demo CA's certificate and key, made by `scripts/demo.sh certs` in a temporary folder.
+The session's fixtures undo what they did: stacks, configs, secrets, volumes, the images they
+built, and - through scripts/swarm.sh - the swarm and the dockerd they started. The debootstrap
+base image is kept as a cache (`scripts/images.sh clean` removes it).
 
 Measurements (time for a scale to show, failed requests during a rolling update, ...) are printed
 at the end of the run.
@@ -28,10 +29,12 @@ from tests.swarm.stacks import (
     STACKS,
     Swarm,
     clean,
+    create_secrets,
     deploy_commands,
     measured,
     measurements,
     run,
+    stack_secrets,
 )
 
 
@@ -45,10 +48,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     if not (CI or os.environ.get("GATEWAY_TEST_SWARM") == "1"):
-        missing("swarm tests start dockerd and take ports 8080/8081/9180/9181/8090: "
+        missing("swarm tests start dockerd and take ports 8080/8081/443/8444/9180/9181/8090: "
                 "set GATEWAY_TEST_SWARM=1 (CI=true runs them)")
     require_root()
-    require_programs("docker", "dockerd", "debootstrap")
+    require_programs("docker", "dockerd", "debootstrap", "openssl")
     if not shutil.which("busybox") and not Path("/bin/busybox").exists():
         missing("busybox-static is not installed (scripts/setup.sh test installs it)")
 
@@ -60,15 +63,21 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         if existing & {*STACKS, "gateway-ingress"}:
             pytest.fail(f"stacks {sorted(existing & set(STACKS))} already exist (is `make demo` "
                         "running? `make demo-down` removes it)", pytrace=False)
+        secrets = set(run("docker", "secret", "ls", "--format", "{{.Name}}").split())
+        if secrets & set(stack_secrets()):
+            pytest.fail(f"secrets {sorted(secrets & set(stack_secrets()))} already exist (made by "
+                        "`make demo`? `make demo-down` removes them)", pytrace=False)
         started = time.monotonic()
         run("scripts/images.sh", "auto", timeout=600)
         measured(f"images built in {time.monotonic() - started:.0f} s")
         try:
+            certs = tmp_path_factory.mktemp("demo-certs")
+            create_secrets(certs)
             commands = deploy_commands()
             assert len(commands) == 4, f"docs/swarm.md deploys {commands}"
             for command in commands:
                 run(*command.split())
-            s = Swarm()
+            s = Swarm(certs)
             try:
                 for host, service in (("managerhttp", "managerhttp"), ("intrahttp", "intrahttp"),
                                       ("dmzhttp", "dmzhttp")):

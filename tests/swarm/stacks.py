@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import wait_until
 from tests.support.gateway import http_get
@@ -20,6 +26,9 @@ IMAGES = {
 }
 STACKS = ("gateway", "manager", "intra", "dmz")
 GATEWAY_PORT, ADMIN_PORT, DMZ_GATEWAY_PORT = 8080, 9180, 8081
+HTTPS_PORT, DMZ_HTTPS_PORT = 443, 8444
+# where docs/swarm.md makes the demo's certificates (`scripts/demo.sh certs`); tests use their own
+DEMO_CERTS = ".work/demo/certs"
 
 measurements: list[str] = []
 
@@ -53,8 +62,30 @@ def deploy_commands() -> list[str]:
     return [c for c in cmds if "gateway-ingress" not in c]
 
 
+def stack_secrets() -> list[str]:
+    """The secrets the gateway stacks mount, made before they are deployed (`external`)."""
+    names: set[str] = set()
+    for stack in ("gateway", "gateway-ingress"):
+        spec = yaml.safe_load((ROOT / "stacks" / f"{stack}.yml").read_text(encoding="utf-8"))
+        names |= {name for name, secret in spec.get("secrets", {}).items()
+                  if secret.get("external")}
+    return sorted(names)
+
+
+def create_secrets(certs: Path) -> None:
+    """What docs/swarm.md does before deploying, with `certs` for its folder: the demo's CA and
+    certificate (by `scripts/demo.sh certs`, as `make demo` makes them), then the secrets."""
+    (make,) = docs_commands(r"scripts/demo\.sh certs")
+    run(*make.split(), str(certs))
+    for command in docs_commands(rf"docker secret create \S+ {re.escape(DEMO_CERTS)}/\S+"):
+        run(*command.replace(f"{DEMO_CERTS}/", f"{certs}/").split())
+
+
 class Swarm:
-    """The deployed stacks, and what a test asks of them."""
+    """The deployed stacks, and what a test asks of them; `certs` holds the demo CA's files."""
+
+    def __init__(self, certs: Path | None = None) -> None:
+        self.certs = certs
 
     def service(self, name: str) -> str:
         """A service's full name: managerhttp -> manager_managerhttp."""
@@ -111,11 +142,47 @@ class Swarm:
         status, body, _ = http_get(port, host, path, timeout=timeout)
         return status, body.strip()
 
-    def answering(self, host: str, port: int = GATEWAY_PORT, requests: int = 30) -> set[str]:
-        """The task hostnames that answer `requests` requests for `host` (only 200s count)."""
+    def tls_context(self) -> ssl.SSLContext:
+        """A client that trusts the demo CA only, and checks host names."""
+        assert self.certs is not None, "Swarm(certs) names the demo CA's folder"
+        return ssl.create_default_context(cafile=self.certs / "demo-ca.crt")
+
+    def tls_connect(self, sni: str | None, port: int = HTTPS_PORT,
+                    context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
+        """A TLS connection to 127.0.0.1:port naming `sni` (curl's --resolve SNI:PORT:127.0.0.1);
+        raises ssl.SSLError when the handshake or the verification fails."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            return (context or self.tls_context()).wrap_socket(sock, server_hostname=sni)
+        except BaseException:
+            sock.close()
+            raise
+
+    def https_get(self, host: str, port: int = HTTPS_PORT, path: str = "/",
+                  sni: str | None = None) -> tuple[int, str, bytes]:
+        """GET over a new TLS connection made for `sni` (default: `host`) by a client that
+        trusts the demo CA only: (status, body, the certificate served, DER)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.sock = tls = self.tls_connect(sni or host, port)
+        try:
+            conn.putrequest("GET", path, skip_host=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace").strip()
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return resp.status, body, der
+        finally:
+            conn.close()
+
+    def answering(self, host: str, port: int = GATEWAY_PORT, requests: int = 30,
+                  https: bool = False) -> set[str]:
+        """The task hostnames that answer `requests` requests for `host` (only 200s count), over
+        HTTPS (verified with the demo CA) when `https`."""
         seen = set()
         for _ in range(requests):
-            status, body = self.get(host, port)
+            status, body = (self.https_get(host, port)[:2] if https else self.get(host, port))
             if status == 200:
                 seen.add(body)
         return seen
@@ -130,6 +197,19 @@ class Swarm:
         wait_until(settled, timeout, f"the tasks of {service} to answer for Host {host}",
                    interval=0.2)
         return time.monotonic() - started
+
+
+def metric(port: int, name: str, label: str) -> dict[str, float]:
+    """A metric of the gateway whose admin port is `port`, by the value of one label."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {sample.labels[label]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
 
 
 def stack_containers(*stacks: str) -> list[str]:
@@ -161,5 +241,7 @@ def clean() -> None:
     volumes = run("docker", "volume", "ls", "-q", "--filter", "name=gateway_", check=False).split()
     if volumes:
         run("docker", "volume", "rm", *volumes, check=False)
+    # the swarm fixture made them, and fails before that when any of them exists
+    run("docker", "secret", "rm", *stack_secrets(), check=False)
 
 

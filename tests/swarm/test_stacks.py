@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import wait_until
 from tests.swarm.stacks import (
     ADMIN_PORT,
     DMZ_GATEWAY_PORT,
+    DMZ_HTTPS_PORT,
     GATEWAY_PORT,
+    HTTPS_PORT,
     ROOT,
     Swarm,
     docs_commands,
     measured,
+    metric,
     run,
 )
 
@@ -35,15 +37,7 @@ ROUTES = yaml.safe_load((ROOT / "stacks" / "routes.yml").read_text(encoding="utf
 
 def endpoints_metric(port: int = ADMIN_PORT) -> dict[str, float]:
     """gateway_upstream_endpoints by service, from the gateway's /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return {sample.labels["service"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name == "gateway_upstream_endpoints"}
+    return metric(port, "gateway_upstream_endpoints", "service")
 
 
 def gateway_container(swarm: Swarm) -> str:
@@ -55,9 +49,11 @@ def test_every_host_routes_to_its_service(swarm: Swarm) -> None:
     for route in ROUTES:
         tasks = swarm.containers(route["service"])
         assert len(tasks) >= 2, f"{route['service']} runs {tasks}"
+        https = "tls" in route  # its plain HTTP redirects to HTTPS (test_https.py)
         for host in route["hosts"]:
             # round robin: every task answers, and nothing else does
-            assert swarm.answering(host, requests=6 * len(tasks)) == tasks, host
+            assert swarm.answering(host, HTTPS_PORT if https else GATEWAY_PORT,
+                                   requests=6 * len(tasks), https=https) == tasks, host
     assert endpoints_metric() == {r["service"]: len(swarm.containers(r["service"]))
                                   for r in ROUTES}
 
@@ -73,7 +69,8 @@ def test_unknown_host_is_refused(swarm: Swarm) -> None:
 
 def test_dmz_gateway_serves_dmz_routes_only(swarm: Swarm) -> None:
     dmz_tasks = swarm.containers("dmzhttp")
-    assert swarm.answering("www.example.com", port=DMZ_GATEWAY_PORT) == dmz_tasks
+    assert swarm.answering("dmzhttp", port=DMZ_GATEWAY_PORT) == dmz_tasks
+    assert swarm.answering("www.example.com", port=DMZ_HTTPS_PORT, https=True) == dmz_tasks
     assert endpoints_metric(ADMIN_PORT + 1) == {"dmzhttp": len(dmz_tasks)}
 
 
