@@ -113,6 +113,8 @@ def parse_conf(text: str) -> tuple[Directive, ...]:
 
 # -- what a route table asked for, against what was rendered --------------------------------------
 
+# What each kind of location holds. A directive added to the template on purpose belongs here too:
+# this list is the statement of what a route may cause to appear in nginx's configuration.
 PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 9,
                             "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
                             "proxy_send_timeout": 1, "client_max_body_size": 1,
