@@ -26,7 +26,6 @@ from agent.settings import Settings
 from agent.tls import status as tls_status
 
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
-STALE_GRACE = 30.0  # every lookup failing for longer than this makes the gateway not ready
 
 
 def liveness(state: State, settings: Settings, now: float) -> tuple[bool, str]:
@@ -44,10 +43,12 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
         problems.append("nginx is not running")
     if nginx.generation is None:
         problems.append("no configuration applied yet")
-    if state.last_discovery_ok == 0.0 and state.routes.routes:
+    if state.last_discovery_ok == 0.0 and state.routes.routes and not state.serving_saved:
         problems.append("discovery has not answered yet")
-    elif state.routes.routes and now - state.last_discovery_ok > STALE_GRACE:
-        problems.append(f"every DNS lookup failing for {now - state.last_discovery_ok:.0f}s")
+    # A DNS outage later on does not make the gateway unready: it serves the last known tasks
+    # (marked stale in /status and gateway_upstream_endpoints_stale). Unready there would have
+    # keepalived put every node in FAULT when DNS fails everywhere at once (no VIP at all) and
+    # swarm restart every gateway for something a restart cannot fix.
     return not problems, problems
 
 

@@ -47,6 +47,7 @@ class State:
     last_reload_result: str | None = None
     last_reload_detail: str | None = None
     applied_generation: str | None = None
+    serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
 
@@ -257,6 +258,8 @@ class Reconciler:
         if saved:
             self.state.snapshot = saved
         await self.discover()
+        self.state.serving_saved = any(e.stale and e.addresses
+                                       for e in self.state.snapshot.values())
         rendered = self.render()
         await self.nginx.apply(rendered.text, rendered.generation)
         await self.nginx.start()
