@@ -1,0 +1,184 @@
+"""Routes from swarm service labels: `gateway.hosts`, `gateway.port`, ... (docs/labels.md).
+
+A labelled service routes to its own tasks: the route's `service` is the service's name, never a
+label. Every other field comes from a label named like the field of the routes file, and the route
+is validated by the very same model (agent.routes), so labels obey exactly the rules of the file.
+A service whose labels do not make a valid route is skipped with one error per problem, each
+naming the service and the label; it never affects another service's route.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.routes import Route, RoutesError, parse_routes
+
+DEFAULT_PREFIX = "gateway"
+# What may follow the prefix: a field (`port`) or a field of a nested option (`tls.redirect`).
+_OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
+# Label values are strings; these options take a boolean or a number in the routes file.
+_BOOLEANS = frozenset({"websocket", "tls", "tls.redirect", "tls.hsts"})
+_INTEGERS = frozenset({"port", "tls.hsts"})
+# The target is the service itself: a label cannot send traffic anywhere else.
+_NOT_LABELS = {
+    "service": "a labelled service routes to its own tasks; the service is not a label",
+    "host": "a labelled service routes to its own tasks; 'host' is for the routes file only",
+}
+_PLACE_RE = re.compile(r"routes\[0\](\S*): ")
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the controller needs of a swarm service (GET /services)."""
+
+    name: str
+    id: str = ""
+    created: str = ""  # Docker's CreatedAt, RFC 3339 in UTC
+    labels: Mapping[str, str] = field(default_factory=dict)
+    container_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, doc: Mapping[str, Any]) -> Service:
+        spec = doc.get("Spec") or {}
+        container = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {})
+        return cls(name=str(spec.get("Name", "")), id=str(doc.get("ID", "")),
+                   created=str(doc.get("CreatedAt", "")),
+                   labels=dict(spec.get("Labels") or {}),
+                   container_labels=dict(container.get("Labels") or {}))
+
+    @property
+    def age_key(self) -> tuple[str, str, str, str]:
+        """Oldest first: the first service to claim a host keeps it. Go writes fractions of a
+        second without trailing zeros, so they are padded before comparing."""
+        seconds, _, fraction = self.created.rstrip("Z").partition(".")
+        return seconds, fraction.ljust(9, "0"), self.name, self.id
+
+
+class LabelError(ValueError):
+    """A service whose labels do not make a route; `errors` name the service and the label."""
+
+    def __init__(self, service: str, errors: list[str]) -> None:
+        self.service = service
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+def _value(option: str, text: str) -> object:
+    if option in _BOOLEANS and text in ("true", "false"):
+        return text == "true"
+    if option in _INTEGERS and text.isascii() and text.isdigit():
+        return int(text)
+    return text
+
+
+def _hosts(text: str) -> list[str]:
+    """`a.example.com,b.example.com`: a comma-separated list; spaces around a comma are allowed.
+    Each name is then checked as in the routes file, so nothing else is "cleaned up"."""
+    return [part.strip(" ") for part in text.split(",")]
+
+
+def _relabel(message: str, prefix: str) -> str:
+    """`routes[0].hosts[1]: ...` (the model's place) -> `label gateway.hosts[1]: ...`."""
+    match = _PLACE_RE.match(message)
+    if match is None:
+        return message
+    rest = message[match.end():]
+    place = match.group(1).lstrip(".")
+    if place.startswith("service"):
+        return f"the service name: {rest}"
+    if not place:
+        return f"labels: {rest}"
+    if rest == "unknown field":
+        rest = "unknown label (docs/labels.md lists them)"
+    elif rest == "required field is missing":
+        rest = "required label is missing"
+    return f"label {prefix}.{place}: {rest}"
+
+
+def route_from_labels(service: str, labels: Mapping[str, str],
+                      prefix: str = DEFAULT_PREFIX) -> Route | None:
+    """The route a service's labels describe; None when it has no `<prefix>.` label at all.
+
+    Raises LabelError with every problem, each as `service NAME: label PREFIX.OPTION: ...`.
+    """
+    start = prefix + "."
+    options = {k[len(start):]: v for k, v in labels.items() if k.startswith(start)}
+    if not options:
+        return None
+    data: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    errors: list[str] = []
+    for option, text in sorted(options.items()):
+        if not _OPTION_RE.fullmatch(option):
+            errors.append(f"label {_shown(start + option)}: not a gateway option "
+                          "(docs/labels.md lists them)")
+        elif option in _NOT_LABELS:
+            errors.append(f"label {start}{option}: {_NOT_LABELS[option]}")
+        elif option == "hosts":
+            data["hosts"] = _hosts(text)
+        elif option.startswith("tls."):
+            tls[option.removeprefix("tls.")] = _value(option, text)
+        else:
+            data[option] = _value(option, text)
+    if tls:
+        if data.get("tls") is False:
+            errors.append(f"label {start}tls: it is false, but {start}tls.* labels are given")
+        elif "tls" in data and data["tls"] is not True:
+            errors.append(f"label {start}tls: {_shown(str(data['tls']))}: give true, or only "
+                          f"{start}tls.* labels")
+        else:
+            data["tls"] = tls
+    data["service"] = service
+    try:
+        table = parse_routes({"routes": [data]}, f"service {service}")
+    except RoutesError as exc:
+        errors += [_relabel(e, prefix) for e in exc.errors]
+        table = None
+    if errors:
+        raise LabelError(service, [f"service {service}: {e}" for e in errors])
+    assert table is not None
+    (route,) = table.routes
+    return route
+
+
+@dataclass(frozen=True)
+class LabelRoutes:
+    """The routes of every labelled service, oldest service first, and the services skipped."""
+
+    routes: tuple[tuple[str, Route], ...]  # (source, route): source is `service NAME`
+    errors: tuple[tuple[str | None, str], ...]  # (the service's zone label, error)
+    services: int  # services with at least one label of the prefix
+
+
+def routes_from_services(services: Iterable[Service], prefix: str = DEFAULT_PREFIX,
+                         ) -> LabelRoutes:
+    routes: list[tuple[str, Route]] = []
+    errors: list[tuple[str | None, str]] = []
+    labelled = 0
+    start = prefix + "."
+    for service in sorted(services, key=lambda s: s.age_key):
+        zone = service.labels.get(start + "zone")
+        try:
+            route = route_from_labels(service.name, service.labels, prefix)
+        except LabelError as exc:
+            labelled += 1
+            errors += [(zone, e) for e in exc.errors]
+            continue
+        if route is not None:
+            labelled += 1
+            routes.append((f"service {service.name}", route))
+        elif any(k.startswith(start) for k in service.container_labels):
+            labelled += 1  # `labels:` instead of `deploy.labels:` in a stack file
+            errors.append((service.container_labels.get(start + "zone"),
+                           f"service {service.name}: {prefix}.* labels are on its containers; "
+                           "put them on the service (deploy.labels in a stack file, "
+                           "--label on docker service create)"))
+    return LabelRoutes(tuple(routes), tuple(errors), labelled)

@@ -1,0 +1,378 @@
+"""Where a gateway's routes come from: the routes file and the controller, merged.
+
+The controller (`gateway-agent controller`, agent/controller.py) serves the routes of labelled
+services at a URL. The gateway long-polls it (`GET URL?version=V&wait=30`): the controller answers
+at once when its routes differ from version V, otherwise when they change or the wait ends. Every
+route received is validated again here with the routes model, so a controller cannot make a
+gateway render anything the routes file could not.
+
+When the controller cannot be reached the gateway keeps the routes it last received, and with
+--state-dir it saves them, so a gateway restarted meanwhile starts with them.
+
+Merge rules (docs/labels.md): the routes file first, then the controller's routes in its order
+(oldest service first). A route that claims a host and path already claimed, or a host already
+routed with a different `tls`, is refused whole and reported; every other route is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from agent.routes import Route, RoutesError, RouteTable, parse_routes
+
+log = logging.getLogger("agent.sources")
+
+FILE_SOURCE = "routes file"
+_SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
+_ERROR_MAX = 500
+_BACKOFF_MAX = 5.0
+START_WAIT = 3.0  # at start, how long the first request to the controller may take
+
+
+@dataclass(frozen=True)
+class Merged:
+    table: RouteTable
+    sources: tuple[str, ...]  # the source of each route of the table
+    errors: tuple[str, ...]  # one per refused route
+    refused: tuple[Route, ...] = ()  # the refused routes, in the order of `errors`
+
+
+def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
+    """First come, first served: each route keeps its hosts unless an earlier route claimed one
+    of them (same host and path, or the same host with a different `tls`); then it is refused
+    whole, with an error naming both sources, and the others are not affected."""
+    claimed: dict[tuple[str, str], str] = {}
+    tls_of: dict[str, tuple[object, str]] = {}
+    routes: list[Route] = []
+    sources: list[str] = []
+    errors: list[str] = []
+    refused: list[Route] = []
+    for source, route in candidates:
+        problems = []
+        for host in route.hosts:
+            if (host, route.path) in claimed:
+                problems.append(f"{host!r} with path {route.path!r} is already routed by "
+                                f"{claimed[host, route.path]}")
+            elif host in tls_of and tls_of[host][0] != route.tls:
+                problems.append(f"{host!r} is also routed by {tls_of[host][1]} with a "
+                                "different 'tls'")
+        if problems:
+            errors.append(f"{source}: not routed: " + "; ".join(problems))
+            refused.append(route)
+            continue
+        for host in route.hosts:
+            claimed[host, route.path] = source
+            tls_of.setdefault(host, (route.tls, source))
+        routes.append(route)
+        sources.append(source)
+    return Merged(RouteTable(tuple(routes)), tuple(sources), tuple(errors), tuple(refused))
+
+
+@dataclass(frozen=True)
+class Received:
+    """A controller's answer, checked: its routes (source, route) and the errors to show."""
+
+    version: str
+    routes: tuple[tuple[str, Route], ...]
+    errors: tuple[str, ...]
+
+
+def _text(value: object, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    shown = value.encode("ascii", "backslashreplace").decode()
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def parse_document(doc: Any) -> Received:
+    """Check the controller's JSON: a bad document is refused whole (ValueError); a bad route
+    in it is refused alone, as the routes file would refuse it."""
+    if not isinstance(doc, dict):
+        raise ValueError("expected a JSON object")
+    version, items, reported = doc.get("version"), doc.get("routes"), doc.get("errors", [])
+    if not isinstance(version, str) or not _SOURCE_RE.fullmatch(version):
+        raise ValueError("'version' is missing or not a short string")
+    if not isinstance(items, list) or not isinstance(reported, list):
+        raise ValueError("'routes' and 'errors' must be lists")
+    routes: list[tuple[str, Route]] = []
+    errors = [e for e in (_text(r, _ERROR_MAX) for r in reported) if e is not None]
+    for i, item in enumerate(items):
+        source = item.get("source") if isinstance(item, dict) else None
+        if not isinstance(source, str) or not _SOURCE_RE.fullmatch(source):
+            source = f"controller routes[{i}]"
+        route = item.get("route") if isinstance(item, dict) else None
+        try:
+            (parsed,) = parse_routes({"routes": [route]}, source).routes
+        except RoutesError as exc:
+            errors.append(f"{source}: refused by the gateway: " + "; ".join(
+                "route" + e.removeprefix("routes[0]") for e in exc.errors))
+            continue
+        routes.append((source, parsed))
+    return Received(version, tuple(routes), tuple(errors))
+
+
+def route_item(source: str, route: Route) -> dict[str, Any]:
+    """One route as the controller serves it and the gateway saves it."""
+    return {"source": source, "route": route.model_dump(mode="json", exclude_none=True)}
+
+
+class SourceMetrics:
+    """gateway_routes_source_*: the gateway's view of the controller."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.fetches = Counter(
+            "gateway_routes_source_fetches", "Answers from the controller by result "
+            "(changed, unchanged, error)", ["result"], registry=r)
+        self.up = Gauge("gateway_routes_source_up",
+                        "1 while the last request to the controller got an answer", registry=r)
+        self.last_success = Gauge(
+            "gateway_routes_source_last_success_timestamp_seconds",
+            "When the controller last answered", registry=r)
+        self.routes = Gauge("gateway_routes_source_routes",
+                            "Routes received from the controller (before merging)", registry=r)
+        self.errors = Gauge(
+            "gateway_routes_source_errors", "Labelled services the controller skipped, and "
+            "routes from it this gateway refused", registry=r)
+        self.conflicts = Gauge(
+            "gateway_routes_conflicts", "Routes not served because an earlier source claims "
+            "their host and path", registry=r)
+        for result in ("changed", "unchanged", "error"):
+            self.fetches.labels(result)
+
+
+class ControllerRoutes:
+    """Long-polls the controller, keeps (and saves) the last routes it sent, and merges them
+    with the routes file's. `on_change` is called when new routes arrived (wake the loop)."""
+
+    def __init__(self, url: str, metrics: SourceMetrics, *, zone: str | None = None,
+                 wait: float = 30.0, state_dir: Path | None = None,
+                 on_change: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.url = url
+        self.metrics = metrics
+        self.zone = zone
+        self.wait = wait
+        self.state_file = state_dir / "controller-routes.json" if state_dir else None
+        self.on_change = on_change
+        self.clock = clock
+        self.received: Received | None = None
+        self.from_saved = False
+        self.last_fetch_at: float | None = None
+        self.last_fetch_result: str | None = None
+        self.last_success_at: float | None = None
+        self.last_change_at: float | None = None
+        self.last_error: str | None = None
+        self.merged = Merged(RouteTable(()), (), ())
+        self._logged: frozenset[str] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        return self.received.version if self.received else None
+
+    def _params(self, wait: float) -> dict[str, str]:
+        params = {"zone": self.zone} if self.zone else {}
+        if self.version is not None and wait > 0:
+            params.update(version=self.version, wait=f"{wait:g}")
+        return params
+
+    async def fetch(self, session: aiohttp.ClientSession, wait: float) -> bool:
+        """One request; True when it got an answer (changed or not). Never raises for a
+        controller that is down or answers nonsense: that is recorded and logged once."""
+        headers = {"If-None-Match": f'"{self.version}"'} if self.version and wait > 0 else {}
+        self.last_fetch_at = self.clock()
+        try:
+            async with session.get(self.url, params=self._params(wait), headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=wait + 10, connect=5),
+                                   ) as resp:
+                if resp.status == 304:
+                    self._answered("unchanged")
+                    return True
+                if resp.status != 200:
+                    body = (await resp.text(errors="replace"))[:200]
+                    raise ValueError(f"HTTP {resp.status}: {' '.join(body.split())}")
+                received = parse_document(await resp.json(content_type=None))
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            self._failed(exc)
+            return False
+        self._use(received, saved=False)
+        return True
+
+    def _answered(self, result: str) -> None:
+        now = self.clock()
+        if self.last_error is not None:
+            log.info("routes_source_reachable url=%s version=%s", self.url, self.version)
+        self.last_error = None
+        self.last_fetch_result = result
+        self.last_success_at = now
+        self.metrics.fetches.labels(result).inc()
+        self.metrics.up.set(1)
+        self.metrics.last_success.set(now)
+
+    def _failed(self, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.last_error is None:  # once per outage, not once per retry
+            kept = len(self.received.routes) if self.received else 0
+            log.warning("routes_source_unreachable url=%s error=%r keeping=%d", self.url,
+                        error, kept)
+        self.last_error = error
+        self.last_fetch_result = "error"
+        self.metrics.fetches.labels("error").inc()
+        self.metrics.up.set(0)
+
+    def _use(self, received: Received, saved: bool) -> None:
+        changed = self.received != received
+        if not saved:
+            self._answered("changed" if changed else "unchanged")
+        if not changed:
+            return
+        self.received = received
+        self.from_saved = saved
+        self.last_change_at = self.clock()
+        self.metrics.routes.set(len(received.routes))
+        log.info("routes_source_changed version=%s routes=%d errors=%d%s", received.version,
+                 len(received.routes), len(received.errors), " (saved)" if saved else "")
+        if not saved:
+            self._save()
+        self.on_change()
+
+    # -- the saved copy ------------------------------------------------------------------------
+
+    def load_saved(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+            if doc.get("url") != self.url or doc.get("zone") != self.zone:
+                log.info("routes_source_saved_ignored file=%s reason='another url or zone'",
+                         self.state_file)
+                return
+            received = parse_document(doc["document"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("routes_source_saved_unreadable file=%s error=%r", self.state_file,
+                        str(exc))
+            return
+        self._use(received, saved=True)
+
+    def _save(self) -> None:
+        if self.state_file is None or self.received is None:
+            return
+        r = self.received
+        doc = {"url": self.url, "zone": self.zone, "saved_at": self.clock(),
+               "document": {"version": r.version, "errors": list(r.errors),
+                            "routes": [route_item(s, route) for s, route in r.routes]}}
+        tmp = ""
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".controller-routes.", dir=self.state_file.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            log.warning("routes_source_not_saved file=%s error=%r", self.state_file, str(exc))
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def session(self) -> aiohttp.ClientSession:
+        """No DNS cache: a restarted controller task has a new address. Not aiohttp's default
+        resolver either: with aiodns installed that is c-ares, which keeps answers for their
+        TTL, and Docker's DNS answers with 600 s."""
+        connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=aiohttp.ThreadedResolver())
+        return aiohttp.ClientSession(connector=connector)
+
+    async def start(self, within: float = START_WAIT) -> None:
+        """Before the first configuration: the saved routes, then one quick request (a
+        controller that does not answer `within` seconds does not hold up the gateway); then
+        the long-poll, in the background until close()."""
+        self.load_saved()
+        async with self.session() as session:
+            try:
+                async with asyncio.timeout(within):
+                    await self.fetch(session, wait=0)
+            except TimeoutError:
+                self._failed(TimeoutError(f"no answer within {within:g}s"))
+        self._task = asyncio.create_task(self._follow(), name="routes-source")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _follow(self) -> None:
+        async with self.session() as session:
+            await self.run(session)
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        """Long-poll until cancelled; after a failure retry with a growing delay (1 s to 5 s)."""
+        delay = 0.0
+        while True:
+            started = time.monotonic()
+            # after a failure, a plain request first: it tells at once that the controller is
+            # back (a long-poll would wait for a change before answering)
+            if await self.fetch(session, self.wait if self.last_error is None else 0):
+                delay = 0.0
+                # a controller that answers at once without waiting must not make a busy loop
+                await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+            else:
+                delay = min(max(1.0, delay * 2), _BACKOFF_MAX)
+                await asyncio.sleep(delay)
+
+    # -- merging ---------------------------------------------------------------------------------
+
+    def merge(self, file_routes: RouteTable) -> RouteTable:
+        """The routes file's routes, then the controller's; refused routes are logged once."""
+        received = self.received.routes if self.received else ()
+        merged = merge([(FILE_SOURCE, r) for r in file_routes.routes] + list(received))
+        self.merged = merged
+        errors = frozenset(merged.errors) | frozenset(self.received.errors
+                                                      if self.received else ())
+        for error in sorted(errors - self._logged):
+            log.error("route_refused %s", error)
+        self._logged = errors
+        self.metrics.conflicts.set(len(merged.errors))
+        self.metrics.errors.set(len(self.received.errors) if self.received else 0)
+        return merged.table
+
+    def status(self) -> dict[str, Any]:
+        r = self.received
+        return {
+            "url": self.url,
+            "version": self.version,
+            "reachable": self.last_error is None and self.last_success_at is not None,
+            "from_saved_state": self.from_saved,
+            "last_fetch": {"at": self.last_fetch_at, "result": self.last_fetch_result},
+            "last_success_at": self.last_success_at,
+            "last_change_at": self.last_change_at,
+            "last_error": self.last_error,
+            "routes": len(r.routes) if r else 0,
+            "errors": list(r.errors) if r else [],
+            "conflicts": list(self.merged.errors),
+            "served": [{"source": s, "hosts": list(route.hosts), "path": route.path}
+                       for s, route in zip(self.merged.sources, self.merged.table.routes,
+                                           strict=True)],
+        }
