@@ -23,6 +23,7 @@ from agent.metrics import Metrics
 from agent.nginx import Nginx
 from agent.reconciler import State
 from agent.settings import Settings
+from agent.sources import ControllerRoutes
 from agent.tls import status as tls_status
 
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
@@ -53,7 +54,7 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
 
 
 def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
-                    ) -> dict[str, Any]:
+                    sources: ControllerRoutes | None = None) -> dict[str, Any]:
     ready, problems = readiness(state, nginx, now)
     endpoints = {}
     for target in state.routes.targets:
@@ -79,6 +80,7 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
         },
         "routes": [r.model_dump(mode="json", exclude_none=True) for r in state.routes.routes],
         "routes_error": state.routes_error,
+        "routes_source": sources.status() if sources is not None else None,
         "endpoints": endpoints,
         "tls": tls_status(state.tls),
         "last_reload": {
@@ -91,7 +93,8 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
 
 
 def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
-             clock: Callable[[], float] = time.monotonic) -> web.Application:
+             clock: Callable[[], float] = time.monotonic,
+             sources: ControllerRoutes | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, detail = liveness(state, settings, clock())
         return web.Response(status=200 if ok else 503, text=("ok: " if ok else "dead: ") + detail
@@ -103,7 +106,7 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
         return web.Response(status=200 if ok else 503, text=text)
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(status_document(state, nginx, settings, clock()),
+        return web.json_response(status_document(state, nginx, settings, clock(), sources),
                                  dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
     app = web.Application()

@@ -1,4 +1,4 @@
-"""`gateway-agent`: run (the container's entrypoint), check, render, keepalived."""
+"""`gateway-agent`: run (the container's entrypoint), controller, check, render, keepalived."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
-    if s.routes is None:
-        print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
+    if s.routes is None and s.routes_url is None:
+        print("error: --routes FILE or --routes-url URL (or GATEWAY_ROUTES, GATEWAY_ROUTES_URL) "
+              "is required", file=sys.stderr)
         return 2
     try:
         return asyncio.run(daemon.run(s))
@@ -41,6 +42,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
         return 1
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from agent import controller
+
+    s = settings.from_sources(args)
+    logs.setup(s.log_format, s.log_level)
+    return asyncio.run(controller.run(s))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -113,6 +122,13 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)
+
+    controller = sub.add_parser("controller", help="serve routes from swarm service labels to "
+                                "the gateways (one replica, on a manager; docs/labels.md)")
+    settings.add_arguments(controller, only=("controller_listen", "docker_url", "label_prefix",
+                                             "resync_interval", "new_service_wait", "log_format",
+                                             "log_level"))
+    controller.set_defaults(func=cmd_controller)
 
     from agent.keepalived.cli import register
 

@@ -24,6 +24,7 @@ from agent.nginx import ApplyError, Nginx, NginxDied
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
 from agent.settings import Settings
+from agent.sources import ControllerRoutes, SourceMetrics
 from agent.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
@@ -63,8 +64,14 @@ def build(settings: Settings, access_log: str | None = None,
     certificates = Certificates(settings.certs_dir,
                                 store_dir(settings.nginx_prefix, settings.nginx_conf_dir),
                                 settings.tls_ca_bundle)
+    sources = None
+    if settings.routes_url is not None:  # routes from service labels (agent/sources.py)
+        sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
+                                   zone=settings.zone, state_dir=settings.state_dir)
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
-                            certificates=certificates)
+                            certificates=certificates, sources=sources)
+    if sources is not None:
+        sources.on_change = reconciler.wake.set
     return reconciler, nginx, metrics, state
 
 
@@ -82,6 +89,8 @@ async def run(settings: Settings) -> int:
     receiver = accesslog.Receiver(sock, metrics.traffic) if sock is not None else None
     if receiver is not None:
         metrics.traffic.follow(lambda: state.routes)
+    if reconciler.sources is not None:  # the controller's routes: saved ones, one quick
+        await reconciler.sources.start()  # request, then a long-poll in the background
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
     nginx.prepare()
 
@@ -90,7 +99,8 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(make_app(state, nginx, metrics, settings), access_log=None)
+    runner = web.AppRunner(make_app(state, nginx, metrics, settings,
+                                    sources=reconciler.sources), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()
@@ -129,6 +139,8 @@ async def run(settings: Settings) -> int:
     finally:
         if nginx.running:
             await nginx.stop()
+        if reconciler.sources is not None:
+            await reconciler.sources.close()
         if receiver is not None:
             receiver.close()
         await runner.cleanup()

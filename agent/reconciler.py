@@ -25,6 +25,7 @@ from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
 from agent.routes import RoutesError, RouteTable, load_routes
 from agent.settings import Settings
+from agent.sources import ControllerRoutes
 from agent.tls import Certificates, TlsPlan
 
 log = logging.getLogger("agent.reconciler")
@@ -88,8 +89,10 @@ class Reconciler:
     def __init__(self, settings: Settings, nginx: Nginx, discovery: Discovery,
                  renderer: Renderer, metrics: Metrics, state: State,
                  clock: Callable[[], float] = time.monotonic,
-                 certificates: Certificates | None = None) -> None:
+                 certificates: Certificates | None = None,
+                 sources: ControllerRoutes | None = None) -> None:
         self.certificates = certificates
+        self.sources = sources  # routes from the controller, merged with the file's
         self.settings = settings
         self.nginx = nginx
         self.discovery = discovery
@@ -99,6 +102,7 @@ class Reconciler:
         self.clock = clock
         self.wake = asyncio.Event()
         self._routes_stamp: _FileStamp | None = None
+        self._file_routes = RouteTable(())
         self._applied_snapshot: Snapshot = {}
         self._applied_routes = RouteTable(())
         self._last_reload_mono: float | None = None
@@ -111,14 +115,26 @@ class Reconciler:
     def load_initial_routes(self) -> None:
         """At start: an invalid routes file is fatal (RoutesError with every problem)."""
         path = self.settings.routes
-        if path is None:
-            return
-        self._routes_stamp = _stamp(path)
-        self.state.routes = load_routes(path).for_zone(self.settings.zone)
-        self.metrics.routes_loads.labels("success").inc()
+        if path is not None:
+            self._routes_stamp = _stamp(path)
+            self._file_routes = load_routes(path)
+            self.metrics.routes_loads.labels("success").inc()
+        self._use_routes()
+
+    def _use_routes(self) -> None:
+        """The file's routes, merged with the controller's when there is one; then the zone."""
+        table = self._file_routes
+        if self.sources is not None:
+            table = self.sources.merge(table)
+        table = table.for_zone(self.settings.zone)
+        if self.sources is not None and table != self.state.routes:
+            log.info("routes_merged routes=%d", len(table.routes))
+        self.state.routes = table
 
     def _reload_routes_if_changed(self) -> None:
         """On a live change, a bad file is refused and the routes in use keep serving."""
+        if self.sources is not None:  # the controller's routes may have changed
+            self._use_routes()
         path = self.settings.routes
         if path is None:
             return
@@ -127,7 +143,7 @@ class Reconciler:
             return
         self._routes_stamp = stamp
         try:
-            table = load_routes(path).for_zone(self.settings.zone)
+            table = load_routes(path)
         except RoutesError as exc:
             self.state.routes_error = str(exc)
             self.metrics.routes_loads.labels("invalid").inc()
@@ -136,9 +152,11 @@ class Reconciler:
             return
         self.state.routes_error = None
         self.metrics.routes_loads.labels("success").inc()
-        if table != self.state.routes:
-            log.info("routes_loaded file=%s routes=%d", path, len(table.routes))
-        self.state.routes = table
+        if table != self._file_routes:
+            log.info("routes_loaded file=%s routes=%d", path,
+                     len(table.for_zone(self.settings.zone).routes))
+        self._file_routes = table
+        self._use_routes()
 
     # -- one cycle ---------------------------------------------------------------------------
 

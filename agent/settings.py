@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,29 @@ def zone_name(value: str) -> str:
     return value
 
 
+def http_url(value: str) -> str:
+    """The controller's routes URL: http(s)://HOST[:PORT]/PATH, nothing that needs quoting."""
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or \
+            not text.isascii() or any(c.isspace() for c in text):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return text
+
+
+def label_prefix(value: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}(?:\.[a-z][a-z0-9_-]{0,62})*", value):
+        raise ValueError(f"{value!r} is not a label prefix (lowercase letters, digits, "
+                         "'-', '_', dots between parts)")
+    return value
+
+
 def non_negative_float(value: str) -> float:
     number = float(value)
     if not number >= 0:
@@ -126,6 +150,12 @@ def on_off(value: str) -> bool:
     raise ValueError(f"{value!r} is not on or off")
 
 
+def port_number(value: str) -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{value!r} is not a port number (1-65535)")
+    return int(value)
+
+
 def loopback_udp(value: str) -> HostPort:
     """ADDRESS:PORT on loopback for access-log records; port 0 picks a free port at start."""
     text = value.strip()
@@ -136,15 +166,15 @@ def loopback_udp(value: str) -> HostPort:
     return HostPort(hp.host, 0) if any_port else hp
 
 
-def port_number(value: str) -> int:
-    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
-        raise ValueError(f"{value!r} is not a port number (1-65535)")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     routes: Path | None = None
+    routes_url: str | None = None  # the controller's /routes (agent/sources.py)
+    controller_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9280))
+    docker_url: str = "unix:///var/run/docker.sock"
+    label_prefix: str = "gateway"
+    resync_interval: float = 60.0
+    new_service_wait: float = 10.0
     nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
     listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
     https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
@@ -182,6 +212,22 @@ class Settings:
 Parser = Callable[[str], Any]
 _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--routes", "routes", Path, "routes YAML file (a docker config in a swarm)"),
+    ("--routes-url", "routes_url", http_url,
+     "the controller's routes URL, e.g. http://gateway-controller:9280/routes: routes from "
+     "service labels, merged with the routes file's (docs/labels.md)"),
+    ("--controller-listen", "controller_listen",
+     lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+     "controller: ADDRESS:PORT of /routes, /metrics, /healthz, /readyz, /status (0.0.0.0:9280)"),
+    ("--docker-url", "docker_url", str,
+     "controller: the Docker API, e.g. tcp://docker-proxy:2375 for a socket proxy "
+     "(unix:///var/run/docker.sock)"),
+    ("--label-prefix", "label_prefix", label_prefix,
+     "controller: the labels to read are PREFIX.hosts, PREFIX.port, ... (gateway)"),
+    ("--resync-interval", "resync_interval", positive_float,
+     "controller: seconds between two full lists of the services, besides events (60)"),
+    ("--new-service-wait", "new_service_wait", non_negative_float,
+     "controller: how long the route of a new service waits for its first running task before "
+     "it is served anyway; 0: at once (10)"),
     ("--nameserver", "nameserver", lambda v: parse_host_port(v, default_port=53),
      f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
     ("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),

@@ -1,0 +1,172 @@
+"""Routes from service labels through the real programs, without Docker: `gateway-agent
+controller` reads a fake Docker API with the docker SDK, and a gateway (`gateway-agent run
+--routes-url`, real nginx and dnsmasq) routes what it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import TASK_ADDRESSES
+from tests.support import free_port, wait_until
+from tests.support.fakedocker import FakeDocker
+from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
+
+T1, T2, T3 = TASK_ADDRESSES[:3]
+StartAgent = Callable[..., Agent]
+
+
+class ControllerProcess:
+    """`gateway-agent controller` on loopback, reading `docker`."""
+
+    def __init__(self, workdir: Path, docker: FakeDocker) -> None:
+        self.port = free_port()
+        self.log_file = workdir / "controller.log"
+        self.args = [sys.executable, "-m", "agent", "controller", "--docker-url", docker.url,
+                     "--controller-listen", f"127.0.0.1:{self.port}", "--log-level", "debug"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/routes"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=self.log_file.open("ab"),
+                                     stderr=subprocess.STDOUT,
+                                     cwd=Path(__file__).resolve().parents[2])
+        wait_until(lambda: self.get("/readyz")[0] == 200, 20,
+                   f"the controller to be ready; log:\n{self.log()}", interval=0.05)
+
+    def get(self, path: str) -> tuple[int, str]:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"controller exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            status, body, _ = http_get(self.port, "localhost", path)
+        except OSError:
+            return 0, ""
+        return status, body
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.get("/status")[1]))
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def docker() -> Iterator[FakeDocker]:
+    fake = FakeDocker()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def controller(tmp_path: Path, docker: FakeDocker) -> Iterator[ControllerProcess]:
+    c = ControllerProcess(tmp_path, docker)
+    yield c
+    c.stop()
+
+
+def labels(hosts: str, port: int, **options: str) -> dict[str, str]:
+    return {"gateway.hosts": hosts, "gateway.port": str(port),
+            **{f"gateway.{k}": v for k, v in options.items()}}
+
+
+def test_labelled_services_become_routes_and_survive_the_controller(
+        tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        docker: FakeDocker, controller: ControllerProcess, start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    dns.set("tasks.shop_web", [T2])
+    dns.set("tasks.shop_api", [T3])
+    docker.create("shop_web", labels("web.example.com", upstream_port))
+    controller.start()
+    state = tmp_path / "state"
+    file_routes = [{"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port}]
+    agent = start_agent(file_routes, "--routes-url", controller.url, "--state-dir", str(state))
+    assert agent.backends_seen("web.example.com", 3) == {"task2"}
+    assert agent.backends_seen("managerhttp", 3) == {"task1"}
+
+    # a new labelled service: routable without touching the gateway
+    started = time.monotonic()
+    docker.create("shop_api", labels("api.example.com", upstream_port, path="/v1"))
+    wait_until(lambda: agent.get("api.example.com", "/v1/x")[1] == "task3", 10,
+               "the new service's route to answer")
+    print(f"label route answering {time.monotonic() - started:.2f} s after the service event")
+    assert agent.get("api.example.com", "/v2")[0] == 404  # only its path
+
+    # its labels change: the route follows
+    docker.update("shop_api", labels("api2.example.com", upstream_port))
+    wait_until(lambda: agent.get("api2.example.com")[1] == "task3", 10, "the renamed route")
+    # (an old nginx worker may still take a connection for a moment after a reload)
+    wait_until(lambda: agent.get("api.example.com", "/v1/x")[0] == 404, 5, "the old name to go")
+
+    # a service claiming a host of the routes file, and one with broken labels: both refused,
+    # with errors naming them; everything else keeps working
+    docker.create("shop_thief", labels("managerhttp", upstream_port))
+    docker.create("shop_broken", labels("broken.example.com", upstream_port,
+                                        websocket="yes please"))
+    wait_until(lambda: len(agent.status()["routes_source"]["errors"]) == 1 and
+               len(agent.status()["routes_source"]["conflicts"]) == 1, 10,
+               "the gateway to report both")
+    source = agent.status()["routes_source"]
+    assert source["errors"] == ["service shop_broken: label gateway.websocket: 'yes please': "
+                                "Input should be a valid boolean"]
+    assert source["conflicts"] == ["service shop_thief: not routed: 'managerhttp' with path '/' "
+                                   "is already routed by routes file"]
+    assert agent.backends_seen("managerhttp", 3) == {"task1"}
+    assert agent.backends_seen("web.example.com", 3) == {"task2"}
+    assert agent.get("broken.example.com")[0] == 404
+    assert controller.status()["errors"] == source["errors"]
+    metrics = agent.metrics()
+    assert metrics["gateway_routes_conflicts"] == 1
+    assert metrics["gateway_routes_source_errors"] == 1
+
+    # removed: its route goes
+    docker.remove("shop_api")
+    wait_until(lambda: agent.get("api2.example.com")[0] == 404, 10, "the route to go")
+
+    # the controller stops: the gateway keeps serving what it had
+    controller.stop()
+    wait_until(lambda: agent.status()["routes_source"]["reachable"] is False, 10,
+               "the gateway to notice")
+    assert agent.backends_seen("web.example.com", 3) == {"task2"}
+    assert agent.admin("/readyz")[0] == 200  # still ready: keepalived keeps its VIP here
+    assert agent.metrics()["gateway_routes_source_up"] == 0
+
+    # ... and a gateway restarted meanwhile starts with the routes it saved
+    agent.stop()
+    again = start_agent(file_routes, "--routes-url", controller.url, "--state-dir", str(state))
+    assert again.backends_seen("web.example.com", 3) == {"task2"}
+    assert again.status()["routes_source"]["from_saved_state"] is True
+
+
+def test_the_controller_follows_events_after_docker_restarts(
+        docker: FakeDocker, controller: ControllerProcess) -> None:
+    controller.start()
+    assert controller.status()["services"] == 0
+    docker.drop_event_streams()  # dockerd restarting: the stream ends
+    wait_until(lambda: "not following" in controller.get("/readyz")[1] or
+               docker.listeners == 1, 5, "the controller to notice")
+    # while it reconnects, a service appears: the new stream's first full list finds it
+    docker.create("late", labels("late.example.com", 80))
+    wait_until(lambda: controller.status()["services"] == 1, 10, "the controller to list again")
+    wait_until(lambda: controller.get("/readyz")[0] == 200, 10, "the event stream again")
+    docker.set_failing(True)
+    docker.create("unseen", labels("unseen.example.com", 80))
+    wait_until(lambda: controller.get("/readyz")[0] == 503, 10, "readyz to say Docker fails")
+    assert [r["service"] for r in controller.status()["routes"]] == ["late"]
+    docker.set_failing(False)
+    wait_until(lambda: len(controller.status()["routes"]) == 2, 15, "the controller to recover")
