@@ -18,7 +18,7 @@ export SWARM_STATE_DIR=${SWARM_STATE_DIR:-.work/swarm}
 export GATEWAY_IMAGE=${GATEWAY_IMAGE:-swarm-gateway/http-gateway:latest}
 LOCAL_APP_IMAGE=swarm-gateway/hostname-httpd:latest
 LOCAL_BASE_IMAGE=swarm-gateway/nginx-python:bookworm
-APPS=(manager intra dmz)
+APPS=(controller manager intra dmz)
 certs=$state/certs
 # the secrets stacks/gateway.yml names (external): the certificate then the CA's, and the key
 SECRETS=(demo_crt demo_key)
@@ -153,6 +153,7 @@ up() {
   demo_secrets
   # docs/swarm.md, "3. Deploy"
   deploy -c stacks/gateway.yml gateway
+  deploy -c stacks/controller.yml controller
   deploy -c stacks/manager.yml manager
   deploy -c stacks/intra.yml intra
   deploy -c stacks/dmz.yml dmz
@@ -179,6 +180,15 @@ The gateway routes. Try:
   curl -s http://127.0.0.1:9180/status
 
   make demo-down                                              # removes everything
+EOF
+  cat <<EOF
+
+A route from service labels (docs/labels.md), without touching the gateway:
+
+  docker service create --name shop --network gateway-intra --label gateway.hosts=shop.example \\
+    --label gateway.port=8888 ${APP_IMAGE:-bretfisher/httpenv}
+  curl -H 'Host: shop.example' http://127.0.0.1:8080/         # a second later: a shop task
+  docker service rm shop                                      # 404 again
 EOF
   local ca=$PWD/$certs/demo-ca.crt
   [[ $certs = /* ]] && ca=$certs/demo-ca.crt

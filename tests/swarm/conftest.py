@@ -74,7 +74,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
             certs = tmp_path_factory.mktemp("demo-certs")
             create_secrets(certs)
             commands = deploy_commands()
-            assert len(commands) == 4, f"docs/swarm.md deploys {commands}"
+            assert len(commands) == len(STACKS), f"docs/swarm.md deploys {commands}"
             for command in commands:
                 run(*command.split())
             s = Swarm(certs)

@@ -24,7 +24,7 @@ IMAGES = {
     "GATEWAY_IMAGE": "swarm-gateway/http-gateway:swarm-test",
     "APP_IMAGE": "swarm-gateway/hostname-httpd:swarm-test",
 }
-STACKS = ("gateway", "manager", "intra", "dmz")
+STACKS = ("gateway", "controller", "manager", "intra", "dmz")
 GATEWAY_PORT, ADMIN_PORT, DMZ_GATEWAY_PORT = 8080, 9180, 8081
 HTTPS_PORT, DMZ_HTTPS_PORT = 443, 8444
 # where docs/swarm.md makes the demo's certificates (`scripts/demo.sh certs`); tests use their own
@@ -88,10 +88,13 @@ class Swarm:
         self.certs = certs
 
     def service(self, name: str) -> str:
-        """A service's full name: managerhttp -> manager_managerhttp."""
+        """A service's full name: managerhttp -> manager_managerhttp (a service made outside
+        the stacks keeps its name)."""
         return {"managerhttp": "manager_managerhttp", "intrahttp": "intra_intrahttp",
                 "dmzhttp": "dmz_dmzhttp", "http-gateway": "gateway_http-gateway",
-                "dmz-gateway": "gateway_dmz-gateway"}[name]
+                "dmz-gateway": "gateway_dmz-gateway",
+                "gateway-controller": "controller_gateway-controller",
+                "docker-proxy": "controller_docker-proxy"}.get(name, name)
 
     def containers(self, service: str) -> set[str]:
         """The service's started tasks that swarm wants running, by container short id (= the

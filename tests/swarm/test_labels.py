@@ -1,0 +1,241 @@
+"""Routes from service labels on the real swarm: stacks/controller.yml deployed as docs/swarm.md
+says, services made with `docker service create --label gateway.hosts=...` as a user would.
+
+The gateway is never touched: no redeploy, no restart. The services made here are removed at the
+end of the module, and the gateway has dropped their routes before tests/swarm/test_stacks.py
+counts its endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import wait_until
+from tests.support.gateway import http_get
+from tests.swarm.stacks import (
+    ADMIN_PORT,
+    DMZ_GATEWAY_PORT,
+    GATEWAY_PORT,
+    IMAGES,
+    Swarm,
+    measured,
+    run,
+)
+
+pytestmark = pytest.mark.swarm
+
+PREFIX = "lbl-"  # every service this module makes
+CONTROLLER = "controller_gateway-controller"
+RELOAD_MIN_INTERVAL = 2.0  # the gateway's default: changes closer than this are coalesced
+
+
+def gateway_status(port: int = ADMIN_PORT) -> dict[str, Any]:
+    status, body, _ = http_get(port, "localhost", "/status")
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def routes_source(port: int = ADMIN_PORT) -> dict[str, Any]:
+    source = gateway_status(port)["routes_source"]
+    assert source is not None, "the gateway has no --routes-url"
+    return dict(source)
+
+
+def create(name: str, labels: dict[str, str], network: str = "gateway-intra",
+           zone: str = "manager") -> None:
+    args = [f"--label={k}={v}" for k, v in labels.items()]
+    run("docker", "service", "create", "--detach", "--quiet", "--name", name, "--network",
+        network, "--constraint", f"node.labels.zone.{zone}==true", *args, IMAGES["APP_IMAGE"])
+
+
+def remove(*names: str) -> None:
+    run("docker", "service", "rm", *names, check=False)
+
+
+def controller_container() -> str:
+    out = run("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={CONTROLLER}")
+    containers = out.split()
+    assert len(containers) == 1, containers
+    return containers[0]
+
+
+def controller_get(path: str) -> tuple[int, str]:
+    """A GET to the controller from inside its container (it publishes no port)."""
+    probe = ("import sys, urllib.request, urllib.error\n"
+             "try:\n"
+             "    r = urllib.request.urlopen('http://127.0.0.1:9280' + sys.argv[1], timeout=5)\n"
+             "    print(r.status); print(r.read().decode())\n"
+             "except urllib.error.HTTPError as e:\n"
+             "    print(e.code); print(e.read().decode())\n")
+    status, _, body = run("docker", "exec", controller_container(), "python3", "-c", probe,
+                          path).partition("\n")
+    return int(status), body
+
+
+def answers(swarm: Swarm, host: str, service: str, port: int = GATEWAY_PORT,
+            path: str = "/") -> bool:
+    """The host answers with one of the service's tasks."""
+    status, body = swarm.get(host, port=port, path=path, timeout=2)
+    return status == 200 and body in swarm.containers(service)
+
+
+def refused(swarm: Swarm, host: str, port: int = GATEWAY_PORT, path: str = "/") -> bool:
+    return swarm.get(host, port=port, path=path, timeout=2)[0] == 404
+
+
+@pytest.fixture(scope="module")
+def labelled(swarm: Swarm) -> Iterator[Swarm]:
+    wait_until(lambda: controller_get("/readyz")[0] == 200, 90,
+               "the controller to be ready (Docker answering through the proxy)", interval=0.5)
+    wait_until(lambda: routes_source()["reachable"], 30, "the gateway to reach the controller",
+               interval=0.5)
+    try:
+        yield swarm
+    finally:
+        ours = [n for n in run("docker", "service", "ls", "--format", "{{.Name}}").split()
+                if n.startswith(PREFIX)]
+        if ours:
+            remove(*ours)
+        run("docker", "service", "scale", "--detach", f"{CONTROLLER}=1", check=False)
+        wait_until(lambda: routes_source()["reachable"] and not routes_source()["routes"] and
+                   not routes_source()["errors"], 60, "the gateway to drop the label routes",
+                   interval=0.5)
+        wait_until(lambda: not any(n.startswith(PREFIX) for n in gateway_status()["endpoints"]),
+                   30, "the gateway to forget the services", interval=0.5)
+
+
+def test_a_labelled_service_is_routable_without_touching_the_gateway(labelled: Swarm) -> None:
+    swarm = labelled
+    (gateway,) = swarm.containers("http-gateway")
+    took, gone = [], []
+    for i in range(3):
+        name, host = f"{PREFIX}web{i}", f"web{i}.example.com"
+        time.sleep(RELOAD_MIN_INTERVAL + 0.5)  # a quiet gateway, as a deploy usually meets
+        started = time.monotonic()
+        create(name, {"gateway.hosts": host, "gateway.port": "8888"})
+        wait_until(functools.partial(answers, swarm, host, name), 30,
+                   f"{host} to answer through the gateway", interval=0.05)
+        took.append(time.monotonic() - started)
+        time.sleep(RELOAD_MIN_INTERVAL + 0.5)
+        started = time.monotonic()
+        remove(name)
+        wait_until(functools.partial(refused, swarm, host), 30,
+                   f"{host} to be refused once removed", interval=0.05)
+        gone.append(time.monotonic() - started)
+    measured("label route: `docker service create --label gateway.hosts=...` to the first "
+             f"answer through the gateway: median {statistics.median(took):.2f} s, worst "
+             f"{max(took):.2f} s ({', '.join(f'{t:.2f}' for t in took)})")
+    measured(f"label route: `docker service rm` to 404: median {statistics.median(gone):.2f} s, "
+             f"worst {max(gone):.2f} s")
+    assert max(took) < 15, took  # generous: the goal is under 2 s, see the measurement
+    assert swarm.containers("http-gateway") == {gateway}, "the gateway was replaced"
+    tasks = run("docker", "service", "ps", "-q", swarm.service("http-gateway")).split()
+    assert len(tasks) == 1, f"the gateway was restarted: tasks {tasks}"
+
+
+def test_changed_labels_change_the_route(labelled: Swarm) -> None:
+    swarm = labelled
+    name = f"{PREFIX}api"
+    # the test upstream serves /index.html only: a path route to it
+    create(name, {"gateway.hosts": "api.example.com", "gateway.port": "8888",
+                  "gateway.path": "/index.html"})
+    wait_until(lambda: answers(swarm, "api.example.com", name, path="/index.html"), 30,
+               "api.example.com/index.html to answer", interval=0.1)
+    assert swarm.get("api.example.com", path="/") == (404, "404 no route for this path")
+    task = swarm.containers(name)
+    time.sleep(RELOAD_MIN_INTERVAL + 0.5)
+    started = time.monotonic()
+    run("docker", "service", "update", "--detach", "--label-add",
+        "gateway.hosts=api2.example.com", "--label-rm", "gateway.path", name)
+    wait_until(lambda: answers(swarm, "api2.example.com", name), 30,
+               "the new host to answer", interval=0.05)
+    measured(f"label route: `docker service update --label-add gateway.hosts=...` to the new "
+             f"host answering: {time.monotonic() - started:.2f} s")
+    wait_until(lambda: refused(swarm, "api.example.com", path="/index.html"), 10,
+               "the old host to be refused")
+    assert swarm.containers(name) == task, "a label change does not replace the task"
+
+
+def test_broken_labels_do_not_disturb_the_others(labelled: Swarm) -> None:
+    swarm = labelled
+    create(f"{PREFIX}broken", {"gateway.hosts": "broken.example.com", "gateway.port": "http"})
+    create(f"{PREFIX}thief", {"gateway.hosts": "managerhttp", "gateway.port": "8888"})
+    wait_until(lambda: routes_source()["errors"] and routes_source()["conflicts"], 30,
+               "the gateway to report the broken labels and the conflict", interval=0.2)
+    source = routes_source()
+    assert source["errors"] == [f"service {PREFIX}broken: label gateway.port: 'http': Input "
+                                "should be a valid integer"]
+    assert source["conflicts"] == [f"service {PREFIX}thief: not routed: 'managerhttp' with path "
+                                   "'/' is already routed by routes file"]
+    assert controller_get("/status")[0] == 200
+    assert json.loads(controller_get("/status")[1])["errors"] == source["errors"]
+    # everything else keeps working: the file's routes, the other labelled service
+    assert swarm.answering("managerhttp") == swarm.containers("managerhttp")
+    assert answers(swarm, "api2.example.com", f"{PREFIX}api")
+    assert refused(swarm, "broken.example.com")
+    remove(f"{PREFIX}broken", f"{PREFIX}thief")
+
+
+def test_a_dmz_labelled_service_is_served_by_the_dmz_gateway_only_if_in_zone_dmz(
+        labelled: Swarm) -> None:
+    swarm = labelled
+    name = f"{PREFIX}shop"
+    create(name, {"gateway.hosts": "shop.example.com", "gateway.port": "8888",
+                  "gateway.zone": "dmz"}, network="gateway-dmz", zone="dmz")
+    wait_until(lambda: answers(swarm, "shop.example.com", name, port=DMZ_GATEWAY_PORT), 30,
+               "the dmz gateway to serve it", interval=0.1)
+    assert answers(swarm, "shop.example.com", name)  # and the main gateway serves every zone
+    # the intra labelled service: the dmz gateway never even receives its route
+    assert refused(swarm, "api2.example.com", port=DMZ_GATEWAY_PORT)
+    dmz_served = routes_source(ADMIN_PORT + 1)["served"]
+    assert [s["source"] for s in dmz_served if s["source"] != "routes file"] == [
+        f"service {name}"]
+
+
+def test_stopping_the_controller_leaves_the_gateways_serving(labelled: Swarm) -> None:
+    swarm = labelled
+    name = f"{PREFIX}api"
+    assert answers(swarm, "api2.example.com", name)
+    run("docker", "service", "scale", "--detach=false", f"{CONTROLLER}=0", timeout=120)
+    wait_until(lambda: not routes_source()["reachable"], 30,
+               "the gateway to notice the controller is gone", interval=0.2)
+    assert swarm.answering("api2.example.com") == swarm.containers(name)
+    assert swarm.answering("managerhttp") == swarm.containers("managerhttp")
+    status, body, _ = http_get(ADMIN_PORT, "localhost", "/readyz")
+    assert status == 200, body  # ready: keepalived keeps the VIP on this node
+    # a change made while the controller is away arrives when it is back
+    run("docker", "service", "update", "--detach", "--label-add",
+        "gateway.hosts=api3.example.com", name)
+    time.sleep(1)
+    assert answers(swarm, "api2.example.com", name)
+    started = time.monotonic()
+    run("docker", "service", "scale", "--detach", f"{CONTROLLER}=1")
+    wait_until(lambda: answers(swarm, "api3.example.com", name), 60,
+               "the change to arrive with the controller", interval=0.1)
+    measured(f"label route: controller scaled 0 -> 1, the change made meanwhile served "
+             f"{time.monotonic() - started:.1f} s later")
+
+
+def test_the_docker_proxy_passes_only_reads(labelled: Swarm) -> None:
+    probe = ("import http.client, sys\n"
+             "for line in sys.argv[1:]:\n"
+             "    method, path = line.split(' ', 1)\n"
+             "    c = http.client.HTTPConnection('docker-proxy', 2375, timeout=5)\n"
+             "    c.request(method, path, body=b'{}' if method == 'POST' else None)\n"
+             "    print(c.getresponse().status, line)\n")
+    asked = ["GET /v1.41/services", "GET /v1.41/tasks", "GET /_ping",
+             "POST /v1.41/services/create", "DELETE /v1.41/services/x",
+             "GET /v1.41/secrets", "GET /v1.41/containers/json", "GET /v1.41/services/x/logs",
+             "GET /v1.41/services/../secrets", "GET /v1.41/services/%2e%2e/configs",
+             "GET /v1.41/services%2f..%2fsecrets", "POST /v1.41/containers/x/exec"]
+    out = run("docker", "exec", controller_container(), "python3", "-c", probe, *asked)
+    got = {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in out.splitlines()}
+    assert {k: v for k, v in got.items() if v != 403} == {
+        "GET /v1.41/services": 200, "GET /v1.41/tasks": 200, "GET /_ping": 200}, got
