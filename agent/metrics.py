@@ -120,6 +120,8 @@ class Metrics:
         # Make the labelled series exist from the start, so a rate() has a zero to start from.
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        for stage in ("write", "validate", "reload", "verify"):
+            self.apply_failures.labels(stage)
         for result in ("ok", "nxdomain", "nodata", "timeout", "servfail", "refused", "error"):
             self.dns_lookups.labels(result)
         for result in ("ok", "error"):
