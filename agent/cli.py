@@ -10,20 +10,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__, logs, settings
-from agent.routes import RoutesError, load_routes
+from agent.routes import RoutesError, RouteTable, load_routes
 
 
-def _routes_or_exit(path: Path | None, zone: str | None) -> int | object:
+def _report(exc: RoutesError, suffix: str = "") -> int:
+    """Every problem of a routes file, one per line; exit status 1."""
+    print(f"{exc.source}: {len(exc.errors)} error(s){suffix}", file=sys.stderr)
+    for err in exc.errors:
+        print(f"  {err}", file=sys.stderr)
+    return 1
+
+
+def _routes_or_exit(path: Path | None, zone: str | None) -> RouteTable | int:
+    """The routes of `path` (for `zone`), or the exit status after saying what is wrong."""
     if path is None:
         print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
         return 2
     try:
         return load_routes(path).for_zone(zone)
     except RoutesError as exc:
-        print(f"{exc.source}: {len(exc.errors)} error(s)", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
-        return 1
+        return _report(exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,10 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(daemon.run(s))
     except RoutesError as exc:
-        print(f"{exc.source}: {len(exc.errors)} error(s); not starting", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
-        return 1
+        return _report(exc, "; not starting")
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -57,9 +60,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     table = _routes_or_exit(s.routes, s.zone)
     if isinstance(table, int):
         return table
-    from agent.routes import RouteTable
-
-    assert isinstance(table, RouteTable)
     hosts = {h for r in table.routes for h in r.hosts}
     print(f"{s.routes}: ok, {len(table.routes)} routes, {len(hosts)} host names, "
           f"{len(table.targets)} targets" + (f" (zone {s.zone})" if s.zone else ""))
@@ -69,13 +69,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from agent.discovery import Endpoints, sort_addresses
     from agent.render import Renderer, RenderError
-    from agent.routes import RouteTable
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s.routes, s.zone)
     if isinstance(table, int):
         return table
-    assert isinstance(table, RouteTable)
     snapshot: dict[str, Endpoints] = {}
     if args.endpoints:
         try:
