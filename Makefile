@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 test:  ## install what the tests need, then run every test
 	scripts/setup.sh test
 	.venv/bin/ruff check agent tests bench
+	.venv/bin/mypy
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-unit:
