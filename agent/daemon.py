@@ -130,6 +130,7 @@ async def run(settings: Settings) -> int:
         if nginx_task in done and stop_task not in done:
             metrics.nginx_up.set(0)
             log.error("nginx_died status=%s exiting=1", nginx.process.returncode)
+            nginx.kill_leftovers()
             return 1
         log.info("stopping: nginx finishes the requests in flight")
         code = await nginx.stop()

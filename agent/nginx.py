@@ -188,11 +188,20 @@ class Nginx:
 
     async def start(self) -> None:
         try:
+            # its own process group, so that kill_leftovers() can reach workers it orphans
             self.process = await asyncio.create_subprocess_exec(
-                *self._base_args(), "-g", "daemon off; master_process on;")
+                *self._base_args(), "-g", "daemon off; master_process on;",
+                start_new_session=True)
         except OSError as exc:
             raise NginxDied(f"cannot start {self.binary}: {exc}") from exc
         log.info("nginx_started pid=%d", self.process.pid)
+
+    def kill_leftovers(self) -> None:
+        """After the master died: nginx leaves its workers running, still holding the ports
+        and serving the old configuration. End them with it (they share its process group)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     @property
     def running(self) -> bool:

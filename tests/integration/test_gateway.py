@@ -342,6 +342,17 @@ def test_nginx_dying_ends_the_agent_with_an_error(
     assert agent.proc is not None
     assert agent.proc.wait(10) == 1
     assert "nginx_died" in agent.log_tail()
+    # nginx leaves its workers running when the master is killed; nothing may keep serving
+    # the old configuration once the task is gone
+    wait_until(lambda: _refused(agent), 5, "the orphaned nginx workers to be gone")
+
+
+def _refused(agent: Agent) -> bool:
+    try:
+        agent.get("managerhttp", timeout=1)
+    except OSError:
+        return True
+    return False
 
 
 def test_restart_while_dns_is_down_serves_saved_endpoints(
