@@ -101,13 +101,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+# settings only `gateway-agent controller` reads; `run --help` does not list them
+CONTROLLER_ONLY = ("controller_listen", "docker_url", "label_prefix", "resync_interval",
+                   "new_service_wait")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"gateway-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run nginx and keep its configuration in step with DNS")
-    settings.add_arguments(run)
+    settings.add_arguments(run, only=[dest for dest in settings.DESTINATIONS
+                                      if dest not in CONTROLLER_ONLY])
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
@@ -123,9 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
     controller = sub.add_parser("controller", help="serve routes from swarm service labels to "
                                 "the gateways (one replica, on a manager; docs/labels.md)")
-    settings.add_arguments(controller, only=("controller_listen", "docker_url", "label_prefix",
-                                             "resync_interval", "new_service_wait", "log_format",
-                                             "log_level"))
+    settings.add_arguments(controller, only=(*CONTROLLER_ONLY, "log_format", "log_level"))
     controller.set_defaults(func=cmd_controller)
 
     from agent.keepalived.cli import register

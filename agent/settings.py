@@ -276,6 +276,9 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
 )
 
 
+DESTINATIONS = tuple(dest for _, dest, _, _ in _OPTIONS)
+
+
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
