@@ -24,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.files import write_atomic
 from agent.metrics import StubStatus
 from agent.render import render_main_conf
 from agent.settings import Settings
@@ -67,22 +68,6 @@ class Layout:
                    include_line=f"include {conf_dir}/conf.d/*.conf;")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _accepting(workers: set[int]) -> list[int]:
     """Those of `workers` that still run and are not shutting down (their title, in /proc)."""
     busy = []
@@ -115,7 +100,7 @@ class Nginx:
             return
         for sub in ("conf.d", "logs", *(f"temp/{d}" for d in _TEMP_DIRS)):
             (layout.prefix / sub).mkdir(parents=True, exist_ok=True)
-        _write_atomic(layout.main_conf, render_main_conf(
+        write_atomic(layout.main_conf, render_main_conf(
             prefix=layout.prefix, routes_conf=layout.routes_conf,
             worker_processes=self.settings.worker_processes,
             access_log=self.settings.access_log_metrics))
@@ -284,7 +269,7 @@ class Nginx:
         previous = self.live_text()
         previous_generation = self.generation
         try:
-            _write_atomic(self.layout.routes_conf, text)
+            write_atomic(self.layout.routes_conf, text)
         except OSError as exc:
             raise ApplyError("write", f"{self.layout.routes_conf}: {exc}") from exc
         if not self.running:
@@ -296,7 +281,7 @@ class Nginx:
             undone = "nothing to roll back to"
             if previous is not None:
                 try:
-                    _write_atomic(self.layout.routes_conf, previous)
+                    write_atomic(self.layout.routes_conf, previous)
                     if self.running and previous_generation is not None:
                         await self.reload(previous_generation)
                     undone = "rolled back to the previous configuration"

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.files import write_atomic
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
@@ -324,17 +323,10 @@ class Reconciler:
         doc = {"endpoints": {n: {"addresses": list(e.addresses), "state": e.state,
                                  "since": e.since}
                              for n, e in self._applied_snapshot.items() if e.state != "unknown"}}
-        tmp = ""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".endpoints.", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
         except OSError as exc:
-            if tmp:  # a full disk: leave no half-written file to pile up, one per reload
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
             log.warning("state_not_saved file=%s error=%r", path, str(exc))
 
     # -- the loop ----------------------------------------------------------------------------

@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agent.files import write_atomic
 from agent.routes import Route, RoutesError, RouteTable, parse_routes
 
 log = logging.getLogger("agent.sources")
@@ -281,17 +280,10 @@ class ControllerRoutes:
         doc = {"url": self.url, "zone": self.zone, "saved_at": self.clock(),
                "document": {"version": r.version, "errors": list(r.errors),
                             "routes": [route_item(s, route) for s, route in r.routes]}}
-        tmp = ""
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".controller-routes.", dir=self.state_file.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.state_file)
+            write_atomic(self.state_file, json.dumps(doc, indent=1, sort_keys=True))
         except OSError as exc:
-            if tmp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
             log.warning("routes_source_not_saved file=%s error=%r", self.state_file, str(exc))
 
     # -- the loop ------------------------------------------------------------------------------

@@ -32,8 +32,6 @@ import contextlib
 import datetime
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.files import write_atomic
 from agent.routes import RouteTable, Tls
 
 log = logging.getLogger("agent.tls")
@@ -335,18 +334,7 @@ class _Pair:
 def _write(path: Path, data: bytes, mode: int) -> None:
     if path.exists():
         return  # named by its content: already there means already right
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, mode)
 
 
 class Certificates:
