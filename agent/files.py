@@ -1,10 +1,12 @@
-"""Writing a file so that a reader sees the old one or the new one, never half of either."""
+"""Files: written so that a reader sees the old one or the new one, never half of either;
+and told apart when they change."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -23,3 +25,22 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What tells that a file changed without reading it: a replaced file (a new inode, as
+    swarm configs and secrets are replaced), a rewritten one (time, size)."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+
+
+def stamp(path: Path) -> FileStamp | None:
+    """The file's stamp, or None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
-from agent.files import write_atomic
+from agent.files import FileStamp, stamp, write_atomic
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
@@ -50,21 +50,6 @@ class State:
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class _FileStamp:
-    mtime_ns: int
-    size: int
-    inode: int
-
-
-def _stamp(path: Path) -> _FileStamp | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
@@ -100,7 +85,7 @@ class Reconciler:
         self.state = state
         self.clock = clock
         self.wake = asyncio.Event()
-        self._routes_stamp: _FileStamp | None = None
+        self._routes_stamp: FileStamp | None = None
         self._file_routes = RouteTable(())
         self._applied_snapshot: Snapshot = {}
         self._applied_routes = RouteTable(())
@@ -115,7 +100,7 @@ class Reconciler:
         """At start: an invalid routes file is fatal (RoutesError with every problem)."""
         path = self.settings.routes
         if path is not None:
-            self._routes_stamp = _stamp(path)
+            self._routes_stamp = stamp(path)
             self._file_routes = load_routes(path)
             self.metrics.routes_loads.labels("success").inc()
         self._use_routes()
@@ -137,10 +122,10 @@ class Reconciler:
         path = self.settings.routes
         if path is None:
             return
-        stamp = _stamp(path)
-        if stamp == self._routes_stamp:
+        current = stamp(path)
+        if current == self._routes_stamp:
             return
-        self._routes_stamp = stamp
+        self._routes_stamp = current
         try:
             table = load_routes(path)
         except RoutesError as exc:

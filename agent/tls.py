@@ -46,7 +46,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.files import write_atomic
+from agent.files import FileStamp, stamp, write_atomic
 from agent.routes import RouteTable, Tls
 
 log = logging.getLogger("agent.tls")
@@ -305,21 +305,6 @@ def sources(tls: Tls, host: str, certs_dir: Path) -> Source:
 
 
 @dataclass(frozen=True)
-class _Stamp:
-    mtime_ns: int
-    size: int
-    inode: int
-
-
-def _stamp(path: Path) -> _Stamp | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-@dataclass(frozen=True)
 class _Pair:
     """A certificate file and its key, read and checked apart from any host or time."""
 
@@ -346,10 +331,10 @@ class Certificates:
         self.store_dir = store_dir
         self.ca_bundle = ca_bundle
         self.clock = clock
-        self._pairs: dict[Source, tuple[tuple[_Stamp | None, ...], _Pair | str]] = {}
+        self._pairs: dict[Source, tuple[tuple[FileStamp | None, ...], _Pair | str]] = {}
         self._good: dict[tuple[Source, str], Served] = {}  # last good per source and host
         self._logged: dict[str, tuple[str | None, str | None]] = {}
-        self._roots: tuple[_Stamp | None, dict[x509.Name, list[x509.Certificate]] | None] = (
+        self._roots: tuple[FileStamp | None, dict[x509.Name, list[x509.Certificate]] | None] = (
             None, None)
         self._roots_warned = False
 
@@ -358,16 +343,16 @@ class Certificates:
     def _root_index(self) -> dict[x509.Name, list[x509.Certificate]] | None:
         if self.ca_bundle is None:
             return None
-        stamp = _stamp(self.ca_bundle)
-        if stamp is None:
+        current = stamp(self.ca_bundle)
+        if current is None:
             if not self._roots_warned:
                 log.warning("tls_ca_bundle_missing file=%s effect=%r", self.ca_bundle,
                             "chains that do not end in a root are not checked for completeness")
                 self._roots_warned = True
             return None
-        if self._roots[0] != stamp:
+        if self._roots[0] != current:
             try:
-                self._roots = (stamp, load_roots(self.ca_bundle.read_bytes()))
+                self._roots = (current, load_roots(self.ca_bundle.read_bytes()))
             except OSError as exc:
                 log.warning("tls_ca_bundle_unreadable file=%s error=%r", self.ca_bundle, str(exc))
                 return None
@@ -378,8 +363,8 @@ class Certificates:
     def _read(self, source: Source) -> _Pair | str:
         cert_path = self.certs_dir / source.certificate
         key_path = self.certs_dir / source.key
-        stamps = (_stamp(cert_path), _stamp(key_path),
-                  _stamp(self.ca_bundle) if self.ca_bundle is not None else None)
+        stamps = (stamp(cert_path), stamp(key_path),
+                  stamp(self.ca_bundle) if self.ca_bundle is not None else None)
         cached = self._pairs.get(source)
         if cached is not None and cached[0] == stamps and None not in stamps[:2]:
             return cached[1]
