@@ -189,9 +189,11 @@ def test_a_dmz_labelled_service_is_served_by_the_dmz_gateway_only_if_in_zone_dmz
     name = f"{PREFIX}shop"
     create(name, {"gateway.hosts": "shop.example.com", "gateway.port": "8888",
                   "gateway.zone": "dmz"}, network="gateway-dmz", zone="dmz")
+    # The two gateways poll the controller each on their own, so either may be first.
     wait_until(lambda: answers(swarm, "shop.example.com", name, port=DMZ_GATEWAY_PORT), 30,
                "the dmz gateway to serve it", interval=0.1)
-    assert answers(swarm, "shop.example.com", name)  # and the main gateway serves every zone
+    wait_until(lambda: answers(swarm, "shop.example.com", name), 30,
+               "the main gateway, which serves every zone, to serve it", interval=0.1)
     # the intra labelled service: the dmz gateway never even receives its route
     assert refused(swarm, "api2.example.com", port=DMZ_GATEWAY_PORT)
     dmz_served = routes_source(ADMIN_PORT + 1)["served"]
