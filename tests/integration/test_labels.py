@@ -5,65 +5,20 @@ controller` reads a fake Docker API with the docker SDK, and a gateway (`gateway
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.conftest import TASK_ADDRESSES
-from tests.support import free_port, wait_until
+from tests.support import wait_until
+from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
-from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
+from tests.support.gateway import Agent, Dnsmasq, Upstream
 
 T1, T2, T3 = TASK_ADDRESSES[:3]
 StartAgent = Callable[..., Agent]
-
-
-class ControllerProcess:
-    """`gateway-agent controller` on loopback, reading `docker`."""
-
-    def __init__(self, workdir: Path, docker: FakeDocker) -> None:
-        self.port = free_port()
-        self.log_file = workdir / "controller.log"
-        self.args = [sys.executable, "-m", "agent", "controller", "--docker-url", docker.url,
-                     "--controller-listen", f"127.0.0.1:{self.port}", "--log-level", "debug"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/routes"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=self.log_file.open("ab"),
-                                     stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parents[2])
-        wait_until(lambda: self.get("/readyz")[0] == 200, 20,
-                   f"the controller to be ready; log:\n{self.log()}", interval=0.05)
-
-    def get(self, path: str) -> tuple[int, str]:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"controller exited {self.proc.returncode}:\n{self.log()}")
-        try:
-            status, body, _ = http_get(self.port, "localhost", path)
-        except OSError:
-            return 0, ""
-        return status, body
-
-    def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.get("/status")[1]))
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture
