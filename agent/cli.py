@@ -103,7 +103,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # settings only `gateway-agent controller` reads; `run --help` does not list them
 CONTROLLER_ONLY = ("controller_listen", "docker_url", "label_prefix", "resync_interval",
-                   "new_service_wait")
+                   "new_service_wait", "acme_directory", "acme_email", "acme_ca_bundle",
+                   "acme_state_dir", "acme_renew_before", "acme_retry_min")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
 
     controller = sub.add_parser("controller", help="serve routes from swarm service labels to "
                                 "the gateways (one replica, on a manager; docs/labels.md)")
-    settings.add_arguments(controller, only=(*CONTROLLER_ONLY, "log_format", "log_level"))
+    settings.add_arguments(controller, only=(*CONTROLLER_ONLY, "controller_token_file",
+                                             "routes", "log_format", "log_level"))
     controller.set_defaults(func=cmd_controller)
 
     from agent.keepalived.cli import register

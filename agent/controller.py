@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -33,9 +35,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
+from agent.acme import AcmeManager, Client, acme_hosts
+from agent.files import FileStamp, stamp
 from agent.labels import LabelRoutes, Service, routes_from_services
-from agent.routes import ZONE_RE
-from agent.settings import Settings
+from agent.routes import ZONE_RE, RoutesError, RouteTable, load_routes
+from agent.settings import Settings, SettingsError, read_token
 from agent.sources import Merged, merge, route_item
 
 log = logging.getLogger("agent.controller")
@@ -76,6 +80,8 @@ class ControllerMetrics:
                                "Times the routes served changed", registry=r)
         self.waiting = Gauge("gateway_controller_waiting_requests",
                              "Gateways waiting for a change (long-polls in progress)", registry=r)
+        self.unauthorized = Counter("gateway_controller_unauthorized_requests",
+                                    "Requests refused for a missing or wrong token", registry=r)
         self.held = Gauge("gateway_controller_routes_held", "Routes of new services not served "
                           "yet: waiting for the service's first running task", registry=r)
         ProcessCollector(registry=r)
@@ -91,11 +97,19 @@ def _version(body: dict[str, Any]) -> str:
 class Catalog:
     """The labelled services' routes, and the document each zone is served. Pure."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificates: Callable[[str | None], list[dict[str, str]]] | None = None,
+                 ) -> None:
         self.labels = LabelRoutes((), (), 0)
         self.merged: Merged = merge(())
         self.synced = False
+        self.certificates = certificates  # ACME: the certificates of a zone's hosts
         self._documents: dict[str | None, dict[str, Any]] = {}
+
+    def certificates_changed(self) -> bool:
+        """The ACME certificates changed: True when a document served changed."""
+        before = self.document(None) if self.synced else None
+        self._documents = {}
+        return self.synced and self.document(None) != before
 
     def update(self, labels: LabelRoutes) -> bool:
         """Take a new list; True when the routes or errors served changed."""
@@ -118,7 +132,9 @@ class Catalog:
                                                        self.merged.table.routes, strict=True)
                       if zone is None or r.zone == zone]
             errors = [text for z, text in self.errors if zone is None or z == zone]
-            body = {"routes": routes, "errors": errors}
+            body: dict[str, Any] = {"routes": routes, "errors": errors}
+            if self.certificates is not None:
+                body["certificates"] = self.certificates(zone)
             self._documents[zone] = {"version": _version(body), **body}
         return self._documents[zone]
 
@@ -130,7 +146,13 @@ class Controller:
                  prefix: str = "gateway", resync_interval: float = 60.0,
                  clock: Callable[[], float] = time.time,
                  list_running: ListRunning | None = None,
-                 new_service_wait: float = 0.0) -> None:
+                 new_service_wait: float = 0.0, token: str | None = None,
+                 acme: AcmeManager | None = None,
+                 file_routes: Callable[[], RouteTable] | None = None) -> None:
+        self.token = token  # the gateways' Authorization: Bearer (--controller-token-file)
+        self.acme = acme
+        self.file_routes = file_routes  # the routes file's routes: ACME orders for them too
+        self.challenges: dict[str, str] = acme.client.challenges if acme else {}
         self.list_services = list_services
         self.list_running = list_running
         self.new_service_wait = new_service_wait if list_running is not None else 0.0
@@ -141,7 +163,9 @@ class Controller:
         self.prefix = prefix
         self.resync_interval = resync_interval
         self.clock = clock
-        self.catalog = Catalog()
+        self.catalog = Catalog(acme.certificates if acme else None)
+        if acme is not None:
+            acme.on_change = self._certificates_changed
         self.dirty = asyncio.Event()
         self.changed = asyncio.Event()  # replaced by a fresh one at each change
         self.last_sync_at: float | None = None
@@ -229,7 +253,22 @@ class Controller:
         if self.catalog.update(LabelRoutes(routes, found.errors, found.services)) or first:
             self._announce(first)
 
+    def _certificates_changed(self) -> None:
+        if self.catalog.certificates_changed():
+            self._announce(False)
+
+    def acme_wanted(self) -> None:
+        """Tell the ACME manager the hosts of the `tls: acme` routes: the labels' and the
+        routes file's (which the gateways serve too)."""
+        if self.acme is None:
+            return
+        routes = list(self.catalog.merged.table.routes)
+        if self.file_routes is not None:
+            routes += self.file_routes().routes
+        self.acme.want(acme_hosts(routes))
+
     def _announce(self, first: bool) -> None:
+        self.acme_wanted()
         doc = self.catalog.document(None)
         self.metrics.routes.set(len(doc["routes"]))
         self.metrics.errors.set(len(doc["errors"]))
@@ -282,6 +321,8 @@ class Controller:
         known = request.query.get("version") or _etag(request.headers.get("If-None-Match"))
         deadline = time.monotonic() + wait
         doc = self.catalog.document(zone)
+        if self.acme is not None and known == doc["version"]:
+            self.acme.gateway_seen()  # it has the routes: their challenges can be answered
         self.metrics.waiting.inc()
         try:
             while known == doc["version"] and not self.closing and \
@@ -295,7 +336,33 @@ class Controller:
         headers = {"ETag": f'"{doc["version"]}"', "Cache-Control": "no-cache"}
         if known == doc["version"]:
             return web.Response(status=304, headers=headers)
-        return web.json_response(doc, headers=headers)
+        response = web.json_response(doc, headers=headers)
+        if self.acme is not None:
+            self.acme.gateway_seen()  # (as soon as it has reloaded)
+        return response
+
+    def authorized(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
+    async def challenge(self, request: web.Request) -> web.Response:
+        """HTTP-01: the key authorization of a pending challenge, which a gateway forwards."""
+        validation = self.challenges.get(request.match_info["token"])
+        if validation is None:
+            raise web.HTTPNotFound(text="no such challenge\n")
+        return web.Response(text=validation, content_type="application/octet-stream")
+
+    async def renew(self, request: web.Request) -> web.Response:
+        """POST /acme/renew[?host=H]: order these certificates again now."""
+        if self.acme is None:
+            raise web.HTTPNotFound(text="ACME is off (no --acme-directory)\n")
+        hosts = request.query.getall("host", None)
+        chosen = self.acme.renew(hosts)
+        if hosts and not chosen:
+            raise web.HTTPNotFound(text="no route with tls: acme has these hosts\n")
+        return web.json_response({"renewing": chosen}, status=202)
 
     def close(self) -> None:
         """Answer the waiting gateways now (304: nothing changed), so that shutting down does
@@ -330,6 +397,7 @@ class Controller:
                                for name, due in sorted(self._held.items())},
             "routes": [{"source": item["source"], **item["route"]} for item in doc["routes"]],
             "errors": doc["errors"],
+            "acme": self.acme.status() if self.acme is not None else None,
         }
 
     def app(self) -> web.Application:
@@ -349,11 +417,24 @@ class Controller:
             return web.json_response(self.status(),
                                      dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
-        app = web.Application()
+        @web.middleware
+        async def token(request: web.Request, handler: Any) -> web.StreamResponse:
+            """/routes (with the ACME keys) and /acme/ only for those who show the token."""
+            if (request.path == "/routes" or request.path.startswith("/acme/")) and \
+                    not self.authorized(request):
+                self.metrics.unauthorized.inc()
+                raise web.HTTPUnauthorized(text="a token is needed (--controller-token-file)\n",
+                                           headers={"WWW-Authenticate": "Bearer"})
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app = web.Application(middlewares=[token])
         for path, handler in (("/routes", self.routes), ("/healthz", healthz),
                               ("/readyz", readyz), ("/status", status),
-                              ("/metrics", make_aiohttp_handler(self.metrics.registry))):
+                              ("/metrics", make_aiohttp_handler(self.metrics.registry)),
+                              ("/.well-known/acme-challenge/{token}", self.challenge)):
             app.router.add_get(path, handler)
+        app.router.add_post("/acme/renew", self.renew)
         return app
 
 
@@ -445,13 +526,53 @@ class Docker:
                 stream.close()
 
 
+class FileRoutes:
+    """The routes file as the controller reads it: only to order ACME certificates for its
+    `tls: acme` routes. Read again when it changes; a bad file keeps the last good routes
+    (the gateways report its errors)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: FileStamp | None = None
+        self._table = RouteTable(())
+
+    def __call__(self) -> RouteTable:
+        current = stamp(self.path)
+        if current != self._stamp:
+            self._stamp = current
+            try:
+                self._table = load_routes(self.path)
+            except RoutesError as exc:
+                log.error("routes_file_refused file=%s error=%r", self.path, str(exc))
+        return self._table
+
+
+def _acme(settings: Settings, metrics: ControllerMetrics) -> AcmeManager | None:
+    if settings.acme_directory is None:
+        return None
+    client = Client(settings.acme_directory, settings.acme_state_dir, settings.acme_email,
+                    settings.acme_ca_bundle, challenges={})
+    return AcmeManager(client, settings.acme_state_dir, metrics.registry,
+                       renew_before=settings.acme_renew_before * 86400,
+                       retry_min=settings.acme_retry_min)
+
+
 async def run(settings: Settings) -> int:
+    token = None
+    if settings.controller_token_file is not None:
+        token = read_token(settings.controller_token_file)
+    elif settings.acme_directory is not None:
+        raise SettingsError("--acme-directory needs --controller-token-file: the controller "
+                            "sends the certificates' private keys to the gateways that show "
+                            "the token, and to no one else")
     metrics = ControllerMetrics()
+    acme = _acme(settings, metrics)
     docker_api = Docker(settings.docker_url)
     controller = Controller(docker_api.list_services, metrics, prefix=settings.label_prefix,
                             resync_interval=settings.resync_interval,
                             list_running=docker_api.list_running,
-                            new_service_wait=settings.new_service_wait)
+                            new_service_wait=settings.new_service_wait, token=token, acme=acme,
+                            file_routes=FileRoutes(settings.routes) if settings.routes else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -470,9 +591,19 @@ async def run(settings: Settings) -> int:
     watcher = threading.Thread(target=docker_api.follow, args=(loop, controller),
                                name="docker-events", daemon=True)
     watcher.start()
+    acme_task = None
+    if acme is not None:
+        log.info("acme_on directory=%s state_dir=%s", settings.acme_directory,
+                 settings.acme_state_dir)
+        controller.acme_wanted()
+        acme_task = asyncio.create_task(acme.run(stop), name="acme")
     try:
         await controller.run(stop)
     finally:
+        if acme_task is not None:
+            acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acme_task
         controller.close()
         docker_api.close()
         await runner.cleanup()

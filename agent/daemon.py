@@ -23,7 +23,7 @@ from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx, NginxDied
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
-from agent.settings import Settings
+from agent.settings import Settings, read_token
 from agent.sources import ControllerRoutes, SourceMetrics
 from agent.tls import Certificates, store_dir
 
@@ -61,13 +61,17 @@ def build(settings: Settings, access_log: str | None = None,
                         https_listen=str(settings.https_listen),
                         https_redirect_port=settings.https_redirect_port,
                         resolver=str(settings.nameserver))
-    certificates = Certificates(settings.certs_dir,
-                                store_dir(settings.nginx_prefix, settings.nginx_conf_dir),
-                                settings.tls_ca_bundle)
+    copies = store_dir(settings.nginx_prefix, settings.nginx_conf_dir)
+    acme_dir = copies.parent / f"{copies.name}-acme" if settings.routes_url else None
+    certificates = Certificates(settings.certs_dir, copies, settings.tls_ca_bundle,
+                                acme_dir=acme_dir)
     sources = None
     if settings.routes_url is not None:  # routes from service labels (agent/sources.py)
+        token = read_token(settings.controller_token_file) \
+            if settings.controller_token_file is not None else None
         sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
-                                   zone=settings.zone, state_dir=settings.state_dir)
+                                   zone=settings.zone, state_dir=settings.state_dir,
+                                   token=token, acme_dir=acme_dir)
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
                             certificates=certificates, sources=sources)
     if sources is not None:

@@ -20,7 +20,7 @@ DEFAULT_PREFIX = "gateway"
 # What may follow the prefix: a field (`port`) or a field of a nested option (`tls.redirect`).
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
-_BOOLEANS = frozenset({"websocket", "tls", "tls.redirect", "tls.hsts"})
+_BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts"})
 _INTEGERS = frozenset({"port", "tls.hsts"})
 # The target is the service itself: a label cannot send traffic anywhere else.
 _NOT_LABELS = {
@@ -131,11 +131,11 @@ def route_from_labels(service: str, labels: Mapping[str, str],
     if tls:
         if data.get("tls") is False:
             errors.append(f"label {start}tls: it is false, but {start}tls.* labels are given")
-        elif "tls" in data and data["tls"] is not True:
-            errors.append(f"label {start}tls: {_shown(str(data['tls']))}: give true, or only "
-                          f"{start}tls.* labels")
+        elif "tls" in data and data["tls"] not in (True, "acme"):
+            errors.append(f"label {start}tls: {_shown(str(data['tls']))}: give true or acme, "
+                          f"or only {start}tls.* labels")
         else:
-            data["tls"] = tls
+            data["tls"] = {**tls, "acme": True} if data.get("tls") == "acme" else tls
     data["service"] = service
     try:
         table = parse_routes({"routes": [data]}, f"service {service}")

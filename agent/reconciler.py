@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.files import FileStamp, stamp, write_atomic
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
-from agent.routes import RoutesError, RouteTable, load_routes
+from agent.routes import RoutesError, RouteTable, Target, load_routes
 from agent.settings import Settings
 from agent.sources import ControllerRoutes
 from agent.tls import Certificates, TlsPlan
@@ -50,6 +52,14 @@ class State:
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
@@ -144,9 +154,22 @@ class Reconciler:
 
     # -- one cycle ---------------------------------------------------------------------------
 
+    @property
+    def acme_controller(self) -> tuple[Target, int] | None:
+        """The controller, where ACME challenges go, when a route has `tls: acme`."""
+        if self.sources is None or not any(r.tls is not None and r.tls.acme
+                                           for r in self.state.routes.routes):
+            return None
+        url = urlsplit(self.sources.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return Target("host", (url.hostname or "").strip("[]")), port
+
     async def discover(self) -> Snapshot:
         table = self.state.routes
         names = [t.lookup_name for t in table.targets]
+        acme = self.acme_controller
+        if acme is not None and not _is_address(acme[0].name):
+            names.append(acme[0].lookup_name)
         snapshot = await self.discovery.resolve(names, self.state.snapshot)
         self.state.snapshot = snapshot
         # The nameserver works if it answered anything; one service failing (a typo, a name the
@@ -172,7 +195,8 @@ class Reconciler:
             (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls)
         if self._rendered is None or self._rendered[0] != key:
             self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
-                                                        tls=self.state.tls))
+                                                        tls=self.state.tls,
+                                                        acme=self.acme_controller))
         return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:

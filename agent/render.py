@@ -8,6 +8,7 @@ cannot add a directive, even through a user's own template.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import re
@@ -83,6 +84,7 @@ class Server:
     redirect: bool = False  # plain HTTP: every location redirects to HTTPS (the route's tls)
     certificate: Served | None = None  # an HTTPS server, with this certificate
     hsts: int = 0  # HTTPS: Strict-Transport-Security max-age (0: none)
+    acme: bool = False  # plain HTTP: /.well-known/acme-challenge/ goes to the controller
 
     @property
     def has_root(self) -> bool:
@@ -169,16 +171,17 @@ def _with_tls(servers: list[Server], tls: TlsPlan | None) -> tuple[list[Server],
     if tls is None:
         return servers, []
     by_host = {h.host: h for h in tls.hosts}
-    plain: dict[tuple[tuple[Location, ...], bool], list[str]] = defaultdict(list)
+    plain: dict[tuple[tuple[Location, ...], bool, bool], list[str]] = defaultdict(list)
     secure: dict[tuple[tuple[Location, ...], Served, int], list[str]] = defaultdict(list)
     for server in servers:
         for name in server.names:
             h = by_host.get(name)
-            plain[(server.locations, h is not None and h.redirect)].append(name)
+            plain[(server.locations, h is not None and h.redirect,
+                   h is not None and h.source.acme)].append(name)
             if h is not None and h.served is not None:
                 secure[(server.locations, h.served, h.hsts)].append(name)
-    http = [Server(tuple(sorted(names)), locs, redirect=redirect)
-            for (locs, redirect), names in plain.items()]
+    http = [Server(tuple(sorted(names)), locs, redirect=redirect, acme=acme)
+            for (locs, redirect, acme), names in plain.items()]
     https = [Server(tuple(sorted(names)), locs, certificate=cert, hsts=hsts)
              for (locs, cert, hsts), names in secure.items()]
     return sorted(http, key=lambda s: s.names), sorted(https, key=lambda s: s.names)
@@ -201,13 +204,26 @@ class Renderer:
         self._template = _environment(directory).get_template(name)
 
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
-               ) -> Rendered:
-        """The configuration for these routes and endpoints (and certificates: agent.tls)."""
+               acme: tuple[Target, int] | None = None) -> Rendered:
+        """The configuration for these routes and endpoints (and certificates: agent.tls).
+
+        `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
+        /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
         routes = table.routes
         upstreams = _upstreams(routes, snapshot)
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = _with_tls(_servers(routes, upstreams), tls)
+        acme_upstream = None
+        if acme is not None and any(s.acme for s in http_servers):
+            addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses
+            with contextlib.suppress(ValueError):  # the controller's URL names an address
+                addresses = (ipaddress.ip_address(acme[0].name).compressed,)
+            if addresses:
+                acme_upstream = Upstream(
+                    "gateway_acme_controller", acme[0].kind, acme[0].name, acme[1],
+                    "round_robin", tuple(_server_address(acme[0].lookup_name, a, acme[1])
+                                         for a in addresses))
         https = None if tls is None else {
             "listen": self.https_listen,
             "redirect_port": self.https_redirect_port,
@@ -223,7 +239,8 @@ class Renderer:
             "access_log_tag": ACCESS_LOG_TAG,
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
-            "upstreams": list(upstreams.values()),
+            "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
+            "acme_upstream": acme_upstream.name if acme_upstream else None,
             "servers": http_servers,
             "https": https,
             "https_servers": https_servers,

@@ -173,11 +173,15 @@ class Tls(BaseModel):
 
     certificate: CertFile | None = None  # without it: <host>.crt, or _wildcard.<parent>.crt
     key: CertFile | None = None  # default: the certificate's name with .crt -> .key
+    acme: bool = Field(default=False, strict=True)  # from the controller's ACME client
     redirect: bool = Field(default=False, strict=True)
     hsts: HstsMaxAge = 0
 
     @model_validator(mode="after")
     def _key_with_certificate(self) -> Tls:
+        if self.acme and (self.certificate is not None or self.key is not None):
+            raise ValueError("'acme' gets the certificate from the controller's ACME client: "
+                             "give either 'acme' or 'certificate', not both")
         if self.certificate is None and self.key is not None:
             raise ValueError("'key' needs 'certificate' (without both, the certificate of each "
                              "host is <host>.crt and <host>.key)")
@@ -198,6 +202,8 @@ class Tls(BaseModel):
 def _tls(value: object) -> object:
     if isinstance(value, bool):  # `tls: true`: the certificates by host name
         return {} if value else None
+    if value == "acme":  # `tls: acme`: certificates from the controller's ACME client
+        return {"acme": True}
     return value
 
 
@@ -237,6 +243,12 @@ class Route(BaseModel):
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is)")
+        if self.tls is not None and self.tls.acme:
+            wildcards = [h for h in self.hosts if h.startswith("*.")]
+            if wildcards:
+                raise ValueError(f"tls: acme cannot cover {', '.join(wildcards)}: a wildcard "
+                                 "certificate needs a DNS-01 challenge, and the gateway answers "
+                                 "HTTP-01 only; name each host, or give a certificate")
         return self
 
     @property

@@ -120,6 +120,26 @@ def http_url(value: str) -> str:
     return text
 
 
+def email(value: str) -> str:
+    text = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", text):
+        raise ValueError(f"{value!r} is not an email address")
+    return text
+
+
+def read_token(path: Path) -> str:
+    """The shared token: one line of at least 16 printable characters (a docker secret)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--controller-token-file: cannot read {path}: {exc}") from None
+    if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+        raise SettingsError(f"--controller-token-file: {path}: the token must be one line of "
+                            "at least 16 printable characters without spaces "
+                            "(e.g. `openssl rand -hex 32`)")
+    return token
+
+
 def label_prefix(value: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}(?:\.[a-z][a-z0-9_-]{0,62})*", value):
         raise ValueError(f"{value!r} is not a label prefix (lowercase letters, digits, "
@@ -175,6 +195,13 @@ class Settings:
     label_prefix: str = "gateway"
     resync_interval: float = 60.0
     new_service_wait: float = 10.0
+    controller_token_file: Path | None = None  # shared by the controller and the gateways
+    acme_directory: str | None = None  # the ACME server's directory URL: ACME is on
+    acme_email: str | None = None
+    acme_ca_bundle: Path | None = None  # trust for the ACME server's own HTTPS (a test CA)
+    acme_state_dir: Path = Path("/var/lib/gateway-controller")
+    acme_renew_before: float = 30.0  # days before notAfter
+    acme_retry_min: float = 300.0  # seconds; doubles after each failure, to 6 hours
     nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
     listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
     https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
@@ -228,6 +255,26 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--new-service-wait", "new_service_wait", non_negative_float,
      "controller: how long the route of a new service waits for its first running task before "
      "it is served anyway; 0: at once (10)"),
+    ("--controller-token-file", "controller_token_file", Path,
+     "a file (a docker secret) holding the token the gateways show the controller; needed "
+     "for ACME, whose private keys the controller sends to the gateways only"),
+    ("--acme-directory", "acme_directory", http_url,
+     "controller: an ACME server's directory URL; turns ACME on for routes with `tls: acme` "
+     "(docs/acme.md: Let's Encrypt staging and production)"),
+    ("--acme-email", "acme_email", email,
+     "controller: the ACME account's contact address (expiry warnings)"),
+    ("--acme-ca-bundle", "acme_ca_bundle", Path,
+     "controller: CA certificates to trust for the ACME server's HTTPS (default: the "
+     "system's)"),
+    ("--acme-state-dir", "acme_state_dir", Path,
+     "controller: where the ACME account key and the certificates are kept (a volume; "
+     "/var/lib/gateway-controller)"),
+    ("--acme-renew-before", "acme_renew_before", positive_float,
+     "controller: renew a certificate this many days before it expires, or at a third of "
+     "its lifetime left if that comes first (30)"),
+    ("--acme-retry-min", "acme_retry_min", positive_float,
+     "controller: seconds before the first retry of a failed order; doubles up to 6 hours "
+     "(300)"),
     ("--nameserver", "nameserver", lambda v: parse_host_port(v, default_port=53),
      f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
     ("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,14 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.files import write_atomic
-from agent.routes import Route, RoutesError, RouteTable, parse_routes
+from agent.routes import HOST_RE, Route, RoutesError, RouteTable, parse_routes
 
 log = logging.getLogger("agent.sources")
 
 FILE_SOURCE = "routes file"
 _SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
 _ERROR_MAX = 500
+_PEM_MAX = 64 * 1024  # a chain of a few certificates is a few KiB
 _BACKOFF_MAX = 5.0
 START_WAIT = 3.0  # at start, how long the first request to the controller may take
 
@@ -82,12 +83,24 @@ def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """A certificate the controller's ACME client obtained, as PEM text: checked like any
+    certificate (agent.tls) once written where the gateway reads `tls: acme` certificates."""
+
+    host: str
+    chain: str
+    key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Received:
-    """A controller's answer, checked: its routes (source, route) and the errors to show."""
+    """A controller's answer, checked: its routes (source, route), the errors to show, and the
+    ACME certificates for the hosts of its routes."""
 
     version: str
     routes: tuple[tuple[str, Route], ...]
     errors: tuple[str, ...]
+    certificates: tuple[Certificate, ...] = ()
 
 
 def _text(value: object, limit: int) -> str | None:
@@ -122,7 +135,33 @@ def parse_document(doc: Any) -> Received:
                 "route" + e.removeprefix("routes[0]") for e in exc.errors))
             continue
         routes.append((source, parsed))
-    return Received(version, tuple(routes), tuple(errors))
+    return Received(version, tuple(routes), tuple(errors),
+                    _certificates(doc.get("certificates", []), errors))
+
+
+def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
+    """`[{"host": H, "chain": PEM, "key": PEM}]`; an item that is not that is refused alone.
+    The host becomes a file name: only a plain host name (no wildcard) is taken."""
+    if not isinstance(items, list):
+        raise ValueError("'certificates' must be a list")
+    out: dict[str, Certificate] = {}
+    for i, item in enumerate(items):
+        host = item.get("host") if isinstance(item, dict) else None
+        chain = item.get("chain") if isinstance(item, dict) else None
+        key = item.get("key") if isinstance(item, dict) else None
+        if not isinstance(host, str) or not HOST_RE.fullmatch(host) or host.startswith("*") \
+                or len(host) > 253 or host in out:
+            errors.append(f"controller certificates[{i}]: refused by the gateway: the host is "
+                          "not a plain host name, or comes twice")
+        elif not all(isinstance(v, str) and v.isascii() and len(v) <= _PEM_MAX and
+                     "-----BEGIN " in v for v in (chain, key)):
+            errors.append(f"controller certificates[{i}] ({host}): refused by the gateway: "
+                          "'chain' and 'key' must be PEM text")
+        else:
+            assert isinstance(chain, str)
+            assert isinstance(key, str)
+            out[host] = Certificate(host, chain, key)
+    return tuple(out[h] for h in sorted(out))
 
 
 def route_item(source: str, route: Route) -> dict[str, Any]:
@@ -162,8 +201,11 @@ class ControllerRoutes:
     def __init__(self, url: str, metrics: SourceMetrics, *, zone: str | None = None,
                  wait: float = 30.0, state_dir: Path | None = None,
                  on_change: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, token: str | None = None,
+                 acme_dir: Path | None = None) -> None:
         self.url = url
+        self.token = token  # sent as `Authorization: Bearer` (--controller-token-file)
+        self.acme_dir = acme_dir  # where the ACME certificates received are written
         self.metrics = metrics
         self.zone = zone
         self.wait = wait
@@ -197,6 +239,8 @@ class ControllerRoutes:
         """One request; True when it got an answer (changed or not). Never raises for a
         controller that is down or answers nonsense: that is recorded and logged once."""
         headers = {"If-None-Match": f'"{self.version}"'} if self.version and wait > 0 else {}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
         self.last_fetch_at = self.clock()
         try:
             async with session.get(self.url, params=self._params(wait), headers=headers,
@@ -247,11 +291,37 @@ class ControllerRoutes:
         self.from_saved = saved
         self.last_change_at = self.clock()
         self.metrics.routes.set(len(received.routes))
-        log.info("routes_source_changed version=%s routes=%d errors=%d%s", received.version,
-                 len(received.routes), len(received.errors), " (saved)" if saved else "")
+        log.info("routes_source_changed version=%s routes=%d errors=%d certificates=%d%s",
+                 received.version, len(received.routes), len(received.errors),
+                 len(received.certificates), " (saved)" if saved else "")
+        self._write_certificates(received.certificates)
         if not saved:
             self._save()
         self.on_change()
+
+    def _write_certificates(self, certificates: tuple[Certificate, ...]) -> None:
+        """`H.crt` and `H.key` per host, where agent.tls reads `tls: acme` certificates; the
+        files of hosts the controller no longer sends are removed. Unchanged files are left
+        alone. A file that cannot be written is logged: the host keeps its last good copy."""
+        if self.acme_dir is None:
+            return
+        wanted: dict[str, bytes] = {}
+        for cert in certificates:
+            wanted[f"{cert.host}.crt"] = cert.chain.encode()
+            wanted[f"{cert.host}.key"] = cert.key.encode()
+        try:
+            self.acme_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name, data in sorted(wanted.items()):
+                path = self.acme_dir / name
+                with contextlib.suppress(OSError):
+                    if path.read_bytes() == data:
+                        continue
+                write_atomic(path, data, 0o600 if name.endswith(".key") else 0o644)
+            for entry in self.acme_dir.iterdir():
+                if entry.name not in wanted and entry.suffix in (".crt", ".key"):
+                    entry.unlink()
+        except OSError as exc:
+            log.error("acme_certificates_not_written dir=%s error=%r", self.acme_dir, str(exc))
 
     # -- the saved copy ------------------------------------------------------------------------
 
@@ -279,10 +349,13 @@ class ControllerRoutes:
         r = self.received
         doc = {"url": self.url, "zone": self.zone, "saved_at": self.clock(),
                "document": {"version": r.version, "errors": list(r.errors),
-                            "routes": [route_item(s, route) for s, route in r.routes]}}
+                            "routes": [route_item(s, route) for s, route in r.routes],
+                            "certificates": [{"host": c.host, "chain": c.chain, "key": c.key}
+                                             for c in r.certificates]}}
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.state_file, json.dumps(doc, indent=1, sort_keys=True))
+            # private keys of ACME certificates: readable by the agent only
+            write_atomic(self.state_file, json.dumps(doc, indent=1, sort_keys=True), 0o600)
         except OSError as exc:
             log.warning("routes_source_not_saved file=%s error=%r", self.state_file, str(exc))
 
@@ -362,6 +435,7 @@ class ControllerRoutes:
             "last_change_at": self.last_change_at,
             "last_error": self.last_error,
             "routes": len(r.routes) if r else 0,
+            "certificates": [c.host for c in r.certificates] if r else [],
             "errors": list(r.errors) if r else [],
             "conflicts": list(self.merged.errors),
             "served": [{"source": s, "hosts": list(route.hosts), "path": route.path}

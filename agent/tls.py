@@ -64,10 +64,12 @@ PrivateKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519Pr
 
 @dataclass(frozen=True, order=True)
 class Source:
-    """A certificate and its key: two file names in --certs-dir."""
+    """A certificate and its key: two file names in --certs-dir, or, for `tls: acme`, in the
+    directory where the gateway keeps what the controller's ACME client sent it."""
 
     certificate: str
     key: str
+    acme: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,8 @@ def candidates(host: str) -> list[str]:
 
 def sources(tls: Tls, host: str, certs_dir: Path) -> Source:
     """The files that hold the certificate of `host` under this `tls` block."""
+    if tls.acme:
+        return Source(f"{host}.crt", f"{host}.key", acme=True)
     if tls.certificate is not None:
         return Source(tls.certificate, tls.key_name)
     stems = candidates(host)
@@ -326,8 +330,9 @@ class Certificates:
     """Reads, checks and stores certificates; `plan()` once per cycle, `applied()` after."""
 
     def __init__(self, certs_dir: Path, store_dir: Path, ca_bundle: Path | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, acme_dir: Path | None = None) -> None:
         self.certs_dir = certs_dir
+        self.acme_dir = acme_dir  # where agent.sources writes the controller's certificates
         self.store_dir = store_dir
         self.ca_bundle = ca_bundle
         self.clock = clock
@@ -361,18 +366,28 @@ class Certificates:
     # -- one pair of files -----------------------------------------------------------------
 
     def _read(self, source: Source) -> _Pair | str:
-        cert_path = self.certs_dir / source.certificate
-        key_path = self.certs_dir / source.key
+        if source.acme and self.acme_dir is None:
+            return ("tls: acme: this gateway has no --routes-url; ACME certificates come from "
+                    "the controller")
+        directory = self.acme_dir if source.acme and self.acme_dir is not None else \
+            self.certs_dir
+        cert_path = directory / source.certificate
+        key_path = directory / source.key
+        if source.acme and not cert_path.exists():
+            return (f"{source.certificate}: no certificate from the controller's ACME client "
+                    "yet (its /status tells why)")
         stamps = (stamp(cert_path), stamp(key_path),
                   stamp(self.ca_bundle) if self.ca_bundle is not None else None)
         cached = self._pairs.get(source)
         if cached is not None and cached[0] == stamps and None not in stamps[:2]:
             return cached[1]
-        result = self._load(cert_path, key_path)
+        result = self._load(cert_path, key_path, trust_chain=source.acme)
         self._pairs[source] = (stamps, result)
         return result
 
-    def _load(self, cert_path: Path, key_path: Path) -> _Pair | str:
+    def _load(self, cert_path: Path, key_path: Path, trust_chain: bool = False) -> _Pair | str:
+        """`trust_chain`: the chain as the CA sent it (ACME), whatever root it leads to: a
+        staging CA's root is in no bundle, and a gateway has no say in what the CA issues."""
         try:
             chain_data = cert_path.read_bytes()
         except FileNotFoundError:
@@ -394,7 +409,7 @@ class Certificates:
         except ValueError as exc:
             return f"{key_path.name}: {exc}"
         problems = check_key(chain[0], key) + check_usage(chain[0])
-        roots = self._root_index()
+        roots = None if trust_chain else self._root_index()
         chain_problems, root = check_chain(
             chain, (lambda name: roots.get(name, [])) if roots is not None else None)
         problems += chain_problems
@@ -511,6 +526,7 @@ def status(plan: TlsPlan | None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for h in plan.hosts if plan else ():
         out[h.host] = {
+            "acme": h.source.acme,
             "certificate": h.source.certificate,
             "key": h.source.key,
             "serving": h.served is not None,

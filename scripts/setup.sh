@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a machine for the tests, the demo or the benchmarks.
 #
-#   scripts/setup.sh test    Debian packages the tests start (as root), .venv with the test extras
+#   scripts/setup.sh test    Debian packages the tests start (as root, Pebble for ACME), .venv with the test extras
 #   scripts/setup.sh demo    Debian packages for a single-node swarm demo, .venv
 #   scripts/setup.sh bench   test packages plus wrk, haproxy, caddy; .venv with the bench extras
 #
@@ -13,7 +13,7 @@ what=${1:-test}
 base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
 swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
 case "$what" in
-  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus); extras=test ;;
+  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble); extras=test ;;  # pebble: ACME
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
   bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus); extras=test,bench ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;

@@ -1,0 +1,487 @@
+"""ACME in the controller: certificates for the routes with `tls: acme`, for every gateway.
+
+The controller is the only ACME client of the swarm. It orders one certificate per host name
+(HTTP-01), answers the challenges at /.well-known/acme-challenge/TOKEN, which every gateway
+proxies to it whatever node the ACME server's request reaches, and hands the certificates to the
+gateways in the routes document (agent.controller, agent.sources), which only gateways that show
+the shared token get. No gateway needs a shared filesystem, and none is the one that must be
+reached.
+
+The protocol is the `acme` package's (certbot's); this module decides what to order and when:
+
+- a host of a `tls: acme` route without a certificate is ordered as soon as a gateway has
+  fetched the routes that name it and had a few seconds to reload (a challenge no gateway can
+  answer yet would only spend one of the few failures a CA allows);
+- a certificate is renewed `renew_before` before it expires, or when a third of its lifetime is
+  left if that comes first (a 6-day certificate is renewed after 4 days);
+- a failed order is retried after `retry_min` seconds, doubling up to 6 hours, per host (Let's
+  Encrypt allows 5 failed validations per host name and hour);
+- `POST /acme/renew` (with the token) renews at once.
+
+The account key and the certificates are kept in `state_dir` (a volume): a restarted controller
+orders nothing it already has. While it is away the gateways serve what they received last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent import __version__
+from agent.files import write_atomic
+from agent.routes import Route
+from agent.tls import check_names, dns_names, parse_chain, parse_key
+
+log = logging.getLogger("agent.acme")
+
+RETRY_MAX = 6 * 3600.0
+# A new host is first ordered this long after a gateway has been seen with the routes that name
+# it: time for the gateways to reload with the challenge location. An order made before any
+# gateway can answer its challenge only spends one of the few failures a CA allows.
+SETTLE = 5.0
+ORDER_TIMEOUT = 90.0  # seconds an order may take, challenges and finalisation included
+_ERROR_MAX = 300
+_IDLE = 60.0  # seconds between two looks at what is due when nothing wakes the loop
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate this controller holds for a host."""
+
+    host: str
+    chain: str  # PEM: the certificate, then its issuers
+    key: str  # PEM (PKCS#8)
+    not_before: float
+    not_after: float
+
+    def renew_at(self, renew_before: float) -> float:
+        """`renew_before` seconds before expiry, or when a third of its lifetime is left."""
+        third = (self.not_after - self.not_before) / 3
+        return self.not_after - max(renew_before, third)
+
+
+def issued_from_pem(host: str, chain: str, key: str) -> Issued:
+    """Check a stored or received pair (parses, key matches, names the host); ValueError."""
+    certs = parse_chain(chain.encode())
+    parse_key(key.encode())
+    problems = check_names(certs[0], [host])
+    if problems:
+        raise ValueError("; ".join(problems))
+    leaf = certs[0]
+    return Issued(host, chain, key, leaf.not_valid_before_utc.timestamp(),
+                  leaf.not_valid_after_utc.timestamp())
+
+
+def acme_hosts(routes: Iterable[Route]) -> dict[str, frozenset[str | None]]:
+    """The hosts of the routes with `tls: acme`, each with the zones of its routes."""
+    zones: dict[str, set[str | None]] = {}
+    for route in routes:
+        if route.tls is not None and route.tls.acme:
+            for host in route.hosts:
+                zones.setdefault(host, set()).add(route.zone)
+    return {h: frozenset(z) for h, z in sorted(zones.items())}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for /status and the log: what the ACME server said, not a traceback."""
+    from acme import errors, messages
+
+    if isinstance(exc, errors.ValidationError):
+        parts = []
+        for authzr in exc.failed_authzrs:
+            for chall in authzr.body.challenges:
+                if chall.error is not None:
+                    parts.append(f"{authzr.body.identifier.value}: {chall.error.typ}: "
+                                 f"{chall.error.detail}")
+        text = "validation failed: " + ("; ".join(parts) or "no detail")
+    elif isinstance(exc, messages.Error):
+        text = f"{exc.typ}: {exc.detail}"
+    elif isinstance(exc, errors.TimeoutError):
+        text = f"the order did not complete within {ORDER_TIMEOUT:g}s"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
+
+
+class Client:
+    """The blocking ACME protocol (the `acme` package), used from a thread, one call at a time.
+
+    `challenges` is shared with the HTTP handler: token -> key authorization, while an order
+    waits for validation.
+    """
+
+    def __init__(self, directory_url: str, state_dir: Path, email: str | None,
+                 ca_bundle: Path | None, challenges: dict[str, str]) -> None:
+        self.directory_url = directory_url
+        self.state_dir = state_dir
+        self.email = email
+        self.ca_bundle = ca_bundle
+        self.challenges = challenges
+        self.account_uri: str | None = None
+        self._client: Any = None
+
+    @property
+    def account_key_file(self) -> Path:
+        return self.state_dir / "account.key"
+
+    def _account_key(self) -> rsa.RSAPrivateKey:
+        """The account key: made once and kept, so that a restart is the same account."""
+        try:
+            key = serialization.load_pem_private_key(self.account_key_file.read_bytes(), None)
+            if isinstance(key, rsa.RSAPrivateKey):
+                return key
+            log.warning("acme_account_key_replaced file=%s reason='not an RSA key'",
+                        self.account_key_file)
+        except FileNotFoundError:
+            pass
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.account_key_file, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), 0o600)
+        log.info("acme_account_key_created file=%s", self.account_key_file)
+        return key
+
+    def connect(self) -> Any:
+        """The directory, and the account (registered, or found again by its key)."""
+        if self._client is not None:
+            return self._client
+        from acme import client, errors, messages
+        from josepy.jwk import JWKRSA
+
+        net = client.ClientNetwork(JWKRSA(key=self._account_key()),
+                                   user_agent=f"swarm-gateway/{__version__}", timeout=30)
+        if self.ca_bundle is not None:
+            net.verify_ssl = str(self.ca_bundle)  # type: ignore[assignment]  # requests' verify
+        directory = client.ClientV2.get_directory(self.directory_url, net)
+        acme = client.ClientV2(directory, net)
+        registration = messages.NewRegistration.from_data(
+            email=self.email, terms_of_service_agreed=True)
+        try:
+            account = acme.new_account(registration)
+            log.info("acme_account_registered uri=%s", account.uri)
+        except errors.ConflictError as exc:  # the key is already an account: use it
+            account = messages.RegistrationResource(uri=exc.location,
+                                                    body=messages.Registration())
+            net.account = account
+            log.info("acme_account_found uri=%s", account.uri)
+        self.account_uri = str(account.uri)
+        self._client = acme
+        return acme
+
+    def forget(self) -> None:
+        """After a failure: connect again next time (the server may have restarted)."""
+        self._client = None
+
+    def order(self, host: str) -> Issued:
+        """Order a certificate for `host` with a new key; raises on any failure."""
+        from acme import challenges, crypto_util, messages
+
+        acme = self.connect()
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        order = acme.new_order(crypto_util.make_csr(key_pem, [host]))
+        tokens = []
+        try:
+            for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # validated recently: the server reuses it
+                chall = next((c for c in authz.body.challenges
+                              if isinstance(c.chall, challenges.HTTP01)), None)
+                if chall is None:
+                    raise ValueError(f"the ACME server offers no http-01 challenge for {host}")
+                response, validation = chall.response_and_validation(acme.net.key)
+                token = chall.chall.encode("token")
+                self.challenges[token] = validation
+                tokens.append(token)
+                acme.answer_challenge(chall, response)
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
+            done = acme.poll_and_finalize(order, deadline)
+        finally:
+            for token in tokens:
+                self.challenges.pop(token, None)
+        return issued_from_pem(host, done.fullchain_pem, key_pem.decode())
+
+
+@dataclass
+class HostState:
+    """What the manager knows of one host: its certificate, and how ordering went."""
+
+    issued: Issued | None = None
+    failures: int = 0  # in a row
+    next_try: float = 0.0  # after a failure: not before (wall clock)
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    last_success_at: float | None = None
+    forced: bool = False
+
+
+class AcmeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.orders = Counter("gateway_controller_acme_orders", "Certificate orders by result "
+                              "(success, failure)", ["result"], registry=r)
+        self.account = Gauge("gateway_controller_acme_account_registered",
+                             "1 once the ACME server accepted the account", registry=r)
+        for result in ("success", "failure"):
+            self.orders.labels(result)
+
+
+class _HostsCollector(Collector):
+    def __init__(self, manager: AcmeManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "gateway_controller_acme_certificate_expiry_timestamp_seconds",
+            "When the certificate the controller holds for the host expires", labels=["host"])
+        renew = GaugeMetricFamily(
+            "gateway_controller_acme_certificate_renewal_timestamp_seconds",
+            "When the controller renews the host's certificate", labels=["host"])
+        failures = GaugeMetricFamily(
+            "gateway_controller_acme_failures",
+            "Orders for the host that failed in a row (0: the last one succeeded)",
+            labels=["host"])
+        for host, st in sorted(self.manager.hosts.items()):
+            if host not in self.manager.wanted:
+                continue
+            if st.issued is not None:
+                expiry.add_metric([host], st.issued.not_after)
+                renew.add_metric([host], st.issued.renew_at(self.manager.renew_before))
+            failures.add_metric([host], st.failures)
+        yield expiry
+        yield renew
+        yield failures
+
+
+class AcmeManager:
+    """Decides what to order and when; keeps the certificates; tells the controller."""
+
+    def __init__(self, client: Client, state_dir: Path, registry: CollectorRegistry, *,
+                 renew_before: float, retry_min: float,
+                 on_change: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.state_dir = state_dir
+        self.renew_before = renew_before
+        self.retry_min = retry_min
+        self.on_change = on_change
+        self.clock = clock
+        self.metrics = AcmeMetrics(registry)
+        registry.register(_HostsCollector(self))
+        self.hosts: dict[str, HostState] = {}
+        self.wanted: dict[str, frozenset[str | None]] = {}  # host -> zones of its routes
+        self._wanted_since: dict[str, float] = {}
+        self._gateway_has: dict[str, float] = {}  # host -> when a gateway had its route
+        self.wake = asyncio.Event()
+        self.ordering: str | None = None
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.state_dir / "certificates"
+
+    # -- the store ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """The certificates kept from before: a restart orders nothing it already has."""
+        try:
+            entries = sorted(self.certs_dir.glob("*.crt"))
+        except OSError:
+            return
+        for crt in entries:
+            host = crt.stem
+            try:
+                issued = issued_from_pem(host, crt.read_text(encoding="ascii"),
+                                         crt.with_suffix(".key").read_text(encoding="ascii"))
+            except (OSError, ValueError) as exc:
+                log.warning("acme_stored_certificate_ignored file=%s error=%r", crt, str(exc))
+                continue
+            self.hosts.setdefault(host, HostState()).issued = issued
+        if self.hosts:
+            log.info("acme_certificates_loaded dir=%s hosts=%d", self.certs_dir, len(self.hosts))
+
+    def _store(self, issued: Issued) -> None:
+        self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.certs_dir / f"{issued.host}.key", issued.key, 0o600)
+        write_atomic(self.certs_dir / f"{issued.host}.crt", issued.chain, 0o644)
+
+    # -- what to order -----------------------------------------------------------------------
+
+    def want(self, hosts: dict[str, frozenset[str | None]]) -> None:
+        """The hosts of the routes with `tls: acme` now (label routes and the routes file)."""
+        if hosts != self.wanted:
+            added = sorted(set(hosts) - set(self.wanted))
+            if added:
+                log.info("acme_hosts_added hosts=%s", ",".join(added))
+            now = self.clock()
+            self.wanted = dict(hosts)
+            self._wanted_since = {h: self._wanted_since.get(h, now) for h in hosts}
+            self._gateway_has = {h: t for h, t in self._gateway_has.items() if h in hosts}
+            self.on_change()  # the certificates served follow the hosts wanted
+            self.wake.set()
+
+    def gateway_seen(self) -> None:
+        """A gateway holds the current routes (it just got them, or asked with their version):
+        the hosts wanted until now can be ordered once the gateways had time to reload."""
+        now = self.clock()
+        fresh = [h for h in self.wanted if h not in self._gateway_has]
+        for host in fresh:
+            self._gateway_has[host] = now
+        if fresh:
+            self.wake.set()
+
+    def due(self, host: str, now: float) -> float:
+        """When the host's next order is due (now or earlier: due)."""
+        st = self.hosts.get(host) or HostState()
+        if st.forced:
+            return st.next_try if st.failures else now
+        if st.issued is not None:
+            at = st.issued.renew_at(self.renew_before)
+        elif host in self._gateway_has:
+            at = self._gateway_has[host] + SETTLE
+        else:
+            return float("inf")  # no gateway has its route yet
+        return max(at, st.next_try)
+
+    def renew(self, hosts: Iterable[str] | None = None) -> list[str]:
+        """Renew now (POST /acme/renew): these hosts, or every wanted one."""
+        chosen = sorted(self.wanted if hosts is None else set(hosts) & set(self.wanted))
+        for host in chosen:
+            st = self.hosts.setdefault(host, HostState())
+            st.forced, st.next_try, st.failures = True, 0.0, 0
+        self.wake.set()
+        return chosen
+
+    # -- ordering ----------------------------------------------------------------------------
+
+    async def order(self, host: str) -> bool:
+        st = self.hosts.setdefault(host, HostState())
+        st.last_attempt_at = self.clock()
+        self.ordering = host
+        started = time.monotonic()
+        try:
+            issued = await asyncio.to_thread(self.client.order, host)
+            self._store(issued)
+        except Exception as exc:  # the ACME server, the network, the disk: report, retry later
+            self.client.forget()
+            st.failures += 1
+            delay = min(self.retry_min * 2 ** (st.failures - 1), RETRY_MAX)
+            st.next_try = self.clock() + delay
+            st.last_error = describe_error(exc)
+            self.metrics.orders.labels("failure").inc()
+            log.error("acme_order_failed host=%s error=%r failures=%d retry_in=%.0fs "
+                      "serving=%s", host, st.last_error, st.failures, delay,
+                      "previous certificate" if st.issued else "no certificate")
+            return False
+        finally:
+            self.ordering = None
+        st.issued, st.failures, st.next_try, st.last_error, st.forced = issued, 0, 0.0, None, \
+            False
+        st.last_success_at = self.clock()
+        self.metrics.orders.labels("success").inc()
+        self.metrics.account.set(1)
+        log.info("acme_certificate_issued host=%s expires=%s renew_at=%s took=%.1fs", host,
+                 _when(issued.not_after), _when(issued.renew_at(self.renew_before)),
+                 time.monotonic() - started)
+        self.on_change()
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Order what is due, one host at a time; sleep until the next one is due."""
+        self.load()
+        self.on_change()
+        while not stop.is_set():
+            self.wake.clear()
+            now = self.clock()
+            due = sorted((self.due(h, now), h) for h in self.wanted)
+            ready = [h for at, h in due if at <= now]
+            for host in ready:
+                if stop.is_set():
+                    return
+                await self.order(host)
+            if ready:
+                continue
+            sleep = min([_IDLE] + [at - now for at, _ in due])  # (inf: woken by a gateway)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.05, sleep)):
+                    await _first_set(self.wake, stop)
+
+    # -- what the gateways and users get -----------------------------------------------------
+
+    def certificates(self, zone: str | None) -> list[dict[str, str]]:
+        """For the routes document: the certificates of the wanted hosts of this zone."""
+        out = []
+        for host, zones in sorted(self.wanted.items()):
+            st = self.hosts.get(host)
+            if st is None or st.issued is None or (zone is not None and zone not in zones):
+                continue
+            out.append({"host": host, "chain": st.issued.chain, "key": st.issued.key})
+        return out
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        hosts = {}
+        for host in sorted(self.wanted):
+            st = self.hosts.get(host) or HostState()
+            issued = st.issued
+            hosts[host] = {
+                "certificate": issued is not None,
+                "not_after": _iso(issued.not_after) if issued else None,
+                "renew_at": _iso(issued.renew_at(self.renew_before)) if issued else None,
+                "next_order": "ordering" if self.ordering == host else _next(self.due(host, now)),
+                "failures": st.failures,
+                "last_error": st.last_error,
+                "last_attempt_at": _iso(st.last_attempt_at),
+                "last_success_at": _iso(st.last_success_at),
+            }
+        return {"directory": self.client.directory_url, "account": self.client.account_uri,
+                "renew_before_days": self.renew_before / 86400, "hosts": hosts}
+
+    def problems(self) -> list[str]:
+        """Hosts without a certificate because ordering fails: for /status, not readiness."""
+        return [f"{h}: {st.last_error}" for h, st in sorted(self.hosts.items())
+                if h in self.wanted and st.last_error is not None]
+
+
+def certificate_names(chain: str) -> tuple[str, ...]:
+    return dns_names(x509.load_pem_x509_certificate(chain.encode()))
+
+
+def _when(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _next(moment: float) -> str | None:
+    return "when a gateway has the route" if moment == float("inf") else _iso(moment)
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
