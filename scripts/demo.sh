@@ -20,8 +20,9 @@ LOCAL_APP_IMAGE=swarm-gateway/hostname-httpd:latest
 LOCAL_BASE_IMAGE=swarm-gateway/nginx-python:bookworm
 APPS=(controller manager intra dmz)
 certs=$state/certs
-# the secrets stacks/gateway.yml names (external): the certificate then the CA's, and the key
-SECRETS=(demo_crt demo_key)
+# the secrets stacks/gateway.yml names (external): the certificate then the CA's, the key, and the
+# token the gateways show the controller
+SECRETS=(demo_crt demo_key gateway-controller-token)
 
 log() { echo "demo: $*" >&2; }
 
@@ -126,6 +127,7 @@ demo_secrets() {
   # docs/swarm.md, "3. Deploy"
   docker secret create demo_crt "$certs/demo.crt" >/dev/null
   docker secret create demo_key "$certs/demo.key" >/dev/null
+  openssl rand -hex 32 | docker secret create gateway-controller-token - >/dev/null
   printf '%s\n' "${SECRETS[@]}" >"$state/secrets"
   log "made a demo CA and a certificate for *.example.com in $certs, and the secrets ${SECRETS[*]}"
 }
@@ -237,7 +239,8 @@ down() {
   wait_for 60 "the gateway networks to go" \
     sh -c '! docker network ls -q --filter name=gateway- | grep -q .' || true
   docker config ls -q --filter name=gateway- | xargs -r docker config rm >/dev/null
-  docker volume ls -q --filter name=gateway_ | xargs -r docker volume rm >/dev/null
+  docker volume ls -q --filter name=gateway_ --filter name=controller_gateway- \
+    | xargs -r docker volume rm >/dev/null
   log "removed the stacks, their networks, config and volumes"
   if [ -f "$state/secrets" ]; then
     xargs -r docker secret rm <"$state/secrets" >/dev/null 2>&1 || true

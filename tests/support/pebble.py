@@ -20,20 +20,24 @@ from tests.support.tlsca import TestCA
 
 
 class Pebble:
-    def __init__(self, workdir: Path, dns_server: str, http_port: int) -> None:
+    def __init__(self, workdir: Path, dns_server: str, http_port: int,
+                 address: str = "127.0.0.1", names: tuple[str, ...] = ("localhost",)) -> None:
+        """Pebble on `address`, its HTTPS certificate for `names` (and the address)."""
         self.paths = require_programs("pebble")
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.address = address
+        self.name = names[0]
         listener_ca = TestCA("Pebble listener")
-        crt, key = listener_ca.issue("localhost").write(workdir, "listener")
+        crt, key = listener_ca.issue(*names, address).write(workdir, "listener")
         self.ca_bundle = listener_ca.write_bundle(workdir / "listener-ca.pem")
         self._context = ssl.create_default_context(cafile=str(self.ca_bundle))
-        self.port = free_port()
-        self.management_port = free_port()
+        self.port = free_port(address)
+        self.management_port = free_port(address)
         self.config = workdir / "pebble.json"
         self.config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}",
-            "managementListenAddress": f"127.0.0.1:{self.management_port}",
+            "listenAddress": f"{address}:{self.port}",
+            "managementListenAddress": f"{address}:{self.management_port}",
             "certificate": str(crt), "privateKey": str(key),
             "httpPort": http_port, "tlsPort": free_port(),
             "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
@@ -43,7 +47,8 @@ class Pebble:
 
     @property
     def directory_url(self) -> str:
-        return f"https://localhost:{self.port}/dir"
+        """As an ACME client names it (the name its certificate is for)."""
+        return f"https://{self.name}:{self.port}/dir"
 
     def start(self) -> None:
         env = {**os.environ,
@@ -53,7 +58,7 @@ class Pebble:
         self.proc = subprocess.Popen(
             [self.paths["pebble"], "-config", str(self.config), "-dnsserver", self.dns_server],
             stdout=self.log_file.open("ab"), stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: self._get(f"https://localhost:{self.port}/dir"), 20,
+        wait_until(lambda: self._get(f"https://{self.address}:{self.port}/dir"), 20,
                    "Pebble to answer")
 
     def _get(self, url: str) -> str | None:
@@ -65,7 +70,7 @@ class Pebble:
 
     def root_pem(self) -> str:
         """The root Pebble issues under (made anew at each start)."""
-        pem = self._get(f"https://localhost:{self.management_port}/roots/0")
+        pem = self._get(f"https://{self.address}:{self.management_port}/roots/0")
         assert pem, "Pebble's management interface did not give its root"
         return pem
 

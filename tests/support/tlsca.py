@@ -7,6 +7,7 @@ an incomplete chain, as with a real CA. Clients trust the root only (`client_con
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "swarm-gateway tests"),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address as an IP name (clients check those for an address), else a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -115,7 +124,7 @@ class TestCA:
                    .not_valid_before(not_before or NOW - DAY)
                    .not_valid_after(not_after or NOW + 90 * DAY)
                    .add_extension(x509.SubjectAlternativeName(
-                       [x509.DNSName(n) for n in names]), critical=False)
+                       [_general_name(n) for n in names]), critical=False)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None),
                                   critical=True)
                    .add_extension(x509.ExtendedKeyUsage(

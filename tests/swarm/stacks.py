@@ -79,6 +79,8 @@ def create_secrets(certs: Path) -> None:
     run(*make.split(), str(certs))
     for command in docs_commands(rf"docker secret create \S+ {re.escape(DEMO_CERTS)}/\S+"):
         run(*command.replace(f"{DEMO_CERTS}/", f"{certs}/").split())
+    (token,) = docs_commands(r"openssl rand -hex 32 \| docker secret create \S+ -")
+    run("sh", "-c", token)
 
 
 class Swarm:
@@ -241,7 +243,8 @@ def clean() -> None:
     # containers of removed services linger a moment and hold their volumes
     wait_until(lambda: not stack_containers("gateway"), 60, "the gateway containers to go",
                interval=0.5)
-    volumes = run("docker", "volume", "ls", "-q", "--filter", "name=gateway_", check=False).split()
+    volumes = run("docker", "volume", "ls", "-q", "--filter", "name=gateway_", "--filter",
+                  "name=controller_gateway-", check=False).split()
     if volumes:
         run("docker", "volume", "rm", *volumes, check=False)
     # the swarm fixture made them, and fails before that when any of them exists
