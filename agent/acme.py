@@ -12,14 +12,16 @@ The protocol is the `acme` package's (certbot's); this module decides what to or
 - a host of a `tls: acme` route without a certificate is ordered as soon as a gateway has
   fetched the routes that name it and had a few seconds to reload (a challenge no gateway can
   answer yet would only spend one of the few failures a CA allows);
-- a certificate is renewed `renew_before` before it expires, or when a third of its lifetime is
-  left if that comes first (a 6-day certificate is renewed after 4 days);
+- a certificate is renewed `renew_before` before it expires; one whose lifetime is not at least
+  twice that, when a third of its lifetime is left (a 6-day certificate: after 4 days);
 - a failed order is retried after `retry_min` seconds, doubling up to 6 hours, per host (Let's
   Encrypt allows 5 failed validations per host name and hour);
 - `POST /acme/renew` (with the token) renews at once.
 
-The account key and the certificates are kept in `state_dir` (a volume): a restarted controller
-orders nothing it already has. While it is away the gateways serve what they received last.
+The account key and the certificates are kept in `state_dir` (a volume), the certificates apart
+for each ACME server (a move from a staging to a production directory orders them all anew): a
+restarted controller orders nothing it already has. While it is away the gateways serve what they
+received last.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -69,9 +74,11 @@ class Issued:
     not_after: float
 
     def renew_at(self, renew_before: float) -> float:
-        """`renew_before` seconds before expiry, or when a third of its lifetime is left."""
-        third = (self.not_after - self.not_before) / 3
-        return self.not_after - max(renew_before, third)
+        """`renew_before` seconds before expiry; a certificate whose lifetime is not at least
+        twice that (a short-lived one) when a third of its lifetime is left (6 days: after 4)."""
+        lifetime = self.not_after - self.not_before
+        lead = renew_before if 2 * renew_before <= lifetime else lifetime / 3
+        return self.not_after - lead
 
 
 def issued_from_pem(host: str, chain: str, key: str) -> Issued:
@@ -239,7 +246,8 @@ class AcmeMetrics:
         self.orders = Counter("gateway_controller_acme_orders", "Certificate orders by result "
                               "(success, failure)", ["result"], registry=r)
         self.account = Gauge("gateway_controller_acme_account_registered",
-                             "1 once the ACME server accepted the account", registry=r)
+                             "1 once the ACME server accepted (or found) the account",
+                             registry=r)
         for result in ("success", "failure"):
             self.orders.labels(result)
 
@@ -295,7 +303,11 @@ class AcmeManager:
 
     @property
     def certs_dir(self) -> Path:
-        return self.state_dir / "certificates"
+        """One directory per ACME server: its certificates only (staging, then production)."""
+        url = self.client.directory_url
+        slug = re.sub(r"[^a-z0-9.-]", "_", (urlsplit(url).hostname or "acme").lower())
+        return self.state_dir / "certificates" / \
+            f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
 
     # -- the store ---------------------------------------------------------------------------
 
@@ -337,11 +349,13 @@ class AcmeManager:
             self.on_change()  # the certificates served follow the hosts wanted
             self.wake.set()
 
-    def gateway_seen(self) -> None:
-        """A gateway holds the current routes (it just got them, or asked with their version):
-        the hosts wanted until now can be ordered once the gateways had time to reload."""
+    def gateway_seen(self, zone: str | None = None) -> None:
+        """A gateway holds the current routes of `zone` (None: every zone), because it just got
+        them or asked with their version: the hosts of those routes can be ordered once the
+        gateways had time to reload."""
         now = self.clock()
-        fresh = [h for h in self.wanted if h not in self._gateway_has]
+        fresh = [h for h, zones in self.wanted.items() if h not in self._gateway_has
+                 and (zone is None or zone in zones)]
         for host in fresh:
             self._gateway_has[host] = now
         if fresh:
@@ -378,8 +392,7 @@ class AcmeManager:
         started = time.monotonic()
         try:
             issued = await asyncio.to_thread(self.client.order, host)
-            self._store(issued)
-        except Exception as exc:  # the ACME server, the network, the disk: report, retry later
+        except Exception as exc:  # the ACME server, the network: report, retry later
             self.client.forget()
             st.failures += 1
             delay = min(self.retry_min * 2 ** (st.failures - 1), RETRY_MAX)
@@ -392,11 +405,16 @@ class AcmeManager:
             return False
         finally:
             self.ordering = None
+            self.metrics.account.set(1 if self.client.account_uri else 0)
         st.issued, st.failures, st.next_try, st.last_error, st.forced = issued, 0, 0.0, None, \
             False
         st.last_success_at = self.clock()
         self.metrics.orders.labels("success").inc()
-        self.metrics.account.set(1)
+        try:  # served from memory all the same: ordering again would spend the CA's limits
+            self._store(issued)
+        except OSError as exc:
+            log.error("acme_certificate_not_saved host=%s dir=%s error=%r effect=%r", host,
+                      self.certs_dir, str(exc), "a restarted controller orders it again")
         log.info("acme_certificate_issued host=%s expires=%s renew_at=%s took=%.1fs", host,
                  _when(issued.not_after), _when(issued.renew_at(self.renew_before)),
                  time.monotonic() - started)
@@ -451,13 +469,11 @@ class AcmeManager:
                 "last_attempt_at": _iso(st.last_attempt_at),
                 "last_success_at": _iso(st.last_success_at),
             }
+        problems = [f"{h}: {st.last_error}" for h, st in sorted(self.hosts.items())
+                    if h in self.wanted and st.last_error is not None]
         return {"directory": self.client.directory_url, "account": self.client.account_uri,
-                "renew_before_days": self.renew_before / 86400, "hosts": hosts}
-
-    def problems(self) -> list[str]:
-        """Hosts without a certificate because ordering fails: for /status, not readiness."""
-        return [f"{h}: {st.last_error}" for h, st in sorted(self.hosts.items())
-                if h in self.wanted and st.last_error is not None]
+                "renew_before_days": self.renew_before / 86400, "problems": problems,
+                "hosts": hosts}
 
 
 def certificate_names(chain: str) -> tuple[str, ...]:

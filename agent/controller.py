@@ -174,6 +174,7 @@ class Controller:
         self.events_connected = False
         self.heartbeat = time.monotonic()
         self.closing = False
+        self._announcing = False
 
     # -- Docker ------------------------------------------------------------------------------
 
@@ -254,7 +255,8 @@ class Controller:
             self._announce(first)
 
     def _certificates_changed(self) -> None:
-        if self.catalog.certificates_changed():
+        # during an announcement (new routes made hosts wanted) that announcement publishes
+        if self.catalog.certificates_changed() and not self._announcing:
             self._announce(False)
 
     def acme_wanted(self) -> None:
@@ -268,7 +270,11 @@ class Controller:
         self.acme.want(acme_hosts(routes))
 
     def _announce(self, first: bool) -> None:
-        self.acme_wanted()
+        self._announcing = True
+        try:
+            self.acme_wanted()
+        finally:
+            self._announcing = False
         doc = self.catalog.document(None)
         self.metrics.routes.set(len(doc["routes"]))
         self.metrics.errors.set(len(doc["errors"]))
@@ -322,7 +328,7 @@ class Controller:
         deadline = time.monotonic() + wait
         doc = self.catalog.document(zone)
         if self.acme is not None and known == doc["version"]:
-            self.acme.gateway_seen()  # it has the routes: their challenges can be answered
+            self.acme.gateway_seen(zone)  # it has the routes: their challenges can be answered
         self.metrics.waiting.inc()
         try:
             while known == doc["version"] and not self.closing and \
@@ -338,7 +344,7 @@ class Controller:
             return web.Response(status=304, headers=headers)
         response = web.json_response(doc, headers=headers)
         if self.acme is not None:
-            self.acme.gateway_seen()  # (as soon as it has reloaded)
+            self.acme.gateway_seen(zone)  # (as soon as it has reloaded)
         return response
 
     def authorized(self, request: web.Request) -> bool:
@@ -535,9 +541,14 @@ class FileRoutes:
         self.path = path
         self._stamp: FileStamp | None = None
         self._table = RouteTable(())
+        self._missing_said = False
 
     def __call__(self) -> RouteTable:
         current = stamp(self.path)
+        if current is None and not self._missing_said:
+            self._missing_said = True
+            log.warning("routes_file_missing file=%s effect=%r", self.path,
+                        "its tls: acme routes get no certificate (mount the routes config)")
         if current != self._stamp:
             self._stamp = current
             try:
@@ -572,7 +583,8 @@ async def run(settings: Settings) -> int:
                             resync_interval=settings.resync_interval,
                             list_running=docker_api.list_running,
                             new_service_wait=settings.new_service_wait, token=token, acme=acme,
-                            file_routes=FileRoutes(settings.routes) if settings.routes else None)
+                            file_routes=FileRoutes(settings.routes)
+                            if settings.routes and acme is not None else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

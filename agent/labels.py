@@ -134,6 +134,10 @@ def route_from_labels(service: str, labels: Mapping[str, str],
         elif "tls" in data and data["tls"] not in (True, "acme"):
             errors.append(f"label {start}tls: {_shown(str(data['tls']))}: give true or acme, "
                           f"or only {start}tls.* labels")
+            del data["tls"]  # said once, here: the model would say it again
+        elif data.get("tls") == "acme" and tls.get("acme") is False:
+            errors.append(f"label {start}tls: it is acme, but {start}tls.acme is false")
+            del data["tls"]
         else:
             data["tls"] = {**tls, "acme": True} if data.get("tls") == "acme" else tls
     data["service"] = service

@@ -41,6 +41,9 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+
+
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -204,7 +207,10 @@ def _tls(value: object) -> object:
         return {} if value else None
     if value == "acme":  # `tls: acme`: certificates from the controller's ACME client
         return {"acme": True}
-    return value
+    if value is None or isinstance(value, dict | Tls):
+        return value
+    raise ValueError(f"{_shown(value)}: give true or acme, or the tls options as a mapping "
+                     "(false: no HTTPS)")
 
 
 @dataclass(frozen=True, order=True)
@@ -244,6 +250,9 @@ class Route(BaseModel):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is)")
         if self.tls is not None and self.tls.acme:
+            if (self.path + "/").startswith(ACME_CHALLENGE_PATH):
+                raise ValueError(f"path {self.path!r}: with tls: acme the gateway sends "
+                                 f"{ACME_CHALLENGE_PATH} to the controller; route another path")
             wildcards = [h for h in self.hosts if h.startswith("*.")]
             if wildcards:
                 raise ValueError(f"tls: acme cannot cover {', '.join(wildcards)}: a wildcard "

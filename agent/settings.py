@@ -262,7 +262,7 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "controller: an ACME server's directory URL; turns ACME on for routes with `tls: acme` "
      "(docs/acme.md: Let's Encrypt staging and production)"),
     ("--acme-email", "acme_email", email,
-     "controller: the ACME account's contact address (expiry warnings)"),
+     "controller: the ACME account's contact address, for the CA's notices"),
     ("--acme-ca-bundle", "acme_ca_bundle", Path,
      "controller: CA certificates to trust for the ACME server's HTTPS (default: the "
      "system's)"),
@@ -270,8 +270,8 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "controller: where the ACME account key and the certificates are kept (a volume; "
      "/var/lib/gateway-controller)"),
     ("--acme-renew-before", "acme_renew_before", positive_float,
-     "controller: renew a certificate this many days before it expires, or at a third of "
-     "its lifetime left if that comes first (30)"),
+     "controller: renew a certificate this many days before it expires; one whose lifetime "
+     "is under twice that, when a third of its lifetime is left (30)"),
     ("--acme-retry-min", "acme_retry_min", positive_float,
      "controller: seconds before the first retry of a failed order; doubles up to 6 hours "
      "(300)"),

@@ -135,8 +135,8 @@ def parse_document(doc: Any) -> Received:
                 "route" + e.removeprefix("routes[0]") for e in exc.errors))
             continue
         routes.append((source, parsed))
-    return Received(version, tuple(routes), tuple(errors),
-                    _certificates(doc.get("certificates", []), errors))
+    certificates = _certificates(doc.get("certificates", []), errors)  # adds to `errors`
+    return Received(version, tuple(routes), tuple(errors), certificates)
 
 
 def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:

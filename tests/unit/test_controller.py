@@ -20,10 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.acme import AcmeManager, issued_from_pem
 from agent.controller import Controller, ControllerMetrics
 from agent.labels import Service
 from agent.routes import parse_routes
 from agent.sources import ControllerRoutes, SourceMetrics
+from tests.support.tlsca import TestCA
+from tests.unit.test_acme import Clock, FakeClient
 
 WEB = {"gateway.hosts": "web.example.com", "gateway.port": "8080"}
 DMZ = {"gateway.hosts": "www.example.com", "gateway.port": "80", "gateway.zone": "dmz"}
@@ -369,3 +372,121 @@ async def test_a_zone_asks_for_its_routes_only(docker: Docker, served: Served) -
             assert await source.fetch(session, wait=0)
         assert [s for s, _ in (source.received.routes if source.received else ())] == [
             "service dmz_www"]
+
+
+# -- the token, and ACME ---------------------------------------------------------------------
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ACME_WEB = {**WEB, "gateway.tls": "acme"}
+ACME_DMZ = {**DMZ, "gateway.tls": "acme"}
+
+
+async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
+    docker.put("shop_web", WEB)
+    c = Controller(docker.list_services, ControllerMetrics(), token=TOKEN)
+    await c.sync()
+    async with TestClient(TestServer(c.app())) as client:
+        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN},
+                      {"Authorization": f"Bearer {TOKEN}0"}, {"Authorization": f"Basic {TOKEN}"}):
+            resp = await client.get("/routes", headers=wrong)
+            assert resp.status == 401, wrong
+            assert resp.headers["WWW-Authenticate"] == "Bearer"
+            assert "routes" not in await resp.text()
+        status, body, _ = await get(client, **AUTH)
+        assert status == 200
+        assert body is not None
+        assert [i["source"] for i in body["routes"]] == ["service shop_web"]
+        # what a load balancer, Prometheus and the ACME server ask needs no token
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/.well-known/acme-challenge/abc")).status == 404
+        metrics = samples(await (await client.get("/metrics")).text())
+        assert metrics["gateway_controller_unauthorized_requests_total"] == 5
+        # renewing needs the token too; without ACME there is nothing to renew
+        assert (await client.post("/acme/renew")).status == 401
+        assert (await client.post("/acme/renew", headers=AUTH)).status == 404
+
+
+@contextlib.asynccontextmanager
+async def acme_controller(docker: Docker, tmp_path: Path,
+                          ) -> AsyncIterator[tuple[Controller, FakeClient, TestClient[Any, Any]]]:
+    """A controller with ACME on, its client replaced by tests/unit/test_acme.py's fake."""
+    metrics = ControllerMetrics()
+    fake = FakeClient(TestCA(), Clock())
+    manager = AcmeManager(fake, tmp_path, metrics.registry,  # type: ignore[arg-type]
+                          renew_before=30 * 86400, retry_min=300, clock=fake.clock)
+    c = Controller(docker.list_services, metrics, token=TOKEN, acme=manager)
+    await c.sync()
+    async with TestClient(TestServer(c.app())) as client:
+        yield c, fake, client
+
+
+async def test_the_controller_answers_the_acme_challenges_it_has(docker: Docker,
+                                                                tmp_path: Path) -> None:
+    docker.put("shop_web", ACME_WEB)
+    async with acme_controller(docker, tmp_path) as (_, fake, client):
+        fake.challenges["LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"] = "LoqX.key-auth"
+        resp = await client.get("/.well-known/acme-challenge/"
+                                "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")
+        assert resp.status == 200
+        assert await resp.text() == "LoqX.key-auth"
+        assert resp.content_type == "application/octet-stream"
+        assert (await client.get("/.well-known/acme-challenge/other")).status == 404
+        fake.challenges.clear()  # the order is over
+        assert (await client.get("/.well-known/acme-challenge/"
+                                 "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")).status == 404
+
+
+async def test_renew_on_request(docker: Docker, tmp_path: Path) -> None:
+    docker.put("shop_web", ACME_WEB)
+    docker.put("dmz_www", ACME_DMZ)
+    docker.put("shop_plain", {**WEB, "gateway.hosts": "plain.example.com"})
+    async with acme_controller(docker, tmp_path) as (_, _, client):
+        resp = await client.post("/acme/renew?host=plain.example.com", headers=AUTH)
+        assert resp.status == 404
+        resp = await client.post("/acme/renew?host=web.example.com&host=x.example.com",
+                                 headers=AUTH)
+        assert (resp.status, await resp.json()) == (202, {"renewing": ["web.example.com"]})
+        resp = await client.post("/acme/renew", headers=AUTH)
+        assert (resp.status, await resp.json()) == (
+            202, {"renewing": ["web.example.com", "www.example.com"]})
+
+
+async def test_a_new_certificate_reaches_the_waiting_gateways_of_its_zone(
+        docker: Docker, tmp_path: Path) -> None:
+    docker.put("shop_web", ACME_WEB)
+    docker.put("dmz_www", ACME_DMZ)
+    async with acme_controller(docker, tmp_path) as (c, _, client):
+        _, everything, _ = await get(client, **AUTH)
+        _, dmz, _ = await get(client, "?zone=dmz", **AUTH)
+        assert everything is not None
+        assert dmz is not None
+        assert (everything["certificates"], dmz["certificates"]) == ([], [])
+        waiting = asyncio.create_task(get(client, f"?version={everything['version']}&wait=10",
+                                          **AUTH))
+        waiting_dmz = asyncio.create_task(get(client, f"?zone=dmz&version={dmz['version']}"
+                                                      "&wait=0.5", **AUTH))
+        await asyncio.sleep(0.2)
+        assert c.acme is not None
+        assert await c.acme.order("web.example.com")
+        status, body, _ = await asyncio.wait_for(waiting, 5)
+        assert status == 200
+        assert body is not None
+        (cert,) = body["certificates"]
+        assert cert["host"] == "web.example.com"
+        assert issued_from_pem("web.example.com", cert["chain"], cert["key"])
+        assert (await waiting_dmz)[0] == 304  # not a certificate of its zone
+        status_doc = await (await client.get("/status")).json()
+        assert status_doc["acme"]["hosts"]["web.example.com"]["certificate"] is True
+        assert cert["key"] not in json.dumps(status_doc)
+
+
+async def test_a_gateway_of_one_zone_does_not_make_the_hosts_of_another_orderable(
+        docker: Docker, tmp_path: Path) -> None:
+    docker.put("shop_web", {**ACME_WEB, "gateway.zone": "intra"})
+    docker.put("dmz_www", ACME_DMZ)
+    async with acme_controller(docker, tmp_path) as (_, _, client):
+        assert (await get(client, "?zone=dmz", **AUTH))[0] == 200
+        hosts = (await (await client.get("/status")).json())["acme"]["hosts"]
+        assert hosts["www.example.com"]["next_order"] != "when a gateway has the route"
+        assert hosts["web.example.com"]["next_order"] == "when a gateway has the route"

@@ -175,3 +175,58 @@ def test_service_from_the_docker_api() -> None:
     assert (service.name, service.id, service.labels, service.container_labels) == (
         "shop_web", "9mnpnzenvg8p8tdbtq4wvbkcz", {"gateway.port": "80"}, {})
     assert Service.from_api({"Spec": {"Name": "x", "Labels": None}}).labels == {}
+
+
+# -- tls: acme -------------------------------------------------------------------------------
+
+
+def test_tls_acme_labels() -> None:
+    route = route_from_labels("web", {**BASE, "gateway.tls": "acme"})
+    assert route is not None
+    assert route.tls is not None
+    assert (route.tls.acme, route.tls.redirect) == (True, False)
+    # the same route as `tls: acme` in the routes file
+    (file_route,) = parse_routes({"routes": [{"hosts": ["shop.example.com"], "service": "web",
+                                              "port": 8080, "tls": "acme"}]}).routes
+    assert route == file_route
+    route = route_from_labels("web", {**BASE, "gateway.tls": "acme",
+                                      "gateway.tls.redirect": "true"})
+    assert route is not None
+    assert route.tls is not None
+    assert (route.tls.acme, route.tls.redirect) == (True, True)
+    route = route_from_labels("web", {**BASE, "gateway.tls.acme": "true",
+                                      "gateway.tls.hsts": "600"})
+    assert route is not None
+    assert route.tls is not None
+    assert (route.tls.acme, route.tls.hsts) == (True, 600)
+
+
+def test_tls_acme_labels_refused() -> None:
+    assert errors_of({**BASE, "gateway.tls.acme": "yes"}) == [
+        "service shop_web: label gateway.tls.acme: 'yes': Input should be a valid boolean"]
+    assert errors_of({**BASE, "gateway.tls": "acme", "gateway.tls.certificate": "a.crt"}) == [
+        "service shop_web: label gateway.tls: 'acme' gets the certificate from the "
+        "controller's ACME client: give either 'acme' or 'certificate', not both"]
+    errors = errors_of({**BASE, "gateway.hosts": "a.example.com,*.example.com",
+                        "gateway.tls": "acme"})
+    assert len(errors) == 1
+    assert errors[0].startswith("service shop_web: labels: tls: acme cannot cover "
+                                "*.example.com")
+
+
+def test_a_bad_tls_value_with_tls_labels_says_true_or_acme() -> None:
+    errors = errors_of({**BASE, "gateway.tls": "yes", "gateway.tls.redirect": "true"})
+    assert errors[0] == ("service shop_web: label gateway.tls: 'yes': give true or acme, or "
+                         "only gateway.tls.* labels")
+
+
+def test_a_bad_tls_value_alone_says_true_or_acme() -> None:
+    errors = errors_of({**BASE, "gateway.tls": "yes"})
+    assert len(errors) == 1
+    assert errors[0].startswith("service shop_web: label gateway.tls: ")
+    assert "true or acme" in errors[0]
+
+
+def test_tls_acme_contradicted_by_tls_acme_false_is_refused() -> None:
+    errors = errors_of({**BASE, "gateway.tls": "acme", "gateway.tls.acme": "false"})
+    assert errors[0].startswith("service shop_web: label gateway.tls")

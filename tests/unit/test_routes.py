@@ -158,3 +158,45 @@ def test_load_routes_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"routes: \xff\n")
     with pytest.raises(RoutesError):
         load_routes(bad)
+
+
+# -- tls: acme -------------------------------------------------------------------------------
+
+
+def test_tls_acme_gets_its_certificate_from_the_controller() -> None:
+    (route,) = parse_routes(one(tls="acme")).routes
+    assert route.tls is not None
+    assert (route.tls.acme, route.tls.redirect, route.tls.certificate) == (True, False, None)
+    (route,) = parse_routes(one(tls={"acme": True, "redirect": True})).routes
+    assert route.tls is not None
+    assert (route.tls.acme, route.tls.redirect) == (True, True)
+    # the same route written either way is the same route (they may share a host)
+    assert parse_routes(one(tls="acme")) == parse_routes(one(tls={"acme": True}))
+    (plain,) = parse_routes(one(tls=True)).routes
+    assert plain.tls is not None
+    assert plain.tls.acme is False
+
+
+@pytest.mark.parametrize("tls", [{"acme": True, "certificate": "a.crt"},
+                                 {"acme": True, "certificate": "a.pem", "key": "a.key"}])
+def test_acme_and_a_certificate_are_refused_together(tls: dict[str, object]) -> None:
+    assert errors_of(one(tls=tls)) == [
+        "routes[0].tls: 'acme' gets the certificate from the controller's ACME client: give "
+        "either 'acme' or 'certificate', not both"]
+
+
+def test_acme_cannot_cover_a_wildcard_host() -> None:
+    errors = errors_of({"routes": [
+        {"hosts": ["ok.example.com"], "service": "svc", "port": 80, "tls": "acme"},
+        {"hosts": ["a.example.com", "*.example.com"], "service": "svc", "port": 80,
+         "tls": "acme"}]})
+    assert len(errors) == 1
+    assert errors[0].startswith("routes[1]: tls: acme cannot cover *.example.com: ")
+    assert "DNS-01" in errors[0]
+    # a wildcard host with a certificate of its own is fine
+    parse_routes(one(hosts=["*.example.com"], tls=True))
+
+
+@pytest.mark.parametrize("tls", ["ACME", "yes", "letsencrypt", {"acme": "true"}, {"acme": 1}])
+def test_other_values_for_acme_are_refused_naming_the_place(tls: object) -> None:
+    assert errors_of(one(tls=tls))[0].startswith("routes[0].tls")

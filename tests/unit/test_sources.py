@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 
 from agent.routes import Route, parse_routes
-from agent.sources import FILE_SOURCE, merge, parse_document, route_item
+from agent.sources import (
+    FILE_SOURCE,
+    ControllerRoutes,
+    SourceMetrics,
+    merge,
+    parse_document,
+    route_item,
+)
+from tests.support.tlsca import TestCA
 
 
 def route(hosts: list[str], service: str = "svc", **extra: Any) -> Route:
@@ -94,3 +109,183 @@ def test_a_route_survives_the_trip_through_json_unchanged() -> None:
 def test_a_document_that_is_not_one_is_refused_whole(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"'version'|'routes'|JSON object"):
         parse_document(bad)
+
+
+# -- ACME certificates in the controller's document ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+def cert_item(ca: TestCA, host: str) -> dict[str, str]:
+    issued = ca.issue(host)
+    return {"host": host, "chain": issued.chain_pem.decode(), "key": issued.key_pem.decode()}
+
+
+def test_certificates_from_the_controller_are_kept_sorted_by_host(ca: TestCA) -> None:
+    a, b = cert_item(ca, "a.example.com"), cert_item(ca, "b.example.com")
+    received = parse_document({**doc(), "certificates": [b, a]})
+    assert [c.host for c in received.certificates] == ["a.example.com", "b.example.com"]
+    assert (received.certificates[0].chain, received.certificates[0].key) == (a["chain"],
+                                                                              a["key"])
+    assert a["key"] not in repr(received)  # a Received that is logged shows no private key
+    # a controller without ACME sends no certificates at all
+    assert parse_document(doc()).certificates == ()
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize("bad", [
+    {"host": "*.example.com"},
+    {"host": "a/b.example.com"},
+    {"host": "../etc/passwd"},
+    {"host": "a..b.example.com"},
+    {"host": ".."},
+    {"host": ""},
+    {"host": 42},
+    {"host": "x" * 64 + ".example.com"},
+    {"chain": "not a certificate"},
+    {"key": "not a key"},
+    {"key": None},
+    {"chain": PEM + "A" * (64 * 1024)},
+    {"chain": PEM.replace("MIIB", "MIIB\u00e9")},
+    "bad.example.com",
+])
+def test_a_bad_certificate_is_refused_alone(ca: TestCA, bad: dict[str, object] | str) -> None:
+    good = cert_item(ca, "good.example.com")
+    item = {**cert_item(ca, "bad.example.com"), **bad} if isinstance(bad, dict) else bad
+    kept = route(["good.example.com"], "good", tls="acme")
+    received = parse_document({**doc(route_item("service good", kept)),
+                               "certificates": [good, item]})
+    assert received.routes == (("service good", kept),)
+    assert [c.host for c in received.certificates] == ["good.example.com"]
+
+
+def test_a_host_sent_twice_keeps_its_first_certificate(ca: TestCA) -> None:
+    first, second = cert_item(ca, "a.example.com"), cert_item(ca, "a.example.com")
+    received = parse_document({**doc(), "certificates": [first, second]})
+    assert [c.chain for c in received.certificates] == [first["chain"]]
+
+
+def test_a_refused_certificate_is_reported(ca: TestCA) -> None:
+    received = parse_document({**doc(), "certificates": [
+        cert_item(ca, "good.example.com"), {**cert_item(ca, "a.example.com"), "host": "*.x"},
+        {**cert_item(ca, "b.example.com"), "key": "nonsense"}]})
+    assert received.errors == (
+        "controller certificates[1]: refused by the gateway: the host is not a plain host "
+        "name, or comes twice",
+        "controller certificates[2] (b.example.com): refused by the gateway: 'chain' and 'key' "
+        "must be PEM text")
+
+
+@pytest.mark.parametrize("bad", [{}, "a.example.com", None, 3])
+def test_certificates_that_are_not_a_list_refuse_the_document(bad: object) -> None:
+    with pytest.raises(ValueError, match="'certificates' must be a list"):
+        parse_document({**doc(), "certificates": bad})
+
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+class FakeController:
+    """Serves `document` at /routes to those who show the token, as agent.controller does."""
+
+    def __init__(self) -> None:
+        self.document: dict[str, Any] = doc()
+        self.server = TestServer(self.app())
+
+    def app(self) -> web.Application:
+        async def routes(request: web.Request) -> web.Response:
+            if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return web.Response(status=401, text="a token is needed\n")
+            return web.json_response(self.document)
+
+        app = web.Application()
+        app.router.add_get("/routes", routes)
+        return app
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/routes"))
+
+
+@pytest.fixture
+async def controller() -> AsyncIterator[FakeController]:
+    c = FakeController()
+    await c.server.start_server()
+    yield c
+    await c.server.close()
+
+
+def gateway(url: str, tmp_path: Path, acme_dir: str = "acme",
+            token: str = TOKEN) -> ControllerRoutes:
+    return ControllerRoutes(url, SourceMetrics(CollectorRegistry()), state_dir=tmp_path / "state",
+                            token=token, acme_dir=tmp_path / acme_dir)
+
+
+async def fetch(source: ControllerRoutes) -> bool:
+    async with aiohttp.ClientSession() as session:
+        return await source.fetch(session, wait=0)
+
+
+async def test_certificates_received_are_written_where_tls_reads_them(
+        controller: FakeController, tmp_path: Path, ca: TestCA) -> None:
+    a, b = cert_item(ca, "a.example.com"), cert_item(ca, "b.example.com")
+    controller.document = {**doc(), "certificates": [a, b]}
+    source = gateway(controller.url, tmp_path)
+    assert await fetch(source)
+    acme = tmp_path / "acme"
+    assert sorted(p.name for p in acme.iterdir()) == [
+        "a.example.com.crt", "a.example.com.key", "b.example.com.crt", "b.example.com.key"]
+    assert (acme / "a.example.com.crt").read_text() == a["chain"]
+    assert (acme / "a.example.com.key").read_text() == a["key"]
+    assert (acme / "b.example.com.key").stat().st_mode & 0o777 == 0o600
+    assert acme.stat().st_mode & 0o077 == 0
+    kept = (acme / "a.example.com.crt").stat(), (acme / "a.example.com.key").stat()
+    # b no longer sent, c new, a unchanged: a's files are left alone
+    c = cert_item(ca, "c.example.com")
+    controller.document = {**doc(), "version": "v2", "certificates": [a, c]}
+    assert await fetch(source)
+    assert sorted(p.name for p in acme.iterdir()) == [
+        "a.example.com.crt", "a.example.com.key", "c.example.com.crt", "c.example.com.key"]
+    for before, path in zip(kept, ("a.example.com.crt", "a.example.com.key"), strict=True):
+        after = (acme / path).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert source.status()["certificates"] == ["a.example.com", "c.example.com"]
+    # none sent any more: none kept
+    controller.document = {**doc(), "version": "v3", "certificates": []}
+    assert await fetch(source)
+    assert list(acme.iterdir()) == []
+
+
+async def test_without_the_token_nothing_is_received(controller: FakeController,
+                                                     tmp_path: Path, ca: TestCA) -> None:
+    controller.document = {**doc(), "certificates": [cert_item(ca, "a.example.com")]}
+    source = gateway(controller.url, tmp_path, token="wrong-token-0123456789")
+    assert not await fetch(source)
+    assert source.status()["last_error"] == "ValueError: HTTP 401: a token is needed"
+    assert not (tmp_path / "acme").exists()
+
+
+async def test_the_saved_state_keeps_the_certificates_private(
+        controller: FakeController, tmp_path: Path, ca: TestCA) -> None:
+    a = cert_item(ca, "a.example.com")
+    kept = route(["a.example.com"], "a", tls="acme")
+    controller.document = {**doc(route_item("service a", kept)), "certificates": [a]}
+    assert await fetch(gateway(controller.url, tmp_path))
+    saved = tmp_path / "state" / "controller-routes.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert json.loads(saved.read_text())["document"]["certificates"] == [a]
+    # a gateway restarted while the controller is away serves what it had
+    restarted = gateway(controller.url, tmp_path, acme_dir="acme-restarted")
+    await controller.server.close()
+    restarted.load_saved()
+    assert restarted.from_saved
+    assert restarted.received is not None
+    assert restarted.received.routes == (("service a", kept),)
+    assert [(c.host, c.chain, c.key) for c in restarted.received.certificates] == [
+        ("a.example.com", a["chain"], a["key"])]
+    assert (tmp_path / "acme-restarted" / "a.example.com.key").read_text() == a["key"]

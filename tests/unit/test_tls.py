@@ -370,3 +370,71 @@ def test_time_is_an_input_only_through_the_clock(tmp_path: Path, ca: TestCA) -> 
     assert plan.hosts[0].served is not None
     assert datetime.datetime.fromtimestamp(plan.hosts[0].served.not_after,
                                            datetime.UTC) > NOW + 80 * DAY
+
+
+# -- tls: acme: the certificates the controller sent ---------------------------------------
+
+
+def acme_store(tmp_path: Path, bundle: Path | None) -> Certificates:
+    """A gateway with --routes-url: agent.sources writes the ACME certificates to acme_dir."""
+    (tmp_path / "certs").mkdir(exist_ok=True)
+    (tmp_path / "acme").mkdir(exist_ok=True)
+    return Certificates(tmp_path / "certs", tmp_path / "store", bundle, Clock(),
+                        acme_dir=tmp_path / "acme")
+
+
+def test_an_acme_host_is_served_what_the_controller_sent(tmp_path: Path, ca: TestCA) -> None:
+    certs = acme_store(tmp_path, ca.write_bundle(tmp_path / "roots.pem"))
+    ca.issue("a.test").write(certs.certs_dir, "a.test")  # not this one: it is not from ACME
+    routes = table(tls_route(["a.test"], acme=True))
+    plan = certs.plan(routes)
+    assert plan is not None
+    assert plan.hosts[0].served is None
+    assert plan.hosts[0].error == ("a.test.crt: no certificate from the controller's ACME "
+                                   "client yet (its /status tells why)")
+    assert status(plan)["a.test"]["acme"] is True
+    sent = ca.issue("a.test")
+    sent.write(tmp_path / "acme", "a.test")
+    plan = certs.plan(routes)
+    assert plan is not None
+    assert plan.hosts[0].error is None
+    assert plan.hosts[0].served is not None
+    assert plan.hosts[0].served.chain.read_bytes() == sent.chain_pem
+
+
+def test_an_acme_chain_is_taken_as_the_ca_sent_it(tmp_path: Path, ca: TestCA) -> None:
+    """A staging CA's root is in no bundle: the gateway has no say in what the CA issues."""
+    bundle = TestCA("Other").write_bundle(tmp_path / "roots.pem")  # without ca's root
+    certs = acme_store(tmp_path, bundle)
+    issued = ca.issue("a.test")
+    issued.write(tmp_path / "acme", "a.test")
+    issued.write(certs.certs_dir, "a.test")
+    plan = certs.plan(table(tls_route(["a.test"], acme=True)))
+    assert plan is not None
+    assert (plan.hosts[0].error, plan.hosts[0].served is not None) == (None, True)
+    # the very same files given in --certs-dir: their chain is incomplete for this bundle
+    plan = certs.plan(table(tls_route(["a.test"])))
+    assert plan is not None
+    assert plan.hosts[0].served is None
+    assert plan.hosts[0].error is not None
+    assert "the chain is incomplete" in plan.hosts[0].error
+
+
+def test_an_acme_certificate_is_checked_like_any_other(tmp_path: Path, ca: TestCA) -> None:
+    certs = acme_store(tmp_path, None)
+    ca.issue("other.test").write(tmp_path / "acme", "a.test")
+    plan = certs.plan(table(tls_route(["a.test"], acme=True)))
+    assert plan is not None
+    assert plan.hosts[0].served is None
+    assert plan.hosts[0].error is not None
+    assert "do not cover a.test" in plan.hosts[0].error
+
+
+def test_without_a_controller_there_is_no_acme_certificate(tmp_path: Path, ca: TestCA) -> None:
+    certs = store(tmp_path, ca)  # no acme_dir: the gateway has no --routes-url
+    ca.issue("a.test").write(certs.certs_dir, "a.test")
+    plan = certs.plan(table(tls_route(["a.test"], acme=True)))
+    assert plan is not None
+    assert plan.hosts[0].served is None
+    assert plan.hosts[0].error is not None
+    assert "--routes-url" in plan.hosts[0].error
