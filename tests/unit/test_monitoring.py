@@ -13,6 +13,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from agent.acme import AcmeManager, Client, HostState, Issued
+from agent.controller import ControllerMetrics
 from agent.keepalived.notify import Record, RecordsCollector
 from agent.metrics import Metrics, StubStatus
 from agent.routes import parse_routes
@@ -36,7 +38,7 @@ def sample_names(registry: CollectorRegistry) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def exported() -> set[str]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     metrics = Metrics()
     metrics.stub_status.last = StubStatus(1, 2, 3, 4, 5, 6, 7)
     routes = parse_routes({"routes": [{"hosts": ["a"], "service": "a", "port": 1}]})
@@ -44,7 +46,14 @@ def exported() -> set[str]:
     keepalived = CollectorRegistry()
     keepalived.register(RecordsCollector({("INSTANCE", "gateway"): Record("MASTER", 250.0, 1.0,
                                                                            {"MASTER": 1})}))
-    return sample_names(metrics.registry) | sample_names(keepalived) | {"up"}
+    controller = ControllerMetrics()  # with ACME on, and one host with a certificate
+    acme = AcmeManager(Client("https://acme.test/directory", tmp_path_factory.mktemp("acme"),
+                              None, None, {}), tmp_path_factory.mktemp("state"),
+                       controller.registry, renew_before=30 * 86400, retry_min=300)
+    acme.want({"a.test": frozenset({None})})
+    acme.hosts["a.test"] = HostState(issued=Issued("a.test", "", "", 0.0, 90 * 86400.0))
+    return (sample_names(metrics.registry) | sample_names(keepalived) |
+            sample_names(controller.registry) | {"up"})
 
 
 def dashboard_panels() -> Iterator[dict[str, Any]]:
