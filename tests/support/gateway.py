@@ -137,6 +137,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Upstream(ThreadingHTTPServer):
     daemon_threads = True
+    # the default backlog of 5 overflows when nginx opens many connections at once (new
+    # workers after a reload, a burst of requests): a connection then waits for the kernel's
+    # retry, a delay that belongs to the test's upstream, not to the gateway
+    request_queue_size = 128
     name: str
     hits: int
 
