@@ -168,7 +168,8 @@ def test_demo_certificate_passes_the_gateways_checks(tmp_path: Path) -> None:
 
 
 def test_docs_create_the_secrets_the_stacks_mount() -> None:
-    created = {c.split()[3] for c in docs_commands(r"docker secret create \S+ \S+")}
+    commands = docs_commands(r"(?:openssl rand -hex 32 \| )?docker secret create \S+ \S+")
+    created = {c.partition("docker secret create ")[2].split()[0] for c in commands}
     assert created == set(stack_secrets())
     names = {r["tls"][k] for r in TLS_ROUTES for k in ("certificate", "key")}
     assert names <= created, "a route names a file the gateway stack does not mount"
