@@ -34,7 +34,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,7 +49,7 @@ from prometheus_client.registry import Collector
 from agent import __version__
 from agent.files import write_atomic
 from agent.routes import Route
-from agent.tls import check_names, dns_names, parse_chain, parse_key
+from agent.tls import check_key, check_names, dns_names, parse_chain, parse_key
 
 log = logging.getLogger("agent.acme")
 
@@ -60,6 +60,7 @@ RETRY_MAX = 6 * 3600.0
 SETTLE = 5.0
 ORDER_TIMEOUT = 90.0  # seconds an order may take, challenges and finalisation included
 _ERROR_MAX = 300
+_KEY_END = "-----END PRIVATE KEY-----"
 _IDLE = 60.0  # seconds between two looks at what is due when nothing wakes the loop
 
 
@@ -69,7 +70,7 @@ class Issued:
 
     host: str
     chain: str  # PEM: the certificate, then its issuers
-    key: str  # PEM (PKCS#8)
+    key: str = field(repr=False)  # PEM (PKCS#8)
     not_before: float
     not_after: float
 
@@ -84,8 +85,7 @@ class Issued:
 def issued_from_pem(host: str, chain: str, key: str) -> Issued:
     """Check a stored or received pair (parses, key matches, names the host); ValueError."""
     certs = parse_chain(chain.encode())
-    parse_key(key.encode())
-    problems = check_names(certs[0], [host])
+    problems = check_key(certs[0], parse_key(key.encode())) + check_names(certs[0], [host])
     if problems:
         raise ValueError("; ".join(problems))
     leaf = certs[0]
@@ -300,6 +300,8 @@ class AcmeManager:
         self._gateway_has: dict[str, float] = {}  # host -> when a gateway had its route
         self.wake = asyncio.Event()
         self.ordering: str | None = None
+        self.heartbeat = time.monotonic()  # the loop's last pass
+        self.loop_errors = 0
 
     @property
     def certs_dir(self) -> Path:
@@ -314,25 +316,27 @@ class AcmeManager:
     def load(self) -> None:
         """The certificates kept from before: a restart orders nothing it already has."""
         try:
-            entries = sorted(self.certs_dir.glob("*.crt"))
+            entries = sorted(self.certs_dir.glob("*.pem"))
         except OSError:
             return
-        for crt in entries:
-            host = crt.stem
+        for pem in entries:
+            host = pem.stem
             try:
-                issued = issued_from_pem(host, crt.read_text(encoding="ascii"),
-                                         crt.with_suffix(".key").read_text(encoding="ascii"))
+                key, end, chain = pem.read_text(encoding="ascii").partition(_KEY_END)
+                issued = issued_from_pem(host, chain.lstrip(), key + end + "\n")
             except (OSError, ValueError) as exc:
-                log.warning("acme_stored_certificate_ignored file=%s error=%r", crt, str(exc))
+                log.warning("acme_stored_certificate_ignored file=%s error=%r", pem, str(exc))
                 continue
             self.hosts.setdefault(host, HostState()).issued = issued
         if self.hosts:
             log.info("acme_certificates_loaded dir=%s hosts=%d", self.certs_dir, len(self.hosts))
 
     def _store(self, issued: Issued) -> None:
+        """One file, `HOST.pem` (the key, then the chain), replaced at once: a key and a
+        certificate from two orders can never be read together."""
         self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(self.certs_dir / f"{issued.host}.key", issued.key, 0o600)
-        write_atomic(self.certs_dir / f"{issued.host}.crt", issued.chain, 0o644)
+        write_atomic(self.certs_dir / f"{issued.host}.pem",
+                     issued.key.rstrip() + "\n" + issued.chain.lstrip(), 0o600)
 
     # -- what to order -----------------------------------------------------------------------
 
@@ -391,7 +395,7 @@ class AcmeManager:
         self.ordering = host
         started = time.monotonic()
         try:
-            issued = await asyncio.to_thread(self.client.order, host)
+            issued = await asyncio.to_thread(self._order_and_keep, host)
         except Exception as exc:  # the ACME server, the network: report, retry later
             self.client.forget()
             st.failures += 1
@@ -410,36 +414,58 @@ class AcmeManager:
             False
         st.last_success_at = self.clock()
         self.metrics.orders.labels("success").inc()
-        try:  # served from memory all the same: ordering again would spend the CA's limits
-            self._store(issued)
-        except OSError as exc:
-            log.error("acme_certificate_not_saved host=%s dir=%s error=%r effect=%r", host,
-                      self.certs_dir, str(exc), "a restarted controller orders it again")
         log.info("acme_certificate_issued host=%s expires=%s renew_at=%s took=%.1fs", host,
                  _when(issued.not_after), _when(issued.renew_at(self.renew_before)),
                  time.monotonic() - started)
         self.on_change()
         return True
 
+    def _order_and_keep(self, host: str) -> Issued:
+        """In the worker thread: order, and save what the CA issued at once, so that a
+        controller stopped meanwhile has it at its next start. A certificate that cannot be
+        saved is served from memory all the same (ordering again would spend the CA's limits)."""
+        issued = self.client.order(host)
+        try:
+            self._store(issued)
+        except OSError as exc:
+            log.error("acme_certificate_not_saved host=%s dir=%s error=%r effect=%r", host,
+                      self.certs_dir, str(exc), "a restarted controller orders it again")
+        return issued
+
     async def run(self, stop: asyncio.Event) -> None:
         """Order what is due, one host at a time; sleep until the next one is due."""
         self.load()
-        self.on_change()
+        try:
+            self.on_change()  # the certificates loaded
+        except Exception:
+            log.exception("acme_loop_error")
+            self.loop_errors += 1
         while not stop.is_set():
-            self.wake.clear()
-            now = self.clock()
-            due = sorted((self.due(h, now), h) for h in self.wanted)
-            ready = [h for at, h in due if at <= now]
-            for host in ready:
-                if stop.is_set():
-                    return
-                await self.order(host)
-            if ready:
-                continue
-            sleep = min([_IDLE] + [at - now for at, _ in due])  # (inf: woken by a gateway)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, sleep)):
-                    await _first_set(self.wake, stop)
+            self.heartbeat = time.monotonic()
+            try:
+                sleep = await self._pass(stop)
+            except Exception:  # a bug must not end renewals silently: say it, go on
+                log.exception("acme_loop_error")
+                self.loop_errors += 1
+                sleep = 5.0
+            if sleep > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.05, sleep)):
+                        await _first_set(self.wake, stop)
+
+    async def _pass(self, stop: asyncio.Event) -> float:
+        """Order what is due now; how long to sleep then (0: look again at once)."""
+        self.wake.clear()
+        now = self.clock()
+        due = sorted((self.due(h, now), h) for h in self.wanted)
+        ready = [h for at, h in due if at <= now]
+        for host in ready:
+            if stop.is_set():
+                return 0.0
+            await self.order(host)
+        if ready:
+            return 0.0
+        return min([_IDLE] + [at - now for at, _ in due])  # (inf: woken by a gateway)
 
     # -- what the gateways and users get -----------------------------------------------------
 
@@ -473,7 +499,8 @@ class AcmeManager:
                     if h in self.wanted and st.last_error is not None]
         return {"directory": self.client.directory_url, "account": self.client.account_uri,
                 "renew_before_days": self.renew_before / 86400, "problems": problems,
-                "hosts": hosts}
+                "loop_seconds_ago": round(time.monotonic() - self.heartbeat, 1),
+                "loop_errors": self.loop_errors, "hosts": hosts}
 
 
 def certificate_names(chain: str) -> tuple[str, ...]:

@@ -40,7 +40,7 @@ from agent.files import FileStamp, stamp
 from agent.labels import LabelRoutes, Service, routes_from_services
 from agent.routes import ZONE_RE, RoutesError, RouteTable, load_routes
 from agent.settings import Settings, SettingsError, read_token
-from agent.sources import Merged, merge, route_item
+from agent.sources import FILE_SOURCE, Merged, merge, route_item
 
 log = logging.getLogger("agent.controller")
 
@@ -264,10 +264,12 @@ class Controller:
         routes file's (which the gateways serve too)."""
         if self.acme is None:
             return
-        routes = list(self.catalog.merged.table.routes)
-        if self.file_routes is not None:
-            routes += self.file_routes().routes
-        self.acme.want(acme_hosts(routes))
+        labelled = list(zip(self.catalog.merged.sources, self.catalog.merged.table.routes,
+                            strict=True))
+        file = self.file_routes().routes if self.file_routes is not None else ()
+        # merged as the gateways merge them: a label route they refuse gets no certificate
+        merged = merge([(FILE_SOURCE, r) for r in file] + labelled)
+        self.acme.want(acme_hosts(merged.table.routes))
 
     def _announce(self, first: bool) -> None:
         self._announcing = True
@@ -308,6 +310,7 @@ class Controller:
                 continue
             self.dirty.clear()
             delay = 0.0 if await self.sync() else min(max(1.0, delay * 2), _BACKOFF_MAX)
+            self.acme_wanted()  # the routes file may have changed too
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -241,6 +241,7 @@ class Renderer:
             "keepalive": KEEPALIVE,
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
             "acme_upstream": acme_upstream.name if acme_upstream else None,
+            "acme": any(s.acme for s in http_servers),
             "servers": http_servers,
             "https": https,
             "https_servers": https_servers,

@@ -8,6 +8,7 @@ All errors of a file are reported at once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _shown(value: object) -> str:
@@ -258,6 +267,12 @@ class Route(BaseModel):
                 raise ValueError(f"tls: acme cannot cover {', '.join(wildcards)}: a wildcard "
                                  "certificate needs a DNS-01 challenge, and the gateway answers "
                                  "HTTP-01 only; name each host, or give a certificate")
+            # a CA issues for public DNS names only: an order for anything else fails, and
+            # failures count against the account's limits, for every host
+            unfit = [h for h in self.hosts if "." not in h or "_" in h or _is_address(h)]
+            if unfit:
+                raise ValueError(f"tls: acme cannot cover {', '.join(unfit)}: an ACME CA "
+                                 "issues for DNS names with a dot and no '_' only")
         return self
 
     @property

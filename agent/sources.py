@@ -23,11 +23,12 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.files import write_atomic
@@ -137,6 +138,14 @@ def parse_document(doc: Any) -> Received:
         routes.append((source, parsed))
     certificates = _certificates(doc.get("certificates", []), errors)  # adds to `errors`
     return Received(version, tuple(routes), tuple(errors), certificates)
+
+
+def _valid_until(cert: Certificate) -> float:
+    """The notAfter of the certificate's first block (0 when it does not parse)."""
+    try:
+        return x509.load_pem_x509_certificate(cert.chain.encode()).not_valid_after_utc.timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
@@ -281,7 +290,26 @@ class ControllerRoutes:
         self.metrics.fetches.labels("error").inc()
         self.metrics.up.set(0)
 
+    def _keep_certificates(self, received: Received) -> Received:
+        """Certificates the controller stops sending are kept until they expire: a controller
+        started with ACME off, or with a lost volume, must not take HTTPS from a host whose
+        certificate is still good (agent.tls serves one only to a `tls: acme` host)."""
+        if self.received is None:
+            return received
+        sent = {c.host for c in received.certificates}
+        now = self.clock()
+        kept = tuple(c for c in self.received.certificates
+                     if c.host not in sent and _valid_until(c) > now)
+        if not kept:
+            return received
+        if received.version != self.received.version:
+            log.info("acme_certificates_kept hosts=%s reason=%r", ",".join(c.host for c in kept),
+                     "the controller no longer sends them; kept until they expire")
+        return replace(received, certificates=tuple(sorted(
+            received.certificates + kept, key=lambda c: c.host)))
+
     def _use(self, received: Received, saved: bool) -> None:
+        received = self._keep_certificates(received)
         changed = self.received != received
         if not saved:
             self._answered("changed" if changed else "unchanged")

@@ -172,10 +172,19 @@ def test_acme_certificates_are_obtained_through_either_gateway_and_served_by_bot
     # one certificate per host, the same on both gateways, verified against Pebble's root
     assert all(len(serials) == 1 for serials in seen.values()), seen
     assert seen["a.test"] != seen["b.test"]
-    # each challenge was answered through the one gateway Pebble reached for that name
+    # each challenge was answered through the one gateway Pebble reached for that name; what
+    # is not a token's shape never reaches the controller
     for gateway in gateways:
-        text = (gateway.agent.workdir / "nginx" / "conf.d" / "gateway.conf").read_text()
-        assert "location ^~ /.well-known/acme-challenge/" in text
+        def challenge(token: str, g: Gateway = gateway) -> tuple[int, str]:
+            status, body, _ = http_get(g.http_port, "a.test", "/.well-known/acme-challenge/"
+                                       + token, address=g.address)
+            return status, body
+        assert challenge("x" * 43) == (404, "no such challenge\n")  # the controller's answer
+        assert challenge("not.a.token.but.long.enough") == (
+            404, "404 not an ACME challenge token\n")
+        # nginx resolves the dots first: /routes of the service, never the controller's
+        assert challenge("../../routes") == (200, "task1")
+        assert challenge("x") == (404, "404 not an ACME challenge token\n")
     status = controller.status()["acme"]
     assert set(status["hosts"]) == {"a.test", "b.test"}
     assert all(h["certificate"] and h["failures"] == 0 for h in status["hosts"].values())

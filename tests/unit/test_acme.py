@@ -324,27 +324,32 @@ async def test_a_restarted_controller_orders_only_what_it_lacks(
     assert await manager.order("b.test")
     before = manager.certificates(None)
     kept = manager.certs_dir
-    assert (kept / "a.test.key").stat().st_mode & 0o077 == 0
-    (kept / "broken.test.crt").write_text("-----BEGIN CERTIFICATE-----\nnonsense\n")
-    (kept / "broken.test.key").write_text("nonsense")
+    assert (kept / "a.test.pem").stat().st_mode & 0o077 == 0
+    (kept / "broken.test.pem").write_text("-----BEGIN CERTIFICATE-----\nnonsense\n")
     other = ca.issue("a.test")  # a certificate filed under a host it does not name
-    other.write(kept, "wrong.test")
+    (kept / "wrong.test.pem").write_bytes(other.key_pem + other.chain_pem)
+    mixed = ca.issue("mixed.test")  # a key with another order's certificate
+    (kept / "mixed.test.pem").write_bytes(ca.issue("mixed.test").key_pem + mixed.chain_pem)
     client.orders.clear()
     restarted = make_manager(client, clock, CollectorRegistry(), tmp_path)
-    restarted.want({h: EVERYWHERE for h in ("a.test", "b.test", "broken.test", "wrong.test")})
+    restarted.want({h: EVERYWHERE for h in ("a.test", "b.test", "broken.test", "wrong.test",
+                                            "mixed.test")})
     restarted.gateway_seen()
     clock.now += SETTLE
     async with running(restarted):
-        await until(lambda: len(client.orders) == 2)
+        await until(lambda: len(client.orders) == 3)
         await asyncio.sleep(0.2)
-    assert sorted(client.orders) == ["broken.test", "wrong.test"]
+    assert sorted(client.orders) == ["broken.test", "mixed.test", "wrong.test"]
     assert [c for c in restarted.certificates(None) if c["host"] in ("a.test", "b.test")] == \
         before
 
 
 def test_status_before_any_gateway(manager: AcmeManager) -> None:
     manager.want({"a.test": EVERYWHERE})
-    assert manager.status() == {
+    status = manager.status()
+    assert status.pop("loop_seconds_ago") >= 0
+    assert status.pop("loop_errors") == 0
+    assert status == {
         "directory": "https://acme.test/directory",
         "account": None,
         "renew_before_days": 30.0,
@@ -407,3 +412,30 @@ async def test_a_certificate_that_cannot_be_saved_is_served_and_not_ordered_agai
     assert [c["host"] for c in manager.certificates(None)] == ["a.test"]
     assert manager.status()["hosts"]["a.test"]["failures"] == 0
     assert manager.due("a.test", clock.now) > clock.now + 50 * DAY
+
+
+async def test_an_unexpected_error_in_the_loop_is_said_and_the_loop_goes_on(
+        client: FakeClient, clock: Clock, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    def broken() -> None:  # the controller's callback failing, say
+        calls.append(1)
+        if len(calls) in (2, 3):  # at start, and after the first order
+            raise RuntimeError("boom")
+
+    manager = AcmeManager(client, tmp_path, CollectorRegistry(),  # type: ignore[arg-type]
+                          renew_before=RENEW_BEFORE, retry_min=RETRY_MIN, clock=clock,
+                          on_change=broken)
+    manager.want({"a.test": EVERYWHERE, "b.test": EVERYWHERE})
+    manager.gateway_seen()
+    clock.now += SETTLE
+    async with running(manager):
+        await until(lambda: manager.loop_errors == 2 and len(client.orders) == 2, 15)
+    assert "acme_loop_error" in caplog.text
+    assert sorted(client.orders) == ["a.test", "b.test"]  # it went on with the next host
+    assert manager.status()["loop_errors"] == 2
+    # what the CA issued before the error was saved, and a restart has it
+    restarted = make_manager(client, clock, CollectorRegistry(), tmp_path)
+    restarted.load()
+    assert {h for h, st in restarted.hosts.items() if st.issued} == {"a.test", "b.test"}

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.acme import AcmeManager, issued_from_pem
-from agent.controller import Controller, ControllerMetrics
+from agent.controller import Controller, ControllerMetrics, FileRoutes
 from agent.labels import Service
 from agent.routes import parse_routes
 from agent.sources import ControllerRoutes, SourceMetrics
@@ -490,3 +490,20 @@ async def test_a_gateway_of_one_zone_does_not_make_the_hosts_of_another_orderabl
         hosts = (await (await client.get("/status")).json())["acme"]["hosts"]
         assert hosts["www.example.com"]["next_order"] != "when a gateway has the route"
         assert hosts["web.example.com"]["next_order"] == "when a gateway has the route"
+
+
+async def test_a_label_route_the_gateways_refuse_gets_no_certificate(docker: Docker,
+                                                                    tmp_path: Path) -> None:
+    """The routes file serves shop.example.com with a certificate of its own; a label asks for
+    ACME on the same host: the gateways refuse the label route (another `tls`), so ordering a
+    certificate for it would fail validation for ever."""
+    routes_file = tmp_path / "routes.yml"
+    routes_file.write_text("routes:\n  - {hosts: [web.example.com], service: web, port: 80, "
+                           "tls: true}\n")
+    docker.put("shop_web", {**ACME_WEB, "gateway.path": "/api"})
+    docker.put("dmz_www", ACME_DMZ)
+    async with acme_controller(docker, tmp_path) as (c, _, _):
+        c.file_routes = FileRoutes(routes_file)
+        c.acme_wanted()
+        assert c.acme is not None
+        assert sorted(c.acme.wanted) == ["www.example.com"]

@@ -197,6 +197,14 @@ def test_acme_cannot_cover_a_wildcard_host() -> None:
     parse_routes(one(hosts=["*.example.com"], tls=True))
 
 
+@pytest.mark.parametrize("host", ["localhost", "10.0.0.1", "shop_1.example.com"])
+def test_acme_covers_only_names_a_ca_issues_for(host: str) -> None:
+    errors = errors_of(one(hosts=["ok.example.com", host], tls="acme"))
+    assert errors == [f"routes[0]: tls: acme cannot cover {host}: an ACME CA issues for DNS "
+                      "names with a dot and no '_' only"]
+    parse_routes(one(hosts=[host], tls=True))  # with a certificate of one's own: fine
+
+
 @pytest.mark.parametrize("tls", ["ACME", "yes", "letsencrypt", {"acme": "true"}, {"acme": 1}])
 def test_other_values_for_acme_are_refused_naming_the_place(tls: object) -> None:
     assert errors_of(one(tls=tls))[0].startswith("routes[0].tls")

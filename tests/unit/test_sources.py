@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -245,20 +246,28 @@ async def test_certificates_received_are_written_where_tls_reads_them(
     assert (acme / "b.example.com.key").stat().st_mode & 0o777 == 0o600
     assert acme.stat().st_mode & 0o077 == 0
     kept = (acme / "a.example.com.crt").stat(), (acme / "a.example.com.key").stat()
-    # b no longer sent, c new, a unchanged: a's files are left alone
+    # c new, a unchanged: a's files are left alone; b no longer sent (a controller with ACME
+    # off, or that lost its volume): kept while it is valid, HTTPS must not go with it
     c = cert_item(ca, "c.example.com")
     controller.document = {**doc(), "version": "v2", "certificates": [a, c]}
     assert await fetch(source)
     assert sorted(p.name for p in acme.iterdir()) == [
-        "a.example.com.crt", "a.example.com.key", "c.example.com.crt", "c.example.com.key"]
+        "a.example.com.crt", "a.example.com.key", "b.example.com.crt", "b.example.com.key",
+        "c.example.com.crt", "c.example.com.key"]
     for before, path in zip(kept, ("a.example.com.crt", "a.example.com.key"), strict=True):
         after = (acme / path).stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert source.status()["certificates"] == ["a.example.com", "c.example.com"]
-    # none sent any more: none kept
-    controller.document = {**doc(), "version": "v3", "certificates": []}
+    assert source.status()["certificates"] == ["a.example.com", "b.example.com",
+                                               "c.example.com"]
+    # the document without certificates at all (ACME off): every one kept
+    controller.document = {**doc(), "version": "v3"}
     assert await fetch(source)
-    assert list(acme.iterdir()) == []
+    assert len(list(acme.iterdir())) == 6
+    # once expired, a certificate no longer sent goes
+    source.clock = lambda: time.time() + 400 * 86400
+    controller.document = {**doc(), "version": "v4", "certificates": [a]}
+    assert await fetch(source)
+    assert sorted(p.name for p in acme.iterdir()) == ["a.example.com.crt", "a.example.com.key"]
 
 
 async def test_without_the_token_nothing_is_received(controller: FakeController,
