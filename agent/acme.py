@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import json
 import logging
 import re
 import time
@@ -330,6 +331,35 @@ class AcmeManager:
             self.hosts.setdefault(host, HostState()).issued = issued
         if self.hosts:
             log.info("acme_certificates_loaded dir=%s hosts=%d", self.certs_dir, len(self.hosts))
+        self._load_backoff()
+
+    @property
+    def backoff_file(self) -> Path:
+        return self.certs_dir / "backoff.json"
+
+    def _load_backoff(self) -> None:
+        """Failing hosts keep their backoff across restarts: a controller restarted often
+        must not retry them sooner than it says (each failure counts at the CA)."""
+        try:
+            doc = json.loads(self.backoff_file.read_text(encoding="utf-8"))
+            for host, item in doc.items():
+                st = self.hosts.setdefault(str(host), HostState())
+                st.failures = int(item["failures"])
+                st.next_try = float(item["next_try"])
+                st.last_error = str(item["last_error"])[:_ERROR_MAX]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("acme_backoff_unreadable file=%s error=%r", self.backoff_file, str(exc))
+
+    def _save_backoff(self) -> None:
+        doc = {h: {"failures": st.failures, "next_try": st.next_try, "last_error": st.last_error}
+               for h, st in sorted(self.hosts.items()) if st.failures}
+        try:
+            self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self.backoff_file, json.dumps(doc, indent=1), 0o600)
+        except OSError as exc:
+            log.warning("acme_backoff_not_saved file=%s error=%r", self.backoff_file, str(exc))
 
     def _store(self, issued: Issued) -> None:
         """One file, `HOST.pem` (the key, then the chain), replaced at once: a key and a
@@ -406,6 +436,7 @@ class AcmeManager:
             log.error("acme_order_failed host=%s error=%r failures=%d retry_in=%.0fs "
                       "serving=%s", host, st.last_error, st.failures, delay,
                       "previous certificate" if st.issued else "no certificate")
+            self._save_backoff()
             return False
         finally:
             self.ordering = None
@@ -414,6 +445,7 @@ class AcmeManager:
             False
         st.last_success_at = self.clock()
         self.metrics.orders.labels("success").inc()
+        self._save_backoff()
         log.info("acme_certificate_issued host=%s expires=%s renew_at=%s took=%.1fs", host,
                  _when(issued.not_after), _when(issued.renew_at(self.renew_before)),
                  time.monotonic() - started)

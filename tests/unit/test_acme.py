@@ -218,6 +218,31 @@ async def test_a_failure_is_retried_later_doubling_up_to_six_hours(
     assert manager.certificates(None) == []
 
 
+async def test_the_backoff_outlives_a_restart(manager: AcmeManager, client: FakeClient,
+                                              clock: Clock, tmp_path: Path) -> None:
+    manager.want({"a.test": EVERYWHERE, "b.test": EVERYWHERE})
+    manager.gateway_seen()
+    client.failing = RuntimeError("the CA is away")
+    for _ in range(3):
+        assert not await manager.order("a.test")
+    retry_at = manager.due("a.test", clock.now)
+    assert retry_at == clock.now + 4 * RETRY_MIN
+    restarted = make_manager(client, clock, CollectorRegistry(), tmp_path)
+    restarted.load()
+    restarted.want({"a.test": EVERYWHERE, "b.test": EVERYWHERE})
+    restarted.gateway_seen()
+    assert restarted.due("a.test", clock.now) == retry_at  # not at once
+    assert restarted.due("b.test", clock.now) == clock.now + SETTLE
+    assert restarted.status()["hosts"]["a.test"]["failures"] == 3
+    # a success clears it, for the next restart too
+    client.failing = None
+    assert await restarted.order("a.test")
+    again = make_manager(client, clock, CollectorRegistry(), tmp_path)
+    again.load()
+    assert again.hosts["a.test"].failures == 0
+    assert again.hosts["a.test"].issued is not None
+
+
 async def test_success_resets_the_failures_and_tells_the_controller(
         manager: AcmeManager, client: FakeClient, clock: Clock,
         registry: CollectorRegistry, changes: list[float]) -> None:
