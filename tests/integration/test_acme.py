@@ -140,7 +140,7 @@ def acme_world(tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstrea
                          workdir=tmp_path / f"gateway-{name}")
         gateways.append(Gateway(agent, address, http_port, https_port))
     world: dict[str, Any] = {
-        "pebble": pebble, "docker": docker, "controller": controller,
+        "pebble": pebble, "pebble_dns": pebble_dns, "docker": docker, "controller": controller,
         "controller_args": controller_args, "controller_dir": controller_dir,
         "gateways": gateways}
     try:
@@ -240,6 +240,19 @@ def test_acme_failures_are_reported_and_what_serves_keeps_serving(
                          "the gateway to know c.test")
         assert tls["serving"] is False
         assert "no certificate from the controller's ACME client yet" in tls["error"]
+        assert {h: gateway.serves(h, root) for h in serials} == serials
+
+    # Pebble refuses a renewal (a.test now resolves where no gateway is): reported, and the
+    # current certificate keeps serving
+    acme_world["pebble_dns"].set("a.test", [NOBODY])
+    assert controller_call(controller, "/acme/renew?host=a.test", "POST")[0] == 202
+    wait_until(lambda: controller.status()["acme"]["hosts"]["a.test"]["failures"] == 1, 30,
+               "the renewal to be refused", interval=0.2)
+    refused = controller.status()["acme"]["hosts"]["a.test"]
+    assert refused["certificate"] is True
+    assert refused["last_error"].startswith("validation failed: a.test:"), refused
+    assert controller_metrics(controller)['gateway_controller_acme_failures{host="a.test"}'] == 1
+    for gateway in gateways:
         assert {h: gateway.serves(h, root) for h in serials} == serials
 
     # Pebble down: a renewal fails, is reported, and the current certificates keep serving
