@@ -103,8 +103,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # settings only `gateway-agent controller` reads; `run --help` does not list them
 CONTROLLER_ONLY = ("controller_listen", "docker_url", "label_prefix", "resync_interval",
-                   "new_service_wait", "acme_directory", "acme_email", "acme_ca_bundle",
-                   "acme_state_dir", "acme_renew_before", "acme_retry_min")
+                   "new_service_wait", "zone_token_files", "acme_directory", "acme_email",
+                   "acme_ca_bundle", "acme_state_dir", "acme_renew_before", "acme_retry_min")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -147,9 +147,11 @@ class Controller:
                  clock: Callable[[], float] = time.time,
                  list_running: ListRunning | None = None,
                  new_service_wait: float = 0.0, token: str | None = None,
+                 zone_tokens: tuple[tuple[str, str], ...] = (),
                  acme: AcmeManager | None = None,
                  file_routes: Callable[[], RouteTable] | None = None) -> None:
         self.token = token  # the gateways' Authorization: Bearer (--controller-token-file)
+        self.zone_tokens = zone_tokens  # (zone, token): that zone's routes only
         self.acme = acme
         self.file_routes = file_routes  # the routes file's routes: ACME orders for them too
         self.challenges: dict[str, str] = acme.client.challenges if acme else {}
@@ -316,6 +318,8 @@ class Controller:
 
     async def routes(self, request: web.Request) -> web.StreamResponse:
         zone = request.query.get("zone") or None
+        if len(request.query.getall("zone", [])) > 1:
+            raise web.HTTPBadRequest(text="zone: give one\n")
         if zone is not None and not ZONE_RE.fullmatch(zone):
             raise web.HTTPBadRequest(text="zone: not a valid zone name\n")
         try:
@@ -351,10 +355,15 @@ class Controller:
         return response
 
     def authorized(self, request: web.Request) -> bool:
+        """The token of every zone; or a zone's token, for that zone's routes only."""
         if self.token is None:
             return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+        given = request.headers.get("Authorization", "").encode()
+        allowed = hmac.compare_digest(given, f"Bearer {self.token}".encode())
+        for zone, token in self.zone_tokens:  # each compared: the time tells nothing
+            if hmac.compare_digest(given, f"Bearer {token}".encode()):
+                allowed |= request.path == "/routes" and request.query.get("zone") == zone
+        return allowed
 
     async def challenge(self, request: web.Request) -> web.Response:
         """HTTP-01: the key authorization of a pending challenge, which a gateway forwards."""
@@ -428,12 +437,14 @@ class Controller:
 
         @web.middleware
         async def token(request: web.Request, handler: Any) -> web.StreamResponse:
-            """/routes (with the ACME keys) and /acme/ only for those who show the token."""
+            """/routes (with the ACME keys) and /acme/ only for those who show the token; a
+            zone's token (--zone-token-files) gets that zone's routes and nothing else."""
             if (request.path == "/routes" or request.path.startswith("/acme/")) and \
                     not self.authorized(request):
                 self.metrics.unauthorized.inc()
-                raise web.HTTPUnauthorized(text="a token is needed (--controller-token-file)\n",
-                                           headers={"WWW-Authenticate": "Bearer"})
+                raise web.HTTPUnauthorized(
+                    text="a token is needed (--controller-token-file), or a zone's token with "
+                    "?zone= of that zone\n", headers={"WWW-Authenticate": "Bearer"})
             response: web.StreamResponse = await handler(request)
             return response
 
@@ -575,6 +586,9 @@ async def run(settings: Settings) -> int:
     token = None
     if settings.controller_token_file is not None:
         token = read_token(settings.controller_token_file)
+    elif settings.zone_token_files:
+        raise SettingsError("--zone-token-files needs --controller-token-file (the token of "
+                            "every zone)")
     elif settings.acme_directory is not None:
         raise SettingsError("--acme-directory needs --controller-token-file: the controller "
                             "sends the certificates' private keys to the gateways that show "
@@ -585,7 +599,10 @@ async def run(settings: Settings) -> int:
     controller = Controller(docker_api.list_services, metrics, prefix=settings.label_prefix,
                             resync_interval=settings.resync_interval,
                             list_running=docker_api.list_running,
-                            new_service_wait=settings.new_service_wait, token=token, acme=acme,
+                            new_service_wait=settings.new_service_wait, token=token,
+                            zone_tokens=tuple((z, read_token(f, "--zone-token-files"))
+                                              for z, f in settings.zone_token_files),
+                            acme=acme,
                             file_routes=FileRoutes(settings.routes)
                             if settings.routes and acme is not None else None)
     stop = asyncio.Event()

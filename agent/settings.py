@@ -127,17 +127,28 @@ def email(value: str) -> str:
     return text
 
 
-def read_token(path: Path) -> str:
-    """The shared token: one line of at least 16 printable characters (a docker secret)."""
+def read_token(path: Path, flag: str = "--controller-token-file") -> str:
+    """A token: one line of at least 16 printable characters (a docker secret)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"--controller-token-file: cannot read {path}: {exc}") from None
+        raise SettingsError(f"{flag}: cannot read {path}: {exc}") from None
     if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
-        raise SettingsError(f"--controller-token-file: {path}: the token must be one line of "
+        raise SettingsError(f"{flag}: {path}: the token must be one line of "
                             "at least 16 printable characters without spaces "
                             "(e.g. `openssl rand -hex 32`)")
     return token
+
+
+def zone_token_files(value: str) -> tuple[tuple[str, Path], ...]:
+    """`dmz=/run/secrets/token-dmz,edge=/run/secrets/token-edge`."""
+    out = []
+    for item in (part.strip() for part in value.split(",") if part.strip()):
+        zone, eq, path = item.partition("=")
+        if not eq or not path:
+            raise ValueError(f"{item!r}: expected ZONE=FILE")
+        out.append((zone_name(zone), Path(path)))
+    return tuple(out)
 
 
 def label_prefix(value: str) -> str:
@@ -196,6 +207,7 @@ class Settings:
     resync_interval: float = 60.0
     new_service_wait: float = 10.0
     controller_token_file: Path | None = None  # shared by the controller and the gateways
+    zone_token_files: tuple[tuple[str, Path], ...] = ()  # controller: a zone's own token
     acme_directory: str | None = None  # the ACME server's directory URL: ACME is on
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None  # trust for the ACME server's own HTTPS (a test CA)
@@ -258,6 +270,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--controller-token-file", "controller_token_file", Path,
      "a file (a docker secret) holding the token the gateways show the controller; needed "
      "for ACME, whose private keys the controller sends to the gateways only"),
+    ("--zone-token-files", "zone_token_files", zone_token_files,
+     "controller: ZONE=FILE,...: a token that gets only that zone's routes (and its ACME "
+     "certificates), for the gateways of that zone (--zone); the token of "
+     "--controller-token-file gets every zone"),
     ("--acme-directory", "acme_directory", http_url,
      "controller: an ACME server's directory URL; turns ACME on for routes with `tls: acme` "
      "(docs/acme.md: Let's Encrypt staging and production)"),

@@ -21,8 +21,8 @@ LOCAL_BASE_IMAGE=swarm-gateway/nginx-python:bookworm
 APPS=(controller manager intra dmz)
 certs=$state/certs
 # the secrets stacks/gateway.yml names (external): the certificate then the CA's, the key, and the
-# token the gateways show the controller
-SECRETS=(demo_crt demo_key gateway-controller-token)
+# tokens the gateways show the controller (every zone's, and the dmz's)
+SECRETS=(demo_crt demo_key gateway-controller-token gateway-controller-token-dmz)
 
 log() { echo "demo: $*" >&2; }
 
@@ -128,6 +128,7 @@ demo_secrets() {
   docker secret create demo_crt "$certs/demo.crt" >/dev/null
   docker secret create demo_key "$certs/demo.key" >/dev/null
   openssl rand -hex 32 | docker secret create gateway-controller-token - >/dev/null
+  openssl rand -hex 32 | docker secret create gateway-controller-token-dmz - >/dev/null
   printf '%s\n' "${SECRETS[@]}" >"$state/secrets"
   log "made a demo CA and a certificate for *.example.com in $certs, and the secrets ${SECRETS[*]}"
 }

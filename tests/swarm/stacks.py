@@ -79,8 +79,8 @@ def create_secrets(certs: Path) -> None:
     run(*make.split(), str(certs))
     for command in docs_commands(rf"docker secret create \S+ {re.escape(DEMO_CERTS)}/\S+"):
         run(*command.replace(f"{DEMO_CERTS}/", f"{certs}/").split())
-    (token,) = docs_commands(r"openssl rand -hex 32 \| docker secret create \S+ -")
-    run("sh", "-c", token)
+    for token in docs_commands(r"openssl rand -hex 32 \| docker secret create \S+ -"):
+        run("sh", "-c", token)
 
 
 class Swarm:

@@ -225,6 +225,26 @@ def test_stopping_the_controller_leaves_the_gateways_serving(labelled: Swarm) ->
              f"{time.monotonic() - started:.1f} s later")
 
 
+def test_the_dmz_gateway_s_token_gets_the_dmz_routes_only(labelled: Swarm) -> None:
+    """From inside a dmz gateway, as an intruder there would try: its token gets the dmz routes,
+    nothing else; the every-zone token is not in its container."""
+    probe = ("import os, sys, urllib.request, urllib.error\n"
+             "token = open('/run/secrets/gateway-controller-token-dmz').read().strip()\n"
+             "print(os.path.exists('/run/secrets/gateway-controller-token'))\n"
+             "for query in sys.argv[1:]:\n"
+             "    req = urllib.request.Request('http://gateway-controller:9280/routes' + query,\n"
+             "        headers={'Authorization': 'Bearer ' + token})\n"
+             "    try:\n"
+             "        print(urllib.request.urlopen(req, timeout=5).status)\n"
+             "    except urllib.error.HTTPError as e:\n"
+             "        print(e.code)\n")
+    (container,) = run("docker", "ps", "-q", "--filter",
+                       "label=com.docker.swarm.service.name=gateway_dmz-gateway").split()
+    out = run("docker", "exec", container, "python3", "-c", probe, "?zone=dmz", "",
+              "?zone=intra").split()
+    assert out == ["False", "200", "401", "401"]
+
+
 def test_the_docker_proxy_passes_only_reads(labelled: Swarm) -> None:
     probe = ("import http.client, sys\n"
              "for line in sys.argv[1:]:\n"

@@ -382,6 +382,30 @@ ACME_WEB = {**WEB, "gateway.tls": "acme"}
 ACME_DMZ = {**DMZ, "gateway.tls": "acme"}
 
 
+async def test_a_zone_token_gets_that_zone_s_routes_and_nothing_else(docker: Docker) -> None:
+    """The dmz gateways hold a token of their own: a dmz node taken over cannot read the
+    routes (nor the ACME keys) of the other zones, nor force renewals."""
+    docker.put("shop_web", WEB)
+    docker.put("dmz_www", DMZ)
+    dmz_token = "fedcba9876543210fedcba9876543210"
+    dmz = {"Authorization": f"Bearer {dmz_token}"}
+    c = Controller(docker.list_services, ControllerMetrics(), token=TOKEN,
+                   zone_tokens=(("dmz", dmz_token),))
+    await c.sync()
+    async with TestClient(TestServer(c.app())) as client:
+        status, body, _ = await get(client, "?zone=dmz", **dmz)
+        assert status == 200
+        assert body is not None
+        assert [i["source"] for i in body["routes"]] == ["service dmz_www"]
+        for query in ("", "?zone=intra", "?zone=dmz&zone=intra", "?zone=intra&zone=dmz",
+                      "?zone=DMZ"):
+            assert (await get(client, query, **dmz))[0] in (400, 401), query
+        assert (await client.post("/acme/renew", headers=dmz)).status == 401
+        # the token of every zone still gets every zone
+        assert (await get(client, "?zone=dmz", **AUTH))[0] == 200
+        assert (await get(client, "", **AUTH))[0] == 200
+
+
 async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
     docker.put("shop_web", WEB)
     c = Controller(docker.list_services, ControllerMetrics(), token=TOKEN)
