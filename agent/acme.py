@@ -48,6 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.aio import first
 from agent.files import write_atomic
 from agent.routes import Route
 from agent.tls import check_key, check_names, dns_names, parse_chain, parse_key
@@ -483,7 +484,7 @@ class AcmeManager:
             if sleep > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.05, sleep)):
-                        await _first_set(self.wake, stop)
+                        await first(self.wake.wait(), stop.wait())
 
     async def _pass(self, stop: asyncio.Event) -> float:
         """Order what is due now; how long to sleep then (0: look again at once)."""
@@ -552,11 +553,3 @@ def _iso(moment: float | None) -> str | None:
         return None
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
 
-
-async def _first_set(*events: asyncio.Event) -> None:
-    tasks = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

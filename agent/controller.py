@@ -36,6 +36,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
 from agent.acme import AcmeManager, Client, acme_hosts
+from agent.aio import first
 from agent.files import FileStamp, stamp
 from agent.labels import LabelRoutes, Service, routes_from_services
 from agent.routes import ZONE_RE, RoutesError, RouteTable, load_routes
@@ -302,7 +303,7 @@ class Controller:
             timeout = delay or (TASK_POLL if self._held else self.resync_interval)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await _first(self.dirty.wait(), stop.wait())
+                    await first(self.dirty.wait(), stop.wait())
             self.heartbeat = time.monotonic()
             if stop.is_set():
                 return
@@ -462,17 +463,6 @@ def _etag(value: str | None) -> str | None:
     if not value:
         return None
     return value.strip().removeprefix("W/").strip('"') or None
-
-
-async def _first(*waits: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 class Docker:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from agent.files import FileStamp, stamp, write_atomic
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
-from agent.routes import RoutesError, RouteTable, Target, load_routes
+from agent.routes import RoutesError, RouteTable, Target, is_address, load_routes
 from agent.settings import Settings
 from agent.sources import ControllerRoutes
 from agent.tls import Certificates, TlsPlan
@@ -52,14 +51,6 @@ class State:
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
@@ -168,7 +159,7 @@ class Reconciler:
         table = self.state.routes
         names = [t.lookup_name for t in table.targets]
         acme = self.acme_controller
-        if acme is not None and not _is_address(acme[0].name):
+        if acme is not None and not is_address(acme[0].name):
             names.append(acme[0].lookup_name)
         snapshot = await self.discovery.resolve(names, self.state.snapshot)
         self.state.snapshot = snapshot

@@ -45,7 +45,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
-def _is_address(name: str) -> bool:
+def is_address(name: str) -> bool:
+    """An IP address (v4 or v6) rather than a name."""
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -269,7 +270,7 @@ class Route(BaseModel):
                                  "HTTP-01 only; name each host, or give a certificate")
             # a CA issues for public DNS names only: an order for anything else fails, and
             # failures count against the account's limits, for every host
-            unfit = [h for h in self.hosts if "." not in h or "_" in h or _is_address(h)]
+            unfit = [h for h in self.hosts if "." not in h or "_" in h or is_address(h)]
             if unfit:
                 raise ValueError(f"tls: acme cannot cover {', '.join(unfit)}: an ACME CA "
                                  "issues for DNS names with a dot and no '_' only")

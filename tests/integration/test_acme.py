@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, wait_until
 from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
-from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
+from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, metric_samples
 from tests.support.pebble import Pebble
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -92,12 +91,7 @@ def controller_call(controller: ControllerProcess, path: str, method: str = "GET
 
 
 def controller_metrics(controller: ControllerProcess) -> dict[str, float]:
-    out = {}
-    for family in text_string_to_metric_families(controller.get("/metrics")[1]):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
+    return metric_samples(controller.get("/metrics")[1])
 
 
 @pytest.fixture

@@ -46,6 +46,16 @@ def http_get(port: int, host: str | None = "x", path: str = "/", address: str = 
         conn.close()
 
 
+def metric_samples(text: str) -> dict[str, float]:
+    """Every sample of an exposition, parsed by prometheus_client: {'name{k="v"}': value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 class Dnsmasq:
     """A real DNS server answering from a hosts file; `set()` changes answers, then waits."""
 
@@ -235,12 +245,7 @@ class Agent:
         """Every sample of /metrics, parsed by prometheus_client: {'name{k="v"}': value}."""
         code, body = self.admin("/metrics")
         assert code == 200, body
-        out = {}
-        for family in text_string_to_metric_families(body):
-            for s in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return out
+        return metric_samples(body)
 
     def backends_seen(self, host: str, requests: int = 30) -> set[str]:
         """Which upstream names answer `requests` requests for `host`."""
