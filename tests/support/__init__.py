@@ -6,6 +6,7 @@ CI installs everything, so a missing program there is a defect, not a reason to 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -70,3 +71,13 @@ def wait_until(
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+async def until(probe: Callable[[], object], within: float = 5.0) -> None:
+    """wait_until for a test running in the event loop: it sleeps with asyncio, so the loop
+    (the code under test) runs meanwhile."""
+    deadline = time.monotonic() + within
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)

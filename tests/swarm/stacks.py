@@ -164,11 +164,12 @@ class Swarm:
             raise
 
     def https_get(self, host: str, port: int = HTTPS_PORT, path: str = "/",
-                  sni: str | None = None) -> tuple[int, str, bytes]:
+                  sni: str | None = None, context: ssl.SSLContext | None = None,
+                  ) -> tuple[int, str, bytes]:
         """GET over a new TLS connection made for `sni` (default: `host`) by a client that
-        trusts the demo CA only: (status, body, the certificate served, DER)."""
+        trusts the demo CA only (or `context`): (status, body, the certificate served, DER)."""
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.sock = tls = self.tls_connect(sni or host, port)
+        conn.sock = tls = self.tls_connect(sni or host, port, context)
         try:
             conn.putrequest("GET", path, skip_host=True)
             conn.putheader("Host", host)

@@ -9,9 +9,7 @@ updated with the settings and rolled back at the end; the service made here is r
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from cryptography import x509
 from tests.support import wait_until
 from tests.support.gateway import Dnsmasq
 from tests.support.pebble import Pebble
-from tests.swarm.stacks import GATEWAY_PORT, HTTPS_PORT, IMAGES, Swarm, measured, run
+from tests.swarm.stacks import GATEWAY_PORT, IMAGES, Swarm, measured, run
 
 pytestmark = pytest.mark.swarm
 
@@ -51,33 +49,16 @@ def controller_call(path: str, method: str = "GET") -> tuple[int, Any]:
     return int(status), json.loads(body) if body.strip().startswith("{") else body
 
 
-def https_get(host: str, root_pem: str) -> tuple[int, str, int]:
-    """GET over TLS to this node's published 443, verified against Pebble's root only."""
-    ctx = ssl.create_default_context(cadata=root_pem)
-    sock = socket.create_connection(("127.0.0.1", HTTPS_PORT), timeout=5)
-    conn = http.client.HTTPConnection("127.0.0.1", HTTPS_PORT, timeout=5)
-    try:
-        conn.sock = tls = ctx.wrap_socket(sock, server_hostname=host)
-        conn.putrequest("GET", "/", skip_host=True)
-        conn.putheader("Host", host)
-        conn.endheaders()
-        resp = conn.getresponse()
-        body = resp.read().decode(errors="replace").strip()
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return resp.status, body, x509.load_der_x509_certificate(der).serial_number
-    finally:
-        conn.close()
-        sock.close()
-
-
 def serving(swarm: Swarm, root_pem: str) -> int | None:
     """The serial of the certificate HOST is served with, when a task of SERVICE answers."""
     try:
-        status, body, serial = https_get(HOST, root_pem)
+        status, body, der = swarm.https_get(
+            HOST, context=ssl.create_default_context(cadata=root_pem))
     except (OSError, ssl.SSLError):
         return None
-    return serial if status == 200 and body in swarm.containers(SERVICE) else None
+    if status != 200 or body not in swarm.containers(SERVICE):
+        return None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 @pytest.fixture(scope="module")

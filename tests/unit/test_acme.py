@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from agent.acme import (
     issued_from_pem,
 )
 from agent.routes import parse_routes
+from tests.support import until
 from tests.support.tlsca import NOW, TestCA
 
 DAY = 86400.0
@@ -113,14 +114,6 @@ def make_manager(client: FakeClient, clock: Clock, registry: CollectorRegistry,
 
 def iso(moment: float) -> str:
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
-
-
-async def until(probe: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

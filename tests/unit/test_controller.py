@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from agent.controller import Controller, ControllerMetrics, FileRoutes
 from agent.labels import Service
 from agent.routes import parse_routes
 from agent.sources import ControllerRoutes, SourceMetrics
+from tests.support import until
 from tests.support.tlsca import TestCA
 from tests.unit.test_acme import Clock, FakeClient
 
@@ -281,14 +282,6 @@ def routes_client(url: str, state_dir: Path | None = None, zone: str | None = No
                               state_dir=state_dir,
                               on_change=lambda: changes.append(time.monotonic()))
     yield source, changes, registry
-
-
-async def until(probe: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
 
 
 FILE = parse_routes({"routes": [
