@@ -21,7 +21,11 @@ cd "$(dirname "$0")/.."
 
 GATEWAY_IMAGE=${GATEWAY_IMAGE:-swarm-gateway/http-gateway:latest}
 APP_IMAGE=${APP_IMAGE:-swarm-gateway/hostname-httpd:latest}
-BASE_IMAGE=${BASE_IMAGE:-swarm-gateway/nginx-python:bookworm}
+# nginx 1.27.4 or newer, from Debian sid (scripts/nginx-sid.py), in the local base; its version
+# is in the tag, so that a base cached with another nginx is not reused
+NGINX_ROOT=${NGINX_ROOT:-/opt/swarm-gateway/nginx}
+nginx_version() { python3 scripts/nginx-sid.py version --root "$NGINX_ROOT"; }
+BASE_IMAGE=${BASE_IMAGE:-swarm-gateway/nginx-python:bookworm-nginx$(nginx_version || echo none)}
 # the Dockerfile's default base; pulling it is also how we find out whether a registry answers
 OFFICIAL_BASE=$(sed -n 's/^ARG BASE_IMAGE=//p' images/http-gateway/Dockerfile)
 
@@ -56,11 +60,17 @@ build_base() {
   local rootfs mirror
   rootfs=$(tmp)/rootfs
   mirror=$(debian_mirror)
-  log "debootstrap bookworm minbase with nginx-light and python3 (about a minute)"
+  log "debootstrap bookworm minbase with python3, and nginx $(nginx_version) (about a minute)"
   debootstrap --variant=minbase \
     --include=nginx-light,python3,python3-venv,ca-certificates \
     bookworm "$rootfs" "$mirror" >"$(dirname "$rootfs")/debootstrap.log" 2>&1 \
     || { tail -20 "$(dirname "$rootfs")/debootstrap.log" >&2; exit 1; }
+  # the nginx that runs: sid's, at the same path as on the host (its loader and libraries are
+  # found by absolute path), replacing bookworm's 1.22
+  [ -x "$NGINX_ROOT/usr/sbin/nginx" ] || { log "no nginx in $NGINX_ROOT (scripts/setup.sh installs it)"; exit 1; }
+  mkdir -p "$rootfs$(dirname "$NGINX_ROOT")"
+  cp -a "$NGINX_ROOT" "$rootfs$NGINX_ROOT"
+  ln -sf "$NGINX_ROOT/usr/sbin/nginx" "$rootfs/usr/sbin/nginx"
   # apt sources name the mirror this machine uses: they stay out of the image, as do caches
   rm -rf "$rootfs"/etc/apt/sources.list "$rootfs"/etc/apt/sources.list.d/* \
     "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \

@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-test}
-base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
+# nginx-light for its configuration layout; the nginx that runs comes from scripts/nginx-sid.py
+# (patchelf, gpgv and xz-utils are what that script needs)
+base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps patchelf gpgv xz-utils
+           debian-archive-keyring)
 swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
 case "$what" in
   test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble); extras=test ;;  # pebble: ACME
@@ -34,6 +37,16 @@ if ((${#missing[@]})); then
   else
     echo "setup: missing Debian packages ${missing[*]} (run as root to install them)" >&2
   fi
+fi
+
+# nginx 1.27.4 or newer (bookworm has 1.22): Debian sid's binary packages in a private root,
+# their signatures and checksums checked, cached outside the clone; `nginx` on PATH is that one
+if [ "$(id -u)" -eq 0 ]; then
+  python3 scripts/nginx-sid.py install
+  hash -r
+  echo "setup: $(nginx -v 2>&1)"
+else
+  echo "setup: not root: using the nginx on PATH ($(nginx -v 2>&1 || echo none))" >&2
 fi
 
 # keepalived runs check scripts as this user under enable_script_security (keepalived/example)
