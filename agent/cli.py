@@ -67,8 +67,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from agent.daemon import make_renderer
     from agent.discovery import Endpoints, sort_addresses
-    from agent.render import Renderer, RenderError
+    from agent.render import RenderError
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s.routes, s.zone)
@@ -91,8 +92,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"{args.endpoints}: {exc}", file=sys.stderr)
             return 1
-    renderer = Renderer(listen=str(s.listen), status_listen=str(s.status_listen),
-                        trusted_proxies=[str(n) for n in s.trusted_proxies], template=s.template)
+    renderer = make_renderer(s)
     try:
         sys.stdout.write(renderer.render(table, snapshot).text)
     except RenderError as exc:
@@ -123,7 +123,9 @@ def parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
     settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
-                                         "trusted_proxies", "template"))
+                                         "trusted_proxies", "template", "nameserver",
+                                         "upstream_mode", "https_listen",
+                                         "https_redirect_port"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

@@ -20,7 +20,7 @@ from agent import accesslog
 from agent.admin import make_app
 from agent.discovery import Discovery
 from agent.metrics import Metrics
-from agent.nginx import ApplyError, Nginx, NginxDied
+from agent.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
 from agent.settings import Settings, read_token
@@ -47,6 +47,17 @@ def control_name(settings: Settings) -> str | None:
     return own.reverse_pointer
 
 
+def make_renderer(settings: Settings, access_log: str | None = None) -> Renderer:
+    """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
+    return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
+                    trusted_proxies=[str(n) for n in settings.trusted_proxies],
+                    template=settings.template, access_log=access_log,
+                    https_listen=str(settings.https_listen),
+                    https_redirect_port=settings.https_redirect_port,
+                    resolver=str(settings.nameserver),
+                    resolve=settings.upstream_mode == "resolve")
+
+
 def build(settings: Settings, access_log: str | None = None,
           ) -> tuple[Reconciler, Nginx, Metrics, State]:
     """The parts of the daemon; `access_log` is where nginx sends its records (HOST:PORT)."""
@@ -54,13 +65,10 @@ def build(settings: Settings, access_log: str | None = None,
     state = State()
     nginx = Nginx(settings)
     discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics,
-                          control_name=control_name(settings))
-    renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
-                        trusted_proxies=[str(n) for n in settings.trusted_proxies],
-                        template=settings.template, access_log=access_log,
-                        https_listen=str(settings.https_listen),
-                        https_redirect_port=settings.https_redirect_port,
-                        resolver=str(settings.nameserver))
+                          control_name=control_name(settings),
+                          # nginx resolves with ipv6=off: AAAA answers would not be used
+                          ipv6=settings.upstream_mode == "static")
+    renderer = make_renderer(settings, access_log)
     copies = store_dir(settings.nginx_prefix, settings.nginx_conf_dir)
     acme_dir = copies.parent / f"{copies.name}-acme" if settings.routes_url else None
     certificates = Certificates(settings.certs_dir, copies, settings.tls_ca_bundle,
@@ -80,6 +88,12 @@ def build(settings: Settings, access_log: str | None = None,
 
 
 async def run(settings: Settings) -> int:
+    try:
+        version = nginx_version(settings.nginx_binary)
+    except NginxTooOld as exc:
+        log.error("nginx_unusable error=%r", str(exc))
+        return 1
+    log.info("nginx_found version=%s", ".".join(map(str, version)))
     sock = None
     if settings.access_log_metrics:
         try:
