@@ -125,7 +125,8 @@ class Discovery:
 
     def __init__(self, nameserver: HostPort, timeout: float, metrics: Metrics,
                  clock: Callable[[], float] = time.time, control_name: str | None = None,
-                 ) -> None:
+                 ipv6: bool = True) -> None:
+        self.ipv6 = ipv6  # also ask AAAA
         self.nameserver = nameserver
         self.timeout = timeout
         self.metrics = metrics
@@ -159,11 +160,14 @@ class Discovery:
         return answer
 
     async def lookup(self, resolver: aiodns.DNSResolver, name: str) -> Answer:
-        """A and AAAA of one name, combined. A decides; AAAA adds addresses when it has them.
+        """A and AAAA of one name, combined (A only without `ipv6`). A decides; AAAA adds
+        addresses when it has them.
 
         An AAAA failure alone does not fail the lookup: resolvers that know only IPv4 names
         (Docker's forwards unknown types upstream) may time out on it.
         """
+        if not self.ipv6:
+            return await self._query(resolver, name, "A")
         a, aaaa = await asyncio.gather(self._query(resolver, name, "A"),
                                        self._query(resolver, name, "AAAA"))
         if a.result == "ok":

@@ -71,6 +71,10 @@ class Metrics:
         r = self.registry
         self.reloads = Counter("gateway_reloads", "nginx reloads by result (success, failure)",
                                ["result"], registry=r)
+        self.endpoint_changes = Counter(
+            "gateway_endpoint_changes_followed",
+            "Changes of tasks that nginx followed by itself (upstream resolve), without a reload",
+            registry=r)
         self.apply_failures = Counter(
             "gateway_apply_failures", "Failed applies by the stage that failed "
             "(write, validate, reload, verify)", ["stage"], registry=r)

@@ -226,6 +226,20 @@ class Reconciler:
             self.certificates.applied(self.state.tls)
         return f"reloaded: {change}"
 
+    def _followed_without_reload(self) -> str:
+        """The configuration is the one serving; tasks may still have changed, which nginx
+        follows by itself (upstream `resolve`): say so, and keep them as applied."""
+        if self._applied_routes != self.state.routes or {
+                n: e.addresses for n, e in self._applied_snapshot.items()} == {
+                n: e.addresses for n, e in self.state.snapshot.items()}:
+            return "no change"
+        change = describe_change(self._applied_snapshot, self.state.snapshot,
+                                 self._applied_routes, self.state.routes)
+        self._applied_snapshot = self.state.snapshot
+        self._save()
+        self.metrics.endpoint_changes.inc()
+        return f"followed without reload: {change}"
+
     def _due(self, generation: str) -> float | None:
         """When a configuration of this generation may be applied (None: now)."""
         now = self.clock()
@@ -246,7 +260,7 @@ class Reconciler:
             if self._failed is not None:  # the refused change went away: nothing is pending
                 self._failed = None
                 self.metrics.last_reload_successful.set(1)
-            status = "no change"
+            status = self._followed_without_reload()
         elif (due := self._due(rendered.generation)) is not None:
             self._pending_due = due
             retry = self._failed is not None and self._failed[0] == rendered.generation

@@ -23,11 +23,18 @@ from agent import __version__
 from agent.accesslog import TAG as ACCESS_LOG_TAG
 from agent.accesslog import UNROUTED_ROOT, route_root
 from agent.discovery import Endpoints, Snapshot
-from agent.routes import Route, RouteTable, Target
+from agent.routes import Route, RouteTable, Target, is_address
 from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 KEEPALIVE = 64
+# A kept-alive client connection is not closed within this many seconds of its last request, not
+# even by an old worker after a reload: a request the client sends then is answered (with
+# `Connection: close`) instead of meeting a closed socket (nginx 1.27.4, keepalive_min_timeout).
+KEEPALIVE_MIN_TIMEOUT = 5
+# nginx's resolver keeps answers this long (whole seconds); a name is looked up again about every
+# valid + 1 s. Docker answers with a TTL of 600 s, which must not be used.
+RESOLVER_VALID = 1
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -63,6 +70,10 @@ class Upstream:
     port: int
     balance: str
     servers: tuple[str, ...]
+    # resolve mode: nginx looks the name up itself (`server NAME:PORT resolve`); `servers` is
+    # then that one entry, and the addresses the agent found decide only whether it exists
+    resolve: bool = False
+    zone: str = ""  # resolve: the size of its shared memory zone
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,25 @@ def _server_address(lookup: str, address: str, port: int) -> str:
     return f"{ip.compressed}:{port}"
 
 
-def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target, int, str],
-                                                                      Upstream]:
+def zone_size(tasks: int) -> str:
+    """Shared memory for an upstream that nginx resolves: room for twice `tasks` peers (about
+    1.4 KiB each), in powers of two from 256 KiB, so the size changes (a reload) only when a
+    service grows past a step."""
+    size = 256
+    while size * 1024 < tasks * 2 * 1400:
+        size *= 2
+    return f"{size}k"
+
+
+def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
+               ) -> dict[tuple[Target, int, str], Upstream]:
+    """One upstream per (target, port, balance) that has tasks.
+
+    With `resolve`, the upstream names the target and nginx follows its addresses (re-resolved
+    every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
+    target whose lookups fail (stale) is written with its last known addresses instead: nginx
+    started while DNS is down has no addresses of its own to keep.
+    """
     out = {}
     for route in routes:
         key = (route.target, route.port, route.balance)
@@ -129,10 +157,15 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if not endpoints.addresses:
             continue
-        out[key] = Upstream(
-            upstream_name(*key), route.target.kind, route.target.name, route.port, route.balance,
-            tuple(_server_address(route.target.lookup_name, a, route.port)
-                  for a in endpoints.addresses))
+        lookup = route.target.lookup_name
+        by_name = resolve and not endpoints.stale and not is_address(lookup)
+        if by_name:
+            servers: tuple[str, ...] = (f"{lookup}:{route.port}",)
+        else:
+            servers = tuple(_server_address(lookup, a, route.port) for a in endpoints.addresses)
+        out[key] = Upstream(upstream_name(*key), route.target.kind, route.target.name,
+                            route.port, route.balance, servers, resolve=by_name,
+                            zone=zone_size(len(endpoints.addresses)) if by_name else "")
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
@@ -191,10 +224,12 @@ class Renderer:
     def __init__(self, *, listen: str, status_listen: str, trusted_proxies: Sequence[str] = (),
                  template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
-                 resolver: str | None = None) -> None:
+                 resolver: str | None = None, resolve: bool = False) -> None:
+        self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
         self.https_redirect_port = https_redirect_port
-        self.resolver = resolver  # for OCSP stapling: nginx looks up the responder's name
+        # nginx's own lookups: upstream targets (resolve) and OCSP responders (stapling)
+        self.resolver = resolver
         self.listen = listen
         self.status_listen = status_listen
         self.trusted_proxies = tuple(trusted_proxies)
@@ -210,7 +245,7 @@ class Renderer:
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
         routes = table.routes
-        upstreams = _upstreams(routes, snapshot)
+        upstreams = _upstreams(routes, snapshot, self.resolve)
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = _with_tls(_servers(routes, upstreams), tls)
@@ -227,8 +262,10 @@ class Renderer:
         https = None if tls is None else {
             "listen": self.https_listen,
             "redirect_port": self.https_redirect_port,
-            "resolver": self.resolver if tls.stapling else None,
         }
+        # one resolver for the http context: nginx refuses a second one
+        needs_resolver = any(u.resolve for u in upstreams.values()) or (
+            tls is not None and tls.stapling)
         context = {
             "version": __version__,
             "routes_count": len(routes),
@@ -239,6 +276,9 @@ class Renderer:
             "access_log_tag": ACCESS_LOG_TAG,
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
+            "keepalive_min_timeout": KEEPALIVE_MIN_TIMEOUT,
+            "resolver": self.resolver if needs_resolver else None,
+            "resolver_valid": RESOLVER_VALID,
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
             "acme_upstream": acme_upstream.name if acme_upstream else None,
             "acme": any(s.acme for s in http_servers),

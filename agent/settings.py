@@ -96,6 +96,12 @@ def worker_processes(value: str) -> str:
     return value
 
 
+def upstream_mode(value: str) -> str:
+    if value not in ("resolve", "static"):
+        raise ValueError(f"{value!r} is not resolve or static")
+    return value
+
+
 def zone_name(value: str) -> str:
     from agent.routes import ZONE_RE  # the routes model decides what a zone name may be
 
@@ -237,6 +243,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     access_log_metrics: bool = False
+    upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
     access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
 
     @property
@@ -331,6 +338,9 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--worker-processes", "worker_processes", worker_processes, "nginx worker_processes (auto)"),
     ("--log-format", "log_format", str, "text or json"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--upstream-mode", "upstream_mode", upstream_mode,
+     "resolve: nginx resolves tasks.<service> itself (`server ... resolve`) and a change of "
+     "tasks needs no reload; static: the agent writes task addresses and reloads (resolve)"),
     ("--access-log-metrics", "access_log_metrics", on_off,
      "on or off: per-route request metrics from nginx's access log, sent to the agent (off)"),
     ("--access-log-listen", "access_log_listen", loopback_udp,

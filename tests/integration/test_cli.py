@@ -52,11 +52,19 @@ def test_render_prints_the_configuration_for_a_snapshot(tmp_path: Path) -> None:
         {"hosts": ["dmzhttp"], "service": "dmzhttp", "port": 8888}])
     snapshot = tmp_path / "snapshot.json"
     snapshot.write_text(json.dumps({"managerhttp": ["10.0.1.4", "10.0.1.3"]}))
+    # as `run` serves it: nginx resolves the tasks of a service that has some
     done = gateway_agent("render", "--routes", str(routes), "--endpoints", str(snapshot))
     assert done.returncode == 0, done.stderr
-    assert "server 10.0.1.3:8888" in done.stdout
-    assert "server 10.0.1.4:8888" in done.stdout
+    assert "server tasks.managerhttp:8888 resolve" in done.stdout
+    assert "resolver 127.0.0.11:53 valid=1s" in done.stdout
     assert "no running task of dmzhttp" in done.stdout
+    assert "10.0.1.3" not in done.stdout
+    static = gateway_agent("render", "--routes", str(routes), "--endpoints", str(snapshot),
+                           "--upstream-mode", "static")
+    assert static.returncode == 0, static.stderr
+    assert "server 10.0.1.3:8888" in static.stdout
+    assert "server 10.0.1.4:8888" in static.stdout
+    assert "resolve" not in static.stdout
     assert done.stdout == gateway_agent("render", "--routes", str(routes), "--endpoints",
                                         str(snapshot)).stdout
 

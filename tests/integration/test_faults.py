@@ -309,6 +309,11 @@ def test_hundreds_of_tasks_arrive_over_tcp_and_all_get_traffic(
 
 # -- nginx ---------------------------------------------------------------------------------------
 
+# These tests make the agent apply a configuration by changing a service's tasks, which in the
+# default mode nginx follows without one (upstream `resolve`): the agent writes task addresses
+# itself here, so that every change goes through the apply path under test.
+STATIC = ("--upstream-mode", "static")
+
 
 def nginx_wrapper(directory: Path) -> tuple[Path, Path]:
     """An nginx that fails `-t` while a flag file exists; (the wrapper, the flag)."""
@@ -333,7 +338,7 @@ def test_nginx_t_failing_then_the_binary_gone_then_back(
         start_agent: StartAgent, tmp_path: Path) -> None:
     wrapper, flag = nginx_wrapper(tmp_path)
     dns.set("tasks.web", [T1])
-    agent = start_agent([web(upstream_port)], "--nginx-binary", str(wrapper))
+    agent = start_agent([web(upstream_port)], "--nginx-binary", str(wrapper), *STATIC)
     assert agent.backends_seen("web", 4) == {"task1"}
     assert failures(agent) == (0, 0)
 
@@ -384,9 +389,24 @@ def test_nginx_binary_missing_at_start_is_one_clear_error(
     agent = start_agent([web(upstream_port)], "--nginx-binary", str(missing), wait_ready=False)
     assert agent.proc is not None
     assert agent.proc.wait(30) == 1
-    lines = log_lines(agent, r"start_failed")
+    lines = log_lines(agent, r"nginx_unusable")
     assert len(lines) == 1
     assert str(missing) in lines[0]
+    assert "the gateway needs nginx 1.27.4 or newer" in lines[0]
+
+
+def test_an_nginx_too_old_is_refused_naming_both_versions(
+        dns: Dnsmasq, upstream_port: int, start_agent: StartAgent, tmp_path: Path) -> None:
+    old = tmp_path / "nginx"
+    old.write_text("#!/bin/sh\necho 'nginx version: nginx/1.22.1' >&2\n")
+    old.chmod(0o755)
+    dns.set("tasks.web", [T1])
+    agent = start_agent([web(upstream_port)], "--nginx-binary", str(old), wait_ready=False)
+    assert agent.proc is not None
+    assert agent.proc.wait(30) == 1
+    lines = log_lines(agent, r"nginx_unusable")
+    assert len(lines) == 1
+    assert f"{old} is nginx 1.22.1; the gateway needs nginx 1.27.4 or newer" in lines[0]
 
 
 def nginx_children(master: int) -> list[int]:
@@ -489,7 +509,7 @@ def test_a_read_only_configuration_directory(
     workdir = tmp_path / "gw"
     conf_d = tmpfs(workdir / "nginx" / "conf.d")
     dns.set("tasks.web", [T1])
-    agent = start_agent([web(upstream_port)], workdir=workdir)
+    agent = start_agent([web(upstream_port)], *STATIC, workdir=workdir)
 
     remount(conf_d, "ro")
     assert "Read-only file system" in a_change_that_cannot_be_written(agent, dns)
@@ -509,7 +529,8 @@ def test_a_full_configuration_directory_and_a_full_state_directory(
     conf_d = tmpfs(workdir / "nginx" / "conf.d")
     state = tmpfs(tmp_path / "state")
     dns.set("tasks.web", [T1])
-    agent = start_agent([web(upstream_port)], "--state-dir", str(state), workdir=workdir)
+    agent = start_agent([web(upstream_port)], "--state-dir", str(state), *STATIC,
+                        workdir=workdir)
     assert json.loads((state / "endpoints.json").read_text())["endpoints"]["tasks.web"][
         "addresses"] == [T1]
 

@@ -25,12 +25,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.discovery import Endpoints, sort_addresses
-from agent.render import KEEPALIVE, Renderer, RenderError, nginx_token, render_main_conf
+from agent.render import (
+    KEEPALIVE,
+    Renderer,
+    RenderError,
+    nginx_token,
+    render_main_conf,
+    zone_size,
+)
 from agent.render import upstream_name as expected_upstream_name
 from agent.routes import (
     Route,
     RoutesError,
     RouteTable,
+    is_address,
     parse_routes,
     parse_routes_text,
 )
@@ -123,16 +131,23 @@ REFUSAL_DIRECTIVES = Counter({"default_type": 1, "add_header": 1, "return": 1})
 NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
 
 
-def _renderer() -> Renderer:
-    return Renderer(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED)
+RESOLVER = "127.0.0.11:53"
 
 
-RENDERER = _renderer()
+def _renderer(resolve: bool = False) -> Renderer:
+    return Renderer(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED,
+                    resolver=RESOLVER, resolve=resolve)
+
+
+RENDERER = _renderer()  # static: DNS answers are written into the configuration
+RENDERERS = {False: RENDERER, True: _renderer(resolve=True)}  # by `resolve`
 
 
 def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
-    """Everything but the upstreams and the routes' servers: maps, geo, default and status."""
-    return [d for d in conf if d.name != "upstream" and not _is_route_server(d)]
+    """Everything but the upstreams, their resolver and the routes' servers: maps, geo,
+    default and status."""
+    return [d for d in conf if d.name not in ("upstream", "resolver", "resolver_timeout")
+            and not _is_route_server(d)]
 
 
 def _is_route_server(d: Directive) -> bool:
@@ -157,9 +172,19 @@ def _parse_server(arg: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
     return ipaddress.ip_address(host), int(port)
 
 
-def _check_upstream(block: Directive, route: Route, addresses: tuple[str, ...]) -> None:
+def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
+                    resolve: bool) -> None:
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
+    addresses = endpoints.addresses
+    if resolve and not endpoints.stale and not is_address(route.target.lookup_name):
+        # nginx resolves the route's own name; the agent's answers decide only that it exists
+        assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
+        assert block.one("zone").args == (block.args[0], zone_size(len(addresses)))
+        assert block.one("server").args == (f"{route.target.lookup_name}:{route.port}",
+                                            "resolve", "max_fails=1", "fail_timeout=5s")
+        assert block.one("keepalive").args == (str(KEEPALIVE),)
+        return
     assert names == [*balance, *["server"] * len(addresses), "keepalive", "keepalive_timeout"]
     for d in block.children("server"):
         assert d.args[1:] == ("max_fails=1", "fail_timeout=5s")
@@ -196,25 +221,31 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
 
 
 def check_rendered(text: str, generation: str, table: RouteTable,
-                   snapshot: Mapping[str, Endpoints]) -> None:
+                   snapshot: Mapping[str, Endpoints], resolve: bool = False) -> None:
     """The configuration holds what `table` asked for with these endpoints, and nothing else."""
     assert text.isascii()
     conf = parse_conf(text.replace(generation, "GENERATION"))
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
-    assert [d.name for d in conf if d.name not in ("map", "geo", "upstream", "server")] == []
+    assert [d.name for d in conf if d.name not in (
+        "map", "geo", "upstream", "server", "resolver", "resolver_timeout")] == [
+        "keepalive_min_timeout"]
+    # nginx's resolver, when upstreams name their targets: the agent's nameserver, never a TTL
+    resolvers = [d.args for d in conf if d.name == "resolver"]
+    wants_resolver = resolve and any(d.name == "upstream" and d.children("zone") for d in conf)
+    assert resolvers == ([(RESOLVER, "valid=1s", "ipv6=off")] if wants_resolver else [])
 
     # upstreams: one per (target, port, balance) that has tasks, with exactly those tasks
     upstreams = {d.args: d for d in conf if d.name == "upstream"}
     assert len(upstreams) == len([d for d in conf if d.name == "upstream"]), "duplicate upstream"
-    wanted: dict[str, tuple[Route, tuple[str, ...]]] = {}
+    wanted: dict[str, tuple[Route, Endpoints]] = {}
     for route in table.routes:
-        addresses = snapshot.get(route.target.lookup_name, Endpoints()).addresses
-        if addresses:
+        endpoints = snapshot.get(route.target.lookup_name, Endpoints())
+        if endpoints.addresses:
             name = expected_upstream_name(route.target, route.port, route.balance)
-            wanted.setdefault(name, (route, addresses))
+            wanted.setdefault(name, (route, endpoints))
     assert set(upstreams) == {(name,) for name in wanted}
-    for name, (route, addresses) in wanted.items():
-        _check_upstream(upstreams[(name,)], route, addresses)
+    for name, (route, endpoints) in wanted.items():
+        _check_upstream(upstreams[(name,)], route, endpoints, resolve)
 
     # servers: every host once, each with exactly the locations its routes asked for
     asked: dict[str, dict[tuple[str, ...], Route | None]] = defaultdict(dict)
@@ -459,8 +490,9 @@ def test_a_route_file_is_refused_naming_the_place_or_renders_only_what_it_asked(
         assert_refusal_names_places(table, routes)
         return
     snapshot = data.draw(snapshot_for(table))
-    rendered = RENDERER.render(table, snapshot)
-    check_rendered(rendered.text, rendered.generation, table, snapshot)
+    resolve = data.draw(st.booleans(), label="resolve")
+    rendered = RENDERERS[resolve].render(table, snapshot)
+    check_rendered(rendered.text, rendered.generation, table, snapshot, resolve)
     nginx_t.check(rendered.text)
 
 
