@@ -225,6 +225,6 @@ class Discovery:
             state: State = "ok" if answer.addresses else "none"
             since = before.since if before.addresses == answer.addresses and before.since else now
             snapshot[name] = Endpoints(answer.addresses, state, False, None, since)
-        for gone in set(self._failing) - set(names):
+        for gone in set(self._failing) - set(names) - set(previous):  # no longer a target
             del self._failing[gone]
         return snapshot

@@ -94,6 +94,7 @@ class Reconciler:
         self._failed: tuple[str, float, float] | None = None  # generation, retry at, backoff
         self._pending_due: float | None = None
         self._rendered: tuple[object, Rendered] | None = None
+        self._lookup_cursor = 0
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -155,13 +156,33 @@ class Reconciler:
         port = url.port or (443 if url.scheme == "https" else 80)
         return Target("host", (url.hostname or "").strip("[]")), port
 
+    def _due_names(self, names: list[str]) -> list[str]:
+        """The names to look up this cycle: all of them when they fit the budget of
+        --dns-lookups-per-second; else names never looked up, then the next ones in turn, so
+        that each is looked up again every len(names) / budget cycles."""
+        budget = max(1, int(self.settings.dns_lookups_per_second * self.settings.poll_interval))
+        if len(names) <= budget:
+            return names
+        known = self.state.snapshot
+        due = [n for n in names if n not in known]
+        rest = sorted(n for n in names if n in known)
+        take = max(0, budget - len(due))
+        if rest and take:
+            start = self._lookup_cursor % len(rest)
+            due += (rest[start:] + rest[:start])[:take]
+            self._lookup_cursor = start + take
+        return due
+
     async def discover(self) -> Snapshot:
         table = self.state.routes
         names = [t.lookup_name for t in table.targets]
         acme = self.acme_controller
         if acme is not None and not is_address(acme[0].name):
             names.append(acme[0].lookup_name)
-        snapshot = await self.discovery.resolve(names, self.state.snapshot)
+        due = self._due_names(names)
+        resolved = await self.discovery.resolve(due, self.state.snapshot)
+        snapshot = {n: resolved[n] if n in resolved else self.state.snapshot[n] for n in names
+                    if n in resolved or n in self.state.snapshot}
         self.state.snapshot = snapshot
         # The nameserver works if it answered anything; one service failing (a typo, a name the
         # resolver forwards upstream) must not make the whole gateway unready.

@@ -230,6 +230,7 @@ class Settings:
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
     poll_interval: float = 1.0
     dns_timeout: float = 0.5
+    dns_lookups_per_second: float = 200.0
     dns_control_name: str = "auto"
     reload_min_interval: float = 2.0
     zone: str | None = None
@@ -317,6 +318,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
     ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
     ("--dns-timeout", "dns_timeout", positive_float, "seconds one DNS lookup may take (0.5)"),
+    ("--dns-lookups-per-second", "dns_lookups_per_second", positive_float,
+     "at most this many of the agent's own lookups a second: with more targets than fit a "
+     "poll interval, each is looked up in turn (nginx follows tasks by itself; the agent's "
+     "lookups give /status, readiness and a service's 503 at no task) (200)"),
     ("--dns-control-name", "dns_control_name", str,
      "a name the nameserver always answers itself; while it answers, a failed lookup of "
      "another name means no tasks. 'auto': the gateway's own reverse name when the nameserver "

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-COLORS = {"agent": "#2b7bba", "agent-1w": "#7fb2de", "agent-0.5s": "#7fb2de",
+COLORS = {"agent": "#2b7bba", "agent-1w": "#7fb2de", "agent-static": "#7fb2de",
           "article": "#d95f02", "haproxy": "#1b9e77", "caddy": "#7570b3", "direct": "#666666"}
 
 

@@ -29,12 +29,17 @@ def _tasks_for(i: int) -> int:
     return i % 10 + 1
 
 
-def _write_routes(path: Path, n: int) -> None:
+def _write_routes(path: Path, n: int, extra: bool = False) -> None:
     lines = ["routes:"]
     for i in range(n):
         lines += [f"  - hosts: [s{i}.example]", f"    service: s{i}",
                   f"    port: {net.UPSTREAM_PORT}"]
-    path.write_text("\n".join(lines) + "\n")
+    if extra:
+        lines += ["  - hosts: [extra.example]", "    service: s0",
+                  f"    port: {net.UPSTREAM_PORT}"]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
 
 
 def _records(n: int) -> tuple[dict[str, list[str]], int]:
@@ -53,19 +58,19 @@ def _hist(samples: admin.Samples) -> tuple[float, float]:
 RELOADED = re.compile(r"cycle status=[\"']reloaded[^\n]*? seconds=([0-9.]+)")
 
 
-def _cycles(gw: gateways.Gateway, dns: Dnsmasq, n: int, changes: int, next_task: int,
+def _cycles(gw: gateways.Gateway, routes: Path, n: int, changes: int,
             settle: float = 2.5) -> tuple[list[float], int]:
-    """Make `changes` DNS changes one at a time; return (durations of the cycles that reloaded,
-    changes that brought no reload). Each duration is the one the agent logs with its status
-    line ("cycle status='reloaded: ...' seconds=..."); `settle` keeps changes further apart than
-    the agent's minimum interval between reloads, so that none waits to be coalesced."""
+    """Make `changes` route changes one at a time (a route added, then removed again); return
+    (durations of the cycles that reloaded, changes that brought no reload). Each duration is
+    the one the agent logs with its status line ("cycle status='reloaded: ...' seconds=...");
+    `settle` keeps changes further apart than the agent's minimum interval between reloads, so
+    that none waits to be coalesced. (A change of tasks reloads nothing: nginx follows them.)"""
     log = gw.procs[0].log
     durations: list[float] = []
     missed = 0
     for c in range(changes):
         offset = log.stat().st_size
-        name = f"tasks.s{c % n}"
-        dns.update({name: [net.scale_task(next_task + c), *dns.records[name][1:]]})
+        _write_routes(routes, n, extra=c % 2 == 0)
         deadline = time.monotonic() + 30.0
         found = None
         while found is None and time.monotonic() < deadline:
@@ -79,6 +84,7 @@ def _cycles(gw: gateways.Gateway, dns: Dnsmasq, n: int, changes: int, next_task:
         else:
             durations.append(float(found.group(1)))
         time.sleep(settle)
+    _write_routes(routes, n)
     return durations, missed
 
 
@@ -93,7 +99,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         gw = gateways.start_agent(procs, net.DNS_MAIN, routes, ready_timeout=300.0,
                                   serve_check=False)
         ready_s = time.monotonic() - t0
-        changed, missed = _cycles(gw, dns, n, opts.scale_cycles, used)
+        changed, missed = _cycles(gw, routes, n, opts.scale_cycles)
         pid = gw.procs[0].pid
         time.sleep(1.0)  # let the last scrape's work settle
         m0 = admin.metrics(gw)
