@@ -167,7 +167,8 @@ class Discovery:
         (Docker's forwards unknown types upstream) may time out on it.
         """
         if not self.ipv6:
-            return await self._query(resolver, name, "A")
+            a = await self._query(resolver, name, "A")
+            return Answer("ok", sort_addresses(a.addresses)) if a.result == "ok" else a
         a, aaaa = await asyncio.gather(self._query(resolver, name, "A"),
                                        self._query(resolver, name, "AAAA"))
         if a.result == "ok":
