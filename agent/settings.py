@@ -238,6 +238,7 @@ class Settings:
     log_level: str = "info"
     access_log_metrics: bool = False
     access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
+    vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
 
     @property
     def routes_conf_path(self) -> Path:
@@ -336,6 +337,9 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--access-log-listen", "access_log_listen", loopback_udp,
      "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
      "picked at start (127.0.0.1:0)"),
+    ("--vrrp-state-file", "vrrp_state_file", Path,
+     "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted into "
+     "the container): its VRRP state is shown in /status and on the dashboard (default: none)"),
 )
 
 
