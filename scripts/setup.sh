@@ -13,7 +13,7 @@ what=${1:-test}
 base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
 swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
 case "$what" in
-  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble); extras=test ;;  # pebble: ACME
+  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble chromium); extras=test ;;  # pebble: ACME; chromium: the dashboard's tests
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
   bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus); extras=test,bench ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;

@@ -6,6 +6,8 @@
 const POLL_MS = 2000;
 const RATE_WINDOW_S = 60; // request rates are averaged over the samples of the last minute
 const TOKEN_KEY = "swarm-gateway-admin-token";
+let timer = null; // the next poll
+let inFlight = false; // one poll at a time
 const samples = []; // [{at, routes: {label: {1xx.., upstream_errors}}}] for request rates
 
 // el("td", {class: "num", "data-label": "Tasks"}, "2", child, ...): strings become text nodes
@@ -251,6 +253,8 @@ function headers() {
 }
 
 async function poll() {
+  if (inFlight) return;
+  inFlight = true;
   const banner = document.getElementById("banner");
   const form = document.getElementById("token-form");
   try {
@@ -280,7 +284,8 @@ async function poll() {
     banner.hidden = false;
     banner.textContent = "Cannot read /status: " + err.message + " (retrying)";
   } finally {
-    setTimeout(poll, POLL_MS);
+    inFlight = false;
+    timer = setTimeout(poll, POLL_MS);
   }
 }
 
@@ -289,6 +294,8 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
   document.getElementById("token").value = "";
   samples.length = 0;
+  clearTimeout(timer); // ask again now, with the token (or when the poll in flight ends)
+  if (!inFlight) poll();
 });
 
 poll();

@@ -20,6 +20,7 @@ from agent.nginx import Nginx
 from agent.reconciler import HISTORY, State
 from agent.routes import parse_routes
 from agent.settings import Settings
+from tests.unit.test_settings import parse
 
 ROUTES = parse_routes({"routes": [
     {"hosts": ["managerhttp"], "service": "managerhttp", "port": 8888},
@@ -200,3 +201,10 @@ def test_every_file_of_the_page_is_package_data() -> None:
     assert files == ["static/dashboard.css", "static/dashboard.html", "static/dashboard.js"]
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_the_vrrp_state_file_is_a_setting_with_its_variable() -> None:
+    assert parse([]).vrrp_state_file is None
+    env = {"GATEWAY_VRRP_STATE_FILE": "/var/lib/prometheus/node-exporter/keepalived.prom"}
+    assert parse([], env).vrrp_state_file == Path(env["GATEWAY_VRRP_STATE_FILE"])
+    assert parse(["--vrrp-state-file", "/x.prom"], env).vrrp_state_file == Path("/x.prom")
