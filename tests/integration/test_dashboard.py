@@ -49,9 +49,10 @@ PHONE = {"width": 390, "height": 844}
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     chromium = require_programs("chromium")["chromium"]
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         missing("playwright is not installed (the test extras: scripts/setup.sh test)")
+    expect.set_options(timeout=WAIT_MS)  # the page polls every 2 s, reloads are coalesced
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium,
@@ -180,6 +181,8 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
     screenshot(page, tmp_path, "dashboard")
     page.set_viewport_size(PHONE)
     screenshot(page, tmp_path, "dashboard-phone", full_page=False)  # the first screen
+    # nothing wider than the phone: no sideways scrolling to read a row
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     page.set_viewport_size(DESKTOP)
 
     # scaled to zero: 503, and the error ratio of the route shows it
