@@ -25,7 +25,7 @@ from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, missing, require_programs, wait_until
 from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
-from tests.support.gateway import Agent, Dnsmasq, Upstream
+from tests.support.gateway import Agent, Dnsmasq, Upstream, nginx_wrapper
 from tests.support.tlsca import DAY, NOW, TestCA
 
 if TYPE_CHECKING:
@@ -317,3 +317,32 @@ def test_a_server_that_asks_for_a_token_gets_it_from_a_form_kept_in_the_tab(
         expect(other.locator("#token-form")).to_be_visible()
     finally:
         other.close()
+
+
+def test_a_refused_reload_is_shown_with_its_status_line_and_then_the_recovery(
+        tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, page: Page) -> None:
+    """nginx -t refuses a change (an nginx that fails `-t` while a flag file exists): the page
+    shows the refusal in the history, and the reload once nginx -t passes again."""
+    from playwright.sync_api import expect
+
+    wrapper, flag = nginx_wrapper(tmp_path)
+    dns.set("tasks.web", [T1])
+    agent = start_agent([{"hosts": ["web"], "service": "web", "port": upstream_port}],
+                        "--nginx-binary", str(wrapper))
+    page.goto(f"http://127.0.0.1:{agent.admin_port}/dashboard/")
+    expect(page.locator('tr[data-route="web/"] td.tasks')).to_have_text("1")
+
+    flag.touch()
+    dns.set("tasks.web", [T1, T2])
+    refused = page.locator("#history tbody tr", has_text="reload refused")
+    expect(refused.first).to_contain_text("reload refused (+1 endpoints for tasks.web)")
+    expect(refused.first).to_contain_text("refused by the test")
+    expect(refused.first.locator("td.error")).to_have_count(1)  # shown as a failure
+    expect(page.locator("#errors")).to_contain_text("refused by the test")
+    assert agent.backends_seen("web", 6) == {"task1"}  # what the page says: still the old one
+
+    flag.unlink()
+    expect(page.locator("#history tbody tr").first).to_contain_text(
+        "reloaded: +1 endpoints for tasks.web")
+    expect(page.locator('tr[data-route="web/"] td.tasks')).to_have_text("2")
