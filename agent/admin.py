@@ -134,6 +134,8 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
                           ("/readyz", readyz), ("/status", status)):
         app.router.add_get(path, handler)  # add_get also answers HEAD
     # The page holds no data: what it shows is /status, fetched by the page, so whatever
-    # protects /status protects what the page shows (docs/dashboard.md).
+    # protects /status protects what the page shows (docs/dashboard.md). Its files stay open:
+    # a browser opening the page cannot send a header, and on 401 from /status the page asks
+    # for the token and sends it as `Authorization: Bearer` itself.
     add_page(app)
     return app
