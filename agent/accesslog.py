@@ -212,6 +212,16 @@ class Traffic(Collector):
             return
         self.results["ok"] += 1
 
+    def totals(self) -> dict[str, dict[str, int]] | None:
+        """For /status (the dashboard): per route label, requests by status class and upstream
+        errors so far; None while the feature is off. Rates are differences of two of these."""
+        if self._source is None:
+            return None
+        self.sync()
+        return {self._labels[key]: {**dict(zip(STATUS_CLASSES, stats.classes, strict=True)),
+                                    "upstream_errors": stats.errors}
+                for key, stats in self._routes.items()}
+
     def collect(self) -> Iterator[Metric]:
         if self._source is None:
             return

@@ -4,6 +4,7 @@ state, so binding it to a separate (internal) address is all it needs to be safe
 - /healthz: the loop is alive (a cycle finished within a few intervals).
 - /readyz: nginx runs, a configuration is applied and serving, and discovery is fresh.
 - /status: JSON, what a human asks first: routes, endpoints per service, last reload, last error.
+- /dashboard/: a page that shows /status and follows it (agent/dashboard.py).
 
 HEAD answers with the status code only (aiohttp drops the body for HEAD).
 """
@@ -19,11 +20,13 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
+from agent.accesslog import route_label
+from agent.dashboard import add_page, vrrp_status
 from agent.metrics import Metrics
 from agent.nginx import Nginx
 from agent.reconciler import State
 from agent.settings import Settings
-from agent.sources import ControllerRoutes
+from agent.sources import FILE_SOURCE, ControllerRoutes
 from agent.tls import status as tls_status
 
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
@@ -54,7 +57,9 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
 
 
 def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
-                    sources: ControllerRoutes | None = None) -> dict[str, Any]:
+                    sources: ControllerRoutes | None = None,
+                    traffic: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """/status. `traffic`: per-route request counts (Traffic.totals) when they are on."""
     ready, problems = readiness(state, nginx, now)
     endpoints = {}
     for target in state.routes.targets:
@@ -66,7 +71,15 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "state": e.state if e else "unknown",
             "stale": e.stale if e else False,
             "error": e.error if e else None,
+            "since": e.since if e and e.since else None,  # these addresses first seen (wall)
         }
+    source_of = {}
+    if sources is not None:
+        source_of = {(r.hosts, r.path): s for s, r in zip(
+            sources.merged.sources, sources.merged.table.routes, strict=True)}
+    routes = [{**r.model_dump(mode="json", exclude_none=True), "label": route_label(r),
+               "source": source_of.get((r.hosts, r.path), FILE_SOURCE)}
+              for r in state.routes.routes]
     return {
         "version": __version__,
         "status": state.status,
@@ -78,7 +91,7 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "pid": nginx.process.pid if nginx.process else None,
             "generation": nginx.generation,
         },
-        "routes": [r.model_dump(mode="json", exclude_none=True) for r in state.routes.routes],
+        "routes": routes,
         "routes_error": state.routes_error,
         "routes_source": sources.status() if sources is not None else None,
         "endpoints": endpoints,
@@ -89,6 +102,11 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "detail": state.last_reload_detail,
         },
         "last_error": state.last_error,
+        "history": [{"at": at, "status": line} for at, line in reversed(state.history)],
+        "discovery_age": round(now - state.last_discovery_ok, 1)
+        if state.last_discovery_ok else None,
+        "traffic": {"at": time.time(), "routes": traffic} if traffic is not None else None,
+        "vrrp": vrrp_status(settings.vrrp_state_file),
     }
 
 
@@ -106,7 +124,8 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
         return web.Response(status=200 if ok else 503, text=text)
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(status_document(state, nginx, settings, clock(), sources),
+        return web.json_response(status_document(state, nginx, settings, clock(), sources,
+                                                 metrics.traffic.totals()),
                                  dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
     app = web.Application()
@@ -114,4 +133,9 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
     for path, handler in (("/metrics", metrics_handler), ("/healthz", healthz),
                           ("/readyz", readyz), ("/status", status)):
         app.router.add_get(path, handler)  # add_get also answers HEAD
+    # The page holds no data: what it shows is /status, fetched by the page, so whatever
+    # protects /status protects what the page shows (docs/dashboard.md). Its files stay open:
+    # a browser opening the page cannot send a header, and on 401 from /status the page asks
+    # for the token and sends it as `Authorization: Bearer` itself.
+    add_page(app)
     return app

@@ -10,6 +10,7 @@ see the Docker socket: they ask this server.
                                          otherwise when they change; 304 after `wait` seconds
     GET /routes?zone=dmz                 only the routes of that zone (a gateway with --zone)
     /metrics /healthz /readyz /status
+    /dashboard/                          a page showing /status (agent/dashboard.py)
 
 Until Docker has answered once, /routes answers 503 and the gateways keep the routes they have.
 When Docker stops answering later, the last routes keep being served, and /readyz says why.
@@ -37,6 +38,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from agent import __version__
 from agent.acme import AcmeManager, Client, acme_hosts
 from agent.aio import first
+from agent.dashboard import add_page
 from agent.files import FileStamp, stamp
 from agent.labels import LabelRoutes, Service, routes_from_services
 from agent.routes import ZONE_RE, RoutesError, RouteTable, load_routes
@@ -456,6 +458,7 @@ class Controller:
                               ("/.well-known/acme-challenge/{token}", self.challenge)):
             app.router.add_get(path, handler)
         app.router.add_post("/acme/renew", self.renew)
+        add_page(app)  # shows /status, which it fetches: behind whatever protects /status
         return app
 
 

@@ -132,7 +132,7 @@ async def run(settings: Settings) -> int:
         except (ApplyError, NginxDied) as exc:
             log.error("start_failed error=%r", str(exc))
             return 1
-        state.status = status
+        state.record(status)
         metrics.nginx_up.set(1)
         log.info("serving listen=%s routes=%d status=%r", settings.listen,
                  len(state.routes.routes), status)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,15 @@ from agent.tls import Certificates, TlsPlan
 log = logging.getLogger("agent.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
+HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
+_QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait
+_NOTES = ("; routes file refused: ", "; certificate refused for ")  # what cycle() adds
+
+
+def _notes(status: str) -> str:
+    """What cycle() added to the outcome: '; routes file refused: ...', or ''."""
+    found = [i for i in (status.find(n) for n in _NOTES) if i >= 0]
+    return status[min(found):] if found else ""
 
 
 @dataclass
@@ -51,6 +61,21 @@ class State:
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
+    # (wall clock, status line) of the last HISTORY cycles whose status changed or reloaded
+    history: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def record(self, status: str, at: float | None = None) -> None:
+        """The cycle's status line. The history keeps what happened (reloads, refusals,
+        failures), once each: not the quiet lines of the cycles in between, unless what they
+        add ("; routes file refused: ...") is new."""
+        self.status = status
+        last = self.history[-1][1] if self.history else ""
+        if status.startswith(_QUIET):
+            if _notes(status) == _notes(last):
+                return
+        elif status == last and not status.startswith("reloaded"):
+            return
+        self.history.append((time.time() if at is None else at, status))
 
 
 def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
@@ -387,7 +412,7 @@ class Reconciler:
                 log.exception("cycle_failed")
             elapsed = self.clock() - started
             self.metrics.reconcile_duration.observe(elapsed)
-            self.state.status = status
+            self.state.record(status)
             self.state.heartbeat = self.clock()
             if status != last_status or status.startswith("reloaded"):
                 log.log(logging.DEBUG if status == "no change" else logging.INFO,

@@ -246,6 +246,7 @@ class Settings:
     access_log_metrics: bool = False
     upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
     access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
+    vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
 
     @property
     def routes_conf_path(self) -> Path:
@@ -351,6 +352,9 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
     ("--access-log-listen", "access_log_listen", loopback_udp,
      "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
      "picked at start (127.0.0.1:0)"),
+    ("--vrrp-state-file", "vrrp_state_file", Path,
+     "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted into "
+     "the container): its VRRP state is shown in /status and on the dashboard (default: none)"),
 )
 
 

@@ -16,7 +16,7 @@ base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps patchelf gpg
            debian-archive-keyring)
 swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
 case "$what" in
-  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble); extras=test ;;  # pebble: ACME
+  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble chromium); extras=test ;;  # pebble: ACME; chromium: the dashboard's tests
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
   bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus); extras=test,bench ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;

@@ -32,7 +32,7 @@ import pytest
 from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, require_programs, require_root, wait_until
 from tests.support.dns import ControlledDns
-from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
+from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_wrapper
 
 pytestmark = pytest.mark.integration
 
@@ -313,24 +313,6 @@ def test_hundreds_of_tasks_arrive_over_tcp_and_all_get_traffic(
 # default mode nginx follows without one (upstream `resolve`): the agent writes task addresses
 # itself here, so that every change goes through the apply path under test.
 STATIC = ("--upstream-mode", "static")
-
-
-def nginx_wrapper(directory: Path) -> tuple[Path, Path]:
-    """An nginx that fails `-t` while a flag file exists; (the wrapper, the flag)."""
-    real = require_programs("nginx")["nginx"]
-    flag = directory / "fail-t"
-    wrapper = directory / "nginx-wrapper"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "# nginx as the agent runs it; `-t` fails while the flag file exists\n"
-        'for arg in "$@"; do\n'
-        f'    if [ "$arg" = -t ] && [ -e "{flag}" ]; then\n'
-        '        echo "nginx: [emerg] refused by the test (flag file)" >&2; exit 1\n'
-        "    fi\n"
-        "done\n"
-        f'exec "{real}" "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper, flag
 
 
 def test_nginx_t_failing_then_the_binary_gone_then_back(

@@ -263,6 +263,24 @@ class Agent:
         return seen
 
 
+def nginx_wrapper(directory: Path) -> tuple[Path, Path]:
+    """An nginx that fails `-t` while a flag file exists; (the wrapper, the flag)."""
+    real = require_programs("nginx")["nginx"]
+    flag = directory / "fail-t"
+    wrapper = directory / "nginx-wrapper"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# nginx as the agent runs it; `-t` fails while the flag file exists\n"
+        'for arg in "$@"; do\n'
+        f'    if [ "$arg" = -t ] && [ -e "{flag}" ]; then\n'
+        '        echo "nginx: [emerg] refused by the test (flag file)" >&2; exit 1\n'
+        "    fi\n"
+        "done\n"
+        f'exec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, flag
+
+
 @contextlib.contextmanager
 def upstreams(names_addresses: Mapping[str, str], port: int) -> Iterator[dict[str, Upstream]]:
     servers = {n: Upstream(n, a, port) for n, a in names_addresses.items()}

@@ -1,0 +1,210 @@
+"""The dashboard's server side: the page's files, and what /status adds for it (the history of
+status lines, per-route request counts, the VRRP state, each route's source)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.accesslog import Traffic
+from agent.admin import make_app
+from agent.dashboard import vrrp_status
+from agent.keepalived.notify import record_transition
+from agent.metrics import Metrics
+from agent.nginx import Nginx
+from agent.reconciler import HISTORY, State
+from agent.routes import parse_routes
+from agent.settings import Settings
+from tests.unit.test_settings import parse
+
+ROUTES = parse_routes({"routes": [
+    {"hosts": ["managerhttp"], "service": "managerhttp", "port": 8888},
+    {"hosts": ["api.example.com"], "path": "/v1", "service": "api", "port": 8888},
+]})
+
+
+# -- the history of status lines ---------------------------------------------------------------
+
+def lines(state: State) -> list[str]:
+    return [line for _, line in state.history]
+
+
+def test_history_keeps_what_happened_once_and_only_the_last_ones() -> None:
+    state = State()
+    state.record("started", at=1.0)
+    for _ in range(3):
+        state.record("no change", at=2.0)
+        state.record("change pending: applying in 1.3s", at=2.5)
+    state.record("reloaded: +1 endpoints for tasks.a", at=3.0)
+    state.record("reloaded: +1 endpoints for tasks.a", at=4.0)  # another reload: kept
+    state.record("reload refused (+1 endpoints for tasks.b): nginx -t said: boom", at=5.0)
+    state.record("reload refused earlier; retrying in 3.9s", at=5.5)
+    state.record("reload refused earlier; retrying in 2.9s", at=6.0)
+    state.record("cycle failed: disk full", at=7.0)
+    state.record("cycle failed: disk full", at=8.0)  # the same failure again: once
+    assert lines(state) == [
+        "started", "reloaded: +1 endpoints for tasks.a", "reloaded: +1 endpoints for tasks.a",
+        "reload refused (+1 endpoints for tasks.b): nginx -t said: boom",
+        "cycle failed: disk full"]
+    assert state.status == "cycle failed: disk full"
+    assert [at for at, _ in state.history] == [1.0, 3.0, 4.0, 5.0, 7.0]
+
+
+def test_history_shows_a_refusal_that_came_with_no_change() -> None:
+    state = State()
+    state.record("reloaded: x")
+    state.record("no change; routes file refused: routes[0].port: required field is missing")
+    state.record("no change; routes file refused: routes[0].port: required field is missing")
+    state.record("no change")  # fixed
+    state.record("no change")
+    assert lines(state) == [
+        "reloaded: x",
+        "no change; routes file refused: routes[0].port: required field is missing",
+        "no change"]
+
+
+def test_history_is_bounded() -> None:
+    state = State()
+    for i in range(HISTORY + 5):
+        state.record(f"reloaded: change {i}")
+    assert len(state.history) == HISTORY
+    assert lines(state)[0] == "reloaded: change 5"
+    assert lines(state)[-1] == f"reloaded: change {HISTORY + 4}"
+
+
+# -- per-route request counts ------------------------------------------------------------------
+
+def test_traffic_totals_count_requests_by_class_and_are_none_while_off() -> None:
+    traffic = Traffic()
+    assert traffic.totals() is None
+    traffic.follow(lambda: ROUTES)
+    header = b"<190>Nov 25 17:11:04 gateway: g1|"
+    # ROUTE|STATUS|REQUEST_TIME|UPSTREAM_RESPONSE_TIME|UPSTREAM_STATUS|UPSTREAM_HEADER_TIME|..
+    for fields in ("200|0.001|0.001|200|0.001", "200|0.001|0.001|200|0.001",
+                   "503|0.000|-|-|-", "502|0.001|0.001|502|-", "504|1.0|1.0|504|-"):
+        traffic.feed(header + f"/gateway-route/managerhttp|{fields}|10|10".encode())
+    totals = traffic.totals()
+    assert totals is not None
+    assert totals["managerhttp/"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 3,
+                                      "upstream_errors": 2}
+    assert totals["api.example.com/v1"]["2xx"] == 0
+    assert set(totals) == {"managerhttp/", "api.example.com/v1", "unrouted"}
+
+
+# -- the VRRP state -----------------------------------------------------------------------------
+
+def test_vrrp_state_is_read_from_the_notify_hooks_textfile(tmp_path: Path) -> None:
+    assert vrrp_status(None) is None
+    textfile = tmp_path / "keepalived.prom"
+    assert vrrp_status(textfile)["error"].startswith("no file yet")  # type: ignore[index]
+    record_transition(textfile, "INSTANCE", "gateway_vip", "BACKUP", "100", now=1000.0)
+    record_transition(textfile, "INSTANCE", "gateway_vip", "MASTER", "150", now=2000.0)
+    record_transition(textfile, "GROUP", "gateways", "MASTER", "0", now=2000.0)
+    doc = vrrp_status(textfile)
+    assert doc is not None
+    assert doc["error"] is None
+    assert doc["instances"] == [
+        {"kind": "group", "name": "gateways", "state": "MASTER", "priority": 0.0,
+         "last_transition_at": 2000.0, "transitions": {"MASTER": 1.0}},
+        {"kind": "instance", "name": "gateway_vip", "state": "MASTER", "priority": 150.0,
+         "last_transition_at": 2000.0, "transitions": {"BACKUP": 1.0, "MASTER": 1.0}}]
+
+
+def test_vrrp_state_from_a_file_that_is_not_the_hooks(tmp_path: Path) -> None:
+    textfile = tmp_path / "keepalived.prom"
+    textfile.write_text("this is { not an exposition\n")
+    doc = vrrp_status(textfile)
+    assert doc is not None
+    assert doc["instances"] == []
+    assert doc["error"].startswith("not a textfile the notify hook wrote")
+
+
+# -- the admin server ---------------------------------------------------------------------------
+
+async def client_for(state: State, settings: Settings, metrics: Metrics | None = None,
+                     ) -> TestClient[Any, Any]:
+    app = make_app(state, Nginx(settings), metrics or Metrics(), settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def test_the_page_and_its_files_are_served_with_a_strict_policy(tmp_path: Path) -> None:
+    client = await client_for(State(), Settings(nginx_prefix=tmp_path))
+    try:
+        root = await client.get("/", allow_redirects=False)
+        assert root.status == 302
+        assert root.headers["Location"] == "/dashboard/"
+        page = await client.get("/dashboard/")
+        assert page.status == 200
+        assert page.content_type == "text/html"
+        body = await page.text()
+        assert '<script src="dashboard.js"' in body
+        policy = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy
+        assert "script-src 'self'" in policy
+        assert "connect-src 'self'" in policy
+        script = await client.get("/dashboard/dashboard.js")
+        assert script.content_type == "text/javascript"
+        assert "innerHTML" not in await script.text()  # every value goes in as text
+        assert (await client.get("/dashboard/dashboard.css")).content_type == "text/css"
+        assert (await client.get("/dashboard/nothing.js")).status == 404
+    finally:
+        await client.close()
+
+
+async def test_status_has_what_the_page_shows(tmp_path: Path) -> None:
+    textfile = tmp_path / "keepalived.prom"
+    record_transition(textfile, "INSTANCE", "gateway_vip", "MASTER", "150", now=2000.0)
+    state = State(routes=ROUTES)
+    state.record("started", at=1.0)
+    state.record("reloaded: +1 endpoints for tasks.api", at=2.0)
+    metrics = Metrics()
+    metrics.traffic.follow(lambda: state.routes)
+    settings = Settings(nginx_prefix=tmp_path, vrrp_state_file=textfile)
+    client = await client_for(state, settings, metrics)
+    try:
+        doc = json.loads(await (await client.get("/status")).text())
+    finally:
+        await client.close()
+    assert [(r["label"], r["source"]) for r in doc["routes"]] == [
+        ("managerhttp/", "routes file"), ("api.example.com/v1", "routes file")]
+    assert doc["history"] == [{"at": 2.0, "status": "reloaded: +1 endpoints for tasks.api"},
+                              {"at": 1.0, "status": "started"}]  # newest first
+    assert doc["traffic"]["routes"]["managerhttp/"]["2xx"] == 0
+    assert doc["vrrp"]["instances"][0]["state"] == "MASTER"
+    assert doc["discovery_age"] is None  # DNS has not answered yet
+
+
+async def test_status_without_traffic_metrics_or_vrrp_file(tmp_path: Path) -> None:
+    client = await client_for(State(routes=ROUTES), Settings(nginx_prefix=tmp_path))
+    try:
+        doc = json.loads(await (await client.get("/status")).text())
+    finally:
+        await client.close()
+    assert doc["traffic"] is None
+    assert doc["vrrp"] is None
+
+
+def test_every_file_of_the_page_is_package_data() -> None:
+    """The wheel carries what [tool.setuptools.package-data] names: every file of the page."""
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["agent"]
+    files = sorted(p.relative_to(root / "agent").as_posix()
+                   for p in (root / "agent" / "static").iterdir())
+    assert files == ["static/dashboard.css", "static/dashboard.html", "static/dashboard.js"]
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_the_vrrp_state_file_is_a_setting_with_its_variable() -> None:
+    assert parse([]).vrrp_state_file is None
+    env = {"GATEWAY_VRRP_STATE_FILE": "/var/lib/prometheus/node-exporter/keepalived.prom"}
+    assert parse([], env).vrrp_state_file == Path(env["GATEWAY_VRRP_STATE_FILE"])
+    assert parse(["--vrrp-state-file", "/x.prom"], env).vrrp_state_file == Path("/x.prom")
