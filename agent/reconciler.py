@@ -61,7 +61,8 @@ class State:
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
     started: float = field(default_factory=time.monotonic)
-    # (wall clock, status line) of the last HISTORY cycles whose status changed or reloaded
+    # (wall clock, status line) of the last HISTORY cycles whose status changed, reloaded or
+    # followed a change of tasks
     history: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def record(self, status: str, at: float | None = None) -> None:
@@ -73,7 +74,7 @@ class State:
         if status.startswith(_QUIET):
             if _notes(status) == _notes(last):
                 return
-        elif status == last and not status.startswith("reloaded"):
+        elif status == last and not status.startswith(("reloaded", "followed")):
             return
         self.history.append((time.time() if at is None else at, status))
 
