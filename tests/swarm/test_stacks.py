@@ -45,6 +45,16 @@ def gateway_container(swarm: Swarm) -> str:
     return container
 
 
+def test_the_gateway_image_runs_nginx_1_27_4_or_newer(swarm: Swarm) -> None:
+    """The image built here (a local base without a registry) carries the nginx the product
+    needs: `server ... resolve` in upstreams and keepalive_min_timeout."""
+    said = run("docker", "exec", gateway_container(swarm), "sh", "-c", "nginx -v 2>&1")
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", said)
+    assert m is not None, said
+    measured(f"the gateway image's nginx: {m.group(0)}")
+    assert tuple(int(x) for x in m.groups()) >= (1, 27, 4)
+
+
 def test_every_host_routes_to_its_service(swarm: Swarm) -> None:
     for route in ROUTES:
         tasks = swarm.containers(route["service"])
