@@ -66,6 +66,8 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "state": e.state if e else "unknown",
             "stale": e.stale if e else False,
             "error": e.error if e else None,
+            # answered, but not tasks: outside --task-networks (gateway_dns_refused_addresses)
+            "refused": list(e.refused) if e else [],
         }
     return {
         "version": __version__,

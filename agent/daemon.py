@@ -54,7 +54,8 @@ def build(settings: Settings, access_log: str | None = None,
     state = State()
     nginx = Nginx(settings)
     discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics,
-                          control_name=control_name(settings))
+                          control_name=control_name(settings),
+                          task_networks=settings.task_networks)
     renderer = Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                         trusted_proxies=[str(n) for n in settings.trusted_proxies],
                         template=settings.template, access_log=access_log,

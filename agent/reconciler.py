@@ -161,7 +161,9 @@ class Reconciler:
         acme = self.acme_controller
         if acme is not None and not is_address(acme[0].name):
             names.append(acme[0].lookup_name)
-        snapshot = await self.discovery.resolve(names, self.state.snapshot)
+        # a service's tasks are screened (--task-networks); a `host:` name is the operator's
+        services = {t.lookup_name for t in table.targets if t.kind == "service"}
+        snapshot = await self.discovery.resolve(names, self.state.snapshot, services)
         self.state.snapshot = snapshot
         # The nameserver works if it answered anything; one service failing (a typo, a name the
         # resolver forwards upstream) must not make the whole gateway unready.

@@ -125,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Upstream
 
     def do_GET(self) -> None:
+        if self.path.endswith("/upgrade") and "Upgrade" in self.headers:
+            self._switch(self.headers["Upgrade"])
+            return
         if self.path.startswith("/slow"):
             time.sleep(float(self.path.partition("=")[2] or 2))
         if self.path.startswith("/headers"):
@@ -140,6 +143,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.hits += 1
 
     do_POST = do_GET
+
+    def _switch(self, protocol: str) -> None:
+        """Any protocol asked for (as an h2c server would): 101, then an echo of the bytes that
+        follow, prefixed with this upstream's name once."""
+        self.send_response(101)
+        self.send_header("Upgrade", protocol)
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        self.server.hits += 1
+        self.connection.sendall(f"{self.server.name}:".encode())
+        while data := self.connection.recv(4096):
+            self.connection.sendall(data)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -176,7 +193,10 @@ class Agent:
 
     def __init__(self, workdir: Path, routes: Path, nameserver: str,
                  extra: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 admin_address: str = "127.0.0.1") -> None:
+                 admin_address: str = "127.0.0.1",
+                 task_networks: str | None = "127.0.0.0/8") -> None:
+        """`task_networks`: the test's tasks are on loopback, which the default
+        --task-networks refuses; None runs the agent with its default."""
         require_programs("nginx")
         self.workdir = workdir
         self.port = free_port()
@@ -190,7 +210,8 @@ class Agent:
                      "--admin-listen", f"{admin_address}:{self.admin_port}",
                      "--status-listen", f"127.0.0.1:{self.status_port}",
                      "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
-                     "--log-level", "debug", *extra]
+                     "--log-level", "debug",
+                     *(["--task-networks", task_networks] if task_networks else []), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -66,7 +66,7 @@ def test_upstreams_list_task_addresses_with_keepalive() -> None:
     assert "least_conn;" in dmz.group(1)
     assert "server [fd00::5]:8888" in dmz.group(1)
     assert 'proxy_set_header Connection "";' in text
-    assert "proxy_set_header Upgrade $http_upgrade;" in text  # the websocket route
+    assert "proxy_set_header Upgrade $gateway_upgrade;" in text  # the websocket route
     assert "proxy_http_version 1.1;" in text
 
 
