@@ -1,5 +1,7 @@
 """The admin HTTP server: /metrics, /healthz, /readyz, /status. Read-only: nothing here changes
-state, so binding it to a separate (internal) address is all it needs to be safe.
+state. /status and /metrics name every route, service and task address: with a token
+(--admin-token-file) they answer only `Authorization: Bearer TOKEN`; /healthz and /readyz, which
+keepalived's check and the orchestrator ask, stay open and say nothing but ok or why not.
 
 - /healthz: the loop is alive (a cycle finished within a few intervals).
 - /readyz: nginx runs, a configuration is applied and serving, and discovery is fresh.
@@ -10,6 +12,7 @@ HEAD answers with the status code only (aiohttp drops the body for HEAD).
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from agent.settings import Settings
 from agent.sources import ControllerRoutes
 from agent.tls import status as tls_status
 
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
 
 
@@ -96,7 +100,8 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
 
 def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
              clock: Callable[[], float] = time.monotonic,
-             sources: ControllerRoutes | None = None) -> web.Application:
+             sources: ControllerRoutes | None = None,
+             token: str | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, detail = liveness(state, settings, clock())
         return web.Response(status=200 if ok else 503, text=("ok: " if ok else "dead: ") + detail
@@ -111,7 +116,18 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
         return web.json_response(status_document(state, nginx, settings, clock(), sources),
                                  dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
-    app = web.Application()
+    @web.middleware
+    async def authorized(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                metrics.admin_unauthorized.inc()
+                raise web.HTTPUnauthorized(text="a token is needed (--admin-token-file)\n",
+                                           headers={"WWW-Authenticate": "Bearer"})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = web.Application(middlewares=[authorized])
     metrics_handler = make_aiohttp_handler(metrics.registry)
     for path, handler in (("/metrics", metrics_handler), ("/healthz", healthz),
                           ("/readyz", readyz), ("/status", status)):

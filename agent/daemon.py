@@ -81,6 +81,12 @@ def build(settings: Settings, access_log: str | None = None,
 
 
 async def run(settings: Settings) -> int:
+    admin_token = read_token(settings.admin_token_file, "--admin-token-file") \
+        if settings.admin_token_file is not None else None
+    if admin_token is None and not ipaddress.ip_address(settings.admin_listen.host).is_loopback:
+        log.warning("admin_without_token address=%s effect=%r", settings.admin_listen,
+                    "/status and /metrics (routes, services, task addresses, errors) answer "
+                    "whoever reaches this address; give --admin-token-file")
     sock = None
     if settings.access_log_metrics:
         try:
@@ -105,7 +111,8 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     runner = web.AppRunner(make_app(state, nginx, metrics, settings,
-                                    sources=reconciler.sources), access_log=None)
+                                    sources=reconciler.sources, token=admin_token),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()

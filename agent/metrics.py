@@ -91,6 +91,9 @@ class Metrics:
         self.dns_lookups = Counter(
             "gateway_dns_lookups", "DNS lookups by result "
             "(ok, nxdomain, nodata, timeout, servfail, refused, error)", ["result"], registry=r)
+        self.admin_unauthorized = Counter(
+            "gateway_admin_unauthorized_requests", "Requests to /status or /metrics refused "
+            "for a missing or wrong token (--admin-token-file)", registry=r)
         self.dns_refused = Counter(
             "gateway_dns_refused_addresses", "Addresses in answers for tasks.<service> that "
             "are not of --task-networks, refused, by result (loopback, link_local, public, "

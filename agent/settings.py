@@ -245,6 +245,7 @@ class Settings:
     certs_dir: Path = Path("/run/secrets")
     tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
+    admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
     poll_interval: float = 1.0
     dns_timeout: float = 0.5
@@ -331,6 +332,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "(/etc/ssl/certs/ca-certificates.crt)"),
     ("--admin-listen", "admin_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
      "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
+    ("--admin-token-file", "admin_token_file", Path,
+     "a file (a docker secret) holding the token /status and /metrics need (Authorization: "
+     "Bearer); /healthz and /readyz stay open. Without it, bind --admin-listen to an address "
+     "only monitoring and keepalived reach"),
     ("--status-listen", "status_listen", lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
      "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
     ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),

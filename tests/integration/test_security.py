@@ -4,6 +4,8 @@ the test's upstreams on loopback, a client sending what an attacker would."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 
 from tests.integration.conftest import TASK_ADDRESSES
@@ -110,3 +112,36 @@ def test_websocket_routes_upgrade_to_websocket_only(
     # a route without websocket never upgrades
     status, body = upgrade(agent, "chat.example.com", "/upgrade", "websocket")
     assert (status, body) == ("HTTP/1.1 200 OK", b"task2")
+
+
+def test_the_admin_port_shows_status_and_metrics_to_the_token_only(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """With --admin-token-file, /status and /metrics (routes, services, task addresses) answer
+    only the token; /healthz and /readyz (keepalived's check, gateway-check) stay open and say
+    nothing but ok or why not."""
+    token = "admin0123456789abcdef0123456789"
+    dns.set("tasks.shop", [T1])
+    agent = start_agent([{"hosts": ["shop.example.com"], "service": "shop",
+                          "port": upstream_port}], admin_token=token)  # ready: /readyz is open
+    assert agent.backends_seen("shop.example.com", 2) == {"task1"}
+    for path in ("/status", "/metrics", "/status?x=1", "/nothing"):
+        for wrong in ("", "nope", token + "0", token[:-1]):
+            status, body = agent.admin(path, token=wrong or "-")
+            assert status == 401, (path, wrong)
+            assert T1 not in body
+            assert "shop" not in body
+    assert agent.admin("/status", method="HEAD")[0] == 200  # with the token
+    status, body = agent.admin("/readyz", token="-")
+    assert (status, body) == (200, "ready\n")
+    status, body = agent.admin("/healthz", token="-")
+    assert status == 200
+    assert body.startswith("ok: last cycle ")
+    assert agent.status()["endpoints"]["shop"]["addresses"] == [T1]
+    assert agent.metrics()["gateway_admin_unauthorized_requests_total"] == 16
+    # the gateway-check keepalived runs on the node asks /readyz, without a token
+    check = subprocess.run(
+        [sys.executable, "-m", "agent.check", "--http",
+         f"http://127.0.0.1:{agent.admin_port}/readyz", "--timeout", "2"],
+        capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -194,9 +194,17 @@ class Agent:
     def __init__(self, workdir: Path, routes: Path, nameserver: str,
                  extra: Sequence[str] = (), env: Mapping[str, str] | None = None,
                  admin_address: str = "127.0.0.1",
-                 task_networks: str | None = "127.0.0.0/8") -> None:
+                 task_networks: str | None = "127.0.0.0/8",
+                 admin_token: str | None = None) -> None:
         """`task_networks`: the test's tasks are on loopback, which the default
-        --task-networks refuses; None runs the agent with its default."""
+        --task-networks refuses; None runs the agent with its default. `admin_token`: given
+        with --admin-token-file, and shown by admin() on every request."""
+        self.admin_token = admin_token
+        if admin_token is not None:
+            token_file = workdir / "admin-token"
+            token_file.write_text(admin_token + "\n")
+            token_file.chmod(0o600)
+            extra = ["--admin-token-file", str(token_file), *extra]
         require_programs("nginx")
         self.workdir = workdir
         self.port = free_port()
@@ -252,9 +260,13 @@ class Agent:
         status, body, _ = http_get(self.port, host, path, **kw)
         return status, body
 
-    def admin(self, path: str) -> tuple[int, str]:
+    def admin(self, path: str, token: str | None = None, method: str = "GET",
+              ) -> tuple[int, str]:
+        """A request to the admin port, with `token` or the agent's own (if any)."""
+        token = token or self.admin_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         status, body, _ = http_get(self.admin_port, "localhost", path,
-                                   address=self.admin_address)
+                                   address=self.admin_address, headers=headers, method=method)
         return status, body
 
     def status(self) -> dict[str, Any]:
