@@ -9,8 +9,6 @@ import yaml
 from tests.support import free_port
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 
-pytestmark = pytest.mark.integration
-
 # Distinct loopback addresses, one per task, so each upstream answers with its own identity.
 TASK_ADDRESSES = [f"127.0.10.{i}" for i in range(1, 9)]
 
