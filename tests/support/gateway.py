@@ -280,6 +280,19 @@ class Agent:
         assert code == 200, body
         return metric_samples(body)
 
+    def cycles(self) -> float:
+        """Reconcile cycles finished so far (ok or not)."""
+        m = self.metrics()
+        return sum(m[f'gateway_reconcile_cycles_total{{result="{r}"}}'] for r in ("ok", "error"))
+
+    def wait_cycles(self, count: int = 2, timeout: float = 15) -> None:
+        """Wait until `count` more cycles have finished: at least count - 1 of them began after
+        this call, so whatever was set before it has been discovered and rendered. What a test
+        then finds unchanged did not change though the agent looked."""
+        start = self.cycles()
+        wait_until(lambda: self.cycles() >= start + count, timeout,
+                   f"{count} more reconcile cycles", interval=0.05)
+
     def backends_seen(self, host: str, requests: int = 30) -> set[str]:
         """Which upstream names answer `requests` requests for `host`."""
         seen = set()
