@@ -129,7 +129,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._switch(self.headers["Upgrade"])
             return
         if self.path.startswith("/slow"):
-            time.sleep(float(self.path.partition("=")[2] or 2))
+            with self.server.lock:
+                self.server.in_flight += 1
+            try:
+                time.sleep(float(self.path.partition("=")[2] or 2))
+            finally:
+                with self.server.lock:
+                    self.server.in_flight -= 1
         if self.path.startswith("/headers"):
             body = json.dumps({k.lower(): v for k, v in self.headers.items()})
         else:
@@ -170,6 +176,8 @@ class _Upstream(ThreadingHTTPServer):
     request_queue_size = 128
     name: str
     hits: int
+    in_flight: int  # slow requests being answered now
+    lock: threading.Lock
 
 
 class Upstream:
@@ -180,6 +188,8 @@ class Upstream:
         self.server = _Upstream((address, port), _Handler)
         self.server.name = name
         self.server.hits = 0
+        self.server.in_flight = 0
+        self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
