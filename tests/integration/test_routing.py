@@ -7,11 +7,11 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from agent.render import _TEMPLATES
 from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
@@ -149,7 +149,7 @@ def test_a_template_of_one_s_own_serves(
         tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     """--template: the built-in template with one header more in every proxied location."""
-    builtin = (_TEMPLATES / "gateway.conf.j2").read_text()
+    builtin = (resources.files("agent") / "templates" / "gateway.conf.j2").read_text()
     marker = "        proxy_http_version 1.1;\n"
     assert marker in builtin
     mine = tmp_path / "mine.conf.j2"
