@@ -125,9 +125,6 @@ def _address(text: str) -> str | None:
     return socket.inet_ntop(socket.AF_INET, v4)
 
 
-REFUSED_RESULTS = ("loopback", "link_local", "public", "outside")
-
-
 @functools.lru_cache(maxsize=65536)
 def screen(address: str, networks: tuple[Network, ...]) -> str | None:
     """None when `address` (canonical) is in one of `networks`; otherwise why it is refused:
