@@ -503,19 +503,25 @@ class AcmeManager:
     # -- what the gateways and users get -----------------------------------------------------
 
     def certificates(self, zone: str | None) -> list[dict[str, str]]:
-        """For the routes document: the certificates of the wanted hosts of this zone."""
+        """For the routes document: the certificates of the wanted hosts of this zone. A zone
+        gets a host's certificate (and its private key) only when every route of the host is
+        in that zone: a route of another zone under the same name must not hand the zone's
+        gateways the key of a host that serves elsewhere."""
         out = []
         for host, zones in sorted(self.wanted.items()):
             st = self.hosts.get(host)
-            if st is None or st.issued is None or (zone is not None and zone not in zones):
+            if st is None or st.issued is None or (zone is not None and zones != {zone}):
                 continue
             out.append({"host": host, "chain": st.issued.chain, "key": st.issued.key})
         return out
 
-    def status(self) -> dict[str, Any]:
+    def status(self, zone: str | None = None) -> dict[str, Any]:
+        """Every host's state; with `zone`, only the hosts whose certificate that zone gets
+        (for a zone's token: it learns nothing of other zones)."""
         now = self.clock()
         hosts = {}
-        for host in sorted(self.wanted):
+        for host in sorted(h for h, zones in self.wanted.items()
+                           if zone is None or zones == {zone}):
             st = self.hosts.get(host) or HostState()
             issued = st.issued
             hosts[host] = {
@@ -529,7 +535,7 @@ class AcmeManager:
                 "last_success_at": _iso(st.last_success_at),
             }
         problems = [f"{h}: {st.last_error}" for h, st in sorted(self.hosts.items())
-                    if h in self.wanted and st.last_error is not None]
+                    if h in hosts and st.last_error is not None]
         return {"directory": self.client.directory_url, "account": self.client.account_uri,
                 "renew_before_days": self.renew_before / 86400, "problems": problems,
                 "loop_seconds_ago": round(time.monotonic() - self.heartbeat, 1),

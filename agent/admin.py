@@ -1,5 +1,7 @@
 """The admin HTTP server: /metrics, /healthz, /readyz, /status. Read-only: nothing here changes
-state, so binding it to a separate (internal) address is all it needs to be safe.
+state. /status and /metrics name every route, service and task address: with a token
+(--admin-token-file) they answer only `Authorization: Bearer TOKEN`; /healthz and /readyz, which
+keepalived's check and the orchestrator ask, stay open and say nothing but ok or why not.
 
 - /healthz: the loop is alive (a cycle finished within a few intervals).
 - /readyz: nginx runs, a configuration is applied and serving, and discovery is fresh.
@@ -11,6 +13,7 @@ HEAD answers with the status code only (aiohttp drops the body for HEAD).
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +24,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
 from agent.accesslog import route_label
-from agent.dashboard import add_page, vrrp_status
+from agent.dashboard import PREFIX, add_page, vrrp_status
 from agent.metrics import Metrics
 from agent.nginx import Nginx
 from agent.reconciler import State
@@ -29,6 +32,13 @@ from agent.settings import Settings
 from agent.sources import FILE_SOURCE, ControllerRoutes
 from agent.tls import status as tls_status
 
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
+
+
+def is_open(path: str) -> bool:
+    """Paths that answer without the admin token: the health checks, and the dashboard's own
+    files (they hold no data: the page fetches /status with the token)."""
+    return path in OPEN_PATHS or path in ("/", "/dashboard") or path.startswith(PREFIX)
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
 
 
@@ -72,6 +82,8 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "stale": e.stale if e else False,
             "error": e.error if e else None,
             "since": e.since if e and e.since else None,  # these addresses first seen (wall)
+            # answered, but not tasks: outside --task-networks (gateway_dns_refused_addresses)
+            "refused": list(e.refused) if e else [],
         }
     source_of = {}
     if sources is not None:
@@ -112,7 +124,8 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
 
 def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
              clock: Callable[[], float] = time.monotonic,
-             sources: ControllerRoutes | None = None) -> web.Application:
+             sources: ControllerRoutes | None = None,
+             token: str | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, detail = liveness(state, settings, clock())
         return web.Response(status=200 if ok else 503, text=("ok: " if ok else "dead: ") + detail
@@ -128,7 +141,18 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
                                                  metrics.traffic.totals()),
                                  dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
-    app = web.Application()
+    @web.middleware
+    async def authorized(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token is not None and not is_open(request.path):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                metrics.admin_unauthorized.inc()
+                raise web.HTTPUnauthorized(text="a token is needed (--admin-token-file)\n",
+                                           headers={"WWW-Authenticate": "Bearer"})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = web.Application(middlewares=[authorized])
     metrics_handler = make_aiohttp_handler(metrics.registry)
     for path, handler in (("/metrics", metrics_handler), ("/healthz", healthz),
                           ("/readyz", readyz), ("/status", status)):

@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -286,12 +287,18 @@ def signals_blocked() -> Iterator[None]:
 
 
 def write_track_file(path: str, value: int) -> None:
-    """Replace the track file atomically (temp file in the same folder, then os.replace)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    """Replace the track file atomically (temp file in the same folder, then os.replace).
+
+    The watcher runs as root beside keepalived: the temporary file gets a name no one can
+    guess and is created with O_EXCL (mkstemp), so a link planted in the folder cannot make
+    it write anywhere else; os.replace puts a new file in place of whatever `path` was, a link
+    included, and never writes through it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path) or ".")
     try:
-        with open(tmp, "w", encoding="ascii") as f:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(f"{value}\n")
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):

@@ -114,11 +114,15 @@ class Catalog:
         self._documents = {}
         return self.synced and self.document(None) != before
 
-    def update(self, labels: LabelRoutes) -> bool:
-        """Take a new list; True when the routes or errors served changed."""
+    def update(self, labels: LabelRoutes, file: RouteTable | None = None) -> bool:
+        """Take a new list; True when the routes or errors served changed. With the routes
+        file's routes, a label route claiming one of its names is refused here too, and
+        reported in this controller's /status as in the gateways'."""
         before = self.document(None) if self.synced else None
         self.labels = labels
-        self.merged = merge(labels.routes)  # two services claiming one host: the oldest keeps it
+        # two services claiming one host: the oldest keeps it; the file's names are the file's
+        self.merged = merge([(FILE_SOURCE, r) for r in (file.routes if file else ())]
+                            + list(labels.routes))
         self.synced = True
         self._documents = {}
         return self.document(None) != before
@@ -133,7 +137,7 @@ class Catalog:
         if zone not in self._documents:
             routes = [route_item(s, r) for s, r in zip(self.merged.sources,
                                                        self.merged.table.routes, strict=True)
-                      if zone is None or r.zone == zone]
+                      if s != FILE_SOURCE and (zone is None or r.zone == zone)]
             errors = [text for z, text in self.errors if zone is None or z == zone]
             body: dict[str, Any] = {"routes": routes, "errors": errors}
             if self.certificates is not None:
@@ -156,7 +160,9 @@ class Controller:
         self.token = token  # the gateways' Authorization: Bearer (--controller-token-file)
         self.zone_tokens = zone_tokens  # (zone, token): that zone's routes only
         self.acme = acme
-        self.file_routes = file_routes  # the routes file's routes: ACME orders for them too
+        # the routes file's routes: their names are refused to labels, and with ACME, their
+        # `tls: acme` hosts get certificates too
+        self.file_routes = file_routes
         self.challenges: dict[str, str] = acme.client.challenges if acme else {}
         self.list_services = list_services
         self.list_running = list_running
@@ -256,7 +262,8 @@ class Controller:
         self._served = {r.service for _, r in routes if r.service}
         self.metrics.held.set(len(self._held))
         first = not self.catalog.synced
-        if self.catalog.update(LabelRoutes(routes, found.errors, found.services)) or first:
+        file = self.file_routes() if self.file_routes is not None else RouteTable(())
+        if self.catalog.update(LabelRoutes(routes, found.errors, found.services), file) or first:
             self._announce(first)
 
     def _certificates_changed(self) -> None:
@@ -269,8 +276,9 @@ class Controller:
         routes file's (which the gateways serve too)."""
         if self.acme is None:
             return
-        labelled = list(zip(self.catalog.merged.sources, self.catalog.merged.table.routes,
-                            strict=True))
+        labelled = [(s, r) for s, r in zip(self.catalog.merged.sources,
+                                           self.catalog.merged.table.routes, strict=True)
+                    if s != FILE_SOURCE]
         file = self.file_routes().routes if self.file_routes is not None else ()
         # merged as the gateways merge them: a label route they refuse gets no certificate
         merged = merge([(FILE_SOURCE, r) for r in file] + labelled)
@@ -358,14 +366,17 @@ class Controller:
         return response
 
     def authorized(self, request: web.Request) -> bool:
-        """The token of every zone; or a zone's token, for that zone's routes only."""
+        """The token of every zone; or a zone's token, for that zone's routes and status only
+        (`?zone=` of that zone), and /readyz."""
         if self.token is None:
             return True
         given = request.headers.get("Authorization", "").encode()
         allowed = hmac.compare_digest(given, f"Bearer {self.token}".encode())
         for zone, token in self.zone_tokens:  # each compared: the time tells nothing
             if hmac.compare_digest(given, f"Bearer {token}".encode()):
-                allowed |= request.path == "/routes" and request.query.get("zone") == zone
+                allowed |= request.path == "/readyz" or (
+                    request.path in ("/routes", "/status") and
+                    request.query.getall("zone", []) == [zone])
         return allowed
 
     async def challenge(self, request: web.Request) -> web.Response:
@@ -401,9 +412,27 @@ class Controller:
             problems.append("not following Docker's events")
         return not problems, problems
 
-    def status(self) -> dict[str, Any]:
+    def status(self, zone: str | None = None) -> dict[str, Any]:
+        """Everything; with `zone`, what concerns that zone only (its routes, its errors, the
+        certificates it gets), as a zone's token may see it."""
         ready, problems = self.ready()
-        doc = self.catalog.document(None)
+        doc = self.catalog.document(zone)
+        if zone is not None:
+            zoned = {r["route"].get("service") for r in doc["routes"]}
+            held = {n: d for n, d in self._held.items() if n in zoned}
+            return {
+                "version": __version__,
+                "ready": ready,
+                "problems": problems,
+                "zone": zone,
+                "routes_version": doc["version"] if self.catalog.synced else None,
+                "held_for_tasks": {name: round(max(0.0, due - time.monotonic()), 1)
+                                   for name, due in sorted(held.items())},
+                "routes": [{"source": item["source"], **item["route"]}
+                           for item in doc["routes"]],
+                "errors": doc["errors"],
+                "acme": self.acme.status(zone) if self.acme is not None else None,
+            }
         return {
             "version": __version__,
             "ready": ready,
@@ -434,15 +463,21 @@ class Controller:
                                 text="ready\n" if ok else "not ready: " + "; ".join(problems)
                                 + "\n")
 
-        async def status(_: web.Request) -> web.Response:
-            return web.json_response(self.status(),
+        async def status(request: web.Request) -> web.Response:
+            zones = request.query.getall("zone", [])
+            if len(zones) > 1 or (zones and not ZONE_RE.fullmatch(zones[0])):
+                raise web.HTTPBadRequest(text="zone: give one valid zone name\n")
+            return web.json_response(self.status(zones[0] if zones else None),
                                      dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
         @web.middleware
         async def token(request: web.Request, handler: Any) -> web.StreamResponse:
-            """/routes (with the ACME keys) and /acme/ only for those who show the token; a
-            zone's token (--zone-token-files) gets that zone's routes and nothing else."""
-            if (request.path == "/routes" or request.path.startswith("/acme/")) and \
+            """With a token, everything but /healthz (the stack's healthcheck) and the ACME
+            challenges (which the CA fetches without credentials) needs it: /routes carries
+            the ACME keys, /status and /metrics name every zone's hosts, services and errors.
+            A zone's token (--zone-token-files) gets that zone's routes and status only."""
+            if request.path != "/healthz" and \
+                    not request.path.startswith("/.well-known/acme-challenge/") and \
                     not self.authorized(request):
                 self.metrics.unauthorized.inc()
                 raise web.HTTPUnauthorized(
@@ -540,9 +575,9 @@ class Docker:
 
 
 class FileRoutes:
-    """The routes file as the controller reads it: only to order ACME certificates for its
-    `tls: acme` routes. Read again when it changes; a bad file keeps the last good routes
-    (the gateways report its errors)."""
+    """The routes file as the controller reads it: its names are refused to labels (as the
+    gateways refuse them), and with ACME its `tls: acme` routes get certificates. Read again
+    when it changes; a bad file keeps the last good routes (the gateways report its errors)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -555,7 +590,8 @@ class FileRoutes:
         if current is None and not self._missing_said:
             self._missing_said = True
             log.warning("routes_file_missing file=%s effect=%r", self.path,
-                        "its tls: acme routes get no certificate (mount the routes config)")
+                        "its names are not checked against labels here, and its tls: acme "
+                        "routes get no certificate (mount the routes config)")
         if current != self._stamp:
             self._stamp = current
             try:
@@ -596,8 +632,7 @@ async def run(settings: Settings) -> int:
                             zone_tokens=tuple((z, read_token(f, "--zone-token-files"))
                                               for z, f in settings.zone_token_files),
                             acme=acme,
-                            file_routes=FileRoutes(settings.routes)
-                            if settings.routes and acme is not None else None)
+                            file_routes=FileRoutes(settings.routes) if settings.routes else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

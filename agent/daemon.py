@@ -66,6 +66,7 @@ def build(settings: Settings, access_log: str | None = None,
     nginx = Nginx(settings)
     discovery = Discovery(settings.nameserver, settings.dns_timeout, metrics,
                           control_name=control_name(settings),
+                          task_networks=settings.task_networks,
                           # nginx resolves with ipv6=off: AAAA answers would not be used
                           ipv6=settings.upstream_mode == "static")
     renderer = make_renderer(settings, access_log)
@@ -94,6 +95,12 @@ async def run(settings: Settings) -> int:
         log.error("nginx_unusable error=%r", str(exc))
         return 1
     log.info("nginx_found version=%s", ".".join(map(str, version)))
+    admin_token = read_token(settings.admin_token_file, "--admin-token-file") \
+        if settings.admin_token_file is not None else None
+    if admin_token is None and not ipaddress.ip_address(settings.admin_listen.host).is_loopback:
+        log.warning("admin_without_token address=%s effect=%r", settings.admin_listen,
+                    "/status and /metrics (routes, services, task addresses, errors) answer "
+                    "whoever reaches this address; give --admin-token-file")
     sock = None
     if settings.access_log_metrics:
         try:
@@ -118,7 +125,8 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     runner = web.AppRunner(make_app(state, nginx, metrics, settings,
-                                    sources=reconciler.sources), access_log=None)
+                                    sources=reconciler.sources, token=admin_token),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()

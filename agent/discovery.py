@@ -20,15 +20,24 @@ the gateway's own address, which Docker always answers itself), a round where th
 was answered reads a timeout, SERVFAIL or REFUSED for another name as "Docker does not know this
 name": no tasks. When the control name fails too, the nameserver itself is failing and the last
 known addresses are kept.
+
+Forwarding also means that `tasks.shop` of a service scaled to zero is answered by whoever owns
+the public `.shop` domain. So the answers for a service's `tasks.` name are screened: only
+addresses of the swarm's own networks (--task-networks) are tasks; any other (loopback,
+link-local such as cloud metadata at 169.254.169.254, public, another private network) is
+refused, counted in gateway_dns_refused_addresses_total{result} and shown in /status. Names of
+`host:` targets are the operator's own choice and are not screened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +45,7 @@ import aiodns
 import pycares
 
 from agent.metrics import Metrics
-from agent.settings import HostPort
+from agent.settings import HostPort, Network
 
 log = logging.getLogger("agent.discovery")
 
@@ -54,6 +63,7 @@ class Endpoints:
     stale: bool = False  # the last lookup failed; addresses are the last known ones
     error: str | None = None
     since: float = field(default=0.0, compare=False)  # when these addresses were first seen
+    refused: tuple[str, ...] = ()  # answered, but not addresses of the swarm's networks
 
 
 Snapshot = Mapping[str, Endpoints]
@@ -115,6 +125,23 @@ def _address(text: str) -> str | None:
     return socket.inet_ntop(socket.AF_INET, v4)
 
 
+@functools.lru_cache(maxsize=65536)
+def screen(address: str, networks: tuple[Network, ...]) -> str | None:
+    """None when `address` (canonical) is in one of `networks`; otherwise why it is refused:
+    loopback, link_local, public, or outside (a private address of no network listed)."""
+    ip = ipaddress.ip_address(address)
+    if any(ip in net for net in networks if net.version == ip.version):
+        return None
+    plain = ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+    if plain.is_loopback:
+        return "loopback"
+    if plain.is_link_local:
+        return "link_local"
+    if plain.is_global:
+        return "public"
+    return "outside"
+
+
 def sort_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     """Distinct addresses in a stable order; ValueError for anything that is not an address."""
     return tuple(sorted(set(addresses), key=_packed))
@@ -125,9 +152,12 @@ class Discovery:
 
     def __init__(self, nameserver: HostPort, timeout: float, metrics: Metrics,
                  clock: Callable[[], float] = time.time, control_name: str | None = None,
-                 ipv6: bool = True) -> None:
+                 task_networks: Sequence[Network] | None = None, ipv6: bool = True) -> None:
         self.ipv6 = ipv6  # also ask AAAA
         self.nameserver = nameserver
+        # the only addresses a screened (tasks.) name may answer; None: no screening
+        self.task_networks = tuple(task_networks) if task_networks is not None else None
+        self._refusing: dict[str, tuple[str, ...]] = {}
         self.timeout = timeout
         self.metrics = metrics
         self.clock = clock
@@ -179,8 +209,33 @@ class Discovery:
             return aaaa  # IPv6-only tasks, none at all, or a failure we must not read as "none"
         return a
 
-    async def resolve(self, names: Iterable[str], previous: Snapshot) -> dict[str, Endpoints]:
-        """One round: every name at once, on a fresh channel (see the module docstring)."""
+    def _screened(self, name: str, addresses: tuple[str, ...],
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(accepted, refused) addresses of a `tasks.` name's answer."""
+        networks = self.task_networks
+        if networks is None:
+            return addresses, ()
+        accepted, refused = [], []
+        for address in addresses:
+            why = screen(address, networks)
+            if why is None:
+                accepted.append(address)
+            else:
+                refused.append(address)
+                self.metrics.dns_refused.labels(why).inc()
+        if tuple(refused) != self._refusing.get(name, ()):
+            if refused:
+                log.warning("dns_answer_refused name=%s refused=%s kept=%d reason=%r", name,
+                            ",".join(refused), len(accepted),
+                            "not an address of --task-networks")
+            self._refusing[name] = tuple(refused)
+        return tuple(accepted), tuple(refused)
+
+    async def resolve(self, names: Iterable[str], previous: Snapshot,
+                      screened: Collection[str] = ()) -> dict[str, Endpoints]:
+        """One round: every name at once, on a fresh channel (see the module docstring).
+        The answers of the names in `screened` (services' `tasks.` names) keep only the
+        addresses of --task-networks."""
         names = sorted(set(names))
         resolver = self._resolver()
         try:
@@ -223,9 +278,13 @@ class Discovery:
             if self._failing.pop(name, None) is not None:
                 log.info("dns_lookup_recovered name=%s addresses=%d", name,
                          len(answer.addresses))
-            state: State = "ok" if answer.addresses else "none"
-            since = before.since if before.addresses == answer.addresses and before.since else now
-            snapshot[name] = Endpoints(answer.addresses, state, False, None, since)
+            addresses, refused = (self._screened(name, answer.addresses) if name in screened
+                                  else (answer.addresses, ()))
+            state: State = "ok" if addresses else "none"
+            since = before.since if before.addresses == addresses and before.since else now
+            snapshot[name] = Endpoints(addresses, state, False, None, since, refused)
         for gone in set(self._failing) - set(names) - set(previous):  # no longer a target
             del self._failing[gone]
+        for gone in set(self._refusing) - set(names) - set(previous):
+            del self._refusing[gone]
         return snapshot

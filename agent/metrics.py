@@ -95,6 +95,13 @@ class Metrics:
         self.dns_lookups = Counter(
             "gateway_dns_lookups", "DNS lookups by result "
             "(ok, nxdomain, nodata, timeout, servfail, refused, error)", ["result"], registry=r)
+        self.admin_unauthorized = Counter(
+            "gateway_admin_unauthorized_requests", "Requests to /status or /metrics refused "
+            "for a missing or wrong token (--admin-token-file)", registry=r)
+        self.dns_refused = Counter(
+            "gateway_dns_refused_addresses", "Addresses in answers for tasks.<service> that "
+            "are not of --task-networks, refused, by result (loopback, link_local, public, "
+            "outside: another private network)", ["result"], registry=r)
         self.dns_duration = Histogram("gateway_dns_lookup_duration_seconds",
                                       "Duration of one DNS lookup", buckets=_DNS_BUCKETS,
                                       registry=r)
@@ -128,6 +135,8 @@ class Metrics:
             self.apply_failures.labels(stage)
         for result in ("ok", "nxdomain", "nodata", "timeout", "servfail", "refused", "error"):
             self.dns_lookups.labels(result)
+        for result in ("loopback", "link_local", "public", "outside"):
+            self.dns_refused.labels(result)
         for result in ("ok", "error"):
             self.cycles.labels(result)
         for result in ("success", "invalid"):

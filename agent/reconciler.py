@@ -205,8 +205,10 @@ class Reconciler:
         acme = self.acme_controller
         if acme is not None and not is_address(acme[0].name):
             names.append(acme[0].lookup_name)
+        # a service's tasks are screened (--task-networks); a `host:` name is the operator's
+        services = {t.lookup_name for t in table.targets if t.kind == "service"}
         due = self._due_names(names)
-        resolved = await self.discovery.resolve(due, self.state.snapshot)
+        resolved = await self.discovery.resolve(due, self.state.snapshot, services)
         snapshot = {n: resolved[n] if n in resolved else self.state.snapshot[n] for n in names
                     if n in resolved or n in self.state.snapshot}
         self.state.snapshot = snapshot

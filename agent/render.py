@@ -147,7 +147,8 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
     With `resolve`, the upstream names the target and nginx follows its addresses (re-resolved
     every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
     target whose lookups fail (stale) is written with its last known addresses instead: nginx
-    started while DNS is down has no addresses of its own to keep.
+    started while DNS is down has no addresses of its own to keep. So is one whose answer had
+    addresses outside the task networks (agent.discovery.screen): nginx would take them all.
     """
     out = {}
     for route in routes:
@@ -158,7 +159,10 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
         if not endpoints.addresses:
             continue
         lookup = route.target.lookup_name
-        by_name = resolve and not endpoints.stale and not is_address(lookup)
+        # an answer with addresses outside --task-networks is not left to nginx to follow:
+        # the block gets the accepted addresses only, or none (503), until the answer is clean
+        by_name = resolve and not endpoints.stale and not endpoints.refused \
+            and not is_address(lookup)
         if by_name:
             servers: tuple[str, ...] = (f"{lookup}:{route.port}",)
         else:

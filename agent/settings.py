@@ -90,6 +90,30 @@ def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(nets)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Docker's default address pools: overlays and swarm networks from 10.0.0.0/8
+# (--default-addr-pool), bridges and docker_gwbridge from 172.16.0.0/12 and 192.168.0.0/16;
+# and IPv6 unique local addresses, for overlays with IPv6.
+DEFAULT_TASK_NETWORKS: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                      "fc00::/7"))
+LINK_LOCAL: tuple[Network, ...] = (ipaddress.ip_network("169.254.0.0/16"),
+                                   ipaddress.ip_network("fe80::/10"))
+
+
+def task_networks(value: str) -> tuple[Network, ...]:
+    """The swarm's own networks: the only addresses a `tasks.` name may answer. Link-local is
+    never one (cloud metadata answers there)."""
+    nets = parse_networks(value)
+    if not nets:
+        raise ValueError("give at least one network (CIDR)")
+    for net in nets:
+        if any(net.version == ll.version and net.overlaps(ll) for ll in LINK_LOCAL):
+            raise ValueError(f"{str(net)!r} overlaps link-local addresses (169.254.0.0/16, "
+                             "fe80::/10: cloud metadata), which tasks never have")
+    return nets
+
+
 def worker_processes(value: str) -> str:
     if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 1024):
         raise ValueError(f"{value!r} is not 'auto' or a number of processes")
@@ -227,6 +251,7 @@ class Settings:
     certs_dir: Path = Path("/run/secrets")
     tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
+    admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
     poll_interval: float = 1.0
     dns_timeout: float = 0.5
@@ -240,6 +265,7 @@ class Settings:
     template: Path | None = None
     state_dir: Path | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    task_networks: tuple[Network, ...] = DEFAULT_TASK_NETWORKS
     worker_processes: str = "auto"
     log_format: str = "text"
     log_level: str = "info"
@@ -315,6 +341,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "(/etc/ssl/certs/ca-certificates.crt)"),
     ("--admin-listen", "admin_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
      "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
+    ("--admin-token-file", "admin_token_file", Path,
+     "a file (a docker secret) holding the token /status and /metrics need (Authorization: "
+     "Bearer); /healthz and /readyz stay open. Without it, bind --admin-listen to an address "
+     "only monitoring and keepalived reach"),
     ("--status-listen", "status_listen", lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
      "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
     ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
@@ -327,6 +357,10 @@ _OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
      "a name the nameserver always answers itself; while it answers, a failed lookup of "
      "another name means no tasks. 'auto': the gateway's own reverse name when the nameserver "
      "is Docker's 127.0.0.11; 'none': off (auto)"),
+    ("--task-networks", "task_networks", task_networks,
+     "comma-separated CIDRs of the swarm's networks: the only addresses accepted from DNS for "
+     "a service's tasks.<service>; others (loopback, link-local, public) are refused and "
+     "counted (10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7: Docker's address pools)"),
     ("--reload-min-interval", "reload_min_interval", non_negative_float,
      "seconds between two reloads; changes inside it are coalesced into one (2)"),
     ("--zone", "zone", zone_name, "render only the routes of this zone"),

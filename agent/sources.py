@@ -52,10 +52,32 @@ class Merged:
     refused: tuple[Route, ...] = ()  # the refused routes, in the order of `errors`
 
 
+def _file_owns(host: str, names: frozenset[str]) -> str | None:
+    """The routes file's name that `host` falls under: the same name, or a wildcard of the
+    file that covers it (`*.example.com` covers `a.example.com`, `a.b.example.com` and
+    `*.b.example.com`: nginx would prefer the more specific name); None when it is free."""
+    if host in names:
+        return host
+    parent = host.removeprefix("*.")
+    while "." in parent:
+        parent = parent.split(".", 1)[1]
+        if f"*.{parent}" in names:
+            return f"*.{parent}"
+    return None
+
+
 def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
     """First come, first served: each route keeps its hosts unless an earlier route claimed one
     of them (same host and path, or the same host with a different `tls`); then it is refused
-    whole, with an error naming both sources, and the others are not affected."""
+    whole, with an error naming both sources, and the others are not affected.
+
+    The routes file's names belong to the file, every path under them included: a route from
+    another source that names one of them (or a name under one of its wildcards) is refused,
+    whatever its path. Otherwise `gateway.path=/login` on a file's host would take that path,
+    under the host's certificate, and its zone would get the host's ACME key."""
+    candidates = list(candidates)
+    file_names = frozenset(h for source, route in candidates if source == FILE_SOURCE
+                           for h in route.hosts)
     claimed: dict[tuple[str, str], str] = {}
     tls_of: dict[str, tuple[object, str]] = {}
     routes: list[Route] = []
@@ -65,7 +87,14 @@ def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
     for source, route in candidates:
         problems = []
         for host in route.hosts:
-            if (host, route.path) in claimed:
+            owner = _file_owns(host, file_names) if source != FILE_SOURCE else None
+            if owner == host:
+                problems.append(f"{host!r} belongs to the routes file, every path under it "
+                                "included")
+            elif owner is not None:
+                problems.append(f"{host!r} is under {owner!r}, which belongs to the routes "
+                                "file")
+            elif (host, route.path) in claimed:
                 problems.append(f"{host!r} with path {route.path!r} is already routed by "
                                 f"{claimed[host, route.path]}")
             elif host in tls_of and tls_of[host][0] != route.tls:

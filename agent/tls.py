@@ -47,7 +47,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.files import FileStamp, stamp, write_atomic
-from agent.routes import RouteTable, Tls
+from agent.routes import HOST_RE, RouteTable, Tls
 
 log = logging.getLogger("agent.tls")
 
@@ -212,10 +212,21 @@ def check_dates(chain: Sequence[x509.Certificate], now: datetime.datetime) -> li
     return problems
 
 
+def _host_name(name: str) -> bool:
+    """A certificate's name is held to the rule of a route's host (agent.routes)."""
+    return name.isascii() and len(name) <= 253 and HOST_RE.fullmatch(name) is not None
+
+
 def check_names(leaf: x509.Certificate, hosts: Sequence[str]) -> list[str]:
     names = dns_names(leaf)
     if not names:
         return ["the certificate has no subjectAltName DNS names (clients ignore the CN)"]
+    # its names end up in the configuration (and in /status): one that is not a host name is
+    # refused with its certificate, which then serves none of its hosts, and no other host
+    bad = [n for n in names if not _host_name(n)]
+    if bad:
+        shown = ", ".join(repr(n)[:80] for n in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        return [f"its subjectAltName has names that are not valid host names ({shown})"]
     missing = [h for h in hosts if not any(covers(n, h) for n in names)]
     if missing:
         return [f"its names ({', '.join(names)}) do not cover {', '.join(missing)}"]

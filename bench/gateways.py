@@ -305,6 +305,8 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
             "--nameserver", f"{resolver}:53", "--listen", f"{net.GATEWAY}:{port}",
             "--admin-listen", f"{admin[0]}:{admin[1]}",
             "--status-listen", f"{net.GATEWAY}:{status_port}", "--nginx-prefix", str(prefix)]
+    if "--task-networks" in agent_help():  # the benchmarks' tasks are on loopback
+        argv += ["--task-networks", "127.0.0.0/8"]
     if poll_interval is not None:
         argv += ["--poll-interval", f"{poll_interval:g}"]
     argv += list(extra)

@@ -22,7 +22,8 @@ APPS=(controller manager intra dmz)
 certs=$state/certs
 # the secrets stacks/gateway.yml names (external): the certificate then the CA's, the key, and the
 # tokens the gateways show the controller (every zone's, and the dmz's)
-SECRETS=(demo_crt demo_key gateway-controller-token gateway-controller-token-dmz)
+SECRETS=(demo_crt demo_key gateway-controller-token gateway-controller-token-dmz
+         gateway-admin-token gateway-admin-token-dmz)
 
 log() { echo "demo: $*" >&2; }
 
@@ -129,6 +130,8 @@ demo_secrets() {
   docker secret create demo_key "$certs/demo.key" >/dev/null
   openssl rand -hex 32 | docker secret create gateway-controller-token - >/dev/null
   openssl rand -hex 32 | docker secret create gateway-controller-token-dmz - >/dev/null
+  openssl rand -hex 32 | docker secret create gateway-admin-token - >/dev/null
+  openssl rand -hex 32 | docker secret create gateway-admin-token-dmz - >/dev/null
   printf '%s\n' "${SECRETS[@]}" >"$state/secrets"
   log "made a demo CA and a certificate for *.example.com in $certs, and the secrets ${SECRETS[*]}"
 }
@@ -179,8 +182,10 @@ The gateway routes. Try:
 
   docker service scale manager_managerhttp=5                  # then curl again a few times
   docker service scale manager_managerhttp=0                  # 503: no task
-  curl -s http://127.0.0.1:9180/metrics | grep gateway_upstream_endpoints
-  curl -s http://127.0.0.1:9180/status
+  # /metrics and /status need the admin token (the secret gateway-admin-token)
+  TOKEN=$(docker exec $(docker ps -q -f label=com.docker.swarm.service.name=gateway_http-gateway) cat /run/secrets/gateway-admin-token)
+  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9180/metrics | grep gateway_upstream_endpoints
+  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9180/status
 
   make demo-down                                              # removes everything
 EOF

@@ -1,1 +1,24 @@
-"""Shared fixtures live in tests/support and in each tier's own conftest.py."""
+"""Shared fixtures live in tests/support and in each tier's own conftest.py.
+
+Each tier's tests carry the tier's marker (`-m integration`, `-m "not swarm"`), whatever their
+module says: a `pytestmark` in a conftest.py marks nothing, so the folder decides here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TIERS = ("integration", "keepalived", "swarm", "soak")
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            tier = Path(item.path).resolve().relative_to(HERE).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

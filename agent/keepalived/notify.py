@@ -26,10 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from agent.files import write_atomic
 
 STATE_VALUES = {"STOP": 0, "DELETED": 0, "BACKUP": 1, "MASTER": 2, "FAULT": 3}
 STATE_HELP = "VRRP state: 0 stopped, 1 backup, 2 master, 3 fault"
@@ -114,6 +116,16 @@ class RecordsCollector(Collector):
             yield from (state, priority, last, transitions)
 
 
+def _read_own(textfile: Path) -> str:
+    """The textfile as this module left it; "" when there is none. A link is refused."""
+    try:
+        fd = os.open(textfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
 def record_transition(textfile: Path, kind: str, name: str, state: str, priority: str,
                       now: float | None = None) -> str:
     """Update `textfile` with one transition; return the log line describing it."""
@@ -128,19 +140,22 @@ def record_transition(textfile: Path, kind: str, name: str, state: str, priority
         raise NotifyError(f"priority {priority!r}: not a number") from None
     now = time.time() if now is None else now
     textfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{textfile}.lock", "a") as lock:
+    # keepalived runs this as root: no file is opened through a link planted beside the
+    # textfile (O_NOFOLLOW), and the new textfile is written to a temporary file of a name
+    # no one can guess, created with O_EXCL, then renamed over the old one (agent.files)
+    lock = os.open(f"{textfile}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o644)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            text = textfile.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            text = ""
+        text = _read_own(textfile)
         records = read_records(text)
         previous = records[(kind, name)].state if (kind, name) in records else None
         apply(records, kind, name, state, priority_value, now)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(RecordsCollector(records))
-        write_to_textfile(str(textfile), registry)
-        os.chmod(textfile, 0o644)
+        write_atomic(textfile, generate_latest(registry), 0o644)
+    finally:
+        os.close(lock)
     label = KINDS[kind][1]
     return (f"keepalived_transition {label}={name} state={state} "
             f"previous={previous or 'unknown'} priority={priority_value:g}")

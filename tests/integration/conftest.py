@@ -9,8 +9,6 @@ import yaml
 from tests.support import free_port
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 
-pytestmark = pytest.mark.integration
-
 # Distinct loopback addresses, one per task, so each upstream answers with its own identity.
 TASK_ADDRESSES = [f"127.0.10.{i}" for i in range(1, 9)]
 
@@ -51,12 +49,15 @@ def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
 
     def start(nameserver: str, routes: Sequence[dict[str, object]], *extra: str,
               wait_ready: bool = True, workdir: Path | None = None,
-              admin_address: str = "127.0.0.1") -> Agent:
+              admin_address: str = "127.0.0.1",
+              task_networks: str | None = "127.0.0.0/8",
+              admin_token: str | None = None) -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
         routes_file = write_routes(wd / "routes.yaml", routes)
         agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
-                      admin_address=admin_address)
+                      admin_address=admin_address, task_networks=task_networks,
+                      admin_token=admin_token)
         agents.append(agent)
         agent.start(wait_ready=wait_ready)
         return agent

@@ -29,6 +29,7 @@ from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, metric_sam
 from tests.support.pebble import Pebble
 
 TOKEN = "0123456789abcdef0123456789abcdef"
+DMZ_TOKEN = "dmz0123456789abcdef0123456789ab"
 ADDRESS_A, ADDRESS_B, NOBODY = "127.0.20.1", "127.0.20.2", "127.0.20.3"
 
 
@@ -114,14 +115,18 @@ def acme_world(tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstrea
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
+    dmz_token_file = tmp_path / "token-dmz"
+    dmz_token_file.write_text(DMZ_TOKEN + "\n")
+    dmz_token_file.chmod(0o600)
     controller_dir = tmp_path / "controller"
     controller_dir.mkdir()
     controller_args = [
-        "--controller-token-file", str(token_file), "--acme-directory", pebble.directory_url,
+        "--controller-token-file", str(token_file), "--zone-token-files",
+        f"dmz={dmz_token_file}", "--acme-directory", pebble.directory_url,
         "--acme-ca-bundle", str(pebble.ca_bundle), "--acme-email", "ops@example.com",
         "--acme-state-dir", str(controller_dir / "acme"), "--acme-retry-min", "3600",
         "--new-service-wait", "0"]
-    controller = ControllerProcess(controller_dir, docker, controller_args)
+    controller = ControllerProcess(controller_dir, docker, controller_args, token=TOKEN)
     controller.start()
     gateways = []
     for name, address in (("a", ADDRESS_A), ("b", ADDRESS_B)):
@@ -275,7 +280,7 @@ def test_acme_failures_are_reported_and_what_serves_keeps_serving(
     # the controller back, Pebble still down: it has its certificates from its volume and
     # orders nothing again
     again = ControllerProcess(acme_world["controller_dir"], docker,
-                              acme_world["controller_args"])
+                              acme_world["controller_args"], token=TOKEN)
     acme_world["controller"] = again
     again.start()
     hosts = wait_until(lambda: again.status()["acme"]["hosts"] or None, 10, "the hosts")
@@ -285,3 +290,55 @@ def test_acme_failures_are_reported_and_what_serves_keeps_serving(
     assert sorted(c["host"] for c in routes["certificates"]) == ["a.test", "b.test"]
     assert controller_metrics(again)['gateway_controller_acme_orders_total{result="success"}'] \
         == 0
+
+
+def test_a_dmz_token_gets_no_other_zone_s_key_and_sees_its_zone_only(
+        acme_world: dict[str, Any], upstream_port: int) -> None:
+    """A service in zone dmz names a host another zone serves (a.test, under another path):
+    the dmz gateways must not get a.test's private key, and the dmz token learns nothing of
+    the other zones from /status or /metrics."""
+    pebble: Pebble = acme_world["pebble"]
+    controller: ControllerProcess = acme_world["controller"]
+    docker: FakeDocker = acme_world["docker"]
+    wait_until(lambda: both_serve(acme_world["gateways"], pebble.root_pem()), 60,
+               "both gateways to serve", interval=0.2)
+    docker.create("intruder", {"gateway.hosts": "a.test", "gateway.path": "/login",
+                               "gateway.zone": "dmz", "gateway.port": str(upstream_port),
+                               "gateway.tls": "acme"})
+
+    def dmz_routes() -> dict[str, Any] | None:
+        status, body = controller_call(controller, "/routes?zone=dmz", token=DMZ_TOKEN)
+        assert status == 200, body
+        doc: dict[str, Any] = json.loads(body)
+        return doc if doc["routes"] else None
+
+    # the intruder's route is in the dmz document (the controller took the change) ...
+    doc = wait_until(dmz_routes, 10, "the dmz routes to have the intruder's route")
+    assert [(r["source"], r["route"]["path"]) for r in doc["routes"]] == [
+        ("service intruder", "/login")]
+    # ... but not a.test's certificate: a.test is served in another zone too
+    assert doc["certificates"] == []
+    # the every-zone token still gets both
+    every = json.loads(controller_call(controller, "/routes")[1])
+    assert sorted(c["host"] for c in every["certificates"]) == ["a.test", "b.test"]
+
+    # /status and /metrics: not without a token, not with the dmz token; its zone's status
+    # only with it
+    before = controller_metrics(controller)["gateway_controller_unauthorized_requests_total"]
+    for path in ("/status", "/metrics", "/status?zone=", "/routes?zone=dmz&zone=intra"):
+        for token in (None, DMZ_TOKEN):
+            assert controller_call(controller, path, token=token)[0] == 401, (path, token)
+    assert controller_call(controller, "/metrics?zone=dmz", token=DMZ_TOKEN)[0] == 401
+    after = controller_metrics(controller)["gateway_controller_unauthorized_requests_total"]
+    assert after - before == 9
+    status, body = controller_call(controller, "/status?zone=dmz", token=DMZ_TOKEN)
+    assert status == 200, body
+    seen = json.loads(body)
+    assert [(r["service"], r["path"]) for r in seen["routes"]] == [("intruder", "/login")]
+    assert seen["acme"]["hosts"] == {}  # a.test's certificate is not the dmz's
+    assert "b.test" not in body
+    assert '"shop"' not in body
+    # /healthz and the challenges stay open (the CA fetches them without credentials)
+    assert controller_call(controller, "/healthz", token=None)[0] == 200
+    assert controller_call(controller, "/.well-known/acme-challenge/" + "x" * 43,
+                           token=None) == (404, "no such challenge\n")

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.discovery import Discovery, Endpoints
 from agent.metrics import Metrics
-from agent.settings import parse_host_port
+from agent.settings import DEFAULT_TASK_NETWORKS, parse_host_port, task_networks
 from tests.support.dns import ControlledDns
 
 
@@ -126,3 +126,35 @@ async def test_with_a_control_name_an_unknown_name_means_no_tasks(
     got = await d.resolve(["tasks.web"], good)
     assert got["tasks.web"].addresses == ("10.0.0.2",)
     assert got["tasks.web"].stale is True
+
+
+async def test_a_tasks_name_answered_outside_the_swarm_s_networks_is_refused(
+        dns: ControlledDns, metrics: Metrics) -> None:
+    """Docker's DNS forwards a `tasks.` name it does not know (a service scaled to zero) to the
+    node's resolvers: whoever owns the public domain answers. Only addresses of the swarm's
+    networks are tasks; the rest is refused and counted. (No traffic goes to any of them.)"""
+    d = Discovery(parse_host_port(dns.nameserver), 0.3, metrics,
+                  task_networks=DEFAULT_TASK_NETWORKS)
+    hostile = ["10.0.1.3", "127.0.0.1", "169.254.169.254", "8.8.8.8", "100.64.0.1"]
+    dns.set("tasks.web", hostile)
+    dns.set("tasks.shop", ["8.8.4.4"])
+    dns.set("upstream.example.net", ["8.8.8.8"])  # a `host:` target: the operator's name
+    got = await d.resolve(["tasks.web", "tasks.shop", "upstream.example.net"], {},
+                          screened={"tasks.web", "tasks.shop"})
+    assert got["tasks.web"].addresses == ("10.0.1.3",)
+    assert got["tasks.web"].state == "ok"
+    assert got["tasks.web"].refused == ("8.8.8.8", "100.64.0.1", "127.0.0.1", "169.254.169.254")
+    assert (got["tasks.shop"].addresses, got["tasks.shop"].state) == ((), "none")  # 503
+    assert got["upstream.example.net"].addresses == ("8.8.8.8",)
+
+    def refused(result: str) -> float | None:
+        return metrics.registry.get_sample_value("gateway_dns_refused_addresses_total",
+                                                 {"result": result})
+
+    assert {r: refused(r) for r in ("loopback", "link_local", "public", "outside")} == {
+        "loopback": 1, "link_local": 1, "public": 2, "outside": 1}
+    # the operator's own networks decide: here loopback is one (as in these tests)
+    d = Discovery(parse_host_port(dns.nameserver), 0.3, metrics,
+                  task_networks=task_networks("127.0.0.0/8"))
+    got = await d.resolve(["tasks.web"], {}, screened={"tasks.web"})
+    assert got["tasks.web"].addresses == ("127.0.0.1",)

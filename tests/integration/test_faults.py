@@ -526,7 +526,7 @@ def test_a_full_configuration_directory_and_a_full_state_directory(
     wait_until(lambda: agent.backends_seen("web", 8) == {"task1", "task2"}, 15,
                "the agent to recover once the directory has room")
     wait_until(lambda: log_lines(agent, r"state_not_saved"), 10, "the failed save to be said")
-    time.sleep(0.5)
+    agent.wait_cycles(3)
     assert len(log_lines(agent, r"state_not_saved")) == 1
     assert _temporary_files(state) == [], "a failed save left a file behind"
     assert _temporary_files(conf_d) == []

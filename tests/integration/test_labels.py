@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TASK_ADDRESSES
+from tests.integration.conftest import TASK_ADDRESSES, write_routes
 from tests.support import wait_until
 from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
@@ -79,8 +79,8 @@ def test_labelled_services_become_routes_and_survive_the_controller(
     source = agent.status()["routes_source"]
     assert source["errors"] == ["service shop_broken: label gateway.websocket: 'yes please': "
                                 "Input should be a valid boolean"]
-    assert source["conflicts"] == ["service shop_thief: not routed: 'managerhttp' with path '/' "
-                                   "is already routed by routes file"]
+    assert source["conflicts"] == ["service shop_thief: not routed: 'managerhttp' belongs to "
+                                   "the routes file, every path under it included"]
     assert agent.backends_seen("managerhttp", 3) == {"task1"}
     assert agent.backends_seen("web.example.com", 3) == {"task2"}
     assert agent.get("broken.example.com")[0] == 404
@@ -125,3 +125,45 @@ def test_the_controller_follows_events_after_docker_restarts(
     assert [r["service"] for r in controller.status()["routes"]] == ["late"]
     docker.set_failing(False)
     wait_until(lambda: len(controller.status()["routes"]) == 2, 15, "the controller to recover")
+
+
+def test_a_label_cannot_take_a_path_under_a_routes_file_host(
+        tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        docker: FakeDocker, start_agent: StartAgent) -> None:
+    """`gateway.hosts=bank.example.com` with `gateway.path=/login`: a path under a name of the
+    routes file. The file's names belong to the file, every path under them: the label route is
+    refused, by the controller and by the gateway, and /login stays the file's."""
+    dns.set("tasks.bank", [T1])
+    dns.set("tasks.thief", [T2])
+    dns.set("tasks.shop", [T3])
+    file_routes = [{"hosts": ["bank.example.com", "*.corp.example.com"], "service": "bank",
+                    "port": upstream_port}]
+    (tmp_path / "controller").mkdir()
+    routes_file = write_routes(tmp_path / "controller" / "routes.yml", file_routes)
+    controller = ControllerProcess(tmp_path / "controller", docker, ["--routes", str(routes_file)])
+    controller.start()
+    try:
+        agent = start_agent(file_routes, "--routes-url", controller.url)
+        docker.create("thief", labels("bank.example.com", upstream_port, path="/login"))
+        docker.create("thief_corp", labels("x.corp.example.com", upstream_port))
+        docker.create("shop", labels("shop.example.com", upstream_port))
+        # the last change is served: the gateway has the routes document of all three
+        wait_until(lambda: agent.get("shop.example.com")[1] == "task3", 10,
+                   "the fair label route to answer")
+        assert controller.status()["services"] == 3
+        assert agent.status()["routes_source"]["version"] == controller.status()["routes_version"]
+        assert agent.get("bank.example.com", "/login") == (200, "task1")
+        assert agent.get("bank.example.com", "/login/x") == (200, "task1")
+        assert agent.get("x.corp.example.com") == (200, "task1")
+        assert agent.backends_seen("bank.example.com", 3) == {"task1"}
+        errors = [
+            "service thief: not routed: 'bank.example.com' belongs to the routes file, every "
+            "path under it included",
+            "service thief_corp: not routed: 'x.corp.example.com' is under "
+            "'*.corp.example.com', which belongs to the routes file"]
+        assert sorted(controller.status()["errors"]) == errors
+        assert sorted(agent.status()["routes_source"]["errors"]) == errors
+        assert [s["source"] for s in agent.status()["routes_source"]["served"]] == [
+            "routes file", "service shop"]
+    finally:
+        controller.stop()

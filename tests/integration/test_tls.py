@@ -229,7 +229,12 @@ def write_bad(ca: TestCA, certs: Path) -> dict[str, str]:
     ca.issue("incomplete.test").write(certs, "incomplete.test", chain=False)
     (certs / "garbage.test.crt").write_text("not a certificate\n")
     (certs / "garbage.test.key").write_bytes(other.key_pem)
+    # names that would end a directive if they reached the configuration
+    ca.issue("hostile.test", "evil;name.test", "sp ace.test", "x}y.test").write(
+        certs, "hostile.test")
     return {
+        "hostile.test": "its subjectAltName has names that are not valid host names "
+                        "('evil;name.test', 'sp ace.test', 'x}y.test')",
         "missing.test": "missing.test.crt: not found",
         "mismatch.test": "the key does not match the certificate",
         "expired.test": "expired on",
@@ -369,3 +374,30 @@ def test_swapped_certificate_is_served_without_dropping_connections(
     store = gw.agent.prefix / "tls"
     wait_until(lambda: len(list(store.glob("*.crt"))) == 1, 5, "old copies to be removed")
     assert all(oct(p.stat().st_mode)[-3:] == "600" for p in store.glob("*.key"))
+
+
+def test_a_hostile_certificate_freezes_nothing_but_its_own_host(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int, ca: TestCA, certs: Path,
+        start_tls: Callable[..., Gateway]) -> None:
+    """A certificate swapped in with a subjectAltName that is no host name: its host keeps the
+    last good certificate, and every other change (here a task moving) is still applied."""
+    dns.set("tasks.app", [T1])
+    dns.set("tasks.shop", [T2])
+    ca.issue("app.test").write(certs, "app.test")
+    first = ca.issue("shop.test")
+    first.write(certs, "shop.test")
+    gw = start_tls([route(["app.test"], "app", upstream_port),
+                    route(["shop.test"], "shop", upstream_port)])
+    assert gw.get("shop.test")[::3] == (200, first.serial)
+    ca.issue("shop.test", "shop.test;include", "*.*.test").write(certs, "shop.test")
+    wait_until(lambda: gw.agent.status()["tls"]["shop.test"]["error"], 10,
+               "the hostile certificate to be refused")
+    dns.set("tasks.app", [T3])
+    wait_until(lambda: gw.get("app.test")[1] == "task3", 10,
+               f"the task change to be applied; log:\n{gw.agent.log_tail()}")
+    assert gw.get("shop.test")[::3] == (200, first.serial)  # its last good certificate
+    doc = gw.agent.status()
+    assert "not valid host names ('shop.test;include', '*.*.test')" in \
+        doc["tls"]["shop.test"]["error"]
+    assert doc["tls"]["app.test"]["error"] is None
+    assert doc["last_error"] is None or "refusing to write" not in doc["last_error"]

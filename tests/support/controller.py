@@ -17,7 +17,9 @@ from tests.support.gateway import http_get
 class ControllerProcess:
     """`gateway-agent controller` on loopback, reading `docker`."""
 
-    def __init__(self, workdir: Path, docker: FakeDocker, extra: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, docker: FakeDocker, extra: Sequence[str] = (),
+                 token: str | None = None) -> None:
+        self.token = token  # shown on every request but /healthz (--controller-token-file)
         self.port = free_port()
         self.log_file = workdir / "controller.log"
         self.args = [sys.executable, "-m", "agent", "controller", "--docker-url", docker.url,
@@ -36,11 +38,14 @@ class ControllerProcess:
         wait_until(lambda: self.get("/readyz")[0] == 200, 20,
                    f"the controller to be ready; log:\n{self.log()}", interval=0.05)
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        """GET with `token`, or this controller's own (the every-zone token)."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"controller exited {self.proc.returncode}:\n{self.log()}")
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            status, body, _ = http_get(self.port, "localhost", path)
+            status, body, _ = http_get(self.port, "localhost", path, headers=headers)
         except OSError:
             return 0, ""
         return status, body

@@ -125,8 +125,17 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Upstream
 
     def do_GET(self) -> None:
+        if self.path.endswith("/upgrade") and "Upgrade" in self.headers:
+            self._switch(self.headers["Upgrade"])
+            return
         if self.path.startswith("/slow"):
-            time.sleep(float(self.path.partition("=")[2] or 2))
+            with self.server.lock:
+                self.server.in_flight += 1
+            try:
+                time.sleep(float(self.path.partition("=")[2] or 2))
+            finally:
+                with self.server.lock:
+                    self.server.in_flight -= 1
         if self.path.startswith("/headers"):
             body = json.dumps({k.lower(): v for k, v in self.headers.items()})
         else:
@@ -147,6 +156,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         self.do_GET()
 
+    def _switch(self, protocol: str) -> None:
+        """Any protocol asked for (as an h2c server would): 101, then an echo of the bytes that
+        follow, prefixed with this upstream's name once."""
+        self.send_response(101)
+        self.send_header("Upgrade", protocol)
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        self.server.hits += 1
+        self.connection.sendall(f"{self.server.name}:".encode())
+        while data := self.connection.recv(4096):
+            self.connection.sendall(data)
+        self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -159,6 +182,8 @@ class _Upstream(ThreadingHTTPServer):
     request_queue_size = 128
     name: str
     hits: int
+    in_flight: int  # slow requests being answered now
+    lock: threading.Lock
 
 
 class Upstream:
@@ -169,6 +194,8 @@ class Upstream:
         self.server = _Upstream((address, port), _Handler)
         self.server.name = name
         self.server.hits = 0
+        self.server.in_flight = 0
+        self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -182,7 +209,18 @@ class Agent:
 
     def __init__(self, workdir: Path, routes: Path, nameserver: str,
                  extra: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 admin_address: str = "127.0.0.1") -> None:
+                 admin_address: str = "127.0.0.1",
+                 task_networks: str | None = "127.0.0.0/8",
+                 admin_token: str | None = None) -> None:
+        """`task_networks`: the test's tasks are on loopback, which the default
+        --task-networks refuses; None runs the agent with its default. `admin_token`: given
+        with --admin-token-file, and shown by admin() on every request."""
+        self.admin_token = admin_token
+        if admin_token is not None:
+            token_file = workdir / "admin-token"
+            token_file.write_text(admin_token + "\n")
+            token_file.chmod(0o600)
+            extra = ["--admin-token-file", str(token_file), *extra]
         require_programs("nginx")
         self.workdir = workdir
         self.port = free_port()
@@ -196,7 +234,8 @@ class Agent:
                      "--admin-listen", f"{admin_address}:{self.admin_port}",
                      "--status-listen", f"127.0.0.1:{self.status_port}",
                      "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
-                     "--log-level", "debug", *extra]
+                     "--log-level", "debug",
+                     *(["--task-networks", task_networks] if task_networks else []), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -237,9 +276,13 @@ class Agent:
         status, body, _ = http_get(self.port, host, path, **kw)
         return status, body
 
-    def admin(self, path: str) -> tuple[int, str]:
+    def admin(self, path: str, token: str | None = None, method: str = "GET",
+              ) -> tuple[int, str]:
+        """A request to the admin port, with `token` or the agent's own (if any)."""
+        token = token or self.admin_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         status, body, _ = http_get(self.admin_port, "localhost", path,
-                                   address=self.admin_address)
+                                   address=self.admin_address, headers=headers, method=method)
         return status, body
 
     def status(self) -> dict[str, Any]:
@@ -252,6 +295,19 @@ class Agent:
         code, body = self.admin("/metrics")
         assert code == 200, body
         return metric_samples(body)
+
+    def cycles(self) -> float:
+        """Reconcile cycles finished so far (ok or not)."""
+        m = self.metrics()
+        return sum(m[f'gateway_reconcile_cycles_total{{result="{r}"}}'] for r in ("ok", "error"))
+
+    def wait_cycles(self, count: int = 2, timeout: float = 15) -> None:
+        """Wait until `count` more cycles have finished: at least count - 1 of them began after
+        this call, so whatever was set before it has been discovered and rendered. What a test
+        then finds unchanged did not change though the agent looked."""
+        start = self.cycles()
+        wait_until(lambda: self.cycles() >= start + count, timeout,
+                   f"{count} more reconcile cycles", interval=0.05)
 
     def backends_seen(self, host: str, requests: int = 30) -> set[str]:
         """Which upstream names answer `requests` requests for `host`."""

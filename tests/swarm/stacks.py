@@ -205,11 +205,26 @@ class Swarm:
         return time.monotonic() - started
 
 
+# admin port -> (the gateway service, the secret its /status and /metrics need)
+ADMIN_TOKENS = {9180: ("gateway_http-gateway", "gateway-admin-token"),
+                9181: ("gateway_dmz-gateway", "gateway-admin-token-dmz")}
+
+
+def admin_headers(port: int = ADMIN_PORT) -> dict[str, str]:
+    """The Authorization header the admin port `port` needs for /status and /metrics: the
+    token of the secret, read inside the gateway's container (a secret cannot be read back)."""
+    service, secret = ADMIN_TOKENS[port]
+    container = run("docker", "ps", "-q", "--filter",
+                    f"label=com.docker.swarm.service.name={service}").split()[0]
+    token = run("docker", "exec", container, "cat", f"/run/secrets/{secret}").strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def metric(port: int, name: str, label: str) -> dict[str, float]:
     """A metric of the gateway whose admin port is `port`, by the value of one label."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/metrics")
+        conn.request("GET", "/metrics", headers=admin_headers(port))
         text = conn.getresponse().read().decode()
     finally:
         conn.close()

@@ -29,6 +29,7 @@ from tests.swarm.stacks import (
     HTTPS_PORT,
     ROOT,
     Swarm,
+    admin_headers,
     docs_commands,
     metric,
     run,
@@ -78,7 +79,7 @@ def test_the_demo_ca_verifies_every_https_host_on_each_gateway(swarm: Swarm) -> 
         wait_until(lambda: swarm.https_get(first)[0] == 200, 30, f"{first} over HTTPS",
                    interval=0.2)
     except AssertionError as exc:  # what the gateway says of its certificates
-        status = http_get(ADMIN_PORT, None, "/status")[1]
+        status = http_get(ADMIN_PORT, None, "/status", headers=admin_headers())[1]
         raise AssertionError(f"{exc}\n/status tls: {json.loads(status).get('tls')}") from None
     for route in TLS_ROUTES:
         tasks = swarm.containers(route["service"])

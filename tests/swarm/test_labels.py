@@ -25,6 +25,7 @@ from tests.swarm.stacks import (
     GATEWAY_PORT,
     IMAGES,
     Swarm,
+    admin_headers,
     measured,
     run,
 )
@@ -37,7 +38,7 @@ RELOAD_MIN_INTERVAL = 2.0  # the gateway's default: changes closer than this are
 
 
 def gateway_status(port: int = ADMIN_PORT) -> dict[str, Any]:
-    status, body, _ = http_get(port, "localhost", "/status")
+    status, body, _ = http_get(port, "localhost", "/status", headers=admin_headers(port))
     assert status == 200, body
     return dict(json.loads(body))
 
@@ -69,8 +70,11 @@ def controller_container() -> str:
 def controller_get(path: str) -> tuple[int, str]:
     """A GET to the controller from inside its container (it publishes no port)."""
     probe = ("import sys, urllib.request, urllib.error\n"
+             "token = open('/run/secrets/gateway-controller-token').read().strip()\n"
+             "req = urllib.request.Request('http://127.0.0.1:9280' + sys.argv[1],\n"
+             "    headers={'Authorization': 'Bearer ' + token})\n"
              "try:\n"
-             "    r = urllib.request.urlopen('http://127.0.0.1:9280' + sys.argv[1], timeout=5)\n"
+             "    r = urllib.request.urlopen(req, timeout=5)\n"
              "    print(r.status); print(r.read().decode())\n"
              "except urllib.error.HTTPError as e:\n"
              "    print(e.code); print(e.read().decode())\n")
@@ -232,7 +236,7 @@ def test_the_dmz_gateway_s_token_gets_the_dmz_routes_only(labelled: Swarm) -> No
              "token = open('/run/secrets/gateway-controller-token-dmz').read().strip()\n"
              "print(os.path.exists('/run/secrets/gateway-controller-token'))\n"
              "for query in sys.argv[1:]:\n"
-             "    req = urllib.request.Request('http://gateway-controller:9280/routes' + query,\n"
+             "    req = urllib.request.Request('http://gateway-controller:9280' + query,\n"
              "        headers={'Authorization': 'Bearer ' + token})\n"
              "    try:\n"
              "        print(urllib.request.urlopen(req, timeout=5).status)\n"
@@ -240,9 +244,11 @@ def test_the_dmz_gateway_s_token_gets_the_dmz_routes_only(labelled: Swarm) -> No
              "        print(e.code)\n")
     (container,) = run("docker", "ps", "-q", "--filter",
                        "label=com.docker.swarm.service.name=gateway_dmz-gateway").split()
-    out = run("docker", "exec", container, "python3", "-c", probe, "?zone=dmz", "",
-              "?zone=intra").split()
-    assert out == ["False", "200", "401", "401"]
+    out = run("docker", "exec", container, "python3", "-c", probe, "/routes?zone=dmz",
+              "/routes", "/routes?zone=intra", "/status?zone=dmz", "/status",
+              "/status?zone=intra", "/metrics").split()
+    # its zone's routes and status; not the others', not every zone's, not the metrics
+    assert out == ["False", "200", "401", "401", "200", "401", "401", "401"]
 
 
 def test_the_docker_proxy_passes_only_reads(labelled: Swarm) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support import wait_until
+from tests.support.gateway import http_get
 from tests.swarm.stacks import (
     ADMIN_PORT,
     DMZ_GATEWAY_PORT,
@@ -24,6 +25,7 @@ from tests.swarm.stacks import (
     HTTPS_PORT,
     ROOT,
     Swarm,
+    admin_headers,
     docs_commands,
     measured,
     metric,
@@ -108,6 +110,19 @@ def test_no_host_header_reaches_intra_through_the_dmz_gateway(swarm: Swarm) -> N
     dmz_hosts = {h for r in ROUTES if r.get("zone") == "dmz" for h in r["hosts"]}
     served = {key for key, status in answered.items() if status not in (400, 404)}
     assert {host for host, _ in served} <= dmz_hosts, served
+
+
+def test_the_admin_ports_show_status_and_metrics_to_their_own_token_only(swarm: Swarm) -> None:
+    """Published in host mode on every gateway node: /status and /metrics name every route,
+    service and task address, so each gateway answers them to its own token only (the stacks'
+    gateway-admin-token secrets); /readyz, which keepalived's check asks, stays open."""
+    for port, other in ((ADMIN_PORT, ADMIN_PORT + 1), (ADMIN_PORT + 1, ADMIN_PORT)):
+        for path in ("/status", "/metrics"):
+            assert http_get(port, "localhost", path)[0] == 401, (port, path)
+            # the dmz gateways' token does not open the main gateway's, nor the reverse
+            assert http_get(port, "localhost", path, headers=admin_headers(other))[0] == 401
+            assert http_get(port, "localhost", path, headers=admin_headers(port))[0] == 200
+        assert http_get(port, "localhost", "/readyz")[:2] == (200, "ready\n")
 
 
 def test_scaling_is_followed_and_zero_tasks_answer_503(swarm: Swarm) -> None:

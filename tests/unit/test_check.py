@@ -461,3 +461,25 @@ def test_watcher_survives_a_missing_folder(tmp_path: Path, http_server: tuple[st
         proc.wait()
     assert stderr.count("cannot write") == 1
     assert "wrote " in stderr
+
+
+def test_the_track_file_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """The watcher runs as root: a link where a predictable temporary name would be, or as the
+    track file itself, must not make it overwrite the file the link points to."""
+    track = tmp_path / "gateway.track"
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    (tmp_path / f"gateway.track.{os.getpid()}.tmp").symlink_to(precious)  # the old name
+    check.write_track_file(str(track), 7)
+    assert precious.read_text() == "keep me\n"
+    assert track.read_text() == "7\n"
+    assert track.stat().st_mode & 0o777 == 0o644
+    # the track file a link: replaced by a file, the link's target untouched
+    track.unlink()
+    track.symlink_to(precious)
+    check.write_track_file(str(track), 0)
+    assert not track.is_symlink()
+    assert track.read_text() == "0\n"
+    assert precious.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == [
+        f"gateway.track.{os.getpid()}.tmp"]  # the planted link only: no temporary file left

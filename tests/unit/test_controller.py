@@ -308,8 +308,8 @@ async def test_the_gateway_learns_of_a_change_at_once_and_merges_the_file_first(
             table = source.merge(FILE)
             assert [r.service for r in table.routes] == ["site", "static", "shop_web"]
             assert source.status()["conflicts"] == [
-                "service shop_www: not routed: 'www.example.com' with path '/' is already "
-                "routed by routes file"]
+                "service shop_www: not routed: 'www.example.com' belongs to the routes file, "
+                "every path under it included"]
             assert registry.get_sample_value("gateway_routes_conflicts") == 1
             assert registry.get_sample_value("gateway_routes_source_up") == 1
             assert registry.get_sample_value("gateway_routes_source_fetches_total",
@@ -392,11 +392,26 @@ async def test_a_zone_token_gets_that_zone_s_routes_and_nothing_else(docker: Doc
         assert [i["source"] for i in body["routes"]] == ["service dmz_www"]
         for query in ("", "?zone=intra", "?zone=dmz&zone=intra", "?zone=intra&zone=dmz",
                       "?zone=DMZ"):
-            assert (await get(client, query, **dmz))[0] in (400, 401), query
+            assert (await get(client, query, **dmz))[0] == 401, query
         assert (await client.post("/acme/renew", headers=dmz)).status == 401
+        # what an intruder on a dmz node asks next: the controller's status and metrics
+        for path in ("/status", "/status?zone=intra", "/status?zone=dmz&zone=intra",
+                     "/metrics", "/metrics?zone=dmz"):
+            resp = await client.get(path, headers=dmz)
+            assert resp.status == 401, path
+            assert "shop" not in await resp.text()
+        # its own zone's status: the dmz route and nothing of the others
+        resp = await client.get("/status?zone=dmz", headers=dmz)
+        assert resp.status == 200
+        text = await resp.text()
+        assert [r["service"] for r in json.loads(text)["routes"]] == ["dmz_www"]
+        assert "shop" not in text
+        assert "web.example.com" not in text
         # the token of every zone still gets every zone
         assert (await get(client, "?zone=dmz", **AUTH))[0] == 200
         assert (await get(client, "", **AUTH))[0] == 200
+        resp = await client.get("/status", headers=AUTH)
+        assert [r["service"] for r in (await resp.json())["routes"]] == ["shop_web", "dmz_www"]
 
 
 async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
@@ -414,11 +429,20 @@ async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
         assert status == 200
         assert body is not None
         assert [i["source"] for i in body["routes"]] == ["service shop_web"]
-        # what a load balancer, Prometheus and the ACME server ask needs no token
+        # with a token, /status, /metrics and /readyz need it too: they name every zone's
+        # hosts, services and errors
+        for path in ("/status", "/metrics", "/readyz"):
+            resp = await client.get(path)
+            assert resp.status == 401, path
+            assert "shop" not in await resp.text()
+            # (/readyz: 503 here, no event stream is followed; answered, not refused)
+            assert (await client.get(path, headers=AUTH)).status == (503 if path == "/readyz"
+                                                                     else 200)
+        # what the stack's healthcheck and the ACME server ask needs no token
         assert (await client.get("/healthz")).status == 200
         assert (await client.get("/.well-known/acme-challenge/abc")).status == 404
-        metrics = samples(await (await client.get("/metrics")).text())
-        assert metrics["gateway_controller_unauthorized_requests_total"] == 5
+        metrics = samples(await (await client.get("/metrics", headers=AUTH)).text())
+        assert metrics["gateway_controller_unauthorized_requests_total"] == 8
         # renewing needs the token too; without ACME there is nothing to renew
         assert (await client.post("/acme/renew")).status == 401
         assert (await client.post("/acme/renew", headers=AUTH)).status == 404
@@ -493,7 +517,7 @@ async def test_a_new_certificate_reaches_the_waiting_gateways_of_its_zone(
         assert cert["host"] == "web.example.com"
         assert issued_from_pem("web.example.com", cert["chain"], cert["key"])
         assert (await waiting_dmz)[0] == 304  # not a certificate of its zone
-        status_doc = await (await client.get("/status")).json()
+        status_doc = await (await client.get("/status", headers=AUTH)).json()
         assert status_doc["acme"]["hosts"]["web.example.com"]["certificate"] is True
         assert cert["key"] not in json.dumps(status_doc)
 
@@ -504,7 +528,7 @@ async def test_a_gateway_of_one_zone_does_not_make_the_hosts_of_another_orderabl
     docker.put("dmz_www", ACME_DMZ)
     async with acme_controller(docker, tmp_path) as (_, _, client):
         assert (await get(client, "?zone=dmz", **AUTH))[0] == 200
-        hosts = (await (await client.get("/status")).json())["acme"]["hosts"]
+        hosts = (await (await client.get("/status", headers=AUTH)).json())["acme"]["hosts"]
         assert hosts["www.example.com"]["next_order"] != "when a gateway has the route"
         assert hosts["web.example.com"]["next_order"] == "when a gateway has the route"
 
@@ -524,3 +548,27 @@ async def test_a_label_route_the_gateways_refuse_gets_no_certificate(docker: Doc
         c.acme_wanted()
         assert c.acme is not None
         assert sorted(c.acme.wanted) == ["www.example.com"]
+
+
+async def test_the_controller_refuses_a_label_under_a_routes_file_name_and_says_why(
+        docker: Docker) -> None:
+    """With the routes file (--routes), the controller refuses a label route on one of its
+    names, any path, and reports it in its own /status, as the gateways do in theirs."""
+    docker.put("shop_web", WEB)
+    docker.put("shop_login", {**WEB, "gateway.hosts": "www.example.com",
+                              "gateway.path": "/login"})
+    c = Controller(docker.list_services, ControllerMetrics(), file_routes=lambda: FILE)
+    await c.sync()
+    async with TestClient(TestServer(c.app())) as client:
+        status, body, _ = await get(client)
+        assert status == 200
+        assert body is not None
+        # the file's own routes are not in the document: the gateways have the file
+        assert [i["source"] for i in body["routes"]] == ["service shop_web"]
+        error = ("service shop_login: not routed: 'www.example.com' belongs to the routes "
+                 "file, every path under it included")
+        assert body["errors"] == [error]
+        status_doc = await (await client.get("/status")).json()
+        assert status_doc["errors"] == [error]
+        metrics = samples(await (await client.get("/metrics")).text())
+        assert metrics["gateway_controller_label_errors"] == 1

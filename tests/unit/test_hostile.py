@@ -177,7 +177,8 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
     addresses = endpoints.addresses
-    if resolve and not endpoints.stale and not is_address(route.target.lookup_name):
+    if resolve and not endpoints.stale and not endpoints.refused and \
+            not is_address(route.target.lookup_name):
         # nginx resolves the route's own name; the agent's answers decide only that it exists
         assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
         assert block.one("zone").args == (block.args[0], zone_size(len(addresses)))

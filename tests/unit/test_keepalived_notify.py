@@ -3,8 +3,10 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,29 @@ def test_command_line_logs_and_exit_codes(tmp_path: Path) -> None:
     bad = notify(prom, "INSTANCE", "gateway", "SLEEPING", "250")
     assert bad.returncode == 2
     assert "keepalived_notify_rejected" in bad.stderr
+
+
+def test_links_planted_beside_the_textfile_are_never_written_through(tmp_path: Path) -> None:
+    """keepalived runs the hook as root. A link where it puts its lock or temporary file (the
+    names prometheus_client's write_to_textfile and a plain open() would use) must not make it
+    create or overwrite the file the link points to."""
+    prom = tmp_path / "keepalived.prom"
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    # the temporary name write_to_textfile would use in this process
+    (tmp_path / f"keepalived.prom.{os.getpid()}.{threading.current_thread().ident}"
+     ).symlink_to(precious)
+    record_transition(prom, "INSTANCE", "gateway", "MASTER", "250")
+    assert precious.read_text() == "keep me\n"
+    assert samples(prom)[("keepalived_vrrp_state", (("instance", "gateway"),))] == 2
+    assert prom.stat().st_mode & 0o777 == 0o644
+
+    # a link as the lock file: refused, nothing is created where it points
+    other = tmp_path / "other.prom"
+    created = tmp_path / "created-by-root"
+    (tmp_path / "other.prom.lock").symlink_to(created)
+    result = notify(other, "INSTANCE", "gateway", "BACKUP", "100")
+    assert result.returncode == 1
+    assert "keepalived_notify_failed" in result.stderr
+    assert not created.exists()
+    assert not other.exists()

@@ -19,7 +19,8 @@ class FakeDiscovery:
     def __init__(self) -> None:
         self.rounds: list[list[str]] = []
 
-    async def resolve(self, names: Iterable[str], previous: Snapshot) -> dict[str, Endpoints]:
+    async def resolve(self, names: Iterable[str], previous: Snapshot,
+                      screened: Iterable[str] = ()) -> dict[str, Endpoints]:
         asked = sorted(names)
         self.rounds.append(asked)
         return {n: Endpoints(("10.0.0.2",), "ok", since=len(self.rounds)) for n in asked}

@@ -66,7 +66,7 @@ def test_upstreams_list_task_addresses_with_keepalive() -> None:
     assert "least_conn;" in dmz.group(1)
     assert "server [fd00::5]:8888" in dmz.group(1)
     assert 'proxy_set_header Connection "";' in text
-    assert "proxy_set_header Upgrade $http_upgrade;" in text  # the websocket route
+    assert "proxy_set_header Upgrade $gateway_upgrade;" in text  # the websocket route
     assert "proxy_http_version 1.1;" in text
 
 
@@ -124,12 +124,34 @@ def test_trusted_proxies_are_rendered_as_networks() -> None:
     assert "    fd00::/8 1;" in text
 
 
-def test_a_user_template_gets_the_same_filter(tmp_path: Path) -> None:
-    template = tmp_path / "mine.j2"
-    template.write_text("{% for s in servers %}{{ s.names | join(' ') }}\n{% endfor %}"
-                        "{{ 'a;b' | nginx }}\n{{ generation }}\n")
-    with pytest.raises(RenderError):
-        renderer(template=template).render(ROUTES, SNAPSHOT)
+# values the routes model would refuse, as if it had let them through: the filter is the second
+# wall, in the built-in template and in one of your own
+SLIPPED = [("hosts", ("a;b",)), ("path", "/a;b"), ("service", "a;b"), ("port", "80;"),
+           ("max_body_size", "1m; include /etc/passwd"), ("balance", "x;y")]
+
+
+@pytest.mark.parametrize(("field", "hostile"), SLIPPED)
+def test_a_value_the_model_let_through_is_refused_by_the_filter(
+        tmp_path: Path, field: str, hostile: object) -> None:
+    (base,) = parse_routes({"routes": [{"hosts": ["shop.example.com"], "path": "/api",
+                                        "service": "shop", "port": 80}]}).routes
+    slipped = RouteTable((base.model_copy(update={field: hostile}),))  # not validated
+    snapshot = {"tasks.shop": Endpoints(("10.0.0.2",), "ok"),
+                "tasks.a;b": Endpoints(("10.0.0.2",), "ok")}
+    mine = tmp_path / "mine.j2"
+    mine.write_text("{% for s in servers %}server {{ s.names | map('nginx') | join(' ') }}"
+                    "{% for loc in s.locations %} {{ loc.path | nginx }} {{ loc.target | nginx }}"
+                    " {{ loc.upstream | nginx }} {{ loc.max_body_size | nginx }}{% endfor %}\n"
+                    "{% endfor %}"
+                    "{% for u in upstreams %}{{ u.name | nginx }} {{ u.balance | nginx }} "
+                    "{{ u.port | nginx }}\n{% endfor %}"
+                    "{{ generation | nginx }}\n")
+    # the same template renders the valid route: it is the value that is refused
+    ok = renderer(template=mine).render(RouteTable((base,)), snapshot).text
+    assert "server shop.example.com /api shop service_shop_80 1048576" in ok
+    for template in (None, mine):
+        with pytest.raises(RenderError, match="refusing to write"):
+            renderer(template=template).render(slipped, snapshot)
 
 
 def test_rendered_configuration_passes_nginx_t(tmp_path: Path) -> None:

@@ -65,3 +65,17 @@ def test_dns_control_name_is_automatic_only_for_dockers_dns() -> None:
     assert docker is None or docker.endswith(".in-addr.arpa") or docker.endswith(".ip6.arpa")
     assert control_name(parse(["--dns-control-name", "none"])) is None
     assert control_name(parse(["--dns-control-name", "tasks.gateway"])) == "tasks.gateway"
+
+
+def test_task_networks_default_to_docker_s_pools_and_never_take_link_local() -> None:
+    assert [str(n) for n in parse([]).task_networks] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    s = parse([], {"GATEWAY_TASK_NETWORKS": "10.10.0.0/16, 127.0.0.0/8"})
+    assert [str(n) for n in s.task_networks] == ["10.10.0.0/16", "127.0.0.0/8"]
+    for bad, words in (("169.254.0.0/16", "link-local"), ("0.0.0.0/0", "link-local"),
+                       ("fe80::/64", "link-local"), ("::/0", "link-local"), (",", "at least one"),
+                       ("10.0.0.0/33", "not an address")):
+        with pytest.raises(SettingsError) as info:
+            parse(["--task-networks", bad])
+        assert str(info.value).startswith("--task-networks: "), bad
+        assert words in str(info.value), (bad, str(info.value))

@@ -42,9 +42,32 @@ def test_a_host_and_path_claimed_twice_refuses_the_later_route_only() -> None:
     assert merged.sources == (FILE_SOURCE, "service a_api", "service c_api2")
     assert [r.service for r in merged.table.routes] == ["shop", "a_api", "c_api2"]
     # refused whole: its other host is not served either, so it cannot half-work unnoticed
-    assert merged.errors == ("service b_thief: not routed: 'www.example.com' with path '/' is "
-                             "already routed by routes file",)
+    assert merged.errors == ("service b_thief: not routed: 'www.example.com' belongs to the "
+                             "routes file, every path under it included",)
     assert [r.service for r in merged.refused] == ["b_thief"]
+
+
+def test_the_routes_file_s_names_belong_to_the_file_with_every_path_under_them() -> None:
+    merged = merge([
+        (FILE_SOURCE, route(["bank.example.com", "*.corp.example.com"], "bank")),
+        ("service login", route(["bank.example.com"], "thief", path="/login")),
+        ("service corp", route(["x.corp.example.com"], "thief")),
+        ("service deep", route(["*.a.corp.example.com"], "thief", path="/a")),
+        ("service wide", route(["*.example.com"], "wide")),  # nginx prefers the file's names
+        ("service other", route(["corp.example.com"], "other")),  # not under *.corp...
+    ])
+    assert [r.service for r in merged.table.routes] == ["bank", "wide", "other"]
+    assert merged.errors == (
+        "service login: not routed: 'bank.example.com' belongs to the routes file, every path "
+        "under it included",
+        "service corp: not routed: 'x.corp.example.com' is under '*.corp.example.com', which "
+        "belongs to the routes file",
+        "service deep: not routed: '*.a.corp.example.com' is under '*.corp.example.com', "
+        "which belongs to the routes file")
+    # routes of the file itself are held to the file's own rules (agent.routes), not these
+    merged = merge([(FILE_SOURCE, route(["bank.example.com"], "bank")),
+                    (FILE_SOURCE, route(["bank.example.com"], "bank_login", path="/login"))])
+    assert [r.service for r in merged.table.routes] == ["bank", "bank_login"]
 
 
 def test_every_conflict_of_a_route_is_named() -> None:
