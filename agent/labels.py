@@ -22,6 +22,8 @@ _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts"})
 _INTEGERS = frozenset({"port", "tls.hsts"})
+# These take a list in the routes file: a label gives it comma-separated.
+_LISTS = frozenset({"hosts", "allow"})
 # The target is the service itself: a label cannot send traffic anywhere else.
 _NOT_LABELS = {
     "service": "a labelled service routes to its own tasks; the service is not a label",
@@ -79,9 +81,9 @@ def _value(option: str, text: str) -> object:
     return text
 
 
-def _hosts(text: str) -> list[str]:
+def _list(text: str) -> list[str]:
     """`a.example.com,b.example.com`: a comma-separated list; spaces around a comma are allowed.
-    Each name is then checked as in the routes file, so nothing else is "cleaned up"."""
+    Each item is then checked as in the routes file, so nothing else is "cleaned up"."""
     return [part.strip(" ") for part in text.split(",")]
 
 
@@ -122,8 +124,8 @@ def route_from_labels(service: str, labels: Mapping[str, str],
                           "(docs/labels.md lists them)")
         elif option in _NOT_LABELS:
             errors.append(f"label {start}{option}: {_NOT_LABELS[option]}")
-        elif option == "hosts":
-            data["hosts"] = _hosts(text)
+        elif option in _LISTS:
+            data[option] = _list(text)
         elif option.startswith("tls."):
             tls[option.removeprefix("tls.")] = _value(option, text)
         else:

@@ -75,6 +75,13 @@ class Location:
     connect_timeout_ms: int
     read_timeout_ms: int
     max_body_size: int
+    allow: tuple[str, ...] = ()  # client networks let in; empty: every client
+
+    @property
+    def checks_client(self) -> bool:
+        """The location decides by the client's address (behind a trusted proxy: the one
+        nginx's realip module takes from X-Forwarded-For)."""
+        return bool(self.allow)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ def _location(route: Route, upstream: Upstream | None) -> Location:
         connect_timeout_ms=max(1, round(route.connect_timeout * 1000)),
         read_timeout_ms=max(1, round(route.read_timeout * 1000)),
         max_body_size=route.max_body_size,
+        allow=route.allow or (),
     )
 
 

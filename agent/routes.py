@@ -175,7 +175,38 @@ def _hsts(value: object) -> int:
                      f"(0 to {_HSTS_MAX})")
 
 
+def _network(value: object) -> str:
+    """A client address or network for `allow`, written back from the parsed value."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not an address or network "
+                         "(expected a string such as '10.0.0.0/8' or '192.0.2.7')")
+    if "%" in value:
+        raise ValueError(f"{_shown(value)}: an address with a scope cannot be allowed")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{_shown(value)} is not an IP address or network in CIDR "
+                             "notation (e.g. '10.0.0.0/8', '2001:db8::/32', '192.0.2.7')",
+                             ) from None
+        raise ValueError(f"{_shown(value)} has bits set beyond its prefix length: "
+                         f"write {loose.compressed!r}") from None
+    return net.compressed
+
+
+def _allow(value: object) -> object:
+    if isinstance(value, list | tuple) and not value:
+        raise ValueError("an empty list would refuse every client: give at least one address "
+                         "or network, or leave out 'allow' to let every client in")
+    if isinstance(value, str):  # one network where a list belongs: `allow: 10.0.0.0/8`
+        return [value]
+    return value
+
+
 CertFile = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cert_file)]
+Network = Annotated[str, BeforeValidator(_network)]
 HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]
 
 
@@ -253,6 +284,8 @@ class Route(BaseModel):
     max_body_size: Bytes = 1024**2
     websocket: bool = Field(default=False, strict=True)
     tls: Annotated[Tls | None, BeforeValidator(_tls)] = None
+    # only these client addresses reach the route (docs/security.md: which address is checked)
+    allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:

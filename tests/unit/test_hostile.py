@@ -180,7 +180,18 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         assert loc.one("return").args == ("503", f"503 no running task of {route.target.name}\\n")
         return
     want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0})
+    allow = route.allow or ()
+    want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
+    if allow and TRUSTED:  # the client's address is the one a trusted proxy forwarded
+        want += Counter({"set_real_ip_from": len(TRUSTED), "real_ip_header": 1,
+                         "real_ip_recursive": 1})
+        assert [d.args for d in loc.children("set_real_ip_from")] == [(n,) for n in TRUSTED]
+        assert loc.one("real_ip_header").args == ("X-Forwarded-For",)
     assert got == want, got
+    assert [d.args for d in loc.children("allow")] == [
+        (str(ipaddress.ip_network(n)),) for n in allow]
+    if allow:
+        assert loc.one("deny").args == ("all",)
     assert loc.one("proxy_pass").args == (f"http://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
@@ -340,6 +351,16 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(st.integers(0, 64 << 30), st.sampled_from(["0", "512k", "10M",
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
+    "allow": st.one_of(
+        st.ip_addresses().map(str),
+        st.lists(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+                           st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
+                                                                            strict=False)),
+                                     st.ip_addresses(v=4), st.integers(0, 32)),
+                           st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
+                                                                            strict=False)),
+                                     st.ip_addresses(v=6), st.integers(0, 128))),
+                 min_size=1, max_size=4)),
 }
 
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
@@ -361,10 +382,16 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(hostile_text(), poisoned(st.sampled_from(["1m", "512k"])),
                                st.integers(), st.floats(), st.booleans()),
     "websocket": st.one_of(hostile_text(), st.integers(), st.none()),
+    "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
+                       st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
+                                          st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
+                                                           "10.0.0.0/33", "all", "unix:"]),
+                                          st.integers()), max_size=3),
+                       st.integers(), st.just([])),
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket"]
+            "websocket", "allow"]
 
 
 @dataclass
