@@ -29,6 +29,9 @@ _NOT_LABELS = {
     "service": "a labelled service routes to its own tasks; the service is not a label",
     "host": "a labelled service routes to its own tasks; 'host' is for the routes file only",
 }
+# Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
+# here, `gateway.basic_auth.realm=...` another one.
+_GROUPS = {"basic_auth": "file"}
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")
 
 
@@ -98,6 +101,9 @@ def _relabel(message: str, prefix: str) -> str:
         return f"the service name: {rest}"
     if not place:
         return f"labels: {rest}"
+    group, _, key = place.partition(".")
+    if group in _GROUPS and key.partition("[")[0] == _GROUPS[group]:
+        place = group + key[len(_GROUPS[group]):]  # basic_auth.file: the label basic_auth
     if rest == "unknown field":
         rest = "unknown label (docs/labels.md lists them)"
     elif rest == "required field is missing":
@@ -128,6 +134,10 @@ def route_from_labels(service: str, labels: Mapping[str, str],
             data[option] = _list(text)
         elif option.startswith("tls."):
             tls[option.removeprefix("tls.")] = _value(option, text)
+        elif option.partition(".")[0] in _GROUPS:
+            group, _, key = option.partition(".")
+            given = data.setdefault(group, {})
+            given[key or _GROUPS[group]] = _value(option, text)
         else:
             data[option] = _value(option, text)
     if tls:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.files import FileStamp, stamp, write_atomic
+from agent.htpasswd import AuthPlan, PasswordFiles
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
@@ -50,6 +51,7 @@ class State:
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
+    auth: AuthPlan | None = None  # password files of the routes with `basic_auth`
     started: float = field(default_factory=time.monotonic)
 
 
@@ -75,8 +77,10 @@ class Reconciler:
                  renderer: Renderer, metrics: Metrics, state: State,
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,
-                 sources: ControllerRoutes | None = None) -> None:
+                 sources: ControllerRoutes | None = None,
+                 passwords: PasswordFiles | None = None) -> None:
         self.certificates = certificates
+        self.passwords = passwords
         self.sources = sources  # routes from the controller, merged with the file's
         self.settings = settings
         self.nginx = nginx
@@ -182,12 +186,16 @@ class Reconciler:
         if self.certificates is not None:
             self.state.tls = self.certificates.plan(self.state.routes)
             self.metrics.tls.plan = self.state.tls
+        if self.passwords is not None:
+            self.state.auth = self.passwords.plan(self.state.routes)
         key = (self.state.routes, tuple(sorted(
-            (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls)
+            (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls,
+            self.state.auth)
         if self._rendered is None or self._rendered[0] != key:
             self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
                                                         tls=self.state.tls,
-                                                        acme=self.acme_controller))
+                                                        acme=self.acme_controller,
+                                                        auth=self.state.auth))
         return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:
@@ -224,6 +232,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
+        if self.passwords is not None:
+            self.passwords.applied(self.state.auth)
         return f"reloaded: {change}"
 
     def _due(self, generation: str) -> float | None:
@@ -259,6 +269,9 @@ class Reconciler:
         if self.state.tls is not None and self.state.tls.errors:
             status += "; certificate refused for " + ", ".join(
                 h.host for h in self.state.tls.errors)
+        if self.state.auth is not None and self.state.auth.errors:
+            status += "; password file refused: " + ", ".join(
+                f.name for f in self.state.auth.errors)
         stub = await self.nginx.stub_status()
         self.metrics.stub_status.last = stub
         return status
@@ -292,6 +305,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
+        if self.passwords is not None:
+            self.passwords.applied(self.state.auth)
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 

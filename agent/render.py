@@ -23,10 +23,14 @@ from agent import __version__
 from agent.accesslog import TAG as ACCESS_LOG_TAG
 from agent.accesslog import UNROUTED_ROOT, route_root
 from agent.discovery import Endpoints, Snapshot
+from agent.htpasswd import AuthPlan
 from agent.routes import Route, RouteTable, Target
 from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
+# What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
+# reads inside quotes) nor ';', '{', '}' (which would end the directive if a quote slipped).
+SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]*")
 KEEPALIVE = 64
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -42,6 +46,14 @@ def nginx_token(value: object) -> str:
     return text
 
 
+def nginx_quoted(value: object) -> str:
+    """A double-quoted nginx string, for text the routes model allows spaces in (a realm)."""
+    text = str(value)
+    if not SAFE_QUOTED.fullmatch(text):
+        raise RenderError(f"refusing to write {text[:80]!r} into nginx configuration")
+    return f'"{text}"'
+
+
 def _environment(template_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
@@ -52,6 +64,7 @@ def _environment(template_dir: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["nginx"] = nginx_token
+    env.filters["nginx_quoted"] = nginx_quoted
     return env
 
 
@@ -76,6 +89,9 @@ class Location:
     read_timeout_ms: int
     max_body_size: int
     allow: tuple[str, ...] = ()  # client networks let in; empty: every client
+    auth_realm: str | None = None  # basic_auth: the realm, and the checked file nginx reads
+    auth_file: str | None = None
+    locked: bool = False  # basic_auth with no usable password file: 503, never open
 
     @property
     def checks_client(self) -> bool:
@@ -143,7 +159,11 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
-def _location(route: Route, upstream: Upstream | None) -> Location:
+def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) -> Location:
+    auth_file = None
+    if route.basic_auth is not None and auth is not None:
+        path = auth.path(route.basic_auth.file)
+        auth_file = str(path) if path is not None else None
     return Location(
         path=route.path,
         root=route_root(route),
@@ -154,15 +174,18 @@ def _location(route: Route, upstream: Upstream | None) -> Location:
         read_timeout_ms=max(1, round(route.read_timeout * 1000)),
         max_body_size=route.max_body_size,
         allow=route.allow or (),
+        auth_realm=route.basic_auth.realm if route.basic_auth is not None else None,
+        auth_file=auth_file,
+        locked=route.basic_auth is not None and auth_file is None,
     )
 
 
 def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Upstream],
-             ) -> list[Server]:
+             auth: AuthPlan | None = None) -> list[Server]:
     """One server block per set of hosts that share exactly the same locations."""
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
-        loc = _location(route, upstreams.get((route.target, route.port, route.balance)))
+        loc = _location(route, upstreams.get((route.target, route.port, route.balance)), auth)
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)
@@ -212,8 +235,10 @@ class Renderer:
         self._template = _environment(directory).get_template(name)
 
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
-               acme: tuple[Target, int] | None = None) -> Rendered:
-        """The configuration for these routes and endpoints (and certificates: agent.tls).
+               acme: tuple[Target, int] | None = None,
+               auth: AuthPlan | None = None) -> Rendered:
+        """The configuration for these routes and endpoints (and certificates: agent.tls;
+        password files: agent.htpasswd; without them a route with basic_auth answers 503).
 
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
@@ -221,7 +246,7 @@ class Renderer:
         upstreams = _upstreams(routes, snapshot)
         if self.https_listen is None:
             tls = None
-        http_servers, https_servers = _with_tls(_servers(routes, upstreams), tls)
+        http_servers, https_servers = _with_tls(_servers(routes, upstreams, auth), tls)
         acme_upstream = None
         if acme is not None and any(s.acme for s in http_servers):
             addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses

@@ -205,7 +205,20 @@ def _allow(value: object) -> object:
     return value
 
 
+# Text nginx writes inside double quotes (a realm): letters, digits, space and a little
+# punctuation; never a quote, backslash, '$', ';', '{', '}' or a control character.
+REALM_RE = re.compile(r"[A-Za-z0-9 _.,:()/@+-]{1,64}")
+
+
+def _realm(value: str) -> str:
+    if not REALM_RE.fullmatch(value) or value != value.strip(" "):
+        raise ValueError(f"{_shown(value)} is not a valid realm (1 to 64 letters, digits, "
+                         "spaces inside, and _ . , : ( ) / @ + -)")
+    return value
+
+
 CertFile = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cert_file)]
+Realm = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_realm)]
 Network = Annotated[str, BeforeValidator(_network)]
 HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]
 
@@ -241,6 +254,24 @@ class Tls(BaseModel):
             return self.key
         assert self.certificate is not None
         return self.certificate.removesuffix(".crt") + ".key"
+
+
+class BasicAuth(BaseModel):
+    """HTTP basic authentication against an htpasswd file in --certs-dir (agent.htpasswd)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: CertFile
+    realm: Realm = "restricted"
+
+
+def _basic_auth(value: object) -> object:
+    if isinstance(value, str):  # `basic_auth: users.htpasswd`
+        return {"file": value}
+    if value is None or isinstance(value, dict | BasicAuth):
+        return value
+    raise ValueError(f"{_shown(value)}: give the htpasswd file's name, or a mapping with "
+                     "'file' (and 'realm')")
 
 
 def _tls(value: object) -> object:
@@ -286,6 +317,7 @@ class Route(BaseModel):
     tls: Annotated[Tls | None, BeforeValidator(_tls)] = None
     # only these client addresses reach the route (docs/security.md: which address is checked)
     allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
+    basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:

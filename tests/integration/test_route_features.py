@@ -5,10 +5,21 @@ Clients are told apart by the loopback address they connect from (any 127.x is t
 
 from __future__ import annotations
 
+import base64
+import ctypes
+import ctypes.util
+import hashlib
 import json
-from collections.abc import Callable
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import TASK_ADDRESSES
+from tests.support import require_programs, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
 
 T1, T2, T3, T4 = TASK_ADDRESSES[:4]
@@ -74,3 +85,100 @@ def test_allow_behind_a_trusted_proxy_checks_the_client_it_forwards(
     # forward for anyone
     assert status_from(agent, PROXY) == 403
     assert status_from(agent, OUTSIDE, headers={"X-Forwarded-For": INSIDE}) == 403
+
+
+# -- basic_auth ------------------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def reachable(tmp_path: Path) -> Iterator[Path]:
+    """A work directory nginx's workers can reach: they read a password file at each request,
+    and when the tests run as root they run as nobody, whom the tests' own temporary
+    directories keep out. (The gateway's image runs nginx as one unprivileged user.)"""
+    path = Path(tempfile.mkdtemp(prefix="gateway-auth-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def openssl_passwd(scheme: str, password: str) -> str:
+    """A hash as `htpasswd` or `openssl passwd` writes it (-apr1, -6)."""
+    return subprocess.run([require_programs("openssl")["openssl"], "passwd", scheme, "-stdin"],
+                          input=password, capture_output=True, text=True, check=True,
+                          ).stdout.strip()
+
+
+def test_basic_auth_lets_in_only_users_with_their_password(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
+    dns.set("tasks.web", [T1])
+    dns.set("tasks.admin", [T2])
+    certs = tmp_path / "secrets"
+    certs.mkdir()
+    sha = base64.b64encode(hashlib.sha1(b"alice-pw").digest()).decode()
+    users = certs / "users.htpasswd"
+    users.write_text(f"# the shop's admins\nalice:{{SHA}}{sha}\n"
+                     f"bob:{openssl_passwd('-apr1', 'bob-pw')}\n"
+                     f"carol:{openssl_passwd('-6', 'carol-pw')}:a comment nginx ignores\n")
+    (certs / "plain.htpasswd").write_text("dave:{PLAIN}dave-pw\n")
+    agent = start_agent([web(upstream_port, basic_auth={"file": "users.htpasswd",
+                                                        "realm": "Shop admin"}),
+                         {"hosts": ["admin"], "service": "admin", "port": upstream_port,
+                          "basic_auth": "plain.htpasswd"}],
+                        "--certs-dir", str(certs), workdir=reachable)
+
+    status, body, headers = http_get(agent.port, "web")
+    assert status == 401
+    assert headers["www-authenticate"] == 'Basic realm="Shop admin"'
+    assert "task1" not in body
+    for user in ("alice", "bob", "carol"):
+        assert http_get(agent.port, "web", headers=basic(user, f"{user}-pw"))[:2] == \
+            (200, "task1"), user
+        assert http_get(agent.port, "web", headers=basic(user, "wrong"))[0] == 401, user
+    assert http_get(agent.port, "web", headers=basic("mallory", "alice-pw"))[0] == 401
+
+    # a file nginx should not use locks its route instead of opening it
+    status, body, _ = http_get(agent.port, "admin", headers=basic("dave", "dave-pw"))
+    assert (status, body) == (503, "503 the password file of this route cannot be used\n")
+    assert "password_file_refused file=plain.htpasswd" in agent.log_tail(400)
+    assert "plain text" in agent.log_tail(400)
+    assert "password file refused: plain.htpasswd" in agent.status()["status"]
+
+    # a file replaced by a broken one: the last good copy keeps serving
+    users.write_text("alice:not-a-hash\n")
+    wait_until(lambda: "password file refused: plain.htpasswd, users.htpasswd" in
+               agent.status()["status"], 10, "the broken file to be refused")
+    assert http_get(agent.port, "web", headers=basic("bob", "bob-pw"))[0] == 200
+    # and a good one replaces it
+    users.write_text(f"erin:{openssl_passwd('-6', 'erin-pw')}\n")
+    # (until the reload's old worker has stopped, it may still answer with the old file)
+    wait_until(lambda: http_get(agent.port, "web", headers=basic("erin", "erin-pw"))[0] == 200
+               and http_get(agent.port, "web", headers=basic("bob", "bob-pw"))[0] == 401,
+               10, "the new file to serve")
+
+
+def test_basic_auth_with_bcrypt_works_where_crypt_checks_it_and_is_refused_where_not(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
+    dns.set("tasks.web", [T1])
+    certs = tmp_path / "secrets"
+    certs.mkdir()
+    crypt = ctypes.CDLL(ctypes.util.find_library("crypt"))
+    crypt.crypt.restype = ctypes.c_char_p
+    # `htpasswd -B` with cost 5; the salt is fixed here, any would do
+    hashed = crypt.crypt(b"frank-pw", b"$2y$05$saltsaltsaltsaltsalt.u").decode()
+    (certs / "bcrypt.htpasswd").write_text(f"frank:{hashed}\n")
+    agent = start_agent([web(upstream_port, basic_auth="bcrypt.htpasswd")],
+                        "--certs-dir", str(certs), workdir=reachable)
+    if hashed.startswith("$2y$05$"):  # this machine's crypt(3), nginx's too, knows bcrypt
+        assert http_get(agent.port, "web", headers=basic("frank", "frank-pw"))[:2] == \
+            (200, "task1")
+        assert http_get(agent.port, "web", headers=basic("frank", "wrong"))[0] == 401
+    else:
+        assert http_get(agent.port, "web", headers=basic("frank", "frank-pw"))[0] == 503
+        assert "cannot check it" in agent.log_tail(400)

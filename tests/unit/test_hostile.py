@@ -11,6 +11,7 @@ or a server name no route asked for.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import subprocess
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.discovery import Endpoints, sort_addresses
+from agent.htpasswd import AuthFile, AuthPlan
 from agent.render import KEEPALIVE, Renderer, RenderError, nginx_token, render_main_conf
 from agent.render import upstream_name as expected_upstream_name
 from agent.routes import (
@@ -123,6 +125,17 @@ REFUSAL_DIRECTIVES = Counter({"default_type": 1, "add_header": 1, "return": 1})
 NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
 
 
+def auth_copy(name: str) -> Path:
+    """Where the agent would have put the checked copy of a password file (agent.htpasswd)."""
+    return Path("/run/gateway/htpasswd") / (hashlib.sha256(name.encode()).hexdigest()[:24] +
+                                            ".htpasswd")
+
+
+def auth_plan(table: RouteTable) -> AuthPlan:
+    names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
+    return AuthPlan(tuple(AuthFile(n, auth_copy(n), None) for n in names))
+
+
 def _renderer() -> Renderer:
     return Renderer(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED)
 
@@ -182,6 +195,8 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0})
     allow = route.allow or ()
     want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
+    if route.basic_auth is not None:
+        want += Counter({"auth_basic": 1, "auth_basic_user_file": 1})
     if allow and TRUSTED:  # the client's address is the one a trusted proxy forwarded
         want += Counter({"set_real_ip_from": len(TRUSTED), "real_ip_header": 1,
                          "real_ip_recursive": 1})
@@ -192,6 +207,9 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         (str(ipaddress.ip_network(n)),) for n in allow]
     if allow:
         assert loc.one("deny").args == ("all",)
+    if route.basic_auth is not None:
+        assert loc.one("auth_basic").args == (route.basic_auth.realm,)
+        assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
     assert loc.one("proxy_pass").args == (f"http://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
@@ -351,6 +369,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(st.integers(0, 64 << 30), st.sampled_from(["0", "512k", "10M",
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
+    "basic_auth": st.one_of(
+        _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).filter(lambda s: ".." not in s),
+        st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
+            "realm": st.text(st.sampled_from(_ALNUM + "ABZ _.,:()/@+-"), min_size=1,
+                             max_size=64).filter(lambda s: s == s.strip(" "))})),
     "allow": st.one_of(
         st.ip_addresses().map(str),
         st.lists(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
@@ -382,6 +405,12 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(hostile_text(), poisoned(st.sampled_from(["1m", "512k"])),
                                st.integers(), st.floats(), st.booleans()),
     "websocket": st.one_of(hostile_text(), st.integers(), st.none()),
+    "basic_auth": st.one_of(
+        hostile_text(), poisoned(st.just("users.htpasswd")), st.integers(), st.none(),
+        st.fixed_dictionaries({"file": st.one_of(hostile_text(), st.just("u.htpasswd"))},
+                              optional={"realm": st.one_of(hostile_text(),
+                                                           poisoned(st.just("Shop admin")))}),
+        st.fixed_dictionaries({"realm": st.just("x")}, optional={"other": hostile_text()})),
     "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
                        st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
                                           st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
@@ -391,7 +420,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow"]
+            "websocket", "allow", "basic_auth"]
 
 
 @dataclass
@@ -440,10 +469,12 @@ def snapshot_for(draw: st.DrawFn, table: RouteTable) -> dict[str, Endpoints]:
     return snapshot
 
 
-# routes[2].hosts[0], routes[2]['a key as written'], routes, (top level), line 3 column 7, and
+# routes[2].hosts[0], routes[2].basic_auth.realm, routes[2]['a key as written'], routes,
+# (top level), line 3 column 7, and
 # a field name at the top level (`websocket: unknown field` when a line break moved it there)
 PLACE = re.compile(r"(?:\(top level\)|line \d+ column \d+|\[['\"].*?\]|routes(?:\[(?P<index>\d+)\]"
-                   r"(?:\.(?P<field>[A-Za-z_]\w*)(?:\[\d+\])?|\[(?P<key>['\"].*?)\])?)?"
+                   r"(?:\.(?P<field>[A-Za-z_]\w*)(?:\[\d+\]|\.[A-Za-z_]\w*)*"
+                   r"|\[(?P<key>['\"].*?)\])?)?"
                    r"|(?!None:)[A-Za-z_]\w*): \S")
 
 
@@ -486,7 +517,7 @@ def test_a_route_file_is_refused_naming_the_place_or_renders_only_what_it_asked(
         assert_refusal_names_places(table, routes)
         return
     snapshot = data.draw(snapshot_for(table))
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
     nginx_t.check(rendered.text)
 
@@ -506,7 +537,7 @@ def test_one_hostile_value_is_refused_at_its_field_or_kept_to_its_place(
         assert all("\n" not in e for e in table.errors)
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -537,7 +568,7 @@ def test_a_routes_file_with_something_inserted_anywhere(at: int, inserted: str) 
             assert PLACE.match(error), f"no place in {error!r}"
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1", "fd00::1"), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -614,7 +645,7 @@ def test_an_injection_that_slipped_through_would_be_seen() -> None:
     """The structural check fails on a configuration with one directive more than asked."""
     table = parse_routes({"routes": [{"hosts": ["a.example.com"], "service": "s", "port": 80}]})
     snapshot = {"tasks.s": Endpoints(("10.0.0.1",), "ok")}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
     for forged in (
         rendered.text.replace("server_name a.example.com;", "server_name a.example.com evil;"),

@@ -7,14 +7,18 @@ integration tests (tests/integration/test_route_features.py) show what a client 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from pathlib import Path
 
 import pytest
 
 from agent.discovery import Endpoints
+from agent.htpasswd import AuthFile, AuthPlan, PasswordFiles, check_file, check_hash, crypt_checks
 from agent.labels import LabelError, route_from_labels
-from agent.render import Renderer
-from agent.routes import Route, RoutesError, RouteTable, parse_routes
+from agent.render import Renderer, RenderError, nginx_quoted
+from agent.routes import BasicAuth, Route, RoutesError, RouteTable, parse_routes
 
 BASE: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
 LABELS = {"gateway.hosts": "a.example.com", "gateway.port": "80"}
@@ -109,3 +113,131 @@ def test_allow_behind_trusted_proxies_checks_the_forwarded_client() -> None:
     assert "geo $realip_remote_addr $gateway_trusted_peer {" in text
     assert '"$http_x_forwarded_for, $realip_remote_addr"' in text
     assert "proxy_set_header X-Real-IP $realip_remote_addr;" in location(b)
+
+
+# -- basic_auth ------------------------------------------------------------------------------------
+
+SHA_ALICE = "{SHA}" + base64.b64encode(hashlib.sha1(b"alice-pw").digest()).decode()
+
+
+def test_basic_auth_is_a_file_name_or_a_file_and_a_realm() -> None:
+    assert route(basic_auth="users.htpasswd").basic_auth == BasicAuth(file="users.htpasswd",
+                                                                       realm="restricted")
+    given = route(basic_auth={"file": "u.htpasswd", "realm": "Shop admin (staff)"}).basic_auth
+    assert given == BasicAuth(file="u.htpasswd", realm="Shop admin (staff)")
+
+
+@pytest.mark.parametrize(("value", "place", "message"), [
+    ("../etc/shadow", "routes[0].basic_auth.file", "is not a valid file name in --certs-dir"),
+    ({"realm": "x"}, "routes[0].basic_auth.file", "required field is missing"),
+    ({"file": "u", "realm": 'a" ; b'}, "routes[0].basic_auth.realm", "is not a valid realm"),
+    ({"file": "u", "realm": "$host"}, "routes[0].basic_auth.realm", "is not a valid realm"),
+    ({"file": "u", "realm": " padded"}, "routes[0].basic_auth.realm", "is not a valid realm"),
+    ({"file": "u", "user": "x"}, "routes[0].basic_auth.user", "unknown field"),
+    (5, "routes[0].basic_auth", "give the htpasswd file's name"),
+])
+def test_basic_auth_refuses_with_the_place(value: object, place: str, message: str) -> None:
+    (error,) = errors(basic_auth=value)
+    assert error.startswith(place + ": "), error
+    assert message in error
+
+
+def test_basic_auth_labels() -> None:
+    labelled = route_from_labels("svc", {**LABELS, "gateway.basic_auth": "u.htpasswd",
+                                         "gateway.basic_auth.realm": "Shop admin"})
+    assert labelled is not None
+    assert labelled.basic_auth == BasicAuth(file="u.htpasswd", realm="Shop admin")
+    assert label_errors(**{"basic_auth": "../x", "basic_auth.realm": "a;b"}) == [
+        "service svc: label gateway.basic_auth: '../x' is not a valid file name in --certs-dir "
+        "(letters, digits, '_', '.', '-', starting alphanumeric; no '/' or '..')",
+        "service svc: label gateway.basic_auth.realm: 'a;b' is not a valid realm (1 to 64 "
+        "letters, digits, spaces inside, and _ . , : ( ) / @ + -)"]
+    assert label_errors(**{"basic_auth.realm": "x"}) == [
+        "service svc: label gateway.basic_auth: required label is missing"]
+
+
+def test_basic_auth_renders_the_checked_copy_and_locks_the_route_without_one() -> None:
+    protected = route(basic_auth={"file": "u.htpasswd", "realm": "Shop admin"})
+    plan = AuthPlan((AuthFile("u.htpasswd", Path("/run/gw/htpasswd/abc.htpasswd"), None),))
+    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
+    text = renderer.render(RouteTable((protected, route(hosts=["b.example.com"]))), SNAPSHOT,
+                           auth=plan).text
+    a, b = text.split("server_name b.example.com;")
+    assert ('        auth_basic "Shop admin";\n'
+            "        auth_basic_user_file /run/gw/htpasswd/abc.htpasswd;\n") in location(a)
+    assert "auth_basic" not in b
+    # no good copy of the file (refused, missing, or no plan at all): the route is locked
+    for auth in (None, AuthPlan((AuthFile("u.htpasswd", None, "u.htpasswd: not found"),))):
+        body = location(renderer.render(RouteTable((protected,)), SNAPSHOT, auth=auth).text)
+        assert body.split("\n")[-1].strip() == \
+            'return 503 "503 the password file of this route cannot be used\\n";'
+        assert "proxy_pass" not in body
+
+
+@pytest.mark.parametrize("text", ['a"b', "a\\b", "$x", "a;b", "{", "}", "a\nb", "\x00", "é"])
+def test_the_quoting_filter_refuses_what_could_end_the_string(text: str) -> None:
+    with pytest.raises(RenderError):
+        nginx_quoted(text)
+    assert nginx_quoted("Shop admin (staff) #1") == '"Shop admin (staff) #1"'
+
+
+def test_htpasswd_hashes_nginx_checks_are_accepted() -> None:
+    apr1 = "$apr1$Kq0Xj2mE$0GzWcOg0nXQ5CJqD8A1Ns/"
+    sha512 = "$6$abcdefgh$" + "a" * 86
+    assert check_file(f"# admins\nalice:{SHA_ALICE}\nbob:{apr1}:comment\r\n\n"
+                      f"carol:{sha512}\n".encode()) == (3, [])
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("dave:{PLAIN}secret", "line 1 (user 'dave'): a password in plain text"),
+    ("dave:secret", "line 1 (user 'dave'): not a hash the gateway accepts"),
+    ("dave:$2y$13$" + "a" * 53, "bcrypt cost 13 is above 12"),
+    ("dave:$6$rounds=999999$abc$" + "a" * 86, "999999 rounds is above 100000"),
+    ("dave:$y$j9T$abc$def", "not a hash the gateway accepts"),
+    ("dave:{SHA}bm90IGJhc2U2NA", "not base64"),
+    ("dave", "line 1: not 'user:hash'"),
+    (":" + SHA_ALICE, "line 1: not 'user:hash'"),
+    (f"alice:{SHA_ALICE}\nalice:{SHA_ALICE}", "line 2: user 'alice' again"),
+    ("# nobody", "no user in the file"),
+])
+def test_htpasswd_problems_name_the_line_and_user_never_the_hash(line: str,
+                                                                 problem: str) -> None:
+    _, problems = check_file(line.encode() + b"\n")
+    assert len(problems) == 1, problems
+    assert problem in problems[0]
+    assert "secret" not in problems[0]
+
+
+def test_bcrypt_is_refused_exactly_when_this_crypt_cannot_check_it() -> None:
+    hashed = "$2y$05$" + "a" * 53
+    problem = check_hash(hashed)
+    assert (problem is None) is crypt_checks("bcrypt")
+    if problem is not None:
+        assert "cannot check it" in problem
+
+
+def test_password_files_are_copied_checked_and_the_last_good_one_kept(tmp_path: Path) -> None:
+    certs, store = tmp_path / "certs", tmp_path / "store"
+    certs.mkdir()
+    files = PasswordFiles(certs, store)
+    table = RouteTable((route(basic_auth="u.htpasswd"),))
+    first = files.plan(table)
+    assert first is not None
+    assert first.files == (AuthFile("u.htpasswd", None, f"u.htpasswd: not found in {certs}"),)
+    (certs / "u.htpasswd").write_text(f"alice:{SHA_ALICE}\n")
+    good = files.plan(table)
+    assert good is not None
+    (entry,) = good.files
+    assert entry.error is None
+    assert entry.path is not None
+    assert entry.path.read_text() == f"alice:{SHA_ALICE}\n"
+    assert entry.path.parent == store
+    files.applied(good)
+    (certs / "u.htpasswd").write_text("alice:{PLAIN}x\n")
+    kept = files.plan(table)
+    assert kept is not None
+    assert kept.files[0].path == entry.path
+    assert "plain text" in (kept.files[0].error or "")
+    assert files.plan(RouteTable((route(),))) is None
+    files.applied(None)
+    assert not entry.path.exists()  # no configuration refers to it any more
