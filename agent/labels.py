@@ -21,7 +21,7 @@ DEFAULT_PREFIX = "gateway"
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts"})
-_INTEGERS = frozenset({"port", "tls.hsts"})
+_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst"})
 # These take a list in the routes file: a label gives it comma-separated.
 _LISTS = frozenset({"hosts", "allow"})
 # The target is the service itself: a label cannot send traffic anywhere else.
@@ -31,7 +31,7 @@ _NOT_LABELS = {
 }
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
-_GROUPS = {"basic_auth": "file"}
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate"}
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")
 
 

@@ -21,7 +21,7 @@ import jinja2
 
 from agent import __version__
 from agent.accesslog import TAG as ACCESS_LOG_TAG
-from agent.accesslog import UNROUTED_ROOT, route_root
+from agent.accesslog import UNROUTED_ROOT, route_label, route_root
 from agent.discovery import Endpoints, Snapshot
 from agent.htpasswd import AuthPlan
 from agent.routes import Route, RouteTable, Target
@@ -79,6 +79,25 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class RateZone:
+    """A route's limit_req zone: its own counters per client address."""
+
+    name: str
+    rate: str
+    burst: int
+
+
+def rate_zone(route: Route) -> RateZone | None:
+    if route.rate_limit is None:
+        return None
+    # (host, path) names one route; the rate is in the name too, so that a changed rate is a
+    # new zone rather than a reload nginx might refuse
+    digest = hashlib.sha256(f"{route_label(route)} {route.rate_limit.rate}".encode())
+    return RateZone(f"gateway_rate_{digest.hexdigest()[:12]}", route.rate_limit.rate,
+                    route.rate_limit.burst)
+
+
+@dataclass(frozen=True)
 class Location:
     path: str
     root: str  # names the route in the access log (agent.accesslog.route_root)
@@ -92,12 +111,13 @@ class Location:
     auth_realm: str | None = None  # basic_auth: the realm, and the checked file nginx reads
     auth_file: str | None = None
     locked: bool = False  # basic_auth with no usable password file: 503, never open
+    rate_limit: RateZone | None = None
 
     @property
     def checks_client(self) -> bool:
         """The location decides by the client's address (behind a trusted proxy: the one
         nginx's realip module takes from X-Forwarded-For)."""
-        return bool(self.allow)
+        return bool(self.allow) or self.rate_limit is not None
 
 
 @dataclass(frozen=True)
@@ -177,6 +197,7 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         auth_realm=route.basic_auth.realm if route.basic_auth is not None else None,
         auth_file=auth_file,
         locked=route.basic_auth is not None and auth_file is None,
+        rate_limit=rate_zone(route),
     )
 
 
@@ -272,6 +293,8 @@ class Renderer:
             "access_log_tag": ACCESS_LOG_TAG,
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
+            "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},
+                                 key=lambda z: z.name),
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
             "acme_upstream": acme_upstream.name if acme_upstream else None,
             "acme": any(s.acme for s in http_servers),

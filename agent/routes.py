@@ -175,6 +175,9 @@ def _hsts(value: object) -> int:
                      f"(0 to {_HSTS_MAX})")
 
 
+_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
+
+
 def _network(value: object) -> str:
     """A client address or network for `allow`, written back from the parsed value."""
     if not isinstance(value, str):
@@ -193,6 +196,8 @@ def _network(value: object) -> str:
                              ) from None
         raise ValueError(f"{_shown(value)} has bits set beyond its prefix length: "
                          f"write {loose.compressed!r}") from None
+    if net == _BROADCAST:  # nginx reads it as "no address" and refuses the configuration
+        raise ValueError(f"{_shown(value)}: the broadcast address is never a client")
     return net.compressed
 
 
@@ -274,6 +279,34 @@ def _basic_auth(value: object) -> object:
                      "'file' (and 'realm')")
 
 
+_RATE_RE = re.compile(r"([1-9][0-9]{0,5})r/([sm])", re.ASCII)
+
+
+def _rate(value: object) -> str:
+    if not isinstance(value, str) or not _RATE_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a rate (requests per second or minute: "
+                         "'10r/s', '600r/m'; 1 to 999999)")
+    return value
+
+
+class RateLimit(BaseModel):
+    """Requests per client address (nginx's limit_req); beyond rate and burst: 429."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: Annotated[str, BeforeValidator(_rate)]
+    burst: int = Field(default=0, ge=0, le=100_000, strict=True)
+
+
+def _rate_limit(value: object) -> object:
+    if isinstance(value, str):  # `rate_limit: 10r/s`
+        return {"rate": value}
+    if value is None or isinstance(value, dict | RateLimit):
+        return value
+    raise ValueError(f"{_shown(value)}: give a rate ('10r/s'), or a mapping with 'rate' "
+                     "(and 'burst')")
+
+
 def _tls(value: object) -> object:
     if isinstance(value, bool):  # `tls: true`: the certificates by host name
         return {} if value else None
@@ -318,6 +351,7 @@ class Route(BaseModel):
     # only these client addresses reach the route (docs/security.md: which address is checked)
     allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
     basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
+    rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:

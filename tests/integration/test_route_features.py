@@ -182,3 +182,31 @@ def test_basic_auth_with_bcrypt_works_where_crypt_checks_it_and_is_refused_where
     else:
         assert http_get(agent.port, "web", headers=basic("frank", "frank-pw"))[0] == 503
         assert "cannot check it" in agent.log_tail(400)
+
+
+# -- rate_limit ------------------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_beyond_the_burst_per_client(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1])
+    dns.set("tasks.open", [T2])
+    # one request a minute: no request of this test is allowed by time passing, only by burst
+    agent = start_agent([web(upstream_port, rate_limit={"rate": "1r/m", "burst": 2}),
+                         {"hosts": ["open"], "service": "open", "port": upstream_port}],
+                        "--trusted-proxies", "127.0.22.0/24")
+    before = tasks["task1"].server.hits
+    assert [status_from(agent, INSIDE) for _ in range(5)] == [200, 200, 200, 429, 429]
+    assert tasks["task1"].server.hits - before == 3, "a refused request never reaches a task"
+    # another client has its own count; another route has no limit
+    assert status_from(agent, OUTSIDE) == 200
+    assert [status_from(agent, INSIDE, "open") for _ in range(5)] == [200] * 5
+
+    # behind a trusted proxy each forwarded client is counted, not the proxy
+    def via_proxy(client: str) -> int:
+        return status_from(agent, PROXY, headers={"X-Forwarded-For": client})
+
+    assert [via_proxy("127.0.30.1") for _ in range(4)] == [200, 200, 200, 429]
+    assert [via_proxy("127.0.30.2") for _ in range(3)] == [200, 200, 200]
+    assert via_proxy(INSIDE) == 429  # the same client as before, now through the proxy

@@ -27,7 +27,14 @@ from hypothesis import strategies as st
 
 from agent.discovery import Endpoints, sort_addresses
 from agent.htpasswd import AuthFile, AuthPlan
-from agent.render import KEEPALIVE, Renderer, RenderError, nginx_token, render_main_conf
+from agent.render import (
+    KEEPALIVE,
+    Renderer,
+    RenderError,
+    nginx_token,
+    rate_zone,
+    render_main_conf,
+)
 from agent.render import upstream_name as expected_upstream_name
 from agent.routes import (
     Route,
@@ -144,8 +151,10 @@ RENDERER = _renderer()
 
 
 def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
-    """Everything but the upstreams and the routes' servers: maps, geo, default and status."""
-    return [d for d in conf if d.name != "upstream" and not _is_route_server(d)]
+    """Everything but the upstreams, the routes' rate zones and servers: maps, geo, default
+    and status."""
+    return [d for d in conf if d.name not in ("upstream", "limit_req_zone") and
+            not _is_route_server(d)]
 
 
 def _is_route_server(d: Directive) -> bool:
@@ -197,7 +206,14 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
     if route.basic_auth is not None:
         want += Counter({"auth_basic": 1, "auth_basic_user_file": 1})
-    if allow and TRUSTED:  # the client's address is the one a trusted proxy forwarded
+    if route.rate_limit is not None:
+        want += Counter({"limit_req": 1, "limit_req_status": 1})
+        zone = rate_zone(route)
+        assert zone is not None
+        burst = route.rate_limit.burst
+        assert loc.one("limit_req").args == (f"zone={zone.name}",
+                                              *([f"burst={burst}"] if burst else []), "nodelay")
+    if (allow or route.rate_limit is not None) and TRUSTED:
         want += Counter({"set_real_ip_from": len(TRUSTED), "real_ip_header": 1,
                          "real_ip_recursive": 1})
         assert [d.args for d in loc.children("set_real_ip_from")] == [(n,) for n in TRUSTED]
@@ -230,7 +246,12 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert text.isascii()
     conf = parse_conf(text.replace(generation, "GENERATION"))
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
-    assert [d.name for d in conf if d.name not in ("map", "geo", "upstream", "server")] == []
+    assert [d.name for d in conf if d.name not in ("map", "geo", "upstream", "server",
+                                                    "limit_req_zone")] == []
+    # a limit_req zone per route with rate_limit, with the route's rate, and nothing else
+    zones = {z.name: z for r in table.routes if (z := rate_zone(r)) is not None}
+    assert sorted(d.args for d in conf if d.name == "limit_req_zone") == sorted(
+        ("$binary_remote_addr", f"zone={z.name}:1m", f"rate={z.rate}") for z in zones.values())
 
     # upstreams: one per (target, port, balance) that has tasks, with exactly those tasks
     upstreams = {d.args: d for d in conf if d.name == "upstream"}
@@ -352,6 +373,9 @@ _NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join).filter(lambda s: 
 _SEGMENT = st.text(st.sampled_from(_ALNUM + "ABZ._~+,:@-"), min_size=1, max_size=12).filter(
     lambda s: s not in (".", ".."))
 
+# nginx refuses 255.255.255.255 (its "no address"); the model does too
+_CLIENT = st.ip_addresses().filter(lambda ip: str(ip) != "255.255.255.255")
+
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.lists(st.one_of(_NAME, _NAME.map(str.upper),
                                 _NAME.map(lambda n: "*." + n).filter(lambda s: len(s) <= 253)),
@@ -374,9 +398,13 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
         st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
             "realm": st.text(st.sampled_from(_ALNUM + "ABZ _.,:()/@+-"), min_size=1,
                              max_size=64).filter(lambda s: s == s.strip(" "))})),
+    "rate_limit": st.one_of(
+        st.builds(lambda n, unit: f"{n}r/{unit}", st.integers(1, 999999), st.sampled_from("sm")),
+        st.fixed_dictionaries({"rate": st.sampled_from(["1r/s", "600r/m"])},
+                              optional={"burst": st.integers(0, 100_000)})),
     "allow": st.one_of(
-        st.ip_addresses().map(str),
-        st.lists(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+        _CLIENT.map(str),
+        st.lists(st.one_of(_CLIENT.map(str), st.ip_addresses(v=6).map(str),
                            st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
                                                                             strict=False)),
                                      st.ip_addresses(v=4), st.integers(0, 32)),
@@ -411,6 +439,12 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                               optional={"realm": st.one_of(hostile_text(),
                                                            poisoned(st.just("Shop admin")))}),
         st.fixed_dictionaries({"realm": st.just("x")}, optional={"other": hostile_text()})),
+    "rate_limit": st.one_of(
+        hostile_text(), poisoned(st.sampled_from(["10r/s", "1r/m"])), st.integers(),
+        st.fixed_dictionaries({"rate": st.one_of(hostile_text(), poisoned(st.just("5r/s")))},
+                              optional={"burst": st.one_of(st.integers(), hostile_text(),
+                                                           st.floats())}),
+        st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
     "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
                        st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
                                           st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
@@ -420,7 +454,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow", "basic_auth"]
+            "websocket", "allow", "basic_auth", "rate_limit"]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from agent.discovery import Endpoints
 from agent.htpasswd import AuthFile, AuthPlan, PasswordFiles, check_file, check_hash, crypt_checks
 from agent.labels import LabelError, route_from_labels
 from agent.render import Renderer, RenderError, nginx_quoted
-from agent.routes import BasicAuth, Route, RoutesError, RouteTable, parse_routes
+from agent.routes import BasicAuth, RateLimit, Route, RoutesError, RouteTable, parse_routes
 
 BASE: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
 LABELS = {"gateway.hosts": "a.example.com", "gateway.port": "80"}
@@ -71,6 +71,7 @@ def test_allow_takes_addresses_and_networks_as_written_canonically() -> None:
     (["10.0.0.0/8; allow all"], "routes[0].allow[0]", "is not an IP address or network"),
     (["all"], "routes[0].allow[0]", "is not an IP address or network"),
     (["fe80::1%eth0"], "routes[0].allow[0]", "with a scope"),
+    (["255.255.255.255"], "routes[0].allow[0]", "the broadcast address is never a client"),
     ([8], "routes[0].allow[0]", "is not an address or network"),
     ([], "routes[0].allow", "would refuse every client"),
 ])
@@ -241,3 +242,57 @@ def test_password_files_are_copied_checked_and_the_last_good_one_kept(tmp_path: 
     assert files.plan(RouteTable((route(),))) is None
     files.applied(None)
     assert not entry.path.exists()  # no configuration refers to it any more
+
+
+# -- rate_limit ------------------------------------------------------------------------------------
+
+
+def test_rate_limit_is_a_rate_or_a_rate_and_a_burst() -> None:
+    assert route(rate_limit="10r/s").rate_limit == RateLimit(rate="10r/s", burst=0)
+    assert route(rate_limit={"rate": "600r/m", "burst": 20}).rate_limit == RateLimit(
+        rate="600r/m", burst=20)
+
+
+@pytest.mark.parametrize(("value", "place", "message"), [
+    ("0r/s", "routes[0].rate_limit.rate", "is not a rate"),
+    ("10r/h", "routes[0].rate_limit.rate", "is not a rate"),
+    ("10r/s burst=5", "routes[0].rate_limit.rate", "is not a rate"),
+    ({"rate": "1r/s", "burst": -1}, "routes[0].rate_limit.burst", "greater than or equal to 0"),
+    ({"rate": "1r/s", "burst": "5"}, "routes[0].rate_limit.burst", "valid integer"),
+    ({"burst": 5}, "routes[0].rate_limit.rate", "required field is missing"),
+    ({"rate": "1r/s", "key": "$http_x"}, "routes[0].rate_limit.key", "unknown field"),
+    (10, "routes[0].rate_limit", "give a rate"),
+])
+def test_rate_limit_refuses_with_the_place(value: object, place: str, message: str) -> None:
+    (error,) = errors(rate_limit=value)
+    assert error.startswith(place + ": "), error
+    assert message in error
+
+
+def test_rate_limit_labels() -> None:
+    labelled = route_from_labels("svc", {**LABELS, "gateway.rate_limit": "10r/s",
+                                         "gateway.rate_limit.burst": "20"})
+    assert labelled is not None
+    assert labelled.rate_limit == RateLimit(rate="10r/s", burst=20)
+    assert label_errors(**{"rate_limit": "10r/h", "rate_limit.burst": "x"}) == [
+        "service svc: label gateway.rate_limit: '10r/h' is not a rate (requests per second or "
+        "minute: '10r/s', '600r/m'; 1 to 999999)",
+        "service svc: label gateway.rate_limit.burst: 'x': Input should be a valid integer"]
+
+
+def test_rate_limit_renders_a_zone_per_route_only_where_asked() -> None:
+    limited = route(rate_limit={"rate": "10r/s", "burst": 20})
+    other = route(hosts=["b.example.com"], rate_limit="10r/s")
+    text = rendered(limited, other, route(hosts=["c.example.com"]))
+    zones = re.findall(r"^limit_req_zone \$binary_remote_addr zone=(gateway_rate_\w+):1m "
+                       r"rate=10r/s;$", text, re.M)
+    assert len(set(zones)) == 2, "each route counts on its own"
+    a, rest = text.split("server_name b.example.com;")
+    b, c = rest.split("server_name c.example.com;")
+    assert f"limit_req zone={zones[0]} burst=20 nodelay;\n        limit_req_status 429;" in \
+        location(a) or f"limit_req zone={zones[1]} burst=20 nodelay;" in location(a)
+    assert re.search(r"limit_req zone=gateway_rate_\w+ nodelay;", location(b))  # nginx: no burst=0
+    assert "limit_req" not in c
+    assert "limit_req_zone" not in rendered(route()), "no zone when no route limits"
+    # with trusted proxies the count is per forwarded client
+    assert "real_ip_header X-Forwarded-For;" in location(rendered(limited, trusted=("10.0.0.0/8",)))
