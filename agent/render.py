@@ -112,6 +112,7 @@ class Location:
     auth_file: str | None = None
     locked: bool = False  # basic_auth with no usable password file: 503, never open
     rate_limit: RateZone | None = None
+    strip_prefix: bool = False
 
     @property
     def checks_client(self) -> bool:
@@ -198,6 +199,7 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         auth_file=auth_file,
         locked=route.basic_auth is not None and auth_file is None,
         rate_limit=rate_zone(route),
+        strip_prefix=route.strip_prefix,
     )
 
 

@@ -23,6 +23,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -352,6 +354,16 @@ class Route(BaseModel):
     allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
     basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
     rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
+    # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
+    strip_prefix: bool = Field(default=False, strict=True)
+
+    @field_validator("strip_prefix")
+    @classmethod
+    def _a_prefix_to_strip(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("path") == "/":  # (absent: the path itself was refused)
+            raise ValueError("the route's path is '/': there is no prefix to strip "
+                             "(give 'path', e.g. /api)")
+        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:

@@ -210,3 +210,44 @@ def test_rate_limit_answers_429_beyond_the_burst_per_client(
     assert [via_proxy("127.0.30.1") for _ in range(4)] == [200, 200, 200, 429]
     assert [via_proxy("127.0.30.2") for _ in range(3)] == [200, 200, 200]
     assert via_proxy(INSIDE) == 429  # the same client as before, now through the proxy
+
+
+# -- strip_prefix ----------------------------------------------------------------------------------
+
+
+def test_strip_prefix_passes_the_path_below_the_prefix(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1])
+    dns.set("tasks.api", [T2])
+    agent = start_agent([
+        web(upstream_port, path="/api", strip_prefix=True),
+        web(upstream_port, path="/kept"),  # without strip_prefix the path passes as it is
+        {"hosts": ["web"], "service": "api", "port": upstream_port, "path": "/v1/api",
+         "strip_prefix": True},
+    ], "--trusted-proxies", "127.0.22.0/24")
+
+    def seen(path: str, source: str = INSIDE,
+             headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+        status, body, response = http_get(agent.port, "web", path, source=source,
+                                          headers=headers)
+        return status, body, response.get("x-seen-path", "")
+
+    assert seen("/api/users?page=2") == (200, "task1", "/users?page=2")
+    assert seen("/api/") == (200, "task1", "/")
+    assert seen("/api") == (200, "task1", "/")
+    assert seen("/api?x=1") == (200, "task1", "/?x=1")
+    assert seen("/v1/api/users/7") == (200, "task2", "/users/7")
+    assert seen("/kept/users") == (200, "task1", "/kept/users")
+    assert seen("/apix")[0] == 404  # a prefix is whole segments
+
+    # the task learns the prefix it was served under; a trusted proxy's own prefix comes first
+    status, body, _ = seen("/api/headers")
+    assert status == 200
+    assert json.loads(body)["x-forwarded-prefix"] == "/api"
+    status, body, _ = seen("/api/headers", source=OUTSIDE,
+                           headers={"X-Forwarded-Prefix": "/evil"})
+    assert json.loads(body)["x-forwarded-prefix"] == "/api", "a client's prefix is dropped"
+    status, body, _ = seen("/api/headers", source=PROXY,
+                           headers={"X-Forwarded-Prefix": "/shop"})
+    assert json.loads(body)["x-forwarded-prefix"] == "/shop/api"

@@ -226,12 +226,15 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     if route.basic_auth is not None:
         assert loc.one("auth_basic").args == (route.basic_auth.realm,)
         assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
-    assert loc.one("proxy_pass").args == (f"http://{upstream}",)
+    assert loc.one("proxy_pass").args == (f"http://{upstream}/" if route.strip_prefix
+                                          else f"http://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
     # every header value is nginx's own variable or empty: nothing from a route or a client
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
     assert ("Upgrade" in headers) is route.websocket
+    assert headers["X-Forwarded-Prefix"] == (
+        "$gateway_forwarded_prefix" + (route.path if route.strip_prefix else ""),)
     ms = max(1, round(route.connect_timeout * 1000))
     assert loc.one("proxy_connect_timeout").args == (f"{ms}ms",)
     ms = max(1, round(route.read_timeout * 1000))
@@ -445,6 +448,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                               optional={"burst": st.one_of(st.integers(), hostile_text(),
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
+    "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
     "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
                        st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
                                           st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
@@ -471,6 +475,8 @@ def generated_route(draw: st.DrawFn) -> GeneratedRoute:
     for name in OPTIONAL:
         if draw(st.booleans()):
             data[name] = draw(VALID[name])
+    if data.get("path", "/") != "/" and draw(st.booleans()):  # only a path has a prefix
+        data["strip_prefix"] = draw(st.booleans())
     hostile: set[str] = set()
     if draw(st.integers(0, 2)) == 2:  # one route in three has one or two hostile fields
         fields = [f for f in FIELDS if f != "host" or target == "host"]
@@ -537,6 +543,9 @@ def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) 
                 any(f not in route.data for f in ("hosts", "port")), error
         elif "is already routed by" in error:  # two routes may draw the same valid host
             assert field == "hosts"
+        elif field == "strip_prefix" and field not in route.hostile:
+            assert "path" in route.hostile, error  # a hostile path that happened to be "/"
+            assert "no prefix to strip" in error
         else:
             assert field in route.hostile, f"{error!r} names a field that was valid"
 

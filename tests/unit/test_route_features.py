@@ -296,3 +296,35 @@ def test_rate_limit_renders_a_zone_per_route_only_where_asked() -> None:
     assert "limit_req_zone" not in rendered(route()), "no zone when no route limits"
     # with trusted proxies the count is per forwarded client
     assert "real_ip_header X-Forwarded-For;" in location(rendered(limited, trusted=("10.0.0.0/8",)))
+
+
+# -- strip_prefix ----------------------------------------------------------------------------------
+
+
+def test_strip_prefix_needs_a_path_and_a_boolean() -> None:
+    assert route(path="/api", strip_prefix=True).strip_prefix is True
+    assert route().strip_prefix is False
+    assert errors(strip_prefix=True) == [
+        "routes[0].strip_prefix: the route's path is '/': there is no prefix to strip "
+        "(give 'path', e.g. /api)"]
+    assert errors(path="/api", strip_prefix="yes") == [
+        "routes[0].strip_prefix: 'yes': Input should be a valid boolean"]
+    # a refused path is said once, not again as "nothing to strip"
+    assert [e.split(":")[0] for e in errors(path="a b", strip_prefix=True)] == ["routes[0].path"]
+    labelled = route_from_labels("svc", {**LABELS, "gateway.path": "/api",
+                                         "gateway.strip_prefix": "true"})
+    assert labelled is not None
+    assert labelled.strip_prefix is True
+    assert label_errors(strip_prefix="true") == [
+        "service svc: label gateway.strip_prefix: the route's path is '/': there is no prefix "
+        "to strip (give 'path', e.g. /api)"]
+
+
+def test_strip_prefix_renders_a_proxy_pass_with_a_uri_only_on_its_route() -> None:
+    text = rendered(route(path="/api", strip_prefix=True), route(path="/kept"))
+    for loc in (location(text, "= /api"), location(text, "^~ /api/")):
+        assert "proxy_pass http://service_svc_80/;" in loc
+        assert "proxy_set_header X-Forwarded-Prefix $gateway_forwarded_prefix/api;" in loc
+    for loc in (location(text, "= /kept"), location(text, "^~ /kept/")):
+        assert "proxy_pass http://service_svc_80;" in loc
+        assert "proxy_set_header X-Forwarded-Prefix $gateway_forwarded_prefix;" in loc
