@@ -33,6 +33,8 @@ _NOT_LABELS = {
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
 _GROUPS = {"basic_auth": "file", "rate_limit": "rate"}
+# `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
+_HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")
 
 
@@ -126,7 +128,10 @@ def route_from_labels(service: str, labels: Mapping[str, str],
     tls: dict[str, Any] = {}
     errors: list[str] = []
     for option, text in sorted(options.items()):
-        if not _OPTION_RE.fullmatch(option):
+        if header := _HEADER_RE.fullmatch(option):
+            direction, name = header.groups()
+            data.setdefault("headers", {}).setdefault(direction, {})[name] = text
+        elif not _OPTION_RE.fullmatch(option):
             errors.append(f"label {_shown(start + option)}: not a gateway option "
                           "(docs/labels.md lists them)")
         elif option in _NOT_LABELS:
@@ -139,6 +144,9 @@ def route_from_labels(service: str, labels: Mapping[str, str],
             group, _, key = option.partition(".")
             given = data.setdefault(group, {})
             given[key or _GROUPS[group]] = _value(option, text)
+        elif "." in option:  # `gateway.headers.request`, `gateway.port.x`: no such option
+            errors.append(f"label {start}{option}: not a gateway option "
+                          "(docs/labels.md lists them)")
         else:
             data[option] = _value(option, text)
     if tls:

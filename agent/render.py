@@ -113,6 +113,13 @@ class Location:
     locked: bool = False  # basic_auth with no usable password file: 503, never open
     rate_limit: RateZone | None = None
     strip_prefix: bool = False
+    request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
+    response_headers: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def adds_headers(self) -> bool:
+        """An add_header here hides the server's (HSTS), which must then be said again."""
+        return any(value is not None for _, value in self.response_headers)
 
     @property
     def checks_client(self) -> bool:
@@ -200,6 +207,8 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         locked=route.basic_auth is not None and auth_file is None,
         rate_limit=rate_zone(route),
         strip_prefix=route.strip_prefix,
+        request_headers=route.headers.request if route.headers else (),
+        response_headers=route.headers.response if route.headers else (),
     )
 
 

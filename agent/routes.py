@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -281,6 +282,78 @@ def _basic_auth(value: object) -> object:
                      "'file' (and 'realm')")
 
 
+# Header names: letters, digits and '-' (a subset of RFC 7230's token that needs no quoting);
+# values: printable ASCII without '"', '\\', '$', ';', '{' and '}', written between quotes.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,1024}")
+# what the gateway itself sends to the task, or what HTTP itself decides
+OWN_REQUEST_HEADERS = frozenset({
+    "host", "connection", "upgrade", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "forwarded", "keep-alive",
+    "te", "transfer-encoding", "content-length", "proxy-connection"})
+OWN_RESPONSE_HEADERS = {
+    "strict-transport-security": "give it with tls.hsts",
+    "server": "nginx writes it itself", "date": "nginx writes it itself",
+    "connection": "HTTP decides it", "keep-alive": "HTTP decides it",
+    "transfer-encoding": "HTTP decides it", "content-length": "HTTP decides it"}
+
+
+def _header_set(direction: str) -> Callable[[object], object]:
+    """A mapping of header name to value (set) or null/'' (remove), kept as sorted pairs."""
+    def check(value: object) -> object:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{_shown(value)}: give a mapping of header name to value "
+                             "(null or '' removes the header)")
+        problems, seen, out = [], set(), []
+        for name, text in value.items():
+            if not isinstance(name, str) or not HEADER_NAME_RE.fullmatch(name):
+                problems.append(f"{_shown(name)} is not a header name (letters, digits, '-')")
+                continue
+            lowered = name.lower()
+            if lowered in seen:
+                problems.append(f"{name!r} is given twice (header names ignore case)")
+                continue
+            seen.add(lowered)
+            if direction == "request" and lowered in OWN_REQUEST_HEADERS:
+                problems.append(f"{name!r} is set by the gateway itself")
+                continue
+            if direction == "response" and lowered in OWN_RESPONSE_HEADERS:
+                problems.append(f"{name!r}: {OWN_RESPONSE_HEADERS[lowered]}")
+                continue
+            if text is None or text == "":
+                out.append((name, None))
+            elif isinstance(text, bool) or not isinstance(text, str | int):
+                problems.append(f"{name!r}: {_shown(text)} is not a header value "
+                                "(a string; null removes the header)")
+            elif not HEADER_VALUE_RE.fullmatch(str(text)) or str(text) != str(text).strip():
+                problems.append(f"{name!r}: {_shown(text)} is not a header value the gateway "
+                                "writes (printable ASCII up to 1024 characters, no quote, "
+                                "backslash, '$', ';', '{', '}', no space at either end)")
+            else:
+                out.append((name, str(text)))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(sorted(out, key=lambda pair: pair[0].lower()))
+    return check
+
+
+HeaderPairs = tuple[tuple[str, str | None], ...]
+
+
+class Headers(BaseModel):
+    """Headers a route sets (a value) or removes (null) on the way to the task and back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request: Annotated[HeaderPairs, BeforeValidator(_header_set("request"))] = ()
+    response: Annotated[HeaderPairs, BeforeValidator(_header_set("response"))] = ()
+
+    @field_serializer("request", "response")
+    def _as_written(self, pairs: HeaderPairs) -> dict[str, str]:
+        """As a routes file says it ('' removes), so that the controller's copy parses back."""
+        return {name: value or "" for name, value in pairs}
+
+
 _RATE_RE = re.compile(r"([1-9][0-9]{0,5})r/([sm])", re.ASCII)
 
 
@@ -354,6 +427,7 @@ class Route(BaseModel):
     allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
     basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
     rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
+    headers: Headers | None = None
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 

@@ -9,6 +9,7 @@ import base64
 import ctypes
 import ctypes.util
 import hashlib
+import http.client
 import json
 import shutil
 import subprocess
@@ -251,3 +252,43 @@ def test_strip_prefix_passes_the_path_below_the_prefix(
     status, body, _ = seen("/api/headers", source=PROXY,
                            headers={"X-Forwarded-Prefix": "/shop"})
     assert json.loads(body)["x-forwarded-prefix"] == "/shop/api"
+
+
+# -- headers ---------------------------------------------------------------------------------------
+
+
+def test_headers_are_set_and_removed_both_ways(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1])
+    agent = start_agent([
+        web(upstream_port, headers={
+            "request": {"X-Api-Version": "2 (beta)", "X-Debug": None},
+            "response": {"X-Frame-Options": "DENY", "X-Seen-Path": None}}),
+        web(upstream_port, path="/replaced", headers={"response": {"X-Seen-Path": "hidden"}}),
+    ])
+    status, body, response = http_get(agent.port, "web", "/headers",
+                                      headers={"X-Debug": "1", "X-Api-Version": "1",
+                                               "X-Other": "kept"})
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["x-api-version"] == "2 (beta)", "set: the client's value is replaced"
+    assert "x-debug" not in seen, "removed before it reaches the task"
+    assert seen["x-other"] == "kept"
+    assert response["x-frame-options"] == "DENY"
+    assert "x-seen-path" not in response, "the task's header is removed"
+    # an answer nginx gives itself carries them too ('always'): here 413, a body too large
+    status, _, response = http_get(agent.port, "web", method="POST",
+                                   headers={"Content-Length": str(2 << 20)})
+    assert status == 413
+    assert response["x-frame-options"] == "DENY"
+
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+    try:
+        conn.request("GET", "/replaced/x", headers={"Host": "web"})
+        answer = conn.getresponse()
+        answer.read()
+        values = [v for k, v in answer.getheaders() if k.lower() == "x-seen-path"]
+    finally:
+        conn.close()
+    assert values == ["hidden"], "set: the task's own value is replaced, not doubled"

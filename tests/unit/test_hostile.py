@@ -37,6 +37,8 @@ from agent.render import (
 )
 from agent.render import upstream_name as expected_upstream_name
 from agent.routes import (
+    OWN_REQUEST_HEADERS,
+    OWN_RESPONSE_HEADERS,
     Route,
     RoutesError,
     RouteTable,
@@ -206,6 +208,10 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
     if route.basic_auth is not None:
         want += Counter({"auth_basic": 1, "auth_basic_user_file": 1})
+    if route.headers is not None:
+        want += Counter({"proxy_set_header": len(route.headers.request),
+                         "proxy_hide_header": len(route.headers.response),
+                         "add_header": sum(v is not None for _, v in route.headers.response)})
     if route.rate_limit is not None:
         want += Counter({"limit_req": 1, "limit_req_status": 1})
         zone = rate_zone(route)
@@ -230,8 +236,16 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
                                           else f"http://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
-    # every header value is nginx's own variable or empty: nothing from a route or a client
+    # the route's own headers hold exactly the route's values (removed: empty) ...
+    asked = dict(route.headers.request) if route.headers else {}
+    for name, value in asked.items():
+        assert headers.pop(name) == (value or "",)
+    # ... and every other header value is nginx's own variable or empty: nothing from a client
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
+    answered = route.headers.response if route.headers else ()
+    assert [d.args for d in loc.children("proxy_hide_header")] == [(n,) for n, _ in answered]
+    assert [d.args for d in loc.children("add_header")] == [
+        (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
     assert headers["X-Forwarded-Prefix"] == (
         "$gateway_forwarded_prefix" + (route.path if route.strip_prefix else ""),)
@@ -379,6 +393,14 @@ _SEGMENT = st.text(st.sampled_from(_ALNUM + "ABZ._~+,:@-"), min_size=1, max_size
 # nginx refuses 255.255.255.255 (its "no address"); the model does too
 _CLIENT = st.ip_addresses().filter(lambda ip: str(ip) != "255.255.255.255")
 
+# lowercase only: two names that differ in case only are one header, refused as given twice
+_HEADER_NAME = _word(_ALNUM, _ALNUM + "-", 64).map(
+    lambda n: "X-" + n if len(n) <= 62 else n).filter(
+    lambda n: n.lower() not in OWN_REQUEST_HEADERS | set(OWN_RESPONSE_HEADERS))
+_HEADER_VALUE = st.text(st.sampled_from("".join(
+    c for c in map(chr, range(0x20, 0x7f)) if c not in '"\\$;{}')), min_size=1,
+    max_size=1024).filter(lambda v: v == v.strip())
+
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.lists(st.one_of(_NAME, _NAME.map(str.upper),
                                 _NAME.map(lambda n: "*." + n).filter(lambda s: len(s) <= 253)),
@@ -401,6 +423,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
         st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
             "realm": st.text(st.sampled_from(_ALNUM + "ABZ _.,:()/@+-"), min_size=1,
                              max_size=64).filter(lambda s: s == s.strip(" "))})),
+    "headers": st.fixed_dictionaries({}, optional={
+        direction: st.dictionaries(
+            _HEADER_NAME, st.one_of(st.none(), st.just(""), st.integers(0, 10**6), _HEADER_VALUE),
+            max_size=3)
+        for direction in ("request", "response")}),
     "rate_limit": st.one_of(
         st.builds(lambda n, unit: f"{n}r/{unit}", st.integers(1, 999999), st.sampled_from("sm")),
         st.fixed_dictionaries({"rate": st.sampled_from(["1r/s", "600r/m"])},
@@ -449,6 +476,18 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
+    "headers": st.one_of(
+        hostile_text(), st.integers(),
+        st.fixed_dictionaries({}, optional={
+            direction: st.one_of(hostile_text(), st.dictionaries(
+                st.one_of(hostile_text(), poisoned(st.just("X-Api")),
+                          st.sampled_from(["Host", "X-Forwarded-For", "Server", "x-real-ip",
+                                           "Strict-Transport-Security"])),
+                st.one_of(hostile_text(), poisoned(st.just("a value")), st.booleans(),
+                          st.lists(st.text(max_size=3), max_size=2)),
+                min_size=1, max_size=3))
+            for direction in ("request", "response")}),
+        st.fixed_dictionaries({"both": st.just({})})),
     "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
                        st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
                                           st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
@@ -458,7 +497,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow", "basic_auth", "rate_limit"]
+            "websocket", "allow", "basic_auth", "rate_limit", "headers"]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -18,7 +19,18 @@ from agent.discovery import Endpoints
 from agent.htpasswd import AuthFile, AuthPlan, PasswordFiles, check_file, check_hash, crypt_checks
 from agent.labels import LabelError, route_from_labels
 from agent.render import Renderer, RenderError, nginx_quoted
-from agent.routes import BasicAuth, RateLimit, Route, RoutesError, RouteTable, parse_routes
+from agent.routes import (
+    BasicAuth,
+    Headers,
+    RateLimit,
+    Route,
+    RoutesError,
+    RouteTable,
+    parse_routes,
+)
+from agent.sources import route_item
+from agent.tls import Certificates
+from tests.support.tlsca import TestCA
 
 BASE: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
 LABELS = {"gateway.hosts": "a.example.com", "gateway.port": "80"}
@@ -328,3 +340,108 @@ def test_strip_prefix_renders_a_proxy_pass_with_a_uri_only_on_its_route() -> Non
     for loc in (location(text, "= /kept"), location(text, "^~ /kept/")):
         assert "proxy_pass http://service_svc_80;" in loc
         assert "proxy_set_header X-Forwarded-Prefix $gateway_forwarded_prefix;" in loc
+
+
+# -- headers ---------------------------------------------------------------------------------------
+
+
+def test_headers_set_or_remove_each_way() -> None:
+    headers = route(headers={"request": {"X-Api-Version": "2 (beta)", "X-Debug": None},
+                             "response": {"X-Frame-Options": "DENY", "X-Powered-By": ""}}
+                    ).headers
+    assert headers is not None
+    assert headers.request == (("X-Api-Version", "2 (beta)"), ("X-Debug", None))
+    assert headers.response == (("X-Frame-Options", "DENY"), ("X-Powered-By", None))
+
+
+@pytest.mark.parametrize(("value", "place", "message"), [
+    ({"request": {"X Api": "1"}}, "routes[0].headers.request", "'X Api' is not a header name"),
+    ({"request": {"X-A": 'a"b'}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": "a; b"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": "$host"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": "a\r\nX-B: c"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": " a"}}, "routes[0].headers.request", "no space at either end"),
+    ({"request": {"X-A": "é"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": ["a"]}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-Forwarded-For": "1.2.3.4"}}, "routes[0].headers.request",
+     "is set by the gateway itself"),
+    ({"request": {"x-a": "1", "X-A": "2"}}, "routes[0].headers.request", "given twice"),
+    ({"response": {"Strict-Transport-Security": "max-age=1"}}, "routes[0].headers.response",
+     "give it with tls.hsts"),
+    ({"response": {"Server": "x"}}, "routes[0].headers.response", "nginx writes it itself"),
+    ({"response": "x"}, "routes[0].headers.response", "give a mapping"),
+    ({"both": {}}, "routes[0].headers.both", "unknown field"),
+])
+def test_headers_refuse_with_the_place(value: object, place: str, message: str) -> None:
+    (error,) = errors(headers=value)
+    assert error.startswith(place + ": "), error
+    assert message in error
+    assert "\n" not in error
+
+
+def test_every_header_problem_at_once() -> None:
+    (error,) = errors(headers={"request": {"Host": "x", "a b": "c", "X-A": "$x"}})
+    assert error.count("; ") >= 2, error
+
+
+def test_headers_labels() -> None:
+    labelled = route_from_labels("svc", {**LABELS, "gateway.headers.request.x-api": "2",
+                                         "gateway.headers.response.x-powered-by": ""})
+    assert labelled is not None
+    assert labelled.headers == Headers.model_validate(
+        {"request": {"x-api": "2"}, "response": {"x-powered-by": None}})
+    assert label_errors(**{"headers.request.host": "x"}) == [
+        "service svc: label gateway.headers.request: 'host' is set by the gateway itself"]
+    assert label_errors(**{"headers.request": "x"}) == [
+        "service svc: label gateway.headers.request: not a gateway option "
+        "(docs/labels.md lists them)"]
+
+
+def test_headers_render_only_on_their_route() -> None:
+    text = rendered(route(headers={"request": {"X-Api": "2 (beta)", "X-Debug": None},
+                                   "response": {"X-Frame-Options": "DENY", "X-Powered-By": None}}),
+                    route(hosts=["b.example.com"]))
+    a, b = text.split("server_name b.example.com;")
+    assert ('        proxy_set_header X-Api "2 (beta)";\n'
+            '        proxy_set_header X-Debug "";\n'
+            "        proxy_hide_header X-Frame-Options;\n"
+            '        add_header X-Frame-Options "DENY" always;\n'
+            "        proxy_hide_header X-Powered-By;\n") in location(a)
+    assert "add_header" not in location(b)
+    assert "proxy_hide_header" not in location(b)
+
+
+def test_response_headers_on_https_keep_hsts(tmp_path: Path) -> None:
+    """nginx forgets the server's add_header in a location with its own: HSTS is said again."""
+    ca = TestCA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue("a.example.com").write(certs, "a.example.com")
+    with_headers = route(tls={"hsts": 600}, headers={"response": {"X-Frame-Options": "DENY"}})
+    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
+                        https_listen="0.0.0.0:8443")
+    table = RouteTable((with_headers,))
+    plan = Certificates(certs, tmp_path / "store", None).plan(table)
+    assert plan is not None
+    assert not plan.errors
+    text = renderer.render(table, SNAPSHOT, tls=plan).text
+    https = text[text.index("listen 0.0.0.0:8443 ssl"):]
+    assert '    add_header Strict-Transport-Security "max-age=600" always;' in https
+    assert ('        add_header X-Frame-Options "DENY" always;\n'
+            '        add_header Strict-Transport-Security "max-age=600" always;\n') in \
+        location(https)
+
+
+# -- the controller's copy -------------------------------------------------------------------------
+
+
+def test_every_option_survives_the_trip_from_the_controller_to_the_gateways() -> None:
+    """The controller serves label routes as JSON (agent.sources); a gateway parses them again."""
+    full = route(path="/api", allow=["10.0.0.0/8", "192.0.2.7"], strip_prefix=True,
+                 basic_auth={"file": "u.htpasswd", "realm": "Shop admin"},
+                 rate_limit={"rate": "10r/s", "burst": 5},
+                 headers={"request": {"X-Api": "2", "X-Debug": None},
+                          "response": {"X-Frame-Options": "DENY", "X-Powered-By": ""}})
+    item = json.loads(json.dumps(route_item("service svc", full)))
+    (again,) = parse_routes({"routes": [item["route"]]}).routes
+    assert again == full
