@@ -304,7 +304,9 @@ def _header_set(direction: str) -> Callable[[object], object]:
         if not isinstance(value, Mapping):
             raise ValueError(f"{_shown(value)}: give a mapping of header name to value "
                              "(null or '' removes the header)")
-        problems, seen, out = [], set(), []
+        problems: list[str] = []
+        seen: set[str] = set()
+        out: list[tuple[str, str | None]] = []
         for name, text in value.items():
             if not isinstance(name, str) or not HEADER_NAME_RE.fullmatch(name):
                 problems.append(f"{_shown(name)} is not a header name (letters, digits, '-')")
