@@ -21,8 +21,8 @@ DEFAULT_PREFIX = "gateway"
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
-                       "strip_prefix"})
-_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst"})
+                       "strip_prefix", "redirect.keep_path"})
+_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code"})
 # These take a list in the routes file: a label gives it comma-separated.
 _LISTS = frozenset({"hosts", "allow"})
 # The target is the service itself: a label cannot send traffic anywhere else.
@@ -32,7 +32,7 @@ _NOT_LABELS = {
 }
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
-_GROUPS = {"basic_auth": "file", "rate_limit": "rate"}
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")
@@ -161,7 +161,8 @@ def route_from_labels(service: str, labels: Mapping[str, str],
             del data["tls"]
         else:
             data["tls"] = {**tls, "acme": True} if data.get("tls") == "acme" else tls
-    data["service"] = service
+    if "redirect" not in data:  # a route that only redirects sends nothing to the service
+        data["service"] = service
     try:
         table = parse_routes({"routes": [data]}, f"service {service}")
     except RoutesError as exc:

@@ -115,6 +115,9 @@ class Location:
     strip_prefix: bool = False
     request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
     response_headers: tuple[tuple[str, str | None], ...] = ()
+    redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
+    redirect_to: str = ""
+    redirect_keep_path: bool = False
 
     @property
     def adds_headers(self) -> bool:
@@ -174,6 +177,9 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
                                                                       Upstream]:
     out = {}
     for route in routes:
+        if not route.proxies:
+            continue
+        assert route.port is not None
         key = (route.target, route.port, route.balance)
         if key in out:
             continue
@@ -195,7 +201,7 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
     return Location(
         path=route.path,
         root=route_root(route),
-        target=route.target.name,
+        target=route.target.name if route.proxies else "",
         upstream=upstream.name if upstream else None,
         websocket=route.websocket,
         connect_timeout_ms=max(1, round(route.connect_timeout * 1000)),
@@ -209,6 +215,9 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         strip_prefix=route.strip_prefix,
         request_headers=route.headers.request if route.headers else (),
         response_headers=route.headers.response if route.headers else (),
+        redirect_code=route.redirect.code if route.redirect else None,
+        redirect_to=route.redirect.target if route.redirect else "",
+        redirect_keep_path=route.redirect.keep_path if route.redirect else False,
     )
 
 
@@ -217,7 +226,9 @@ def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], U
     """One server block per set of hosts that share exactly the same locations."""
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
-        loc = _location(route, upstreams.get((route.target, route.port, route.balance)), auth)
+        upstream = upstreams.get((route.target, route.port or 0, route.balance)) \
+            if route.proxies else None
+        loc = _location(route, upstream, auth)
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)

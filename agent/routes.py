@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
@@ -55,6 +56,14 @@ def is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class FieldError(ValueError):
+    """A route-wide check whose error belongs to one field: its place names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 def _shown(value: object) -> str:
@@ -384,6 +393,55 @@ def _rate_limit(value: object) -> object:
                      "(and 'burst')")
 
 
+_REDIRECT_URL_RE = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[^/:]+)(?::(?P<port>[0-9]{1,5}))?(?P<path>/[^?#]*)?")
+
+
+def _redirect_url(value: object) -> str:
+    if not isinstance(value, str) or not (m := _REDIRECT_URL_RE.fullmatch(value)):
+        raise ValueError(f"{_shown(value)} is not a URL to redirect to (http:// or https://, "
+                         "a host name, an optional port and path; no query)")
+    host = m.group("host")
+    if not HOST_RE.fullmatch(host) or host.startswith("*.") or len(host) > 253:
+        raise ValueError(f"{_shown(value)}: {host!r} is not a valid host name")
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        raise ValueError(f"{_shown(value)}: the port is out of range")
+    path = m.group("path")
+    if path is not None and path != "/":
+        _path(path.rstrip("/") if path.endswith("/") else path)
+    return value
+
+
+class Redirect(BaseModel):
+    """A route that only redirects: to another origin (www to the apex) or another place."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: Annotated[str, BeforeValidator(_redirect_url)]
+    code: Literal[301, 302, 303, 307, 308] = 308
+    # the request's path and query follow `to` (https://example.com/a?b -> `to`/a?b)
+    keep_path: bool = Field(default=True, strict=True)
+
+    @property
+    def target(self) -> str:
+        """What nginx writes after the code; `$request_uri` follows when the path is kept."""
+        return self.to.rstrip("/") if self.keep_path else self.to
+
+
+def _redirect(value: object) -> object:
+    if isinstance(value, str):  # `redirect: https://example.com`
+        return {"to": value}
+    if value is None or isinstance(value, dict | Redirect):
+        return value
+    raise ValueError(f"{_shown(value)}: give a URL, or a mapping with 'to' (and 'code', "
+                     "'keep_path')")
+
+
+# What a route that only redirects has no use for: the request never goes anywhere else.
+_PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
+                 "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers")
+
+
 def _tls(value: object) -> object:
     if isinstance(value, bool):  # `tls: true`: the certificates by host name
         return {} if value else None
@@ -417,7 +475,9 @@ class Route(BaseModel):
     path: PathPrefix = "/"
     service: ServiceName | None = None
     host: DnsName | None = None
-    port: int = Field(ge=1, le=65535, strict=True)
+    # a route that only redirects (before `port`, which it does without)
+    redirect: Annotated[Redirect | None, BeforeValidator(_redirect)] = None
+    port: int | None = Field(default=None, ge=1, le=65535, strict=True, validate_default=True)
     zone: Zone | None = None
     balance: Balance = "round_robin"
     connect_timeout: Seconds = 5.0
@@ -433,6 +493,13 @@ class Route(BaseModel):
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
+    @field_validator("port")
+    @classmethod
+    def _port_to_proxy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None and info.data.get("redirect") is None:
+            raise PydanticCustomError("missing", "required field is missing")
+        return value
+
     @field_validator("strip_prefix")
     @classmethod
     def _a_prefix_to_strip(cls, value: bool, info: ValidationInfo) -> bool:
@@ -443,9 +510,18 @@ class Route(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
+        if self.redirect is not None:
+            # (by value, not by presence: the controller's copy writes every default out)
+            unused = [f for f in _PROXY_FIELDS
+                      if getattr(self, f) != type(self).model_fields[f].default]
+            if unused:
+                raise FieldError("redirect", "the route only redirects, it sends no request "
+                                 f"on: leave out {', '.join(repr(f) for f in unused)}")
+            return self
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
-                             "or 'host' (a DNS name resolved as it is)")
+                             "or 'host' (a DNS name resolved as it is), or 'redirect'")
+
         if self.tls is not None and self.tls.acme:
             if (self.path + "/").startswith(ACME_CHALLENGE_PATH):
                 raise ValueError(f"path {self.path!r}: with tls: acme the gateway sends "
@@ -464,7 +540,13 @@ class Route(BaseModel):
         return self
 
     @property
+    def proxies(self) -> bool:
+        """The route passes requests to a target (else it only redirects)."""
+        return self.redirect is None
+
+    @property
     def target(self) -> Target:
+        assert self.proxies, "a route that only redirects has no target"
         if self.service is not None:
             return Target("service", self.service)
         assert self.host is not None
@@ -496,7 +578,7 @@ class RouteTable:
 
     @property
     def targets(self) -> tuple[Target, ...]:
-        return tuple(sorted({r.target for r in self.routes}))
+        return tuple(sorted({r.target for r in self.routes if r.proxies}))
 
 
 def _place(loc: Iterable[int | str]) -> str:
@@ -518,6 +600,9 @@ def _messages(exc: ValidationError) -> list[str]:
         msg = err["msg"]
         if err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, FieldError):
+                loc = [*loc, cause.field]
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
@@ -561,13 +646,21 @@ def _tls_conflicts(routes: Sequence[Route]) -> list[str]:
     return errors
 
 
+def _without_echoes(errors: list[str]) -> list[str]:
+    """A route whose `redirect` is refused is not told again that, then, it lacks a port."""
+    refused = {e.partition(".redirect")[0] for e in errors if ".redirect" in e.split(":")[0]}
+    return [e for e in errors
+            if not (e.endswith(".port: required field is missing") and
+                    e.removesuffix(".port: required field is missing") in refused)]
+
+
 def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
-        raise RoutesError(source, _messages(exc)) from None
+        raise RoutesError(source, _without_echoes(_messages(exc))) from None
     errors = _duplicates(parsed.routes) + _tls_conflicts(parsed.routes)
     if errors:
         raise RoutesError(source, errors)

@@ -292,3 +292,26 @@ def test_headers_are_set_and_removed_both_ways(
     finally:
         conn.close()
     assert values == ["hidden"], "set: the task's own value is replaced, not doubled"
+
+
+# -- redirect --------------------------------------------------------------------------------------
+
+
+def test_a_host_or_path_that_only_redirects(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1])
+    agent = start_agent([
+        {"hosts": ["www.example.com"], "redirect": "https://example.com"},  # www to the apex
+        {"hosts": ["example.com"], "service": "web", "port": upstream_port},
+        {"hosts": ["example.com"], "path": "/old",
+         "redirect": {"to": "https://example.com/new", "code": 301, "keep_path": False}},
+    ])
+    status, _, headers = http_get(agent.port, "www.example.com", "/shop/cart?item=7")
+    assert (status, headers["location"]) == (308, "https://example.com/shop/cart?item=7")
+    status, _, headers = http_get(agent.port, "example.com", "/old/page")
+    assert (status, headers["location"]) == (301, "https://example.com/new")
+    assert http_get(agent.port, "example.com", "/oldies")[:2] == (200, "task1")
+    assert http_get(agent.port, "example.com", "/")[:2] == (200, "task1")
+    # nothing is looked up for a route that only redirects
+    assert set(agent.status()["endpoints"]) == {"web"}

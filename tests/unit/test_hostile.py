@@ -199,6 +199,12 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         assert got == NO_PATH_DIRECTIVES, got
         assert loc.one("return").args == ("404", "404 no route for this path\\n")
         return
+    if route.redirect is not None:  # only redirects: one return, to the route's own URL
+        assert got == Counter({"return": 1}), got
+        target = route.redirect.to.rstrip("/") + "$request_uri" if route.redirect.keep_path \
+            else route.redirect.to
+        assert loc.one("return").args == (str(route.redirect.code), target)
+        return
     if upstream is None:
         assert got == REFUSAL_DIRECTIVES, got
         assert loc.one("return").args == ("503", f"503 no running task of {route.target.name}\\n")
@@ -275,6 +281,9 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert len(upstreams) == len([d for d in conf if d.name == "upstream"]), "duplicate upstream"
     wanted: dict[str, tuple[Route, tuple[str, ...]]] = {}
     for route in table.routes:
+        if not route.proxies:
+            continue
+        assert route.port is not None
         addresses = snapshot.get(route.target.lookup_name, Endpoints()).addresses
         if addresses:
             name = expected_upstream_name(route.target, route.port, route.balance)
@@ -308,8 +317,10 @@ def check_rendered(text: str, generation: str, table: RouteTable,
             for args, loc in locations.items():
                 route = asked[host][args]
                 upstream = None
-                if route is not None and f"{route.target.lookup_name}" in snapshot and \
+                if route is not None and route.proxies and \
+                        route.target.lookup_name in snapshot and \
                         snapshot[route.target.lookup_name].addresses:
+                    assert route.port is not None
                     upstream = expected_upstream_name(route.target, route.port, route.balance)
                 _check_location(loc, route, upstream)
 
@@ -401,6 +412,15 @@ _HEADER_VALUE = st.text(st.sampled_from("".join(
     c for c in map(chr, range(0x20, 0x7f)) if c not in '"\\$;{}')), min_size=1,
     max_size=1024).filter(lambda v: v == v.strip())
 
+_URL = st.builds(lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+                 st.sampled_from(["http", "https"]), _NAME,
+                 st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}")),
+                 st.one_of(st.just(""), st.just("/"),
+                           st.lists(_SEGMENT, min_size=1, max_size=3).map(
+                               lambda segments: "/" + "/".join(segments))))
+REDIRECT = st.one_of(_URL, st.fixed_dictionaries({"to": _URL}, optional={
+    "code": st.sampled_from([301, 302, 303, 307, 308]), "keep_path": st.booleans()}))
+
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.lists(st.one_of(_NAME, _NAME.map(str.upper),
                                 _NAME.map(lambda n: "*." + n).filter(lambda s: len(s) <= 253)),
@@ -476,6 +496,12 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
+    "redirect": st.one_of(
+        hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
+        st.fixed_dictionaries({"to": st.one_of(hostile_text(), poisoned(_URL))}, optional={
+            "code": st.one_of(st.integers(), hostile_text()),
+            "keep_path": st.one_of(hostile_text(), st.integers())}),
+        REDIRECT),  # valid, where a route also names a service: refused as a whole
     "headers": st.one_of(
         hostile_text(), st.integers(),
         st.fixed_dictionaries({}, optional={
@@ -508,7 +534,15 @@ class GeneratedRoute:
 
 @st.composite
 def generated_route(draw: st.DrawFn) -> GeneratedRoute:
-    data: dict[str, Any] = {"hosts": draw(VALID["hosts"]), "port": draw(VALID["port"])}
+    if draw(st.integers(0, 5)) == 5:  # a route that only redirects
+        data: dict[str, Any] = {"hosts": draw(VALID["hosts"]), "redirect": draw(REDIRECT)}
+        if draw(st.booleans()):
+            data["path"] = draw(VALID["path"])
+        if draw(st.integers(0, 3)) == 3:
+            data["redirect"] = draw(HOSTILE["redirect"])
+            return GeneratedRoute(data, frozenset({"redirect"}))
+        return GeneratedRoute(data, frozenset())
+    data = {"hosts": draw(VALID["hosts"]), "port": draw(VALID["port"])}
     target = draw(st.sampled_from(["service", "host"]))
     data[target] = draw(VALID[target])
     for name in OPTIONAL:

@@ -23,6 +23,7 @@ from agent.routes import (
     BasicAuth,
     Headers,
     RateLimit,
+    Redirect,
     Route,
     RoutesError,
     RouteTable,
@@ -445,3 +446,86 @@ def test_every_option_survives_the_trip_from_the_controller_to_the_gateways() ->
     item = json.loads(json.dumps(route_item("service svc", full)))
     (again,) = parse_routes({"routes": [item["route"]]}).routes
     assert again == full
+
+
+# -- redirect --------------------------------------------------------------------------------------
+
+
+def only(**fields: object) -> dict[str, object]:
+    return {"routes": [{"hosts": ["www.example.com"], **fields}]}
+
+
+def test_redirect_is_a_url_or_a_url_code_and_whether_the_path_follows() -> None:
+    (r,) = parse_routes(only(redirect="https://example.com")).routes
+    assert r.redirect == Redirect(to="https://example.com", code=308, keep_path=True)
+    assert not r.proxies
+    assert r.port is None
+    (r,) = parse_routes(only(path="/old", redirect={
+        "to": "http://example.com:8080/new/", "code": 301, "keep_path": False})).routes
+    assert r.redirect is not None
+    assert (r.redirect.code, r.redirect.target) == (301, "http://example.com:8080/new/")
+    assert parse_routes(only(redirect="https://example.com")).targets == ()
+
+
+@pytest.mark.parametrize(("fields", "place", "message"), [
+    ({"redirect": "ftp://example.com"}, "routes[0].redirect.to", "is not a URL"),
+    ({"redirect": "https://example.com/a?b=1"}, "routes[0].redirect.to", "is not a URL"),
+    ({"redirect": "https://exa mple.com"}, "routes[0].redirect.to", "is not a valid host name"),
+    ({"redirect": "https://*.example.com"}, "routes[0].redirect.to", "is not a valid host name"),
+    ({"redirect": "https://example.com/$host"}, "routes[0].redirect.to", "not a valid path"),
+    ({"redirect": "https://example.com:0"}, "routes[0].redirect.to", "out of range"),
+    ({"redirect": {"to": "https://example.com", "code": 200}}, "routes[0].redirect.code",
+     "Input should be 301, 302, 303, 307 or 308"),
+    ({"redirect": {"to": "https://example.com", "keep_path": "no"}},
+     "routes[0].redirect.keep_path", "valid boolean"),
+    ({"redirect": "https://example.com", "service": "web", "port": 80}, "routes[0].redirect",
+     "leave out 'service', 'port'"),
+    ({"redirect": 5}, "routes[0].redirect", "give a URL"),
+])
+def test_redirect_refuses_with_the_place(fields: dict[str, object], place: str,
+                                         message: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        parse_routes(only(**fields))
+    (error,) = info.value.errors  # a refused redirect is not also told it lacks a port
+    assert error.startswith(place + ": "), error
+    assert message in error
+
+
+def test_a_route_without_redirect_still_needs_its_port_and_target() -> None:
+    assert errors(port=None) == ["routes[0].port: required field is missing"]
+    with pytest.raises(RoutesError) as info:
+        parse_routes({"routes": [{"hosts": ["a"], "port": 80}]})
+    assert info.value.errors == [
+        "routes[0]: give exactly one of 'service' (a swarm service) or 'host' (a DNS name "
+        "resolved as it is), or 'redirect'"]
+
+
+def test_redirect_labels_make_the_service_a_redirect_only() -> None:
+    labelled = route_from_labels("svc", {"gateway.hosts": "www.example.com",
+                                         "gateway.redirect": "https://example.com",
+                                         "gateway.redirect.code": "301"})
+    assert labelled is not None
+    assert labelled.redirect == Redirect(to="https://example.com", code=301)
+    assert labelled.service is None
+    assert label_errors(**{"redirect": "https://example.com"}) == [
+        "service svc: label gateway.redirect: the route only redirects, it sends no request "
+        "on: leave out 'port'"]
+
+
+def test_redirect_renders_a_return_only() -> None:
+    text = rendered(parse_routes(only(redirect="https://example.com")).routes[0],
+                    parse_routes({"routes": [{"hosts": ["example.com"], "path": "/old",
+                                              "redirect": {"to": "https://example.com/new",
+                                                           "code": 301, "keep_path": False}}]}
+                                 ).routes[0])
+    assert location(text.split("server_name www.example.com;")[1]) == \
+        "        return 308 https://example.com$request_uri;"
+    assert location(text, "= /old") == "        return 301 https://example.com/new;"
+    assert not re.search(r"^upstream ", text, re.M)
+
+
+def test_a_redirect_survives_the_trip_from_the_controller() -> None:
+    (r,) = parse_routes(only(path="/a", redirect={"to": "https://example.com/b", "code": 302,
+                                                  "keep_path": False})).routes
+    item = json.loads(json.dumps(route_item("service svc", r)))
+    assert parse_routes({"routes": [item["route"]]}).routes == (r,)
