@@ -457,7 +457,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
         st.lists(st.one_of(_CLIENT.map(str), st.ip_addresses(v=6).map(str),
                            st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
                                                                             strict=False)),
-                                     st.ip_addresses(v=4), st.integers(0, 32)),
+                                     st.ip_addresses(v=4), st.integers(0, 32)).filter(
+                                         lambda n: n != "255.255.255.255/32"),
                            st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
                                                                             strict=False)),
                                      st.ip_addresses(v=6), st.integers(0, 128))),
