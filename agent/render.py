@@ -32,6 +32,9 @@ SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # reads inside quotes) nor ';', '{', '}' (which would end the directive if a quote slipped).
 SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]*")
 KEEPALIVE = 64
+# compress: what gzip is worth it for (text/html is always among them for nginx)
+GZIP_TYPES = ("text/plain", "text/css", "text/xml", "text/javascript", "application/javascript",
+              "application/json", "application/xml", "application/rss+xml", "image/svg+xml")
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -115,6 +118,7 @@ class Location:
     strip_prefix: bool = False
     request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
     response_headers: tuple[tuple[str, str | None], ...] = ()
+    compress: bool = False
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
     redirect_keep_path: bool = False
@@ -215,6 +219,7 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         strip_prefix=route.strip_prefix,
         request_headers=route.headers.request if route.headers else (),
         response_headers=route.headers.response if route.headers else (),
+        compress=route.compress,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
@@ -315,6 +320,7 @@ class Renderer:
             "access_log_tag": ACCESS_LOG_TAG,
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
+            "gzip_types": GZIP_TYPES,
             "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},
                                  key=lambda z: z.name),
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),

@@ -439,7 +439,8 @@ def _redirect(value: object) -> object:
 
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
-                 "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers")
+                 "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
+                 "compress")
 
 
 def _tls(value: object) -> object:
@@ -490,6 +491,7 @@ class Route(BaseModel):
     basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
     rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
     headers: Headers | None = None
+    compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import gzip
 import hashlib
 import http.client
 import json
@@ -315,3 +316,39 @@ def test_a_host_or_path_that_only_redirects(
     assert http_get(agent.port, "example.com", "/")[:2] == (200, "task1")
     # nothing is looked up for a route that only redirects
     assert set(agent.status()["endpoints"]) == {"web"}
+
+
+# -- compress --------------------------------------------------------------------------------------
+
+
+def test_compress_gzips_text_for_clients_that_accept_it(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1])
+    agent = start_agent([web(upstream_port, compress=True),
+                         web(upstream_port, path="/plain", strip_prefix=True)])
+    pad = {"X-Pad": "a" * 2000}  # the task echoes the headers: a text body of some size
+
+    def get(path: str, accept: str | None) -> tuple[int, bytes, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+        try:
+            conn.request("GET", path, headers={"Host": "web", **pad,
+                                               **({"Accept-Encoding": accept} if accept else {})})
+            answer = conn.getresponse()
+            return answer.status, answer.read(), {k.lower(): v for k, v in answer.getheaders()}
+        finally:
+            conn.close()
+
+    status, body, headers = get("/headers", "gzip, deflate")
+    assert status == 200
+    assert headers["content-encoding"] == "gzip"
+    assert "accept-encoding" in headers["vary"].lower()
+    text = gzip.decompress(body)
+    assert json.loads(text)["x-pad"] == pad["X-Pad"]
+    assert len(body) < len(text) / 10
+    # a client that does not ask, and a route that does not compress, get the body as it is
+    for path, accept in (("/headers", None), ("/plain/headers", "gzip")):
+        status, body, headers = get(path, accept)
+        assert status == 200
+        assert "content-encoding" not in headers
+        assert json.loads(body)["x-pad"] == pad["X-Pad"]

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from agent.discovery import Endpoints, sort_addresses
 from agent.htpasswd import AuthFile, AuthPlan
 from agent.render import (
+    GZIP_TYPES,
     KEEPALIVE,
     Renderer,
     RenderError,
@@ -218,6 +219,10 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         want += Counter({"proxy_set_header": len(route.headers.request),
                          "proxy_hide_header": len(route.headers.response),
                          "add_header": sum(v is not None for _, v in route.headers.response)})
+    if route.compress:
+        want += Counter({"gzip": 1, "gzip_types": 1, "gzip_min_length": 1, "gzip_proxied": 1,
+                         "gzip_vary": 1})
+        assert loc.one("gzip_types").args == GZIP_TYPES
     if route.rate_limit is not None:
         want += Counter({"limit_req": 1, "limit_req_status": 1})
         zone = rate_zone(route)
@@ -438,6 +443,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(st.integers(0, 64 << 30), st.sampled_from(["0", "512k", "10M",
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
+    "compress": st.booleans(),
     "basic_auth": st.one_of(
         _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).filter(lambda s: ".." not in s),
         st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
@@ -496,6 +502,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                               optional={"burst": st.one_of(st.integers(), hostile_text(),
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
+    "compress": st.one_of(hostile_text(), st.integers(), st.none()),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
     "redirect": st.one_of(
         hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
@@ -524,7 +531,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow", "basic_auth", "rate_limit", "headers"]
+            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress"]
 
 
 @dataclass

@@ -529,3 +529,21 @@ def test_a_redirect_survives_the_trip_from_the_controller() -> None:
                                                   "keep_path": False})).routes
     item = json.loads(json.dumps(route_item("service svc", r)))
     assert parse_routes({"routes": [item["route"]]}).routes == (r,)
+
+
+# -- compress --------------------------------------------------------------------------------------
+
+
+def test_compress_is_a_boolean_rendered_only_on_its_route() -> None:
+    assert route(compress=True).compress is True
+    assert errors(compress="yes") == ["routes[0].compress: 'yes': Input should be a valid boolean"]
+    labelled = route_from_labels("svc", {**LABELS, "gateway.compress": "true"})
+    assert labelled is not None
+    assert labelled.compress is True
+    assert label_errors(compress="on") == [
+        "service svc: label gateway.compress: 'on': Input should be a valid boolean"]
+    text = rendered(route(compress=True), route(hosts=["b.example.com"]))
+    a, b = text.split("server_name b.example.com;")
+    assert "        gzip on;\n        gzip_types text/plain text/css" in location(a)
+    assert "gzip_proxied any;" in location(a)
+    assert "gzip" not in b
