@@ -32,7 +32,7 @@ _NOT_LABELS = {
 }
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
-_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to"}
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")

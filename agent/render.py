@@ -79,6 +79,7 @@ class Upstream:
     port: int
     balance: str
     servers: tuple[str, ...]
+    sticky: str | None = None  # the variable the task is chosen by (agent.render.sticky_var)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Location:
     request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
     response_headers: tuple[tuple[str, str | None], ...] = ()
     compress: bool = False
+    sticky: str | None = None  # the cookie's variable: the gateway sets the cookie when absent
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
     redirect_keep_path: bool = False
@@ -126,7 +128,8 @@ class Location:
     @property
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
-        return any(value is not None for _, value in self.response_headers)
+        return any(value is not None for _, value in self.response_headers) or \
+            self.sticky is not None
 
     @property
     def checks_client(self) -> bool:
@@ -177,23 +180,38 @@ def _server_address(lookup: str, address: str, port: int) -> str:
     return f"{ip.compressed}:{port}"
 
 
+def sticky_var(cookie: str) -> str:
+    """The variable a sticky upstream hashes: the cookie, or for a client without it the
+    request's id, which the gateway then sets as the cookie (named from a digest: nginx
+    variable names ignore case, cookie names do not)."""
+    return "gateway_sticky_" + hashlib.sha256(cookie.encode()).hexdigest()[:12]
+
+
+def upstream_key(route: Route) -> tuple[Target, int, str]:
+    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    assert route.port is not None
+    return (route.target, route.port,
+            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
+            if route.sticky is not None else route.balance)
+
+
 def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target, int, str],
                                                                       Upstream]:
     out = {}
     for route in routes:
         if not route.proxies:
             continue
-        assert route.port is not None
-        key = (route.target, route.port, route.balance)
+        key = upstream_key(route)
         if key in out:
             continue
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if not endpoints.addresses:
             continue
         out[key] = Upstream(
-            upstream_name(*key), route.target.kind, route.target.name, route.port, route.balance,
-            tuple(_server_address(route.target.lookup_name, a, route.port)
-                  for a in endpoints.addresses))
+            upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
+            tuple(_server_address(route.target.lookup_name, a, key[1])
+                  for a in endpoints.addresses),
+            sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None)
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
@@ -220,6 +238,7 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         request_headers=route.headers.request if route.headers else (),
         response_headers=route.headers.response if route.headers else (),
         compress=route.compress,
+        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
@@ -231,8 +250,7 @@ def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], U
     """One server block per set of hosts that share exactly the same locations."""
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
-        upstream = upstreams.get((route.target, route.port or 0, route.balance)) \
-            if route.proxies else None
+        upstream = upstreams.get(upstream_key(route)) if route.proxies else None
         loc = _location(route, upstream, auth)
         for host in route.hosts:
             by_host[host].append(loc)
@@ -321,6 +339,8 @@ class Renderer:
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
             "gzip_types": GZIP_TYPES,
+            "sticky_cookies": sorted({(r.sticky.cookie, sticky_var(r.sticky.cookie))
+                                      for r in routes if r.sticky is not None}),
             "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},
                                  key=lambda z: z.name),
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),

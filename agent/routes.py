@@ -365,6 +365,33 @@ class Headers(BaseModel):
         return {name: value or "" for name, value in pairs}
 
 
+# a cookie name nginx can read as $cookie_NAME (a variable name: no '-')
+COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _cookie_name(value: str) -> str:
+    if not COOKIE_NAME_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a cookie name the gateway reads "
+                         "(1 to 64 letters, digits and '_')")
+    return value
+
+
+class Sticky(BaseModel):
+    """A client stays on one task while it runs: by a cookie (hash ... consistent)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cookie: Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cookie_name)]
+
+
+def _sticky(value: object) -> object:
+    if isinstance(value, str):  # `sticky: gateway_task`
+        return {"cookie": value}
+    if value is None or isinstance(value, dict | Sticky):
+        return value
+    raise ValueError(f"{_shown(value)}: give a cookie name, or a mapping with 'cookie'")
+
+
 _RATE_RE = re.compile(r"([1-9][0-9]{0,5})r/([sm])", re.ASCII)
 
 
@@ -440,7 +467,7 @@ def _redirect(value: object) -> object:
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress")
+                 "compress", "sticky")
 
 
 def _tls(value: object) -> object:
@@ -492,6 +519,7 @@ class Route(BaseModel):
     rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
     headers: Headers | None = None
     compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
+    sticky: Annotated[Sticky | None, BeforeValidator(_sticky)] = None
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
@@ -520,6 +548,9 @@ class Route(BaseModel):
                 raise FieldError("redirect", "the route only redirects, it sends no request "
                                  f"on: leave out {', '.join(repr(f) for f in unused)}")
             return self
+        if self.sticky is not None and self.balance != "round_robin":
+            raise FieldError("sticky", f"sticky chooses the task by its cookie: leave out "
+                             f"balance {self.balance!r}")
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")

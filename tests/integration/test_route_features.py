@@ -352,3 +352,54 @@ def test_compress_gzips_text_for_clients_that_accept_it(
         assert status == 200
         assert "content-encoding" not in headers
         assert json.loads(body)["x-pad"] == pad["X-Pad"]
+
+
+# -- sticky ----------------------------------------------------------------------------------------
+
+
+def test_a_sticky_client_stays_on_one_task_while_others_spread(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.web", [T1, T2, T3, T4])
+    agent = start_agent([web(upstream_port, sticky={"cookie": "gateway_task"})])
+
+    # a first visit: the gateway picks a task and hands the client a cookie for it
+    status, first, headers = http_get(agent.port, "web")
+    assert status == 200
+    cookie = headers["set-cookie"].split(";")[0]
+    name, _, value = cookie.partition("=")
+    assert name == "gateway_task"
+    assert value
+    assert "HttpOnly" in headers["set-cookie"]
+    # ... and then every request with it reaches that task, and sets no new cookie
+    seen = set()
+    for _ in range(100):
+        status, body, headers = http_get(agent.port, "web", headers={"Cookie": cookie})
+        assert status == 200
+        assert "set-cookie" not in headers
+        seen.add(body)
+    assert seen == {first}
+
+    # new clients (no cookie) spread over the tasks, each sticking to its own
+    firsts = {}
+    for _i in range(40):
+        status, body, headers = http_get(agent.port, "web")
+        firsts[headers["set-cookie"].split(";")[0]] = body
+    assert len(set(firsts.values())) >= 3, firsts
+    for client, task in list(firsts.items())[:10]:
+        assert {agent.get("web", headers={"Cookie": client})[1] for _ in range(5)} == {task}
+
+    # a cookie the application set itself works as well: the same value, the same task
+    assert len({agent.get("web", headers={"Cookie": "gateway_task=user-42"})[1]
+                for _ in range(20)}) == 1
+
+    # its task stops: the client moves to another; clients of the other tasks stay where they
+    # were (consistent hashing)
+    gone = first
+    dns.set("tasks.web", [t.address for t in tasks.values()
+                          if t.address in (T1, T2, T3, T4) and t.name != gone])
+    wait_until(lambda: agent.get("web", headers={"Cookie": cookie})[1] != gone, 10,
+               "the client of a stopped task to move")
+    stayed = {c: t for c, t in firsts.items() if t != gone}
+    assert stayed
+    assert {c: agent.get("web", headers={"Cookie": c})[1] for c in stayed} == stayed

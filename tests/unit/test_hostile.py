@@ -35,6 +35,8 @@ from agent.render import (
     nginx_token,
     rate_zone,
     render_main_conf,
+    sticky_var,
+    upstream_key,
 )
 from agent.render import upstream_name as expected_upstream_name
 from agent.routes import (
@@ -157,7 +159,11 @@ def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
     """Everything but the upstreams, the routes' rate zones and servers: maps, geo, default
     and status."""
     return [d for d in conf if d.name not in ("upstream", "limit_req_zone") and
-            not _is_route_server(d)]
+            not _is_route_server(d) and not _is_sticky_map(d)]
+
+
+def _is_sticky_map(d: Directive) -> bool:
+    return d.name == "map" and d.args[1].startswith("$gateway_sticky_")
 
 
 def _is_route_server(d: Directive) -> bool:
@@ -185,6 +191,9 @@ def _parse_server(arg: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
 def _check_upstream(block: Directive, route: Route, addresses: tuple[str, ...]) -> None:
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
+    if route.sticky is not None:
+        balance = ["hash"]
+        assert block.one("hash").args == (f"${sticky_var(route.sticky.cookie)}", "consistent")
     assert names == [*balance, *["server"] * len(addresses), "keepalive", "keepalive_timeout"]
     for d in block.children("server"):
         assert d.args[1:] == ("max_fails=1", "fail_timeout=5s")
@@ -219,6 +228,10 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         want += Counter({"proxy_set_header": len(route.headers.request),
                          "proxy_hide_header": len(route.headers.response),
                          "add_header": sum(v is not None for _, v in route.headers.response)})
+    if route.sticky is not None:  # the cookie for a client that had none
+        want += Counter({"add_header": 1})
+        assert (f"${sticky_var(route.sticky.cookie)}_set",) in [
+            d.args[1:] for d in loc.children("add_header") if d.args[0] == "Set-Cookie"]
     if route.compress:
         want += Counter({"gzip": 1, "gzip_types": 1, "gzip_min_length": 1, "gzip_proxied": 1,
                          "gzip_vary": 1})
@@ -255,7 +268,7 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
     answered = route.headers.response if route.headers else ()
     assert [d.args for d in loc.children("proxy_hide_header")] == [(n,) for n, _ in answered]
-    assert [d.args for d in loc.children("add_header")] == [
+    assert [d.args for d in loc.children("add_header") if d.args[0] != "Set-Cookie"] == [
         (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
     assert headers["X-Forwarded-Prefix"] == (
@@ -276,6 +289,11 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
     assert [d.name for d in conf if d.name not in ("map", "geo", "upstream", "server",
                                                     "limit_req_zone")] == []
+    # two maps per sticky cookie: what the upstream hashes, and the cookie to set
+    cookies = {r.sticky.cookie for r in table.routes if r.sticky is not None}
+    assert sorted(d.args for d in conf if _is_sticky_map(d)) == sorted(
+        a for c in cookies for a in ((f"$cookie_{c}", f"${sticky_var(c)}"),
+                                     (f"$cookie_{c}", f"${sticky_var(c)}_set")))
     # a limit_req zone per route with rate_limit, with the route's rate, and nothing else
     zones = {z.name: z for r in table.routes if (z := rate_zone(r)) is not None}
     assert sorted(d.args for d in conf if d.name == "limit_req_zone") == sorted(
@@ -291,7 +309,7 @@ def check_rendered(text: str, generation: str, table: RouteTable,
         assert route.port is not None
         addresses = snapshot.get(route.target.lookup_name, Endpoints()).addresses
         if addresses:
-            name = expected_upstream_name(route.target, route.port, route.balance)
+            name = expected_upstream_name(*upstream_key(route))
             wanted.setdefault(name, (route, addresses))
     assert set(upstreams) == {(name,) for name in wanted}
     for name, (route, addresses) in wanted.items():
@@ -326,7 +344,7 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                         route.target.lookup_name in snapshot and \
                         snapshot[route.target.lookup_name].addresses:
                     assert route.port is not None
-                    upstream = expected_upstream_name(route.target, route.port, route.balance)
+                    upstream = expected_upstream_name(*upstream_key(route))
                 _check_location(loc, route, upstream)
 
 
@@ -444,6 +462,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
     "compress": st.booleans(),
+    "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
+                        st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
         _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).filter(lambda s: ".." not in s),
         st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
@@ -503,6 +523,10 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
     "compress": st.one_of(hostile_text(), st.integers(), st.none()),
+    "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
+                        st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
+                                                                   poisoned(st.just("s")))},
+                                              optional={"other": hostile_text()})),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
     "redirect": st.one_of(
         hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
@@ -531,7 +555,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress"]
+            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky"]
 
 
 @dataclass
@@ -556,6 +580,8 @@ def generated_route(draw: st.DrawFn) -> GeneratedRoute:
     for name in OPTIONAL:
         if draw(st.booleans()):
             data[name] = draw(VALID[name])
+    if "sticky" in data:  # sticky chooses the task itself
+        data.pop("balance", None)
     if data.get("path", "/") != "/" and draw(st.booleans()):  # only a path has a prefix
         data["strip_prefix"] = draw(st.booleans())
     hostile: set[str] = set()
@@ -624,6 +650,9 @@ def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) 
                 any(f not in route.data for f in ("hosts", "port")), error
         elif "is already routed by" in error:  # two routes may draw the same valid host
             assert field == "hosts"
+        elif field == "sticky" and field not in route.hostile:
+            assert "balance" in route.hostile, error  # a hostile balance that was valid
+            assert "leave out balance" in error
         elif field == "strip_prefix" and field not in route.hostile:
             assert "path" in route.hostile, error  # a hostile path that happened to be "/"
             assert "no prefix to strip" in error

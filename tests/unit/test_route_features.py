@@ -18,7 +18,7 @@ import pytest
 from agent.discovery import Endpoints
 from agent.htpasswd import AuthFile, AuthPlan, PasswordFiles, check_file, check_hash, crypt_checks
 from agent.labels import LabelError, route_from_labels
-from agent.render import Renderer, RenderError, nginx_quoted
+from agent.render import Renderer, RenderError, nginx_quoted, sticky_var
 from agent.routes import (
     BasicAuth,
     Headers,
@@ -27,6 +27,7 @@ from agent.routes import (
     Route,
     RoutesError,
     RouteTable,
+    Sticky,
     parse_routes,
 )
 from agent.sources import route_item
@@ -547,3 +548,39 @@ def test_compress_is_a_boolean_rendered_only_on_its_route() -> None:
     assert "        gzip on;\n        gzip_types text/plain text/css" in location(a)
     assert "gzip_proxied any;" in location(a)
     assert "gzip" not in b
+
+
+# -- sticky ----------------------------------------------------------------------------------------
+
+
+def test_sticky_is_a_cookie_name_and_replaces_balance() -> None:
+    assert route(sticky="JSESSIONID").sticky == Sticky(cookie="JSESSIONID")
+    assert route(sticky={"cookie": "gateway_task"}).sticky == Sticky(cookie="gateway_task")
+    assert errors(sticky="a-b") == [
+        "routes[0].sticky.cookie: 'a-b' is not a cookie name the gateway reads (1 to 64 "
+        "letters, digits and '_')"]
+    assert errors(sticky={"cookie": "x", "ttl": 5}) == ["routes[0].sticky.ttl: unknown field"]
+    assert errors(sticky="x", balance="least_conn") == [
+        "routes[0].sticky: sticky chooses the task by its cookie: leave out balance "
+        "'least_conn'"]
+    labelled = route_from_labels("svc", {**LABELS, "gateway.sticky": "gateway_task"})
+    assert labelled is not None
+    assert labelled.sticky == Sticky(cookie="gateway_task")
+    assert label_errors(sticky="a;b") == [
+        "service svc: label gateway.sticky: 'a;b' is not a cookie name the gateway reads (1 to "
+        "64 letters, digits and '_')"]
+
+
+def test_sticky_renders_a_hashed_upstream_of_its_own() -> None:
+    text = rendered(route(sticky="Sid"), route(hosts=["b.example.com"]))
+    var = sticky_var("Sid")
+    sticky_up = re.search(r"upstream (service_svc_80_sticky_sid_\w+) \{\n    hash \$" + var +
+                          r" consistent;\n", text)
+    assert sticky_up is not None
+    assert re.search(r"upstream service_svc_80 \{\n    server ", text), "the other one: plain"
+    a, b = text.split("server_name b.example.com;")
+    assert f"proxy_pass http://{sticky_up.group(1)};" in location(a)
+    assert f"        add_header Set-Cookie ${var}_set;" in location(a)
+    assert "Set-Cookie" not in b
+    assert '""      "Sid=$request_id; Path=/; HttpOnly; SameSite=Lax";' in text
+    assert "hash $" not in rendered(route()), "no sticky route, no hash, no cookie map"
