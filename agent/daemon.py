@@ -19,11 +19,11 @@ from aiohttp import web
 from agent import accesslog
 from agent.admin import make_app
 from agent.discovery import Discovery
-from agent.htpasswd import PasswordFiles, copies_dir
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx, NginxDied
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
+from agent.routefiles import RouteFiles, copies_dir
 from agent.settings import Settings, read_token
 from agent.sources import ControllerRoutes, SourceMetrics
 from agent.tls import Certificates, store_dir
@@ -73,10 +73,10 @@ def build(settings: Settings, access_log: str | None = None,
         sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
                                    zone=settings.zone, state_dir=settings.state_dir,
                                    token=token, acme_dir=acme_dir)
-    passwords = PasswordFiles(settings.certs_dir,
+    route_files = RouteFiles(settings.certs_dir,
                               copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
-                            certificates=certificates, sources=sources, passwords=passwords)
+                            certificates=certificates, sources=sources, route_files=route_files)
     if sources is not None:
         sources.on_change = reconciler.wake.set
     return reconciler, nginx, metrics, state

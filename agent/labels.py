@@ -21,7 +21,7 @@ DEFAULT_PREFIX = "gateway"
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
-                       "strip_prefix", "redirect.keep_path", "compress"})
+                       "strip_prefix", "redirect.keep_path", "compress", "maintenance"})
 _INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code"})
 # These take a list in the routes file: a label gives it comma-separated.
 _LISTS = frozenset({"hosts", "allow"})

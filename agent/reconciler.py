@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.files import FileStamp, stamp, write_atomic
-from agent.htpasswd import AuthPlan, PasswordFiles
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
+from agent.routefiles import FilesPlan, RouteFiles
 from agent.routes import RoutesError, RouteTable, Target, is_address, load_routes
 from agent.settings import Settings
 from agent.sources import ControllerRoutes
@@ -51,7 +51,7 @@ class State:
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
-    auth: AuthPlan | None = None  # password files of the routes with `basic_auth`
+    files: FilesPlan | None = None  # the files routes name: basic_auth, error_page
     started: float = field(default_factory=time.monotonic)
 
 
@@ -78,9 +78,9 @@ class Reconciler:
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,
                  sources: ControllerRoutes | None = None,
-                 passwords: PasswordFiles | None = None) -> None:
+                 route_files: RouteFiles | None = None) -> None:
         self.certificates = certificates
-        self.passwords = passwords
+        self.route_files = route_files
         self.sources = sources  # routes from the controller, merged with the file's
         self.settings = settings
         self.nginx = nginx
@@ -186,16 +186,16 @@ class Reconciler:
         if self.certificates is not None:
             self.state.tls = self.certificates.plan(self.state.routes)
             self.metrics.tls.plan = self.state.tls
-        if self.passwords is not None:
-            self.state.auth = self.passwords.plan(self.state.routes)
+        if self.route_files is not None:
+            self.state.files = self.route_files.plan(self.state.routes)
         key = (self.state.routes, tuple(sorted(
             (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls,
-            self.state.auth)
+            self.state.files)
         if self._rendered is None or self._rendered[0] != key:
             self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
                                                         tls=self.state.tls,
                                                         acme=self.acme_controller,
-                                                        auth=self.state.auth))
+                                                        files=self.state.files))
         return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:
@@ -232,8 +232,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
-        if self.passwords is not None:
-            self.passwords.applied(self.state.auth)
+        if self.route_files is not None:
+            self.route_files.applied(self.state.files)
         return f"reloaded: {change}"
 
     def _due(self, generation: str) -> float | None:
@@ -269,9 +269,11 @@ class Reconciler:
         if self.state.tls is not None and self.state.tls.errors:
             status += "; certificate refused for " + ", ".join(
                 h.host for h in self.state.tls.errors)
-        if self.state.auth is not None and self.state.auth.errors:
-            status += "; password file refused: " + ", ".join(
-                f.name for f in self.state.auth.errors)
+        for kind, what in (("htpasswd", "password file"), ("page", "error page")):
+            refused = [f.name for f in (self.state.files.errors if self.state.files else ())
+                       if f.kind == kind]
+            if refused:
+                status += f"; {what} refused: " + ", ".join(refused)
         stub = await self.nginx.stub_status()
         self.metrics.stub_status.last = stub
         return status
@@ -305,8 +307,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
-        if self.passwords is not None:
-            self.passwords.applied(self.state.auth)
+        if self.route_files is not None:
+            self.route_files.applied(self.state.files)
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 

@@ -23,8 +23,8 @@ from agent import __version__
 from agent.accesslog import TAG as ACCESS_LOG_TAG
 from agent.accesslog import UNROUTED_ROOT, route_label, route_root
 from agent.discovery import Endpoints, Snapshot
-from agent.htpasswd import AuthPlan
-from agent.routes import Route, RouteTable, Target
+from agent.routefiles import FilesPlan
+from agent.routes import ERROR_PAGES_PATH, Route, RouteTable, Target
 from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
@@ -120,6 +120,8 @@ class Location:
     request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
     response_headers: tuple[tuple[str, str | None], ...] = ()
     compress: bool = False
+    error_page: str | None = None  # the page's copy (agent.routefiles), under ERROR_PAGES_PATH
+    maintenance: bool = False
     sticky: str | None = None  # the cookie's variable: the gateway sets the cookie when absent
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
@@ -150,6 +152,13 @@ class Server:
     @property
     def has_root(self) -> bool:
         return any(loc.path == "/" for loc in self.locations)
+
+    @property
+    def pages_dir(self) -> str | None:
+        """Where this server's error pages are (one directory: agent.routefiles)."""
+        pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
+                        if loc.error_page})
+        return pages[0] + "/" if pages else None
 
 
 @dataclass(frozen=True)
@@ -215,11 +224,15 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot) -> dict[tuple[Target
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
-def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) -> Location:
+def _location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -> Location:
     auth_file = None
-    if route.basic_auth is not None and auth is not None:
-        path = auth.path(route.basic_auth.file)
+    if route.basic_auth is not None and files is not None:
+        path = files.path(route.basic_auth.file)
         auth_file = str(path) if path is not None else None
+    page_file = None
+    if route.error_page is not None and files is not None:
+        page = files.path(route.error_page, "page")
+        page_file = str(page) if page is not None else None
     return Location(
         path=route.path,
         root=route_root(route),
@@ -238,6 +251,8 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
         request_headers=route.headers.request if route.headers else (),
         response_headers=route.headers.response if route.headers else (),
         compress=route.compress,
+        error_page=page_file,
+        maintenance=route.maintenance,
         sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
@@ -246,12 +261,12 @@ def _location(route: Route, upstream: Upstream | None, auth: AuthPlan | None) ->
 
 
 def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Upstream],
-             auth: AuthPlan | None = None) -> list[Server]:
+             files: FilesPlan | None = None) -> list[Server]:
     """One server block per set of hosts that share exactly the same locations."""
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
         upstream = upstreams.get(upstream_key(route)) if route.proxies else None
-        loc = _location(route, upstream, auth)
+        loc = _location(route, upstream, files)
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)
@@ -302,9 +317,9 @@ class Renderer:
 
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
                acme: tuple[Target, int] | None = None,
-               auth: AuthPlan | None = None) -> Rendered:
+               files: FilesPlan | None = None) -> Rendered:
         """The configuration for these routes and endpoints (and certificates: agent.tls;
-        password files: agent.htpasswd; without them a route with basic_auth answers 503).
+        the files routes name: agent.routefiles; without them a route with basic_auth answers 503).
 
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
@@ -312,7 +327,7 @@ class Renderer:
         upstreams = _upstreams(routes, snapshot)
         if self.https_listen is None:
             tls = None
-        http_servers, https_servers = _with_tls(_servers(routes, upstreams, auth), tls)
+        http_servers, https_servers = _with_tls(_servers(routes, upstreams, files), tls)
         acme_upstream = None
         if acme is not None and any(s.acme for s in http_servers):
             addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses
@@ -339,6 +354,7 @@ class Renderer:
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
             "gzip_types": GZIP_TYPES,
+            "error_pages_path": ERROR_PAGES_PATH,
             "sticky_cookies": sorted({(r.sticky.cookie, sticky_var(r.sticky.cookie))
                                       for r in routes if r.sticky is not None}),
             "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},

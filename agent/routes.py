@@ -47,6 +47,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+ERROR_PAGES_PATH = "/.gateway-error-pages/"  # an internal location of every server with pages
 
 
 def is_address(name: str) -> bool:
@@ -274,7 +275,7 @@ class Tls(BaseModel):
 
 
 class BasicAuth(BaseModel):
-    """HTTP basic authentication against an htpasswd file in --certs-dir (agent.htpasswd)."""
+    """HTTP basic authentication against an htpasswd file in --certs-dir (agent.routefiles)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -467,7 +468,7 @@ def _redirect(value: object) -> object:
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky")
+                 "compress", "sticky", "error_page", "maintenance")
 
 
 def _tls(value: object) -> object:
@@ -520,6 +521,9 @@ class Route(BaseModel):
     headers: Headers | None = None
     compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
     sticky: Annotated[Sticky | None, BeforeValidator(_sticky)] = None
+    # an HTML page in --certs-dir for the 502, 503 and 504 nginx answers on this route
+    error_page: CertFile | None = None
+    maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
@@ -555,6 +559,8 @@ class Route(BaseModel):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")
 
+        if (self.path + "/").startswith(ERROR_PAGES_PATH):
+            raise ValueError(f"path {self.path!r}: the gateway serves its error pages there")
         if self.tls is not None and self.tls.acme:
             if (self.path + "/").startswith(ACME_CHALLENGE_PATH):
                 raise ValueError(f"path {self.path!r}: with tls: acme the gateway sends "

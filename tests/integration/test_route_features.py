@@ -403,3 +403,44 @@ def test_a_sticky_client_stays_on_one_task_while_others_spread(
     stayed = {c: t for c, t in firsts.items() if t != gone}
     assert stayed
     assert {c: agent.get("web", headers={"Cookie": c})[1] for c in stayed} == stayed
+
+
+# -- error_page, maintenance -----------------------------------------------------------------------
+
+PAGE = "<!doctype html><title>Back soon</title><h1>The shop is back soon</h1>\n"
+
+
+def test_a_route_answers_its_own_error_page_and_can_be_switched_to_maintenance(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
+    dns.set("tasks.web", [T1])
+    dns.set("tasks.gone", ["127.0.10.99"])  # an address where nothing listens
+    certs = tmp_path / "secrets"
+    certs.mkdir()
+    (certs / "shop.html").write_text(PAGE)
+    agent = start_agent([
+        {"hosts": ["web"], "service": "empty", "port": upstream_port, "error_page": "shop.html"},
+        {"hosts": ["gone"], "service": "gone", "port": upstream_port, "error_page": "shop.html",
+         "connect_timeout": "1s"},
+        web(upstream_port, path="/shop", maintenance=True),
+        web(upstream_port, path="/blog", maintenance=True, error_page="shop.html"),
+        web(upstream_port, path="/plain"),
+    ], "--certs-dir", str(certs), workdir=reachable)
+
+    # no task: 503 with the route's page (also for a POST: the page is sent whatever the method)
+    for method in ("GET", "POST"):
+        status, body, headers = http_get(agent.port, "web", "/x", method=method)
+        assert (status, body) == (503, PAGE), method
+        assert headers["content-type"] == "text/html"
+        assert headers["retry-after"] == "5"
+    # the task does not answer: 502 with the page
+    status, body, _ = http_get(agent.port, "gone", "/")
+    assert (status, body) == (502, PAGE)
+    # maintenance: 503 whatever the tasks, with the route's page or a line of text
+    assert http_get(agent.port, "web", "/shop/cart")[:2] == (503, "503 down for maintenance\n")
+    assert http_get(agent.port, "web", "/blog")[:2] == (503, PAGE)
+    assert http_get(agent.port, "web", "/plain")[:2] == (200, "task1"), "the task is there"
+    # the pages are internal: no client reaches them directly
+    status, body, _ = http_get(agent.port, "web", "/.gateway-error-pages/")
+    assert status == 404
+    assert PAGE not in body

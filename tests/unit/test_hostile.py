@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.discovery import Endpoints, sort_addresses
-from agent.htpasswd import AuthFile, AuthPlan
 from agent.render import (
     GZIP_TYPES,
     KEEPALIVE,
@@ -39,6 +38,7 @@ from agent.render import (
     upstream_key,
 )
 from agent.render import upstream_name as expected_upstream_name
+from agent.routefiles import FilesPlan, RouteFile
 from agent.routes import (
     OWN_REQUEST_HEADERS,
     OWN_RESPONSE_HEADERS,
@@ -138,14 +138,24 @@ NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
 
 
 def auth_copy(name: str) -> Path:
-    """Where the agent would have put the checked copy of a password file (agent.htpasswd)."""
+    """Where the agent would have put the checked copy of a password file (agent.routefiles)."""
     return Path("/run/gateway/htpasswd") / (hashlib.sha256(name.encode()).hexdigest()[:24] +
                                             ".htpasswd")
 
 
-def auth_plan(table: RouteTable) -> AuthPlan:
+PAGES = Path("/run/gateway/route-files")
+
+
+def page_copy(name: str) -> Path:
+    """... and of an error page."""
+    return PAGES / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".html")
+
+
+def auth_plan(table: RouteTable) -> FilesPlan:
     names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
-    return AuthPlan(tuple(AuthFile(n, auth_copy(n), None) for n in names))
+    pages = sorted({r.error_page for r in table.routes if r.error_page is not None})
+    return FilesPlan(tuple(RouteFile(n, auth_copy(n), None) for n in names) +
+                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages))
 
 
 def _renderer() -> Renderer:
@@ -215,11 +225,22 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
             else route.redirect.to
         assert loc.one("return").args == (str(route.redirect.code), target)
         return
-    if upstream is None:
-        assert got == REFUSAL_DIRECTIVES, got
-        assert loc.one("return").args == ("503", f"503 no running task of {route.target.name}\\n")
+    page: Counter[str] = Counter()
+    if route.error_page is not None:
+        page = Counter({"error_page": 1})
+        assert loc.one("error_page").args == (
+            "502", "503", "504", f"/.gateway-error-pages/{page_copy(route.error_page).name}")
+    if route.maintenance:
+        assert got == Counter({"default_type": 1, "add_header": 1, "return": 1}) + page, got
+        assert loc.one("return").args == (("503",) if page else
+                                          ("503", "503 down for maintenance\\n"))
         return
-    want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0})
+    if upstream is None:
+        assert got == REFUSAL_DIRECTIVES + page, got
+        assert loc.one("return").args == (("503",) if page else (
+            "503", f"503 no running task of {route.target.name}\\n"))
+        return
+    want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0}) + page
     allow = route.allow or ()
     want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
     if route.basic_auth is not None:
@@ -326,6 +347,8 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                 asked[host][("^~", route.path + "/")] = route
     for locations in asked.values():
         locations.setdefault(("/",), None)
+        if any(r is not None and r.error_page is not None for r in locations.values()):
+            locations[("^~", "/.gateway-error-pages/")] = None  # the pages, internal
     servers = [d for d in conf if _is_route_server(d)]
     named = [n for s in servers for n in s.one("server_name").args]
     assert sorted(named) == sorted(asked), "server names differ from the routes' hosts"
@@ -338,6 +361,12 @@ def check_rendered(text: str, generation: str, table: RouteTable,
         for host in server.one("server_name").args:
             assert set(locations) == set(asked[host]), (host, sorted(locations))
             for args, loc in locations.items():
+                if args == ("^~", "/.gateway-error-pages/"):
+                    assert [(d.name, d.args) for d in loc.block or ()] == [
+                        ("internal", ()), ("alias", (f"{PAGES}/",)),
+                        ("default_type", ("text/html",)),
+                        ("add_header", ("Retry-After", "5", "always"))]
+                    continue
                 route = asked[host][args]
                 upstream = None
                 if route is not None and route.proxies and \
@@ -462,6 +491,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
     "compress": st.booleans(),
+    "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
+    "maintenance": st.booleans(),
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
@@ -523,6 +554,8 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                                                            st.floats())}),
         st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
     "compress": st.one_of(hostile_text(), st.integers(), st.none()),
+    "error_page": st.one_of(hostile_text(), poisoned(st.just("shop.html")), st.integers()),
+    "maintenance": st.one_of(hostile_text(), st.integers(), st.none()),
     "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
                         st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
                                                                    poisoned(st.just("s")))},
@@ -555,7 +588,8 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky"]
+            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky",
+            "error_page", "maintenance"]
 
 
 @dataclass
@@ -670,7 +704,7 @@ def test_a_route_file_is_refused_naming_the_place_or_renders_only_what_it_asked(
         assert_refusal_names_places(table, routes)
         return
     snapshot = data.draw(snapshot_for(table))
-    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
     nginx_t.check(rendered.text)
 
@@ -690,7 +724,7 @@ def test_one_hostile_value_is_refused_at_its_field_or_kept_to_its_place(
         assert all("\n" not in e for e in table.errors)
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -721,7 +755,7 @@ def test_a_routes_file_with_something_inserted_anywhere(at: int, inserted: str) 
             assert PLACE.match(error), f"no place in {error!r}"
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1", "fd00::1"), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -798,7 +832,7 @@ def test_an_injection_that_slipped_through_would_be_seen() -> None:
     """The structural check fails on a configuration with one directive more than asked."""
     table = parse_routes({"routes": [{"hosts": ["a.example.com"], "service": "s", "port": 80}]})
     snapshot = {"tasks.s": Endpoints(("10.0.0.1",), "ok")}
-    rendered = RENDERER.render(table, snapshot, auth=auth_plan(table))
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
     for forged in (
         rendered.text.replace("server_name a.example.com;", "server_name a.example.com evil;"),

@@ -16,9 +16,16 @@ from pathlib import Path
 import pytest
 
 from agent.discovery import Endpoints
-from agent.htpasswd import AuthFile, AuthPlan, PasswordFiles, check_file, check_hash, crypt_checks
 from agent.labels import LabelError, route_from_labels
 from agent.render import Renderer, RenderError, nginx_quoted, sticky_var
+from agent.routefiles import (
+    FilesPlan,
+    RouteFile,
+    RouteFiles,
+    check_file,
+    check_hash,
+    crypt_checks,
+)
 from agent.routes import (
     BasicAuth,
     Headers,
@@ -173,17 +180,17 @@ def test_basic_auth_labels() -> None:
 
 def test_basic_auth_renders_the_checked_copy_and_locks_the_route_without_one() -> None:
     protected = route(basic_auth={"file": "u.htpasswd", "realm": "Shop admin"})
-    plan = AuthPlan((AuthFile("u.htpasswd", Path("/run/gw/htpasswd/abc.htpasswd"), None),))
+    plan = FilesPlan((RouteFile("u.htpasswd", Path("/run/gw/htpasswd/abc.htpasswd"), None),))
     renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
     text = renderer.render(RouteTable((protected, route(hosts=["b.example.com"]))), SNAPSHOT,
-                           auth=plan).text
+                           files=plan).text
     a, b = text.split("server_name b.example.com;")
     assert ('        auth_basic "Shop admin";\n'
             "        auth_basic_user_file /run/gw/htpasswd/abc.htpasswd;\n") in location(a)
     assert "auth_basic" not in b
     # no good copy of the file (refused, missing, or no plan at all): the route is locked
-    for auth in (None, AuthPlan((AuthFile("u.htpasswd", None, "u.htpasswd: not found"),))):
-        body = location(renderer.render(RouteTable((protected,)), SNAPSHOT, auth=auth).text)
+    for auth in (None, FilesPlan((RouteFile("u.htpasswd", None, "u.htpasswd: not found"),))):
+        body = location(renderer.render(RouteTable((protected,)), SNAPSHOT, files=auth).text)
         assert body.split("\n")[-1].strip() == \
             'return 503 "503 the password file of this route cannot be used\\n";'
         assert "proxy_pass" not in body
@@ -234,11 +241,11 @@ def test_bcrypt_is_refused_exactly_when_this_crypt_cannot_check_it() -> None:
 def test_password_files_are_copied_checked_and_the_last_good_one_kept(tmp_path: Path) -> None:
     certs, store = tmp_path / "certs", tmp_path / "store"
     certs.mkdir()
-    files = PasswordFiles(certs, store)
+    files = RouteFiles(certs, store)
     table = RouteTable((route(basic_auth="u.htpasswd"),))
     first = files.plan(table)
     assert first is not None
-    assert first.files == (AuthFile("u.htpasswd", None, f"u.htpasswd: not found in {certs}"),)
+    assert first.files == (RouteFile("u.htpasswd", None, f"u.htpasswd: not found in {certs}"),)
     (certs / "u.htpasswd").write_text(f"alice:{SHA_ALICE}\n")
     good = files.plan(table)
     assert good is not None
@@ -584,3 +591,61 @@ def test_sticky_renders_a_hashed_upstream_of_its_own() -> None:
     assert "Set-Cookie" not in b
     assert '""      "Sid=$request_id; Path=/; HttpOnly; SameSite=Lax";' in text
     assert "hash $" not in rendered(route()), "no sticky route, no hash, no cookie map"
+
+
+# -- error_page, maintenance -----------------------------------------------------------------------
+
+
+def test_error_page_and_maintenance_fields() -> None:
+    assert route(error_page="shop.html").error_page == "shop.html"
+    assert route(maintenance=True).maintenance is True
+    (error,) = errors(error_page="../shop.html")
+    assert error.startswith("routes[0].error_page: '../shop.html' is not a valid file name")
+    assert errors(maintenance="yes") == [
+        "routes[0].maintenance: 'yes': Input should be a valid boolean"]
+    assert errors(path="/.gateway-error-pages") == [
+        "routes[0]: path '/.gateway-error-pages': the gateway serves its error pages there"]
+    labelled = route_from_labels("svc", {**LABELS, "gateway.error_page": "shop.html",
+                                         "gateway.maintenance": "true"})
+    assert labelled is not None
+    assert (labelled.error_page, labelled.maintenance) == ("shop.html", True)
+
+
+def test_error_pages_are_checked_and_copied_like_password_files(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    files = RouteFiles(certs, tmp_path / "store")
+    table = RouteTable((route(error_page="p.html", basic_auth="p.html"),))
+    (certs / "p.html").write_bytes(b"\xff not utf-8")
+    plan = files.plan(table)
+    assert plan is not None
+    kinds = {f.kind: f for f in plan.files}
+    assert kinds["page"].error == "p.html: not UTF-8 text (byte 0)"
+    assert kinds["htpasswd"].error is not None  # the same name, checked as what it is used for
+    (certs / "p.html").write_text("<h1>back soon</h1>")
+    plan = files.plan(table)
+    assert plan is not None
+    page = plan.path("p.html", "page")
+    assert page is not None
+    assert page.suffix == ".html"
+    assert page.read_text() == "<h1>back soon</h1>"
+
+
+def test_error_page_renders_an_internal_location_and_the_error_page_directive() -> None:
+    page = Path("/run/gw/route-files/abc.html")
+    plan = FilesPlan((RouteFile("p.html", page, None, "page"),))
+    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
+    table = RouteTable((route(error_page="p.html"), route(hosts=["b.example.com"]),
+                        route(path="/m", maintenance=True)))
+    text = renderer.render(table, SNAPSHOT, files=plan).text
+    a, b = text.split("server_name b.example.com;")
+    assert ("    location ^~ /.gateway-error-pages/ {\n        internal;\n"
+            "        alias /run/gw/route-files/;\n        default_type text/html;\n") in a
+    assert "        error_page 502 503 504 /.gateway-error-pages/abc.html;\n" in location(a)
+    assert location(a, "= /m").endswith('return 503 "503 down for maintenance\\n";')
+    assert "error_page" not in b
+    assert "proxy_pass" not in location(a, "= /m")
+    # without a usable copy of the page, nginx's own text: the route still serves
+    text = renderer.render(table, SNAPSHOT, files=None).text
+    assert "error_page" not in text
+    assert "proxy_pass http://service_svc_80;" in location(text)

@@ -1,4 +1,5 @@
-"""Password files for `basic_auth`: read from --certs-dir, checked, copied where nginx reads them.
+"""Files routes name in --certs-dir: htpasswd files (`basic_auth`) and error pages (`error_page`),
+read, checked and copied where nginx reads them.
 
 A route's `basic_auth: users.htpasswd` names an htpasswd file in --certs-dir (in a swarm a docker
 secret). Before nginx sees it, every line is checked: `user:hash`, a user named once, and a hash
@@ -32,11 +33,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from agent.files import FileStamp, stamp, write_atomic
 from agent.routes import RouteTable
 
-log = logging.getLogger("agent.htpasswd")
+log = logging.getLogger("agent.routefiles")
 
 MAX_BCRYPT_COST = 12
 MAX_SHA_ROUNDS = 100_000
@@ -151,54 +153,80 @@ def check_file(data: bytes) -> tuple[int, list[str]]:
     return len(seen), problems
 
 
+MAX_PAGE_SIZE = 64 * 1024
+
+
+def check_page(data: bytes) -> list[str]:
+    """An error page is sent as it is, as text/html: it only has to be UTF-8 and small."""
+    if len(data) > MAX_PAGE_SIZE:
+        return [f"larger than {MAX_PAGE_SIZE // 1024} KiB"]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [f"not UTF-8 text (byte {exc.start})"]
+    return []
+
+
+# kind of file: (what checks it, the copy's suffix, its log event, what a refusal means)
+Kind = Literal["htpasswd", "page"]
+_KINDS: dict[str, tuple[Callable[[bytes], list[str]], str, str, str]] = {
+    "htpasswd": (lambda data: check_file(data)[1], ".htpasswd", "password_file",
+                 "its routes answer 503"),
+    "page": (check_page, ".html", "error_page", "its routes answer nginx's own error text"),
+}
+
+
 @dataclass(frozen=True)
-class AuthFile:
+class RouteFile:
     name: str  # the file in --certs-dir
     path: Path | None  # the checked copy nginx reads (the last good one); None: never good
     error: str | None  # why the current file is refused
+    kind: Kind = "htpasswd"
 
 
 @dataclass(frozen=True)
-class AuthPlan:
-    files: tuple[AuthFile, ...]
+class FilesPlan:
+    files: tuple[RouteFile, ...]
 
-    def path(self, name: str) -> Path | None:
-        return next((f.path for f in self.files if f.name == name), None)
+    def path(self, name: str, kind: Kind = "htpasswd") -> Path | None:
+        return next((f.path for f in self.files if f.name == name and f.kind == kind), None)
 
     @property
-    def errors(self) -> tuple[AuthFile, ...]:
+    def errors(self) -> tuple[RouteFile, ...]:
         return tuple(f for f in self.files if f.error is not None)
 
 
 def copies_dir(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
     """Where the checked copies live: beside the configuration nginx reads."""
     if nginx_prefix is not None:
-        return nginx_prefix.absolute() / "htpasswd"
-    return nginx_conf_dir / "gateway-htpasswd"
+        return nginx_prefix.absolute() / "route-files"
+    return nginx_conf_dir / "gateway-route-files"
 
 
-class PasswordFiles:
-    """Reads, checks and stores htpasswd files; `plan()` once per cycle, `applied()` after."""
+class RouteFiles:
+    """Reads, checks and stores the files routes name (htpasswd files, error pages);
+    `plan()` once per cycle, `applied()` after."""
 
     def __init__(self, certs_dir: Path, store_dir: Path) -> None:
         self.certs_dir = certs_dir
         self.store_dir = store_dir
-        self._read: dict[str, tuple[FileStamp | None, Path | str]] = {}
-        self._good: dict[str, Path] = {}
-        self._logged: dict[str, tuple[Path | None, str | None]] = {}
+        self._read: dict[tuple[Kind, str], tuple[FileStamp | None, Path | str]] = {}
+        self._good: dict[tuple[Kind, str], Path] = {}
+        self._logged: dict[tuple[Kind, str], tuple[Path | None, str | None]] = {}
 
-    def _load(self, name: str) -> Path | str:
+    def _load(self, kind: Kind, name: str) -> Path | str:
         path = self.certs_dir / name
         current = stamp(path)
-        cached = self._read.get(name)
+        cached = self._read.get((kind, name))
         if cached is not None and current is not None and cached[0] == current and \
                 (isinstance(cached[1], str) or cached[1].exists()):
             return cached[1]
-        result = self._check(path)
-        self._read[name] = (current, result)
+        result = self._check(kind, path)
+        self._read[(kind, name)] = (current, result)
         return result
 
-    def _check(self, path: Path) -> Path | str:
+    def _check(self, kind: Kind, path: Path) -> Path | str:
+        check, suffix, _, _ = _KINDS[kind]
         try:
             if path.stat().st_size > MAX_FILE_SIZE:
                 return f"{path.name}: larger than {MAX_FILE_SIZE // 1024} KiB"
@@ -207,10 +235,10 @@ class PasswordFiles:
             return f"{path.name}: not found in {path.parent}"
         except OSError as exc:
             return f"{path.name}: cannot read: {exc.strerror}"
-        _, problems = check_file(data)
+        problems = check(data)
         if problems:
             return f"{path.name}: " + "; ".join(problems)
-        copy = self.store_dir / f"{hashlib.sha256(data).hexdigest()[:24]}.htpasswd"
+        copy = self.store_dir / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
         try:
             # nginx's workers (not its master) read the file at each request, as whatever
             # user they run as: they can open the copy, nobody can list the directory
@@ -222,38 +250,44 @@ class PasswordFiles:
             return f"{path.name}: cannot store a copy in {self.store_dir}: {exc}"
         return copy
 
-    def plan(self, table: RouteTable) -> AuthPlan | None:
-        """The copy nginx reads for each file a route names; None when no route has one."""
-        names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
-        if not names:
+    def plan(self, table: RouteTable) -> FilesPlan | None:
+        """The copy nginx reads for each file a route names; None when no route names one."""
+        wanted: set[tuple[Kind, str]] = set()
+        for r in table.routes:
+            if r.basic_auth is not None:
+                wanted.add(("htpasswd", r.basic_auth.file))
+            if r.error_page is not None:
+                wanted.add(("page", r.error_page))
+        if not wanted:
             return None
         files = []
-        for name in names:
-            result = self._load(name)
+        for kind, name in sorted(wanted):
+            result = self._load(kind, name)
             if isinstance(result, Path):
-                self._good[name] = result
-                entry = AuthFile(name, result, None)
+                self._good[(kind, name)] = result
+                entry = RouteFile(name, result, None, kind)
             else:
-                entry = AuthFile(name, self._good.get(name), result)
+                entry = RouteFile(name, self._good.get((kind, name)), result, kind)
             files.append(entry)
             self._log(entry)
-        return AuthPlan(tuple(files))
+        return FilesPlan(tuple(files))
 
-    def _log(self, entry: AuthFile) -> None:
+    def _log(self, entry: RouteFile) -> None:
         now = (entry.path, entry.error)
-        if self._logged.get(entry.name) == now:
+        if self._logged.get((entry.kind, entry.name)) == now:
             return
-        self._logged[entry.name] = now
+        self._logged[(entry.kind, entry.name)] = now
+        _, _, event, effect = _KINDS[entry.kind]
         if entry.error is None:
-            log.info("password_file_in_use file=%s", entry.name)
+            log.info("%s_in_use file=%s", event, entry.name)
         elif entry.path is not None:
-            log.error("password_file_refused file=%s error=%r keeping=%s", entry.name,
+            log.error("%s_refused file=%s error=%r keeping=%s", event, entry.name,
                       entry.error, entry.path.name)
         else:
-            log.error("password_file_refused file=%s error=%r effect=%r", entry.name,
-                      entry.error, "its routes answer 503")
+            log.error("%s_refused file=%s error=%r effect=%r", event, entry.name,
+                      entry.error, effect)
 
-    def applied(self, plan: AuthPlan | None) -> None:
+    def applied(self, plan: FilesPlan | None) -> None:
         """After `plan` serves: remove the copies no configuration refers to any more."""
         keep = {f.path for f in (plan.files if plan else ()) if f.path is not None}
         self._good = {k: v for k, v in self._good.items() if v in keep}
