@@ -122,6 +122,7 @@ class Location:
     compress: bool = False
     error_page: str | None = None  # the page's copy (agent.routefiles), under ERROR_PAGES_PATH
     maintenance: bool = False
+    grpc: bool = False
     sticky: str | None = None  # the cookie's variable: the gateway sets the cookie when absent
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
@@ -253,6 +254,7 @@ def _location(route: Route, upstream: Upstream | None, files: FilesPlan | None) 
         compress=route.compress,
         error_page=page_file,
         maintenance=route.maintenance,
+        grpc=route.protocol == "grpc",
         sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",

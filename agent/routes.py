@@ -468,7 +468,12 @@ def _redirect(value: object) -> object:
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky", "error_page", "maintenance")
+                 "compress", "sticky", "error_page", "maintenance", "protocol")
+
+
+# what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
+# the answers, headers set per request (grpc_set_header), a sticky cookie
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
 
 
 def _tls(value: object) -> object:
@@ -524,6 +529,8 @@ class Route(BaseModel):
     # an HTML page in --certs-dir for the 502, 503 and 504 nginx answers on this route
     error_page: CertFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
+    # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
+    protocol: Literal["http", "grpc"] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
@@ -555,6 +562,15 @@ class Route(BaseModel):
         if self.sticky is not None and self.balance != "round_robin":
             raise FieldError("sticky", f"sticky chooses the task by its cookie: leave out "
                              f"balance {self.balance!r}")
+        if self.protocol == "grpc":
+            if self.tls is None:
+                raise FieldError("protocol", "gRPC clients speak HTTP/2, which the gateway "
+                                 "offers on HTTPS: give the route 'tls'")
+            unfit = [f for f in _NOT_WITH_GRPC
+                     if getattr(self, f) != type(self).model_fields[f].default]
+            if unfit:
+                raise FieldError("protocol", "not with grpc (yet): leave out "
+                                 f"{', '.join(repr(f) for f in unfit)}")
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")

@@ -16,13 +16,16 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.integration.conftest import TASK_ADDRESSES
-from tests.support import require_programs, wait_until
+from tests.support import free_port, require_programs, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
+from tests.support.tlsca import TestCA
 
 T1, T2, T3, T4 = TASK_ADDRESSES[:4]
 StartAgent = Callable[..., Agent]
@@ -444,3 +447,66 @@ def test_a_route_answers_its_own_error_page_and_can_be_switched_to_maintenance(
     status, body, _ = http_get(agent.port, "web", "/.gateway-error-pages/")
     assert status == 404
     assert PAGE not in body
+
+
+# -- protocol: grpc --------------------------------------------------------------------------------
+
+
+def grpc_task(name: str, address: str, port: int) -> grpc.Server:
+    """A gRPC service without TLS, as a task runs it, written with grpcio's generic handlers:
+    `Echo/Who` answers the task's name and what the gateway told it; `Echo/Count` streams."""
+    def who(request: bytes, context: grpc.ServicerContext) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        return json.dumps({"task": name, "request": request.decode(),
+                           "x-forwarded-for": metadata.get("x-forwarded-for"),
+                           "x-forwarded-proto": metadata.get("x-forwarded-proto")}).encode()
+
+    def count(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for i in range(int(request)):
+            yield f"{name}:{i}".encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("gateway.Echo", {
+        "Who": grpc.unary_unary_rpc_method_handler(who),
+        "Count": grpc.unary_stream_rpc_method_handler(count),
+    }),))
+    server.add_insecure_port(f"{address}:{port}")
+    server.start()
+    return server
+
+
+def test_grpc_calls_reach_the_tasks_over_https(
+        dns: Dnsmasq, start_agent: StartAgent, tmp_path: Path) -> None:
+    ca = TestCA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue("grpc.example.com").write(certs, "grpc.example.com")
+    port = free_port("127.0.11.1")
+    servers = [grpc_task(f"grpc{i}", f"127.0.11.{i}", port) for i in (1, 2)]
+    try:
+        dns.set("tasks.echo", ["127.0.11.1", "127.0.11.2"])
+        https = free_port()
+        start_agent([{"hosts": ["grpc.example.com"], "service": "echo", "port": port,
+                      "protocol": "grpc", "tls": True}],
+                    "--https-listen", f"127.0.0.1:{https}", "--certs-dir", str(certs),
+                    "--tls-ca-bundle", str(ca.write_bundle(tmp_path / "roots.pem")))
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.root_pem)
+        options = [("grpc.ssl_target_name_override", "grpc.example.com"),
+                   ("grpc.default_authority", "grpc.example.com")]
+        with grpc.secure_channel(f"127.0.0.1:{https}", credentials, options) as channel:
+            who = channel.unary_unary("/gateway.Echo/Who")
+            answers = [json.loads(who(f"call {i}".encode(), timeout=10)) for i in range(10)]
+            assert {a["task"] for a in answers} == {"grpc1", "grpc2"}, "calls are balanced"
+            assert answers[3]["request"] == "call 3"
+            assert answers[0]["x-forwarded-for"] == "127.0.0.1"
+            assert answers[0]["x-forwarded-proto"] == "https"
+            stream = channel.unary_stream("/gateway.Echo/Count")
+            parts = [p.decode() for p in stream(b"5", timeout=10)]
+            assert [p.split(":")[1] for p in parts] == ["0", "1", "2", "3", "4"]
+            assert len({p.split(":")[0] for p in parts}) == 1, "one call, one task"
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary("/gateway.Echo/Nothing")(b"", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # the task's own answer
+    finally:
+        for server in servers:
+            server.stop(0)

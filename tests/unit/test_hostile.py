@@ -493,6 +493,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "compress": st.booleans(),
     "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
     "maintenance": st.booleans(),
+    "protocol": st.just("http"),
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
@@ -556,6 +557,8 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "compress": st.one_of(hostile_text(), st.integers(), st.none()),
     "error_page": st.one_of(hostile_text(), poisoned(st.just("shop.html")), st.integers()),
     "maintenance": st.one_of(hostile_text(), st.integers(), st.none()),
+    "protocol": st.one_of(hostile_text(), st.just("grpc"),  # grpc: refused without tls
+                          poisoned(st.sampled_from(["http", "grpc"]))),
     "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
                         st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
                                                                    poisoned(st.just("s")))},
@@ -589,7 +592,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
             "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky",
-            "error_page", "maintenance"]
+            "error_page", "maintenance", "protocol"]
 
 
 @dataclass

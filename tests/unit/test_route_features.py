@@ -40,6 +40,7 @@ from agent.routes import (
 from agent.sources import route_item
 from agent.tls import Certificates
 from tests.support.tlsca import TestCA
+from tests.unit.test_hostile import NginxTest
 
 BASE: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
 LABELS = {"gateway.hosts": "a.example.com", "gateway.port": "80"}
@@ -649,3 +650,44 @@ def test_error_page_renders_an_internal_location_and_the_error_page_directive() 
     text = renderer.render(table, SNAPSHOT, files=None).text
     assert "error_page" not in text
     assert "proxy_pass http://service_svc_80;" in location(text)
+
+
+# -- protocol: grpc --------------------------------------------------------------------------------
+
+
+def test_grpc_needs_tls_and_leaves_out_what_only_http_proxying_does() -> None:
+    assert route(protocol="grpc", tls=True).protocol == "grpc"
+    assert route().protocol == "http"
+    assert errors(protocol="grpc") == [
+        "routes[0].protocol: gRPC clients speak HTTP/2, which the gateway offers on HTTPS: "
+        "give the route 'tls'"]
+    assert errors(protocol="grpc", tls=True, websocket=True, compress=True) == [
+        "routes[0].protocol: not with grpc (yet): leave out 'websocket', 'compress'"]
+    assert errors(protocol="h2c") == ["routes[0].protocol: 'h2c': Input should be 'http' or "
+                                      "'grpc'"]
+    labelled = route_from_labels("svc", {**LABELS, "gateway.protocol": "grpc",
+                                         "gateway.tls": "true"})
+    assert labelled is not None
+    assert labelled.protocol == "grpc"
+
+
+def test_grpc_renders_grpc_pass_on_https_and_nginx_accepts_it(tmp_path: Path) -> None:
+    ca = TestCA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue("a.example.com").write(certs, "a.example.com")
+    table = RouteTable((route(protocol="grpc", tls=True, allow=["10.0.0.0/8"],
+                              rate_limit="100r/s"),))
+    plan = Certificates(certs, tmp_path / "store", None).plan(table)
+    renderer = Renderer(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
+                        https_listen="127.0.0.1:8443", trusted_proxies=("192.0.2.0/24",))
+    text = renderer.render(table, SNAPSHOT, tls=plan).text
+    https = text[text.index("listen 127.0.0.1:8443 ssl http2;"):]
+    body = location(https)
+    assert "        grpc_pass grpc://service_svc_80;\n" in body
+    assert "proxy_pass" not in body
+    assert "allow 10.0.0.0/8;" in body
+    assert "limit_req zone=" in body
+    assert "grpc_set_header X-Forwarded-For $gateway_forwarded_for;" in body
+    checker = NginxTest(tmp_path / "nginx")
+    checker.check(text)
