@@ -452,9 +452,12 @@ def test_every_option_survives_the_trip_from_the_controller_to_the_gateways() ->
                  rate_limit={"rate": "10r/s", "burst": 5},
                  headers={"request": {"X-Api": "2", "X-Debug": None},
                           "response": {"X-Frame-Options": "DENY", "X-Powered-By": ""}})
-    item = json.loads(json.dumps(route_item("service svc", full)))
-    (again,) = parse_routes({"routes": [item["route"]]}).routes
-    assert again == full
+    others = [route(compress=True, sticky="sid", error_page="p.html", maintenance=True),
+              route(protocol="grpc", tls=True)]
+    for original in (full, *others):
+        item = json.loads(json.dumps(route_item("service svc", original)))
+        (again,) = parse_routes({"routes": [item["route"]]}).routes
+        assert again == original
 
 
 # -- redirect --------------------------------------------------------------------------------------
