@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 what=${1:-test}
 base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps)
-swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
+swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA, htpasswd hashes
 case "$what" in
   test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble); extras=test ;;  # pebble: ACME
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
