@@ -23,6 +23,7 @@ from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
 from agent.reconciler import Reconciler, State
 from agent.render import Renderer
+from agent.routefiles import RouteFiles, copies_dir
 from agent.settings import Settings, read_token
 from agent.sources import ControllerRoutes, SourceMetrics
 from agent.tls import Certificates, store_dir
@@ -81,8 +82,10 @@ def build(settings: Settings, access_log: str | None = None,
         sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
                                    zone=settings.zone, state_dir=settings.state_dir,
                                    token=token, acme_dir=acme_dir)
+    route_files = RouteFiles(settings.certs_dir,
+                              copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
-                            certificates=certificates, sources=sources)
+                            certificates=certificates, sources=sources, route_files=route_files)
     if sources is not None:
         sources.on_change = reconciler.wake.set
     return reconciler, nginx, metrics, state

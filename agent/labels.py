@@ -20,13 +20,21 @@ DEFAULT_PREFIX = "gateway"
 # What may follow the prefix: a field (`port`) or a field of a nested option (`tls.redirect`).
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
-_BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts"})
-_INTEGERS = frozenset({"port", "tls.hsts"})
+_BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
+                       "strip_prefix", "redirect.keep_path", "compress", "maintenance"})
+_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code"})
+# These take a list in the routes file: a label gives it comma-separated.
+_LISTS = frozenset({"hosts", "allow"})
 # The target is the service itself: a label cannot send traffic anywhere else.
 _NOT_LABELS = {
     "service": "a labelled service routes to its own tasks; the service is not a label",
     "host": "a labelled service routes to its own tasks; 'host' is for the routes file only",
 }
+# Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
+# here, `gateway.basic_auth.realm=...` another one.
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie"}
+# `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
+_HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 _PLACE_RE = re.compile(r"routes\[0\](\S*): ")
 
 
@@ -79,9 +87,9 @@ def _value(option: str, text: str) -> object:
     return text
 
 
-def _hosts(text: str) -> list[str]:
+def _list(text: str) -> list[str]:
     """`a.example.com,b.example.com`: a comma-separated list; spaces around a comma are allowed.
-    Each name is then checked as in the routes file, so nothing else is "cleaned up"."""
+    Each item is then checked as in the routes file, so nothing else is "cleaned up"."""
     return [part.strip(" ") for part in text.split(",")]
 
 
@@ -96,6 +104,9 @@ def _relabel(message: str, prefix: str) -> str:
         return f"the service name: {rest}"
     if not place:
         return f"labels: {rest}"
+    group, _, key = place.partition(".")
+    if group in _GROUPS and key.partition("[")[0] == _GROUPS[group]:
+        place = group + key[len(_GROUPS[group]):]  # basic_auth.file: the label basic_auth
     if rest == "unknown field":
         rest = "unknown label (docs/labels.md lists them)"
     elif rest == "required field is missing":
@@ -117,15 +128,25 @@ def route_from_labels(service: str, labels: Mapping[str, str],
     tls: dict[str, Any] = {}
     errors: list[str] = []
     for option, text in sorted(options.items()):
-        if not _OPTION_RE.fullmatch(option):
+        if header := _HEADER_RE.fullmatch(option):
+            direction, name = header.groups()
+            data.setdefault("headers", {}).setdefault(direction, {})[name] = text
+        elif not _OPTION_RE.fullmatch(option):
             errors.append(f"label {_shown(start + option)}: not a gateway option "
                           "(docs/labels.md lists them)")
         elif option in _NOT_LABELS:
             errors.append(f"label {start}{option}: {_NOT_LABELS[option]}")
-        elif option == "hosts":
-            data["hosts"] = _hosts(text)
+        elif option in _LISTS:
+            data[option] = _list(text)
         elif option.startswith("tls."):
             tls[option.removeprefix("tls.")] = _value(option, text)
+        elif option.partition(".")[0] in _GROUPS:
+            group, _, key = option.partition(".")
+            given = data.setdefault(group, {})
+            given[key or _GROUPS[group]] = _value(option, text)
+        elif "." in option:  # `gateway.headers.request`, `gateway.port.x`: no such option
+            errors.append(f"label {start}{option}: not a gateway option "
+                          "(docs/labels.md lists them)")
         else:
             data[option] = _value(option, text)
     if tls:
@@ -140,7 +161,8 @@ def route_from_labels(service: str, labels: Mapping[str, str],
             del data["tls"]
         else:
             data["tls"] = {**tls, "acme": True} if data.get("tls") == "acme" else tls
-    data["service"] = service
+    if "redirect" not in data:  # a route that only redirects sends nothing to the service
+        data["service"] = service
     try:
         table = parse_routes({"routes": [data]}, f"service {service}")
     except RoutesError as exc:

@@ -24,6 +24,7 @@ from agent.files import FileStamp, stamp, write_atomic
 from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
+from agent.routefiles import FilesPlan, RouteFiles
 from agent.routes import RoutesError, RouteTable, Target, is_address, load_routes
 from agent.settings import Settings
 from agent.sources import ControllerRoutes
@@ -32,6 +33,7 @@ from agent.tls import Certificates, TlsPlan
 log = logging.getLogger("agent.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
+FIRST_LOOKUPS = 0.3  # seconds after nginx starts before a gateway that nginx resolves is ready
 HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
 _QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait
 _NOTES = ("; routes file refused: ", "; certificate refused for ")  # what cycle() adds
@@ -59,7 +61,9 @@ class State:
     last_reload_detail: str | None = None
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
+    first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
+    files: FilesPlan | None = None  # the files routes name: basic_auth, error_page
     started: float = field(default_factory=time.monotonic)
     # (wall clock, status line) of the last HISTORY cycles whose status changed, reloaded or
     # followed a change of tasks
@@ -101,8 +105,10 @@ class Reconciler:
                  renderer: Renderer, metrics: Metrics, state: State,
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,
-                 sources: ControllerRoutes | None = None) -> None:
+                 sources: ControllerRoutes | None = None,
+                 route_files: RouteFiles | None = None) -> None:
         self.certificates = certificates
+        self.route_files = route_files
         self.sources = sources  # routes from the controller, merged with the file's
         self.settings = settings
         self.nginx = nginx
@@ -231,12 +237,16 @@ class Reconciler:
         if self.certificates is not None:
             self.state.tls = self.certificates.plan(self.state.routes)
             self.metrics.tls.plan = self.state.tls
+        if self.route_files is not None:
+            self.state.files = self.route_files.plan(self.state.routes)
         key = (self.state.routes, tuple(sorted(
-            (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls)
+            (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls,
+            self.state.files)
         if self._rendered is None or self._rendered[0] != key:
             self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
                                                         tls=self.state.tls,
-                                                        acme=self.acme_controller))
+                                                        acme=self.acme_controller,
+                                                        files=self.state.files))
         return self._rendered[1]
 
     async def apply(self, rendered: Rendered) -> str:
@@ -273,6 +283,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
+        if self.route_files is not None:
+            self.route_files.applied(self.state.files)
         return f"reloaded: {change}"
 
     def _followed_without_reload(self) -> str:
@@ -322,6 +334,11 @@ class Reconciler:
         if self.state.tls is not None and self.state.tls.errors:
             status += "; certificate refused for " + ", ".join(
                 h.host for h in self.state.tls.errors)
+        for kind, what in (("htpasswd", "password file"), ("page", "error page")):
+            refused = [f.name for f in (self.state.files.errors if self.state.files else ())
+                       if f.kind == kind]
+            if refused:
+                status += f"; {what} refused: " + ", ".join(refused)
         stub = await self.nginx.stub_status()
         self.metrics.stub_status.last = stub
         return status
@@ -344,6 +361,11 @@ class Reconciler:
         await self.nginx.apply(rendered.text, rendered.generation)
         await self.nginx.start()
         await self.nginx.wait_serving(rendered.generation)
+        if rendered.resolving:
+            # nginx's workers look their upstreams' names up 1 ms after they start, and until
+            # the answer is in, such an upstream has no server (502). nginx does not say when
+            # that is done; a DNS round trip is well under this.
+            self.state.first_lookups_until = self.clock() + FIRST_LOOKUPS
         self._applied_snapshot = self.state.snapshot
         self._applied_routes = self.state.routes
         self.state.applied_generation = rendered.generation
@@ -355,6 +377,8 @@ class Reconciler:
         self._save()
         if self.certificates is not None:
             self.certificates.applied(self.state.tls)
+        if self.route_files is not None:
+            self.route_files.applied(self.state.files)
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 

@@ -21,12 +21,16 @@ import jinja2
 
 from agent import __version__
 from agent.accesslog import TAG as ACCESS_LOG_TAG
-from agent.accesslog import UNROUTED_ROOT, route_root
+from agent.accesslog import UNROUTED_ROOT, route_label, route_root
 from agent.discovery import Endpoints, Snapshot
-from agent.routes import Route, RouteTable, Target, is_address
+from agent.routefiles import FilesPlan
+from agent.routes import ERROR_PAGES_PATH, Route, RouteTable, Target, is_address
 from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
+# What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
+# reads inside quotes) nor ';', '{', '}' (which would end the directive if a quote slipped).
+SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]*")
 KEEPALIVE = 64
 # A kept-alive client connection is not closed within this many seconds of its last request, not
 # even by an old worker after a reload: a request the client sends then is answered (with
@@ -35,6 +39,9 @@ KEEPALIVE_MIN_TIMEOUT = 5
 # nginx's resolver keeps answers this long (whole seconds); a name is looked up again about every
 # valid + 1 s. Docker answers with a TTL of 600 s, which must not be used.
 RESOLVER_VALID = 1
+# compress: what gzip is worth it for (text/html is always among them for nginx)
+GZIP_TYPES = ("text/plain", "text/css", "text/xml", "text/javascript", "application/javascript",
+              "application/json", "application/xml", "application/rss+xml", "image/svg+xml")
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -49,6 +56,14 @@ def nginx_token(value: object) -> str:
     return text
 
 
+def nginx_quoted(value: object) -> str:
+    """A double-quoted nginx string, for text the routes model allows spaces in (a realm)."""
+    text = str(value)
+    if not SAFE_QUOTED.fullmatch(text):
+        raise RenderError(f"refusing to write {text[:80]!r} into nginx configuration")
+    return f'"{text}"'
+
+
 def _environment(template_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
@@ -59,6 +74,7 @@ def _environment(template_dir: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["nginx"] = nginx_token
+    env.filters["nginx_quoted"] = nginx_quoted
     return env
 
 
@@ -74,6 +90,26 @@ class Upstream:
     # then that one entry, and the addresses the agent found decide only whether it exists
     resolve: bool = False
     zone: str = ""  # resolve: the size of its shared memory zone
+    sticky: str | None = None  # the variable the task is chosen by (agent.render.sticky_var)
+
+
+@dataclass(frozen=True)
+class RateZone:
+    """A route's limit_req zone: its own counters per client address."""
+
+    name: str
+    rate: str
+    burst: int
+
+
+def rate_zone(route: Route) -> RateZone | None:
+    if route.rate_limit is None:
+        return None
+    # (host, path) names one route; the rate is in the name too, so that a changed rate is a
+    # new zone rather than a reload nginx might refuse
+    digest = hashlib.sha256(f"{route_label(route)} {route.rate_limit.rate}".encode())
+    return RateZone(f"gateway_rate_{digest.hexdigest()[:12]}", route.rate_limit.rate,
+                    route.rate_limit.burst)
 
 
 @dataclass(frozen=True)
@@ -86,6 +122,34 @@ class Location:
     connect_timeout_ms: int
     read_timeout_ms: int
     max_body_size: int
+    allow: tuple[str, ...] = ()  # client networks let in; empty: every client
+    auth_realm: str | None = None  # basic_auth: the realm, and the checked file nginx reads
+    auth_file: str | None = None
+    locked: bool = False  # basic_auth with no usable password file: 503, never open
+    rate_limit: RateZone | None = None
+    strip_prefix: bool = False
+    request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
+    response_headers: tuple[tuple[str, str | None], ...] = ()
+    compress: bool = False
+    error_page: str | None = None  # the page's copy (agent.routefiles), under ERROR_PAGES_PATH
+    maintenance: bool = False
+    grpc: bool = False
+    sticky: str | None = None  # the cookie's variable: the gateway sets the cookie when absent
+    redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
+    redirect_to: str = ""
+    redirect_keep_path: bool = False
+
+    @property
+    def adds_headers(self) -> bool:
+        """An add_header here hides the server's (HSTS), which must then be said again."""
+        return any(value is not None for _, value in self.response_headers) or \
+            self.sticky is not None
+
+    @property
+    def checks_client(self) -> bool:
+        """The location decides by the client's address (behind a trusted proxy: the one
+        nginx's realip module takes from X-Forwarded-For)."""
+        return bool(self.allow) or self.rate_limit is not None
 
 
 @dataclass(frozen=True)
@@ -101,11 +165,19 @@ class Server:
     def has_root(self) -> bool:
         return any(loc.path == "/" for loc in self.locations)
 
+    @property
+    def pages_dir(self) -> str | None:
+        """Where this server's error pages are (one directory: agent.routefiles)."""
+        pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
+                        if loc.error_page})
+        return pages[0] + "/" if pages else None
+
 
 @dataclass(frozen=True)
 class Rendered:
     text: str
     generation: str  # a digest of the configuration, served by nginx to prove it is live
+    resolving: int = 0  # upstreams whose tasks nginx looks up itself
 
 
 def upstream_name(target: Target, port: int, balance: str) -> str:
@@ -140,19 +212,37 @@ def zone_size(tasks: int) -> str:
     return f"{size}k"
 
 
+def sticky_var(cookie: str) -> str:
+    """The variable a sticky upstream hashes: the cookie, or for a client without it the
+    request's id, which the gateway then sets as the cookie (named from a digest: nginx
+    variable names ignore case, cookie names do not)."""
+    return "gateway_sticky_" + hashlib.sha256(cookie.encode()).hexdigest()[:12]
+
+
+def upstream_key(route: Route) -> tuple[Target, int, str]:
+    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    assert route.port is not None
+    return (route.target, route.port,
+            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
+            if route.sticky is not None else route.balance)
+
+
 def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
                ) -> dict[tuple[Target, int, str], Upstream]:
-    """One upstream per (target, port, balance) that has tasks.
+    """One upstream per (target, port, balance or sticky cookie) that has tasks.
 
     With `resolve`, the upstream names the target and nginx follows its addresses (re-resolved
     every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
     target whose lookups fail (stale) is written with its last known addresses instead: nginx
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
-    addresses outside the task networks (agent.discovery.screen): nginx would take them all.
+    addresses outside the task networks (agent.discovery.screen): nginx would take them all;
+    and a sticky route's (see below), whose changes of tasks are reloads.
     """
     out = {}
     for route in routes:
-        key = (route.target, route.port, route.balance)
+        if not route.proxies:
+            continue
+        key = upstream_key(route)
         if key in out:
             continue
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
@@ -160,38 +250,67 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
             continue
         lookup = route.target.lookup_name
         # an answer with addresses outside --task-networks is not left to nginx to follow:
-        # the block gets the accepted addresses only, or none (503), until the answer is clean
+        # the block gets the accepted addresses only, or none (503), until the answer is clean.
+        # Nor is a sticky route's: nginx's consistent hash tells servers apart by the name
+        # written, the same for every task resolved from one name, and would stick to none.
         by_name = resolve and not endpoints.stale and not endpoints.refused \
-            and not is_address(lookup)
+            and route.sticky is None and not is_address(lookup)
         if by_name:
-            servers: tuple[str, ...] = (f"{lookup}:{route.port}",)
+            servers: tuple[str, ...] = (f"{lookup}:{key[1]}",)
         else:
-            servers = tuple(_server_address(lookup, a, route.port) for a in endpoints.addresses)
-        out[key] = Upstream(upstream_name(*key), route.target.kind, route.target.name,
-                            route.port, route.balance, servers, resolve=by_name,
-                            zone=zone_size(len(endpoints.addresses)) if by_name else "")
+            servers = tuple(_server_address(lookup, a, key[1]) for a in endpoints.addresses)
+        out[key] = Upstream(
+            upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
+            servers, resolve=by_name,
+            zone=zone_size(len(endpoints.addresses)) if by_name else "",
+            sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None)
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
-def _location(route: Route, upstream: Upstream | None) -> Location:
+def _location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -> Location:
+    auth_file = None
+    if route.basic_auth is not None and files is not None:
+        path = files.path(route.basic_auth.file)
+        auth_file = str(path) if path is not None else None
+    page_file = None
+    if route.error_page is not None and files is not None:
+        page = files.path(route.error_page, "page")
+        page_file = str(page) if page is not None else None
     return Location(
         path=route.path,
         root=route_root(route),
-        target=route.target.name,
+        target=route.target.name if route.proxies else "",
         upstream=upstream.name if upstream else None,
         websocket=route.websocket,
         connect_timeout_ms=max(1, round(route.connect_timeout * 1000)),
         read_timeout_ms=max(1, round(route.read_timeout * 1000)),
         max_body_size=route.max_body_size,
+        allow=route.allow or (),
+        auth_realm=route.basic_auth.realm if route.basic_auth is not None else None,
+        auth_file=auth_file,
+        locked=route.basic_auth is not None and auth_file is None,
+        rate_limit=rate_zone(route),
+        strip_prefix=route.strip_prefix,
+        request_headers=route.headers.request if route.headers else (),
+        response_headers=route.headers.response if route.headers else (),
+        compress=route.compress,
+        error_page=page_file,
+        maintenance=route.maintenance,
+        grpc=route.protocol == "grpc",
+        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
+        redirect_code=route.redirect.code if route.redirect else None,
+        redirect_to=route.redirect.target if route.redirect else "",
+        redirect_keep_path=route.redirect.keep_path if route.redirect else False,
     )
 
 
 def _servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Upstream],
-             ) -> list[Server]:
+             files: FilesPlan | None = None) -> list[Server]:
     """One server block per set of hosts that share exactly the same locations."""
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
-        loc = _location(route, upstreams.get((route.target, route.port, route.balance)))
+        upstream = upstreams.get(upstream_key(route)) if route.proxies else None
+        loc = _location(route, upstream, files)
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)
@@ -243,8 +362,10 @@ class Renderer:
         self._template = _environment(directory).get_template(name)
 
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
-               acme: tuple[Target, int] | None = None) -> Rendered:
-        """The configuration for these routes and endpoints (and certificates: agent.tls).
+               acme: tuple[Target, int] | None = None,
+               files: FilesPlan | None = None) -> Rendered:
+        """The configuration for these routes and endpoints (and certificates: agent.tls;
+        the files routes name: agent.routefiles; without them a route with basic_auth answers 503).
 
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
@@ -252,7 +373,7 @@ class Renderer:
         upstreams = _upstreams(routes, snapshot, self.resolve)
         if self.https_listen is None:
             tls = None
-        http_servers, https_servers = _with_tls(_servers(routes, upstreams), tls)
+        http_servers, https_servers = _with_tls(_servers(routes, upstreams, files), tls)
         acme_upstream = None
         if acme is not None and any(s.acme for s in http_servers):
             addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses
@@ -283,6 +404,12 @@ class Renderer:
             "keepalive_min_timeout": KEEPALIVE_MIN_TIMEOUT,
             "resolver": self.resolver if needs_resolver else None,
             "resolver_valid": RESOLVER_VALID,
+            "gzip_types": GZIP_TYPES,
+            "error_pages_path": ERROR_PAGES_PATH,
+            "sticky_cookies": sorted({(r.sticky.cookie, sticky_var(r.sticky.cookie))
+                                      for r in routes if r.sticky is not None}),
+            "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},
+                                 key=lambda z: z.name),
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
             "acme_upstream": acme_upstream.name if acme_upstream else None,
             "acme": any(s.acme for s in http_servers),
@@ -297,7 +424,7 @@ class Renderer:
             text = self._template.render(context, generation=generation)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
-        return Rendered(text, generation)
+        return Rendered(text, generation, sum(u.resolve for u in upstreams.values()))
 
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,

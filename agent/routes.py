@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,8 +23,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
@@ -43,6 +47,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+ERROR_PAGES_PATH = "/.gateway-error-pages/"  # an internal location of every server with pages
 
 
 def is_address(name: str) -> bool:
@@ -52,6 +57,14 @@ def is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class FieldError(ValueError):
+    """A route-wide check whose error belongs to one field: its place names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 def _shown(value: object) -> str:
@@ -175,7 +188,56 @@ def _hsts(value: object) -> int:
                      f"(0 to {_HSTS_MAX})")
 
 
+_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
+
+
+def _network(value: object) -> str:
+    """A client address or network for `allow`, written back from the parsed value."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not an address or network "
+                         "(expected a string such as '10.0.0.0/8' or '192.0.2.7')")
+    if "%" in value:
+        raise ValueError(f"{_shown(value)}: an address with a scope cannot be allowed")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{_shown(value)} is not an IP address or network in CIDR "
+                             "notation (e.g. '10.0.0.0/8', '2001:db8::/32', '192.0.2.7')",
+                             ) from None
+        raise ValueError(f"{_shown(value)} has bits set beyond its prefix length: "
+                         f"write {loose.compressed!r}") from None
+    if net == _BROADCAST:  # nginx reads it as "no address" and refuses the configuration
+        raise ValueError(f"{_shown(value)}: the broadcast address is never a client")
+    return net.compressed
+
+
+def _allow(value: object) -> object:
+    if isinstance(value, list | tuple) and not value:
+        raise ValueError("an empty list would refuse every client: give at least one address "
+                         "or network, or leave out 'allow' to let every client in")
+    if isinstance(value, str):  # one network where a list belongs: `allow: 10.0.0.0/8`
+        return [value]
+    return value
+
+
+# Text nginx writes inside double quotes (a realm): letters, digits, space and a little
+# punctuation; never a quote, backslash, '$', ';', '{', '}' or a control character.
+REALM_RE = re.compile(r"[A-Za-z0-9 _.,:()/@+-]{1,64}")
+
+
+def _realm(value: str) -> str:
+    if not REALM_RE.fullmatch(value) or value != value.strip(" "):
+        raise ValueError(f"{_shown(value)} is not a valid realm (1 to 64 letters, digits, "
+                         "spaces inside, and _ . , : ( ) / @ + -)")
+    return value
+
+
 CertFile = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cert_file)]
+Realm = Annotated[str, BeforeValidator(_strict_str), AfterValidator(_realm)]
+Network = Annotated[str, BeforeValidator(_network)]
 HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]
 
 
@@ -212,6 +274,208 @@ class Tls(BaseModel):
         return self.certificate.removesuffix(".crt") + ".key"
 
 
+class BasicAuth(BaseModel):
+    """HTTP basic authentication against an htpasswd file in --certs-dir (agent.routefiles)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: CertFile
+    realm: Realm = "restricted"
+
+
+def _basic_auth(value: object) -> object:
+    if isinstance(value, str):  # `basic_auth: users.htpasswd`
+        return {"file": value}
+    if value is None or isinstance(value, dict | BasicAuth):
+        return value
+    raise ValueError(f"{_shown(value)}: give the htpasswd file's name, or a mapping with "
+                     "'file' (and 'realm')")
+
+
+# Header names: letters, digits and '-' (a subset of RFC 7230's token that needs no quoting);
+# values: printable ASCII without '"', '\\', '$', ';', '{' and '}', written between quotes.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,1024}")
+# what the gateway itself sends to the task, or what HTTP itself decides
+OWN_REQUEST_HEADERS = frozenset({
+    "host", "connection", "upgrade", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "forwarded", "keep-alive",
+    "te", "transfer-encoding", "content-length", "proxy-connection"})
+OWN_RESPONSE_HEADERS = {
+    "strict-transport-security": "give it with tls.hsts",
+    "server": "nginx writes it itself", "date": "nginx writes it itself",
+    "connection": "HTTP decides it", "keep-alive": "HTTP decides it",
+    "transfer-encoding": "HTTP decides it", "content-length": "HTTP decides it"}
+
+
+def _header_set(direction: str) -> Callable[[object], object]:
+    """A mapping of header name to value (set) or null/'' (remove), kept as sorted pairs."""
+    def check(value: object) -> object:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{_shown(value)}: give a mapping of header name to value "
+                             "(null or '' removes the header)")
+        problems: list[str] = []
+        seen: set[str] = set()
+        out: list[tuple[str, str | None]] = []
+        for name, text in value.items():
+            if not isinstance(name, str) or not HEADER_NAME_RE.fullmatch(name):
+                problems.append(f"{_shown(name)} is not a header name (letters, digits, '-')")
+                continue
+            lowered = name.lower()
+            if lowered in seen:
+                problems.append(f"{name!r} is given twice (header names ignore case)")
+                continue
+            seen.add(lowered)
+            if direction == "request" and lowered in OWN_REQUEST_HEADERS:
+                problems.append(f"{name!r} is set by the gateway itself")
+                continue
+            if direction == "response" and lowered in OWN_RESPONSE_HEADERS:
+                problems.append(f"{name!r}: {OWN_RESPONSE_HEADERS[lowered]}")
+                continue
+            if text is None or text == "":
+                out.append((name, None))
+            elif isinstance(text, bool) or not isinstance(text, str | int):
+                problems.append(f"{name!r}: {_shown(text)} is not a header value "
+                                "(a string; null removes the header)")
+            elif not HEADER_VALUE_RE.fullmatch(str(text)) or str(text) != str(text).strip():
+                problems.append(f"{name!r}: {_shown(text)} is not a header value the gateway "
+                                "writes (printable ASCII up to 1024 characters, no quote, "
+                                "backslash, '$', ';', '{', '}', no space at either end)")
+            else:
+                out.append((name, str(text)))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(sorted(out, key=lambda pair: pair[0].lower()))
+    return check
+
+
+HeaderPairs = tuple[tuple[str, str | None], ...]
+
+
+class Headers(BaseModel):
+    """Headers a route sets (a value) or removes (null) on the way to the task and back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request: Annotated[HeaderPairs, BeforeValidator(_header_set("request"))] = ()
+    response: Annotated[HeaderPairs, BeforeValidator(_header_set("response"))] = ()
+
+    @field_serializer("request", "response")
+    def _as_written(self, pairs: HeaderPairs) -> dict[str, str]:
+        """As a routes file says it ('' removes), so that the controller's copy parses back."""
+        return {name: value or "" for name, value in pairs}
+
+
+# a cookie name nginx can read as $cookie_NAME (a variable name: no '-')
+COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _cookie_name(value: str) -> str:
+    if not COOKIE_NAME_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a cookie name the gateway reads "
+                         "(1 to 64 letters, digits and '_')")
+    return value
+
+
+class Sticky(BaseModel):
+    """A client stays on one task while it runs: by a cookie (hash ... consistent)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cookie: Annotated[str, BeforeValidator(_strict_str), AfterValidator(_cookie_name)]
+
+
+def _sticky(value: object) -> object:
+    if isinstance(value, str):  # `sticky: gateway_task`
+        return {"cookie": value}
+    if value is None or isinstance(value, dict | Sticky):
+        return value
+    raise ValueError(f"{_shown(value)}: give a cookie name, or a mapping with 'cookie'")
+
+
+_RATE_RE = re.compile(r"([1-9][0-9]{0,5})r/([sm])", re.ASCII)
+
+
+def _rate(value: object) -> str:
+    if not isinstance(value, str) or not _RATE_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a rate (requests per second or minute: "
+                         "'10r/s', '600r/m'; 1 to 999999)")
+    return value
+
+
+class RateLimit(BaseModel):
+    """Requests per client address (nginx's limit_req); beyond rate and burst: 429."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: Annotated[str, BeforeValidator(_rate)]
+    burst: int = Field(default=0, ge=0, le=100_000, strict=True)
+
+
+def _rate_limit(value: object) -> object:
+    if isinstance(value, str):  # `rate_limit: 10r/s`
+        return {"rate": value}
+    if value is None or isinstance(value, dict | RateLimit):
+        return value
+    raise ValueError(f"{_shown(value)}: give a rate ('10r/s'), or a mapping with 'rate' "
+                     "(and 'burst')")
+
+
+_REDIRECT_URL_RE = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[^/:]+)(?::(?P<port>[0-9]{1,5}))?(?P<path>/[^?#]*)?")
+
+
+def _redirect_url(value: object) -> str:
+    if not isinstance(value, str) or not (m := _REDIRECT_URL_RE.fullmatch(value)):
+        raise ValueError(f"{_shown(value)} is not a URL to redirect to (http:// or https://, "
+                         "a host name, an optional port and path; no query)")
+    host = m.group("host")
+    if not HOST_RE.fullmatch(host) or host.startswith("*.") or len(host) > 253:
+        raise ValueError(f"{_shown(value)}: {host!r} is not a valid host name")
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        raise ValueError(f"{_shown(value)}: the port is out of range")
+    path = m.group("path")
+    if path is not None and path != "/":
+        _path(path.rstrip("/") if path.endswith("/") else path)
+    return value
+
+
+class Redirect(BaseModel):
+    """A route that only redirects: to another origin (www to the apex) or another place."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: Annotated[str, BeforeValidator(_redirect_url)]
+    code: Literal[301, 302, 303, 307, 308] = 308
+    # the request's path and query follow `to` (https://example.com/a?b -> `to`/a?b)
+    keep_path: bool = Field(default=True, strict=True)
+
+    @property
+    def target(self) -> str:
+        """What nginx writes after the code; `$request_uri` follows when the path is kept."""
+        return self.to.rstrip("/") if self.keep_path else self.to
+
+
+def _redirect(value: object) -> object:
+    if isinstance(value, str):  # `redirect: https://example.com`
+        return {"to": value}
+    if value is None or isinstance(value, dict | Redirect):
+        return value
+    raise ValueError(f"{_shown(value)}: give a URL, or a mapping with 'to' (and 'code', "
+                     "'keep_path')")
+
+
+# What a route that only redirects has no use for: the request never goes anywhere else.
+_PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
+                 "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
+                 "compress", "sticky", "error_page", "maintenance", "protocol")
+
+
+# what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
+# the answers, headers set per request (grpc_set_header), a sticky cookie
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
+
+
 def _tls(value: object) -> object:
     if isinstance(value, bool):  # `tls: true`: the certificates by host name
         return {} if value else None
@@ -245,7 +509,9 @@ class Route(BaseModel):
     path: PathPrefix = "/"
     service: ServiceName | None = None
     host: DnsName | None = None
-    port: int = Field(ge=1, le=65535, strict=True)
+    # a route that only redirects (before `port`, which it does without)
+    redirect: Annotated[Redirect | None, BeforeValidator(_redirect)] = None
+    port: int | None = Field(default=None, ge=1, le=65535, strict=True, validate_default=True)
     zone: Zone | None = None
     balance: Balance = "round_robin"
     connect_timeout: Seconds = 5.0
@@ -253,12 +519,64 @@ class Route(BaseModel):
     max_body_size: Bytes = 1024**2
     websocket: bool = Field(default=False, strict=True)
     tls: Annotated[Tls | None, BeforeValidator(_tls)] = None
+    # only these client addresses reach the route (docs/security.md: which address is checked)
+    allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
+    basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
+    rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
+    headers: Headers | None = None
+    compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
+    sticky: Annotated[Sticky | None, BeforeValidator(_sticky)] = None
+    # an HTML page in --certs-dir for the 502, 503 and 504 nginx answers on this route
+    error_page: CertFile | None = None
+    maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
+    # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
+    protocol: Literal["http", "grpc"] = "http"
+    # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
+    strip_prefix: bool = Field(default=False, strict=True)
+
+    @field_validator("port")
+    @classmethod
+    def _port_to_proxy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None and info.data.get("redirect") is None:
+            raise PydanticCustomError("missing", "required field is missing")
+        return value
+
+    @field_validator("strip_prefix")
+    @classmethod
+    def _a_prefix_to_strip(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("path") == "/":  # (absent: the path itself was refused)
+            raise ValueError("the route's path is '/': there is no prefix to strip "
+                             "(give 'path', e.g. /api)")
+        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
+        if self.redirect is not None:
+            # (by value, not by presence: the controller's copy writes every default out)
+            unused = [f for f in _PROXY_FIELDS
+                      if getattr(self, f) != type(self).model_fields[f].default]
+            if unused:
+                raise FieldError("redirect", "the route only redirects, it sends no request "
+                                 f"on: leave out {', '.join(repr(f) for f in unused)}")
+            return self
+        if self.sticky is not None and self.balance != "round_robin":
+            raise FieldError("sticky", f"sticky chooses the task by its cookie: leave out "
+                             f"balance {self.balance!r}")
+        if self.protocol == "grpc":
+            if self.tls is None:
+                raise FieldError("protocol", "gRPC clients speak HTTP/2, which the gateway "
+                                 "offers on HTTPS: give the route 'tls'")
+            unfit = [f for f in _NOT_WITH_GRPC
+                     if getattr(self, f) != type(self).model_fields[f].default]
+            if unfit:
+                raise FieldError("protocol", "not with grpc (yet): leave out "
+                                 f"{', '.join(repr(f) for f in unfit)}")
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
-                             "or 'host' (a DNS name resolved as it is)")
+                             "or 'host' (a DNS name resolved as it is), or 'redirect'")
+
+        if (self.path + "/").startswith(ERROR_PAGES_PATH):
+            raise ValueError(f"path {self.path!r}: the gateway serves its error pages there")
         if self.tls is not None and self.tls.acme:
             if (self.path + "/").startswith(ACME_CHALLENGE_PATH):
                 raise ValueError(f"path {self.path!r}: with tls: acme the gateway sends "
@@ -277,7 +595,13 @@ class Route(BaseModel):
         return self
 
     @property
+    def proxies(self) -> bool:
+        """The route passes requests to a target (else it only redirects)."""
+        return self.redirect is None
+
+    @property
     def target(self) -> Target:
+        assert self.proxies, "a route that only redirects has no target"
         if self.service is not None:
             return Target("service", self.service)
         assert self.host is not None
@@ -309,7 +633,7 @@ class RouteTable:
 
     @property
     def targets(self) -> tuple[Target, ...]:
-        return tuple(sorted({r.target for r in self.routes}))
+        return tuple(sorted({r.target for r in self.routes if r.proxies}))
 
 
 def _place(loc: Iterable[int | str]) -> str:
@@ -331,6 +655,9 @@ def _messages(exc: ValidationError) -> list[str]:
         msg = err["msg"]
         if err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, FieldError):
+                loc = [*loc, cause.field]
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
@@ -374,13 +701,21 @@ def _tls_conflicts(routes: Sequence[Route]) -> list[str]:
     return errors
 
 
+def _without_echoes(errors: list[str]) -> list[str]:
+    """A route whose `redirect` is refused is not told again that, then, it lacks a port."""
+    refused = {e.partition(".redirect")[0] for e in errors if ".redirect" in e.split(":")[0]}
+    return [e for e in errors
+            if not (e.endswith(".port: required field is missing") and
+                    e.removesuffix(".port: required field is missing") in refused)]
+
+
 def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
-        raise RoutesError(source, _messages(exc)) from None
+        raise RoutesError(source, _without_echoes(_messages(exc))) from None
     errors = _duplicates(parsed.routes) + _tls_conflicts(parsed.routes)
     if errors:
         raise RoutesError(source, errors)

@@ -14,7 +14,7 @@ what=${1:-test}
 # (patchelf, gpgv and xz-utils are what that script needs)
 base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps patchelf gpgv xz-utils
            debian-archive-keyring)
-swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA
+swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA, htpasswd hashes
 case "$what" in
   test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble chromium); extras=test ;;  # pebble: ACME; chromium: the dashboard's tests
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;

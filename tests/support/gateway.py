@@ -144,6 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Seen-Path", self.path)  # the request target as the task got it
         self.end_headers()
         self.wfile.write(data)
         self.server.hits += 1

@@ -11,6 +11,7 @@ or a server name no route asked for.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import subprocess
@@ -26,15 +27,22 @@ from hypothesis import strategies as st
 
 from agent.discovery import Endpoints, sort_addresses
 from agent.render import (
+    GZIP_TYPES,
     KEEPALIVE,
     Renderer,
     RenderError,
     nginx_token,
+    rate_zone,
     render_main_conf,
+    sticky_var,
+    upstream_key,
     zone_size,
 )
 from agent.render import upstream_name as expected_upstream_name
+from agent.routefiles import FilesPlan, RouteFile
 from agent.routes import (
+    OWN_REQUEST_HEADERS,
+    OWN_RESPONSE_HEADERS,
     Route,
     RoutesError,
     RouteTable,
@@ -131,6 +139,27 @@ REFUSAL_DIRECTIVES = Counter({"default_type": 1, "add_header": 1, "return": 1})
 NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
 
 
+def auth_copy(name: str) -> Path:
+    """Where the agent would have put the checked copy of a password file (agent.routefiles)."""
+    return Path("/run/gateway/htpasswd") / (hashlib.sha256(name.encode()).hexdigest()[:24] +
+                                            ".htpasswd")
+
+
+PAGES = Path("/run/gateway/route-files")
+
+
+def page_copy(name: str) -> Path:
+    """... and of an error page."""
+    return PAGES / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".html")
+
+
+def auth_plan(table: RouteTable) -> FilesPlan:
+    names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
+    pages = sorted({r.error_page for r in table.routes if r.error_page is not None})
+    return FilesPlan(tuple(RouteFile(n, auth_copy(n), None) for n in names) +
+                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages))
+
+
 RESOLVER = "127.0.0.11:53"
 
 
@@ -144,10 +173,15 @@ RENDERERS = {False: RENDERER, True: _renderer(resolve=True)}  # by `resolve`
 
 
 def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
-    """Everything but the upstreams, their resolver and the routes' servers: maps, geo,
-    default and status."""
-    return [d for d in conf if d.name not in ("upstream", "resolver", "resolver_timeout")
-            and not _is_route_server(d)]
+    """Everything but the upstreams, their resolver, the routes' rate zones and servers:
+    maps, geo, default and status."""
+    return [d for d in conf if d.name not in ("upstream", "resolver", "resolver_timeout",
+                                              "limit_req_zone") and
+            not _is_route_server(d) and not _is_sticky_map(d)]
+
+
+def _is_sticky_map(d: Directive) -> bool:
+    return d.name == "map" and d.args[1].startswith("$gateway_sticky_")
 
 
 def _is_route_server(d: Directive) -> bool:
@@ -176,9 +210,12 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
                     resolve: bool) -> None:
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
+    if route.sticky is not None:
+        balance = ["hash"]
+        assert block.one("hash").args == (f"${sticky_var(route.sticky.cookie)}", "consistent")
     addresses = endpoints.addresses
-    if resolve and not endpoints.stale and not endpoints.refused and \
-            not is_address(route.target.lookup_name):
+    if resolve and not endpoints.stale and not endpoints.refused and route.sticky is None \
+            and not is_address(route.target.lookup_name):
         # nginx resolves the route's own name; the agent's answers decide only that it exists
         assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
         assert block.one("zone").args == (block.args[0], zone_size(len(addresses)))
@@ -201,18 +238,81 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         assert got == NO_PATH_DIRECTIVES, got
         assert loc.one("return").args == ("404", "404 no route for this path\\n")
         return
-    if upstream is None:
-        assert got == REFUSAL_DIRECTIVES, got
-        assert loc.one("return").args == ("503", f"503 no running task of {route.target.name}\\n")
+    if route.redirect is not None:  # only redirects: one return, to the route's own URL
+        assert got == Counter({"return": 1}), got
+        target = route.redirect.to.rstrip("/") + "$request_uri" if route.redirect.keep_path \
+            else route.redirect.to
+        assert loc.one("return").args == (str(route.redirect.code), target)
         return
-    want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0})
+    page: Counter[str] = Counter()
+    if route.error_page is not None:
+        page = Counter({"error_page": 1})
+        assert loc.one("error_page").args == (
+            "502", "503", "504", f"/.gateway-error-pages/{page_copy(route.error_page).name}")
+    if route.maintenance:
+        assert got == Counter({"default_type": 1, "add_header": 1, "return": 1}) + page, got
+        assert loc.one("return").args == (("503",) if page else
+                                          ("503", "503 down for maintenance\\n"))
+        return
+    if upstream is None:
+        assert got == REFUSAL_DIRECTIVES + page, got
+        assert loc.one("return").args == (("503",) if page else (
+            "503", f"503 no running task of {route.target.name}\\n"))
+        return
+    want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0}) + page
+    allow = route.allow or ()
+    want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
+    if route.basic_auth is not None:
+        want += Counter({"auth_basic": 1, "auth_basic_user_file": 1})
+    if route.headers is not None:
+        want += Counter({"proxy_set_header": len(route.headers.request),
+                         "proxy_hide_header": len(route.headers.response),
+                         "add_header": sum(v is not None for _, v in route.headers.response)})
+    if route.sticky is not None:  # the cookie for a client that had none
+        want += Counter({"add_header": 1})
+        assert (f"${sticky_var(route.sticky.cookie)}_set",) in [
+            d.args[1:] for d in loc.children("add_header") if d.args[0] == "Set-Cookie"]
+    if route.compress:
+        want += Counter({"gzip": 1, "gzip_types": 1, "gzip_min_length": 1, "gzip_proxied": 1,
+                         "gzip_vary": 1})
+        assert loc.one("gzip_types").args == GZIP_TYPES
+    if route.rate_limit is not None:
+        want += Counter({"limit_req": 1, "limit_req_status": 1})
+        zone = rate_zone(route)
+        assert zone is not None
+        burst = route.rate_limit.burst
+        assert loc.one("limit_req").args == (f"zone={zone.name}",
+                                              *([f"burst={burst}"] if burst else []), "nodelay")
+    if (allow or route.rate_limit is not None) and TRUSTED:
+        want += Counter({"set_real_ip_from": len(TRUSTED), "real_ip_header": 1,
+                         "real_ip_recursive": 1})
+        assert [d.args for d in loc.children("set_real_ip_from")] == [(n,) for n in TRUSTED]
+        assert loc.one("real_ip_header").args == ("X-Forwarded-For",)
     assert got == want, got
-    assert loc.one("proxy_pass").args == (f"http://{upstream}",)
+    assert [d.args for d in loc.children("allow")] == [
+        (str(ipaddress.ip_network(n)),) for n in allow]
+    if allow:
+        assert loc.one("deny").args == ("all",)
+    if route.basic_auth is not None:
+        assert loc.one("auth_basic").args == (route.basic_auth.realm,)
+        assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
+    assert loc.one("proxy_pass").args == (f"http://{upstream}/" if route.strip_prefix
+                                          else f"http://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
-    # every header value is nginx's own variable or empty: nothing from a route or a client
+    # the route's own headers hold exactly the route's values (removed: empty) ...
+    asked = dict(route.headers.request) if route.headers else {}
+    for name, value in asked.items():
+        assert headers.pop(name) == (value or "",)
+    # ... and every other header value is nginx's own variable or empty: nothing from a client
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
+    answered = route.headers.response if route.headers else ()
+    assert [d.args for d in loc.children("proxy_hide_header")] == [(n,) for n, _ in answered]
+    assert [d.args for d in loc.children("add_header") if d.args[0] != "Set-Cookie"] == [
+        (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
+    assert headers["X-Forwarded-Prefix"] == (
+        "$gateway_forwarded_prefix" + (route.path if route.strip_prefix else ""),)
     ms = max(1, round(route.connect_timeout * 1000))
     assert loc.one("proxy_connect_timeout").args == (f"{ms}ms",)
     ms = max(1, round(route.read_timeout * 1000))
@@ -228,21 +328,33 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     conf = parse_conf(text.replace(generation, "GENERATION"))
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
     assert [d.name for d in conf if d.name not in (
-        "map", "geo", "upstream", "server", "resolver", "resolver_timeout")] == [
-        "keepalive_min_timeout"]
+        "map", "geo", "upstream", "server", "resolver", "resolver_timeout",
+        "limit_req_zone")] == ["keepalive_min_timeout"]
     # nginx's resolver, when upstreams name their targets: the agent's nameserver, never a TTL
     resolvers = [d.args for d in conf if d.name == "resolver"]
     wants_resolver = resolve and any(d.name == "upstream" and d.children("zone") for d in conf)
     assert resolvers == ([(RESOLVER, "valid=1s", "ipv6=off")] if wants_resolver else [])
+    # two maps per sticky cookie: what the upstream hashes, and the cookie to set
+    cookies = {r.sticky.cookie for r in table.routes if r.sticky is not None}
+    assert sorted(d.args for d in conf if _is_sticky_map(d)) == sorted(
+        a for c in cookies for a in ((f"$cookie_{c}", f"${sticky_var(c)}"),
+                                     (f"$cookie_{c}", f"${sticky_var(c)}_set")))
+    # a limit_req zone per route with rate_limit, with the route's rate, and nothing else
+    zones = {z.name: z for r in table.routes if (z := rate_zone(r)) is not None}
+    assert sorted(d.args for d in conf if d.name == "limit_req_zone") == sorted(
+        ("$binary_remote_addr", f"zone={z.name}:1m", f"rate={z.rate}") for z in zones.values())
 
     # upstreams: one per (target, port, balance) that has tasks, with exactly those tasks
     upstreams = {d.args: d for d in conf if d.name == "upstream"}
     assert len(upstreams) == len([d for d in conf if d.name == "upstream"]), "duplicate upstream"
     wanted: dict[str, tuple[Route, Endpoints]] = {}
     for route in table.routes:
+        if not route.proxies:
+            continue
+        assert route.port is not None
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if endpoints.addresses:
-            name = expected_upstream_name(route.target, route.port, route.balance)
+            name = expected_upstream_name(*upstream_key(route))
             wanted.setdefault(name, (route, endpoints))
     assert set(upstreams) == {(name,) for name in wanted}
     for name, (route, endpoints) in wanted.items():
@@ -259,6 +371,8 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                 asked[host][("^~", route.path + "/")] = route
     for locations in asked.values():
         locations.setdefault(("/",), None)
+        if any(r is not None and r.error_page is not None for r in locations.values()):
+            locations[("^~", "/.gateway-error-pages/")] = None  # the pages, internal
     servers = [d for d in conf if _is_route_server(d)]
     named = [n for s in servers for n in s.one("server_name").args]
     assert sorted(named) == sorted(asked), "server names differ from the routes' hosts"
@@ -271,11 +385,19 @@ def check_rendered(text: str, generation: str, table: RouteTable,
         for host in server.one("server_name").args:
             assert set(locations) == set(asked[host]), (host, sorted(locations))
             for args, loc in locations.items():
+                if args == ("^~", "/.gateway-error-pages/"):
+                    assert [(d.name, d.args) for d in loc.block or ()] == [
+                        ("internal", ()), ("alias", (f"{PAGES}/",)),
+                        ("default_type", ("text/html",)),
+                        ("add_header", ("Retry-After", "5", "always"))]
+                    continue
                 route = asked[host][args]
                 upstream = None
-                if route is not None and f"{route.target.lookup_name}" in snapshot and \
+                if route is not None and route.proxies and \
+                        route.target.lookup_name in snapshot and \
                         snapshot[route.target.lookup_name].addresses:
-                    upstream = expected_upstream_name(route.target, route.port, route.balance)
+                    assert route.port is not None
+                    upstream = expected_upstream_name(*upstream_key(route))
                 _check_location(loc, route, upstream)
 
 
@@ -355,6 +477,26 @@ _NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join).filter(lambda s: 
 _SEGMENT = st.text(st.sampled_from(_ALNUM + "ABZ._~+,:@-"), min_size=1, max_size=12).filter(
     lambda s: s not in (".", ".."))
 
+# nginx refuses 255.255.255.255 (its "no address"); the model does too
+_CLIENT = st.ip_addresses().filter(lambda ip: str(ip) != "255.255.255.255")
+
+# lowercase only: two names that differ in case only are one header, refused as given twice
+_HEADER_NAME = _word(_ALNUM, _ALNUM + "-", 64).map(
+    lambda n: "X-" + n if len(n) <= 62 else n).filter(
+    lambda n: n.lower() not in OWN_REQUEST_HEADERS | set(OWN_RESPONSE_HEADERS))
+_HEADER_VALUE = st.text(st.sampled_from("".join(
+    c for c in map(chr, range(0x20, 0x7f)) if c not in '"\\$;{}')), min_size=1,
+    max_size=1024).filter(lambda v: v == v.strip())
+
+_URL = st.builds(lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+                 st.sampled_from(["http", "https"]), _NAME,
+                 st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}")),
+                 st.one_of(st.just(""), st.just("/"),
+                           st.lists(_SEGMENT, min_size=1, max_size=3).map(
+                               lambda segments: "/" + "/".join(segments))))
+REDIRECT = st.one_of(_URL, st.fixed_dictionaries({"to": _URL}, optional={
+    "code": st.sampled_from([301, 302, 303, 307, 308]), "keep_path": st.booleans()}))
+
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.lists(st.one_of(_NAME, _NAME.map(str.upper),
                                 _NAME.map(lambda n: "*." + n).filter(lambda s: len(s) <= 253)),
@@ -372,6 +514,37 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(st.integers(0, 64 << 30), st.sampled_from(["0", "512k", "10M",
                                                                           "64g", "1"])),
     "websocket": st.booleans(),
+    "compress": st.booleans(),
+    "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
+    "maintenance": st.booleans(),
+    "protocol": st.just("http"),
+    "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
+                        st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
+    "basic_auth": st.one_of(
+        _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).filter(lambda s: ".." not in s),
+        st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
+            "realm": st.text(st.sampled_from(_ALNUM + "ABZ _.,:()/@+-"), min_size=1,
+                             max_size=64).filter(lambda s: s == s.strip(" "))})),
+    "headers": st.fixed_dictionaries({}, optional={
+        direction: st.dictionaries(
+            _HEADER_NAME, st.one_of(st.none(), st.just(""), st.integers(0, 10**6), _HEADER_VALUE),
+            max_size=3)
+        for direction in ("request", "response")}),
+    "rate_limit": st.one_of(
+        st.builds(lambda n, unit: f"{n}r/{unit}", st.integers(1, 999999), st.sampled_from("sm")),
+        st.fixed_dictionaries({"rate": st.sampled_from(["1r/s", "600r/m"])},
+                              optional={"burst": st.integers(0, 100_000)})),
+    "allow": st.one_of(
+        _CLIENT.map(str),
+        st.lists(st.one_of(_CLIENT.map(str), st.ip_addresses(v=6).map(str),
+                           st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
+                                                                            strict=False)),
+                                     st.ip_addresses(v=4), st.integers(0, 32)).filter(
+                                         lambda n: n != "255.255.255.255/32"),
+                           st.builds(lambda ip, n: str(ipaddress.ip_network(f"{ip}/{n}",
+                                                                            strict=False)),
+                                     st.ip_addresses(v=6), st.integers(0, 128))),
+                 min_size=1, max_size=4)),
 }
 
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
@@ -393,10 +566,57 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "max_body_size": st.one_of(hostile_text(), poisoned(st.sampled_from(["1m", "512k"])),
                                st.integers(), st.floats(), st.booleans()),
     "websocket": st.one_of(hostile_text(), st.integers(), st.none()),
+    "basic_auth": st.one_of(
+        hostile_text(), poisoned(st.just("users.htpasswd")), st.integers(), st.none(),
+        st.fixed_dictionaries({"file": st.one_of(hostile_text(), st.just("u.htpasswd"))},
+                              optional={"realm": st.one_of(hostile_text(),
+                                                           poisoned(st.just("Shop admin")))}),
+        st.fixed_dictionaries({"realm": st.just("x")}, optional={"other": hostile_text()})),
+    "rate_limit": st.one_of(
+        hostile_text(), poisoned(st.sampled_from(["10r/s", "1r/m"])), st.integers(),
+        st.fixed_dictionaries({"rate": st.one_of(hostile_text(), poisoned(st.just("5r/s")))},
+                              optional={"burst": st.one_of(st.integers(), hostile_text(),
+                                                           st.floats())}),
+        st.fixed_dictionaries({"rate": st.just("5r/s")}, optional={"zone": hostile_text()})),
+    "compress": st.one_of(hostile_text(), st.integers(), st.none()),
+    "error_page": st.one_of(hostile_text(), poisoned(st.just("shop.html")), st.integers()),
+    "maintenance": st.one_of(hostile_text(), st.integers(), st.none()),
+    "protocol": st.one_of(hostile_text(), st.just("grpc"),  # grpc: refused without tls
+                          poisoned(st.sampled_from(["http", "grpc"]))),
+    "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
+                        st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
+                                                                   poisoned(st.just("s")))},
+                                              optional={"other": hostile_text()})),
+    "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
+    "redirect": st.one_of(
+        hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
+        st.fixed_dictionaries({"to": st.one_of(hostile_text(), poisoned(_URL))}, optional={
+            "code": st.one_of(st.integers(), hostile_text()),
+            "keep_path": st.one_of(hostile_text(), st.integers())}),
+        REDIRECT),  # valid, where a route also names a service: refused as a whole
+    "headers": st.one_of(
+        hostile_text(), st.integers(),
+        st.fixed_dictionaries({}, optional={
+            direction: st.one_of(hostile_text(), st.dictionaries(
+                st.one_of(hostile_text(), poisoned(st.just("X-Api")),
+                          st.sampled_from(["Host", "X-Forwarded-For", "Server", "x-real-ip",
+                                           "Strict-Transport-Security"])),
+                st.one_of(hostile_text(), poisoned(st.just("a value")), st.booleans(),
+                          st.lists(st.text(max_size=3), max_size=2)),
+                min_size=1, max_size=3))
+            for direction in ("request", "response")}),
+        st.fixed_dictionaries({"both": st.just({})})),
+    "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
+                       st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
+                                          st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
+                                                           "10.0.0.0/33", "all", "unix:"]),
+                                          st.integers()), max_size=3),
+                       st.integers(), st.just([])),
 }
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
-            "websocket"]
+            "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky",
+            "error_page", "maintenance", "protocol"]
 
 
 @dataclass
@@ -407,12 +627,24 @@ class GeneratedRoute:
 
 @st.composite
 def generated_route(draw: st.DrawFn) -> GeneratedRoute:
-    data: dict[str, Any] = {"hosts": draw(VALID["hosts"]), "port": draw(VALID["port"])}
+    if draw(st.integers(0, 5)) == 5:  # a route that only redirects
+        data: dict[str, Any] = {"hosts": draw(VALID["hosts"]), "redirect": draw(REDIRECT)}
+        if draw(st.booleans()):
+            data["path"] = draw(VALID["path"])
+        if draw(st.integers(0, 3)) == 3:
+            data["redirect"] = draw(HOSTILE["redirect"])
+            return GeneratedRoute(data, frozenset({"redirect"}))
+        return GeneratedRoute(data, frozenset())
+    data = {"hosts": draw(VALID["hosts"]), "port": draw(VALID["port"])}
     target = draw(st.sampled_from(["service", "host"]))
     data[target] = draw(VALID[target])
     for name in OPTIONAL:
         if draw(st.booleans()):
             data[name] = draw(VALID[name])
+    if "sticky" in data:  # sticky chooses the task itself
+        data.pop("balance", None)
+    if data.get("path", "/") != "/" and draw(st.booleans()):  # only a path has a prefix
+        data["strip_prefix"] = draw(st.booleans())
     hostile: set[str] = set()
     if draw(st.integers(0, 2)) == 2:  # one route in three has one or two hostile fields
         fields = [f for f in FIELDS if f != "host" or target == "host"]
@@ -445,10 +677,12 @@ def snapshot_for(draw: st.DrawFn, table: RouteTable) -> dict[str, Endpoints]:
     return snapshot
 
 
-# routes[2].hosts[0], routes[2]['a key as written'], routes, (top level), line 3 column 7, and
+# routes[2].hosts[0], routes[2].basic_auth.realm, routes[2]['a key as written'], routes,
+# (top level), line 3 column 7, and
 # a field name at the top level (`websocket: unknown field` when a line break moved it there)
 PLACE = re.compile(r"(?:\(top level\)|line \d+ column \d+|\[['\"].*?\]|routes(?:\[(?P<index>\d+)\]"
-                   r"(?:\.(?P<field>[A-Za-z_]\w*)(?:\[\d+\])?|\[(?P<key>['\"].*?)\])?)?"
+                   r"(?:\.(?P<field>[A-Za-z_]\w*)(?:\[\d+\]|\.[A-Za-z_]\w*)*"
+                   r"|\[(?P<key>['\"].*?)\])?)?"
                    r"|(?!None:)[A-Za-z_]\w*): \S")
 
 
@@ -477,6 +711,12 @@ def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) 
                 any(f not in route.data for f in ("hosts", "port")), error
         elif "is already routed by" in error:  # two routes may draw the same valid host
             assert field == "hosts"
+        elif field == "sticky" and field not in route.hostile:
+            assert "balance" in route.hostile, error  # a hostile balance that was valid
+            assert "leave out balance" in error
+        elif field == "strip_prefix" and field not in route.hostile:
+            assert "path" in route.hostile, error  # a hostile path that happened to be "/"
+            assert "no prefix to strip" in error
         else:
             assert field in route.hostile, f"{error!r} names a field that was valid"
 
@@ -492,7 +732,7 @@ def test_a_route_file_is_refused_naming_the_place_or_renders_only_what_it_asked(
         return
     snapshot = data.draw(snapshot_for(table))
     resolve = data.draw(st.booleans(), label="resolve")
-    rendered = RENDERERS[resolve].render(table, snapshot)
+    rendered = RENDERERS[resolve].render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot, resolve)
     nginx_t.check(rendered.text)
 
@@ -512,7 +752,7 @@ def test_one_hostile_value_is_refused_at_its_field_or_kept_to_its_place(
         assert all("\n" not in e for e in table.errors)
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -543,7 +783,7 @@ def test_a_routes_file_with_something_inserted_anywhere(at: int, inserted: str) 
             assert PLACE.match(error), f"no place in {error!r}"
         return
     snapshot = {t.lookup_name: Endpoints(("10.0.0.1", "fd00::1"), "ok") for t in table.targets}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
 
 
@@ -620,7 +860,7 @@ def test_an_injection_that_slipped_through_would_be_seen() -> None:
     """The structural check fails on a configuration with one directive more than asked."""
     table = parse_routes({"routes": [{"hosts": ["a.example.com"], "service": "s", "port": 80}]})
     snapshot = {"tasks.s": Endpoints(("10.0.0.1",), "ok")}
-    rendered = RENDERER.render(table, snapshot)
+    rendered = RENDERER.render(table, snapshot, files=auth_plan(table))
     check_rendered(rendered.text, rendered.generation, table, snapshot)
     for forged in (
         rendered.text.replace("server_name a.example.com;", "server_name a.example.com evil;"),
