@@ -556,7 +556,7 @@ class Watcher:
 
 
 # --- command line ----------------------------------------------------------------------------
-# A small parser instead of argparse (which costs a quarter of a run to import): the same
+# A small parser instead of argparse (several milliseconds to import, every run): the same
 # options, help, abbreviations (`--time` for `--timeout`) and error messages, exit status 2.
 
 USAGE = """\
