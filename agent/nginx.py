@@ -21,12 +21,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from agent import logs
 from agent.files import write_atomic
 from agent.metrics import StubStatus
 from agent.render import render_main_conf
@@ -125,6 +127,7 @@ class Nginx:
         self.generation: str | None = None  # what nginx serves now, as verified
         self._status_url = f"http://{settings.status_listen}"
         self._session: aiohttp.ClientSession | None = None
+        self._relay: threading.Thread | None = None  # nginx's stderr to the JSON log
 
     # -- files -------------------------------------------------------------------------------
 
@@ -207,13 +210,23 @@ class Nginx:
     # -- the process -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # with JSON logs nginx's own lines go through the log too (agent.logs.relay_nginx);
+        # with text logs nginx writes to the agent's stderr itself, as it always did
+        read_end, write_end = os.pipe() if self.settings.log_format == "json" else (-1, -1)
         try:
             # its own process group, so that kill_leftovers() can reach workers it orphans
             self.process = await asyncio.create_subprocess_exec(
                 *self._base_args(), "-g", "daemon off; master_process on;",
-                start_new_session=True)
+                start_new_session=True, stderr=write_end if write_end >= 0 else None)
         except OSError as exc:
+            if read_end >= 0:
+                os.close(read_end)
             raise NginxDied(f"cannot start {self.binary}: {exc}") from exc
+        finally:
+            if write_end >= 0:
+                os.close(write_end)
+        if read_end >= 0:
+            self._relay = logs.relay_nginx(read_end, log)
         log.info("nginx_started pid=%d", self.process.pid)
 
     def kill_leftovers(self) -> None:
@@ -222,6 +235,8 @@ class Nginx:
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        if self._relay is not None:  # nginx's last words (why it died) into the log
+            self._relay.join(1.0)
 
     @property
     def running(self) -> bool:
@@ -338,6 +353,8 @@ class Nginx:
                 log.warning("nginx_quit_timeout seconds=%.0f killing=true", grace)
                 proc.kill()
                 await proc.wait()
+        if self._relay is not None:  # the lines nginx wrote as it quit
+            await asyncio.to_thread(self._relay.join, 2.0)
         if self._session is not None:
             await self._session.close()
         return proc.returncode

@@ -9,7 +9,6 @@ of ten tasks thus costs a handful of reloads, not twenty.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent.aio import first
 from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.files import FileStamp, stamp, write_atomic
 from agent.metrics import Metrics
@@ -456,15 +456,6 @@ class Reconciler:
             await self._sleep_until(wake_at, stop)
 
     async def _sleep_until(self, when: float, stop: asyncio.Event) -> None:
-        delay = max(0.0, when - self.clock())
+        """Until `when` (by the clock), or earlier when woken or stopped."""
         self.wake.clear()
-        stop_wait = asyncio.ensure_future(stop.wait())
-        wake_wait = asyncio.ensure_future(self.wake.wait())
-        try:
-            await asyncio.wait({stop_wait, wake_wait}, timeout=delay,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (stop_wait, wake_wait):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await first(stop.wait(), self.wake.wait(), asyncio.sleep(max(0.0, when - self.clock())))

@@ -217,7 +217,14 @@ def healthcheck(sec: dict[str, Any]) -> list[str]:
              "from spawn to exit, against a running agent.", ""]
     rows = [[name, _n(v["median"] * 1000, 1), _n(v["p99"] * 1000, 1), _n(v["min"] * 1000, 1),
              _n(v["max"] * 1000, 1)] for name, v in sec["variants"].items()]
-    return lines + _table(["command", "median ms", "p99 ms", "min ms", "max ms"], rows)
+    lines += _table(["command", "median ms", "p99 ms", "min ms", "max ms"], rows)
+    ratios = sec.get("ratios", {})
+    if ratios:
+        lines += ["gateway-check against a bare interpreter start, in the same run:", ""]
+        lines += _table(["", "ratio of the medians", "median of the ratios per round"],
+                        [[name, f"{r['of_medians']:.2f}x", f"{r['median_per_round']:.2f}x"]
+                         for name, r in ratios.items()])
+    return lines
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {

@@ -483,3 +483,259 @@ def test_the_track_file_is_never_written_through_a_planted_link(tmp_path: Path) 
     assert precious.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == [
         f"gateway.track.{os.getpid()}.tmp"]  # the planted link only: no temporary file left
+
+
+# --- the HTTP client: what http.client used to read for the checks -----------------------------
+
+
+@pytest.fixture
+def raw_server() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """Answers each connection with the next of `answers` (bytes sent as they are, then the
+    connection closed) and records each request."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    answers: list[bytes] = []
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                requests.append(data)
+                with contextlib.suppress(OSError):
+                    conn.sendall(answers.pop(0) if answers else b"")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], answers, requests
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("answer", "outcome"), [
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "OK"),
+    (b"HTTP/1.0 200\r\n\r\n", "OK"),  # no reason phrase
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "OK"),
+    (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", "OK"),  # bare LF line ends
+    (b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n", "HTTP 302 Found"),
+    (b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     "HTTP 500 Internal Server Error"),
+    (b"", "bad HTTP answer (connection closed without an answer)"),
+    (b"HTTP/1.1 200 OK\r\nServer: x", "bad HTTP answer (connection closed in the middle of "
+                                       "the headers)"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "bad HTTP answer (not an HTTP status line: "
+                                     "'SSH-2.0-OpenSSH_9.2')"),
+    (b"HTTP/1.1 2000 OK\r\n\r\n", "bad HTTP answer (not an HTTP status line"),
+])
+def test_http_answers(raw_server: tuple[int, list[bytes], list[bytes]], answer: bytes,
+                      outcome: str) -> None:
+    port, answers, requests = raw_server
+    answers.append(answer)
+    url = f"http://127.0.0.1:{port}/readyz?x=1"
+    result = gateway_check("--http", url)
+    if outcome == "OK":
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"OK http {url} (")
+    else:
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"FAIL http {url}: {outcome}")
+    request = requests[0].decode()
+    assert request.startswith("GET /readyz?x=1 HTTP/1.0\r\n")
+    assert f"\r\nHost: 127.0.0.1:{port}\r\n" in request
+    assert "\r\nUser-Agent: gateway-check\r\n" in request
+
+
+@pytest.mark.parametrize(("answer", "body"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more", b"hello"),
+    (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", b"until the end"),  # no length: read to EOF
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n", b"hello, world"),
+])
+def test_http_bodies(raw_server: tuple[int, list[bytes], list[bytes]], answer: bytes,
+                     body: bytes) -> None:
+    port, answers, _ = raw_server
+    answers.append(answer)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        status, reason, got = check.http_exchange(sock, "x", "/", time.monotonic() + 5,
+                                                  want_body=True)
+    assert (status, reason, got) == (200, "OK", body)
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", "body cut short: 5 of 10 bytes"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad Content-Length 'x'"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+     "connection closed in the middle of a chunked body"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size b'zz'"),
+])
+def test_http_bodies_refused(raw_server: tuple[int, list[bytes], list[bytes]], answer: bytes,
+                             error: str) -> None:
+    port, answers, _ = raw_server
+    answers.append(answer)
+    with socket.create_connection(("127.0.0.1", port)) as sock, \
+            pytest.raises(check.BadAnswer, match=error.replace("(", r"\(")):
+        check.http_exchange(sock, "x", "/", time.monotonic() + 5, want_body=True)
+
+
+def test_body_with_a_length_does_not_wait_for_the_connection_to_close() -> None:
+    """A Docker engine that keeps the connection open: the length says when the body ends."""
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+        status, _, body = check.http_exchange(a, "localhost", "/x", time.monotonic() + 60,
+                                              want_body=True)
+        assert (status, body) == (200, b"[]")
+        assert b.recv(4096).startswith(b"GET /x HTTP/1.0\r\nHost: localhost\r\n")
+
+
+def test_ipv6_literal_host() -> None:
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class V6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = V6Server(("::1", 0), Handler)
+    except OSError as exc:
+        pytest.fail(f"no IPv6 loopback to test with: {exc}")
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        port = server.server_address[1]
+        result = gateway_check("--http", f"http://[::1]:{port}/healthz",
+                               "--tcp", f"[::1]:{port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert seen == [f"[::1]:{port}"]
+
+
+def test_https_is_verified(http_server: tuple[str, Health]) -> None:
+    """https:// speaks TLS: a plain HTTP server on the other end is a failure, not a pass."""
+    url, health = http_server
+    result = gateway_check("--http", url.replace("http://", "https://"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAIL http https://127.0.0.1:")
+    assert health.requests == 0
+
+
+def test_unresolvable_name_says_so() -> None:
+    result = gateway_check("--tcp", "no-such-host.invalid:80", "--timeout", "5")
+    assert result.returncode == 1
+    assert "name lookup failed" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/a b", "http://127.0.0.1/a\r\nX-Evil: 1",
+                                 "http://[::1/", "http://[::1]x/", "http://h:0/",
+                                 "http://h:99999/", "http://h:x/", "http:///path",
+                                 "http://127.0.0.1/\u00e9"])
+def test_urls_that_could_not_be_sent_are_refused(url: str) -> None:
+    result = gateway_check("--http", url)
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"gateway-check: error: --http {url!r}: expected http://HOST[:PORT]/PATH or "
+        "https://...\n")
+
+
+@pytest.mark.parametrize(("url", "parts"), [
+    ("http://127.0.0.1:8080/readyz", ("http", "127.0.0.1", 8080, "/readyz")),
+    ("http://GW.example", ("http", "gw.example", 80, "/")),
+    ("https://gw.example/h?x=1#frag", ("https", "gw.example", 443, "/h?x=1")),
+    ("http://gw.example?x=1", ("http", "gw.example", 80, "/?x=1")),
+    ("http://user:pw@[fe80::1]:81/p", ("http", "fe80::1", 81, "/p")),
+])
+def test_split_url(url: str, parts: tuple[str, str, int, str]) -> None:
+    assert check.split_url(url) == parts
+
+
+# --- the command line: argparse's behaviour without its import --------------------------------
+
+
+def test_help() -> None:
+    result = gateway_check("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: gateway-check [-h] [--http URL]")
+    for option in check.OPTIONS:
+        assert f"  {option}" in result.stdout or f", {option}" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ([], "give at least one of --http, --tcp, --docker-service"),
+    (["--t", "1", "--tcp", "h:1"], "ambiguous option: --t could match --tcp, --timeout, "
+                                   "--track-file"),
+    (["--tcp"], "argument --tcp: expected one argument"),
+    (["--http", "--tcp", "h:1"], "argument --http: expected one argument"),
+    (["foo", "--tcp", "h:1", "--bar"], "unrecognized arguments: foo --bar"),
+    (["--timeout", "-1", "--tcp", "h:1"], "argument --timeout: '-1' is not a positive number"),
+    (["--timeout", "x", "--tcp", "h:1"], "argument --timeout: invalid positive number value: "
+                                         "'x'"),
+    (["--fail-value", "x", "--tcp", "h:1"], "argument --fail-value: invalid int value: 'x'"),
+    (["--fall", "0", "--tcp", "h:1"], "argument --fall: '0' is not a count of at least 1"),
+    (["-q=1", "--tcp", "h:1"], "argument -q/--quiet: ignored explicit argument '1'"),
+    (["-qx", "--tcp", "h:1"], "argument -q/--quiet: ignored explicit argument 'x'"),
+    (["-x", "--tcp", "h:1"], "unrecognized arguments: -x"),
+    (["--quiet=1", "--tcp", "h:1"], "argument -q/--quiet: ignored explicit argument '1'"),
+    (["--watch", "--tcp", "h:1"], "--watch needs --track-file"),
+    (["--watch", "--track-file", "f", "--fail-value", "0", "--tcp", "h:1"],
+     "--fail-value must not be 0 (0 means OK to keepalived)"),
+    (["--tcp", "h:1", "--", "--quiet"], "unrecognized arguments: -- --quiet"),
+])
+def test_bad_arguments_say_why(args: list[str], error: str) -> None:
+    result = gateway_check(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: gateway-check [-h]")
+    assert result.stderr.endswith(f"\ngateway-check: error: {error}\n")
+
+
+def test_options_as_argparse_read_them() -> None:
+    opts = check.parse_args(["--time=0.5", "--http", "http://a/", "--http=http://b/", "-q",
+                             "--fail-v", "-3", "--watch", "--track-file", "/t", "--ri", "2",
+                             "--keep"])
+    assert (opts.timeout, opts.http, opts.quiet, opts.fail_value, opts.watch,
+            opts.track_file, opts.rise, opts.keep_on_exit) == (
+        0.5, ["http://a/", "http://b/"], True, -3, True, "/t", 2, True)
+    defaults = check.parse_args(["--tcp", "h:1"])
+    assert check.parse_args(["-qh"]).help
+    assert (defaults.timeout, defaults.interval, defaults.fall, defaults.rise,
+            defaults.fail_value, defaults.docker_socket, defaults.quiet) == (
+        1.0, 0.1, 1, 3, 1, "/var/run/docker.sock", False)
+
+
+def test_a_run_imports_only_what_it_needs(http_server: tuple[str, Health]) -> None:
+    """What keepalived pays for every second: none of the modules this program used to import
+    (http.client brings email.* and ssl; argparse; dataclasses brings inspect), nor the `idna`
+    codec a host name given as str would load."""
+    url, _ = http_server
+    port = urlsplit(url).port
+    costly = ["argparse", "dataclasses", "http.client", "email", "ssl", "json", "inspect",
+              "encodings.idna", "unicodedata", "urllib.parse"]
+    code = ("import sys; from agent.check import main; "
+            f"code = main(['--http', {url!r}, '--tcp', '127.0.0.1:{port}', '-q']); "
+            f"print(code, [m for m in {costly!r} if m in sys.modules])")
+    # -S: without site, which in a development environment imports some of these itself
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                            check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(check.__file__).parents[1])})
+    assert result.stdout.strip() == "0 []", result.stderr

@@ -1,13 +1,18 @@
-"""The reconciler's discovery budget, driven with a fake discovery (the real one is tested
-against dnsmasq in tests/integration/test_discovery.py)."""
+"""The reconciler driven with fakes and a fake clock: the discovery budget, and cycles (apply
+only on a change, refusals and their backoff, coalescing, resolve against static mode) with the
+real renderer. The real discovery is tested against dnsmasq in tests/integration/test_discovery.py
+and the real nginx in tests/integration."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from agent.daemon import make_renderer
 from agent.discovery import Endpoints, Snapshot
 from agent.metrics import Metrics
+from agent.nginx import ApplyError
 from agent.reconciler import Reconciler, State
 from agent.routes import parse_routes
 from agent.settings import Settings
@@ -69,3 +74,213 @@ async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     assert "tasks.new" in discovery.rounds[-1]
     assert len(discovery.rounds[-1]) == 200
     assert r.state.snapshot["tasks.new"].addresses == ("10.0.0.2",)
+
+
+# --- cycles: a real Renderer, a fake nginx and discovery, a fake clock -------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeNginx:
+    """Records each apply (at which time, which generation) and refuses the configurations
+    `refuse` says no to, as nginx -t would; what it serves changes only on a good apply."""
+
+    def __init__(self, clock: Clock, refuse: Callable[[str], bool] = lambda text: False) -> None:
+        self.clock = clock
+        self.refuse = refuse
+        self.generation: str | None = None
+        self.text: str | None = None
+        self.attempts: list[tuple[float, str]] = []
+        self.stub_status_asked = 0
+
+    async def apply(self, text: str, generation: str) -> None:
+        self.attempts.append((self.clock(), generation))
+        if self.refuse(text):
+            raise ApplyError("validate", "nginx -t said: invalid upstream")
+        self.generation, self.text = generation, text
+
+    async def start(self) -> None:
+        pass
+
+    async def wait_serving(self, generation: str, within: float = 10.0) -> None:
+        assert generation == self.generation
+
+    async def stub_status(self) -> None:
+        self.stub_status_asked += 1
+
+
+class TasksDiscovery:
+    """Answers each name with the addresses in `tasks` (default one task)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, tuple[str, ...]] = {}
+        self.rounds = 0
+
+    async def resolve(self, names: Iterable[str], previous: Snapshot,
+                      screened: Iterable[str] = ()) -> dict[str, Endpoints]:
+        self.rounds += 1
+        return {n: Endpoints(self.tasks.get(n, ("10.0.0.2",)), "ok") for n in names}
+
+
+class Rig:
+    def __init__(self, mode: str = "static", reload_min_interval: float = 1.0,
+                 refuse: Callable[[str], bool] = lambda text: False) -> None:
+        self.clock = Clock()
+        self.settings = Settings(upstream_mode=mode, reload_min_interval=reload_min_interval)
+        self.nginx = FakeNginx(self.clock, refuse)
+        self.discovery = TasksDiscovery()
+        self.metrics = Metrics()
+        table = parse_routes({"routes": [{"hosts": ["app.example"], "service": "app",
+                                          "port": 80}]}, "test")
+        self.reconciler = Reconciler(self.settings, cast(Any, self.nginx),
+                                     cast(Any, self.discovery), make_renderer(self.settings),
+                                     self.metrics, State(routes=table), clock=self.clock)
+
+    async def cycle(self, at: float) -> str:
+        self.clock.now = at
+        return await self.reconciler.cycle()
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        assert value is not None, f"no sample {name} {labels}"
+        return value
+
+
+async def started(rig: Rig) -> Rig:
+    assert await rig.reconciler.start() == "started"
+    assert len(rig.nginx.attempts) == 1
+    return rig
+
+
+async def test_a_cycle_without_a_change_does_not_apply() -> None:
+    rig = await started(Rig())
+    for t in range(1, 6):
+        assert await rig.cycle(t) == "no change"
+    assert rig.discovery.rounds == 6, "every cycle looked the tasks up"
+    assert rig.nginx.stub_status_asked == 5
+    assert len(rig.nginx.attempts) == 1
+
+
+async def test_a_change_applies_once_and_says_what_changed() -> None:
+    rig = await started(Rig())
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.3")
+    assert await rig.cycle(5) == "reloaded: +1 endpoints for tasks.app"
+    assert "10.0.0.3" in (rig.nginx.text or "")
+    assert await rig.cycle(6) == "no change"
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.4",)
+    assert await rig.cycle(10) == "reloaded: +1 -2 endpoints for tasks.app"
+    assert [t for t, _ in rig.nginx.attempts] == [0, 5, 10]
+    assert rig.sample("gateway_reloads_total", result="success") == 2
+
+
+async def test_a_refused_apply_keeps_what_serves_backs_off_and_tries_a_new_one_at_once() -> None:
+    rig = await started(Rig(refuse=lambda text: "10.0.0.66" in text))
+    serving = rig.nginx.generation
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.66")
+    status = await rig.cycle(10)
+    assert status == ("reload refused (+1 endpoints for tasks.app): validate: nginx -t said: "
+                      "invalid upstream")
+    assert rig.nginx.generation == serving
+    assert rig.reconciler.state.applied_generation == serving
+    assert rig.sample("gateway_apply_failures_total", stage="validate") == 1
+    assert rig.sample("gateway_reloads_total", result="failure") == 1
+    assert rig.sample("gateway_config_last_reload_successful") == 0
+    # the same refused configuration: tried again after 2 s, then 4, 8, ... up to 60 s
+    assert await rig.cycle(11) == "reload refused earlier; retrying in 1.0s"
+    for t in range(12, 300):
+        await rig.cycle(t)
+    retries = [t for t, _ in rig.nginx.attempts[1:]]
+    assert retries == [10, 12, 16, 24, 40, 72, 132, 192, 252]  # 2, 4, 8, 16, 32, 60, 60, 60 s
+    assert rig.sample("gateway_apply_failures_total", stage="validate") == 9
+    # a different configuration is tried at once, in the middle of the backoff
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.7")
+    assert await rig.cycle(300) == "reloaded: +1 endpoints for tasks.app"
+    assert rig.nginx.attempts[-1][0] == 300
+    assert rig.nginx.generation != serving
+    assert rig.sample("gateway_config_last_reload_successful") == 1
+
+
+async def test_a_refused_change_that_goes_away_is_no_longer_pending() -> None:
+    rig = await started(Rig(refuse=lambda text: "10.0.0.66" in text))
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.66")
+    assert (await rig.cycle(10)).startswith("reload refused (")
+    del rig.discovery.tasks["tasks.app"]
+    assert await rig.cycle(11) == "no change"
+    assert rig.sample("gateway_config_last_reload_successful") == 1
+    assert len(rig.nginx.attempts) == 2
+
+
+async def test_changes_within_reload_min_interval_are_one_apply_at_the_due_time() -> None:
+    rig = await started(Rig(reload_min_interval=5.0))
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.3")
+    assert await rig.cycle(1) == "reloaded: +1 endpoints for tasks.app"  # the first at once
+    statuses = []
+    for t, tasks in ((2, ("10.0.0.2", "10.0.0.3", "10.0.0.4")),
+                     (3, ("10.0.0.3", "10.0.0.4", "10.0.0.5")),
+                     (4, ("10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6")), (5, None)):
+        if tasks is not None:
+            rig.discovery.tasks["tasks.app"] = tasks
+        statuses.append(await rig.cycle(t))
+    assert statuses == ["change pending: applying in 4.0s", "change pending: applying in 3.0s",
+                        "change pending: applying in 2.0s", "change pending: applying in 1.0s"]
+    assert len(rig.nginx.attempts) == 2
+    # at the due time, one apply of the latest state, described against what was applied
+    assert await rig.cycle(6) == "reloaded: +3 -1 endpoints for tasks.app"
+    assert [t for t, _ in rig.nginx.attempts] == [0, 1, 6]
+    text = rig.nginx.text or ""
+    assert all(f"10.0.0.{i}:80" in text for i in (3, 4, 5, 6))
+    assert "10.0.0.2:80" not in text
+
+
+async def test_a_change_of_tasks_is_followed_without_reload_in_resolve_mode() -> None:
+    rig = await started(Rig(mode="resolve"))
+    serving = rig.nginx.generation
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.3")
+    assert await rig.cycle(5) == "followed without reload: +1 endpoints for tasks.app"
+    assert len(rig.nginx.attempts) == 1
+    assert rig.nginx.generation == serving
+    assert rig.sample("gateway_endpoint_changes_followed_total") == 1
+    assert await rig.cycle(6) == "no change"
+    # a change of routes still applies
+    rig.reconciler.state.routes = parse_routes({"routes": [
+        {"hosts": ["app.example"], "service": "app", "port": 80},
+        {"hosts": ["new.example"], "service": "new", "port": 80}]}, "test")
+    assert await rig.cycle(7) == "reloaded: +1 endpoints for tasks.new, routes 1 -> 2"
+    assert len(rig.nginx.attempts) == 2
+
+
+async def test_the_same_change_of_tasks_applies_in_static_mode() -> None:
+    rig = await started(Rig(mode="static"))
+    rig.discovery.tasks["tasks.app"] = ("10.0.0.2", "10.0.0.3")
+    assert await rig.cycle(5) == "reloaded: +1 endpoints for tasks.app"
+    assert len(rig.nginx.attempts) == 2
+    assert rig.sample("gateway_endpoint_changes_followed_total") == 0
+
+
+async def test_the_loop_wakes_early_and_stops() -> None:
+    """run() sleeps until the next cycle (60 s away here: the fake clock stands still), is woken
+    at once by `wake`, and ends when `stop` is set."""
+    rig = await started(Rig())
+    rig.settings = rig.reconciler.settings = Settings(upstream_mode="static", poll_interval=60)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(rig.reconciler.run(stop))
+    await wait_for_async(lambda: rig.discovery.rounds == 2, "the first cycle")
+    rig.reconciler.wake.set()
+    await wait_for_async(lambda: rig.discovery.rounds == 3, "a cycle woken early")
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    assert rig.discovery.rounds == 3
+
+
+async def wait_for_async(condition: Callable[[], bool], what: str, within: float = 10) -> None:
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
