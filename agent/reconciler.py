@@ -33,7 +33,9 @@ from agent.tls import Certificates, TlsPlan
 log = logging.getLogger("agent.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
-FIRST_LOOKUPS = 0.3  # seconds after nginx starts before a gateway that nginx resolves is ready
+# seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: its first
+# lookups have been answered or have timed out by then (resolver_timeout 1s)
+FIRST_LOOKUPS = 1.0
 HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
 _QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait
 _NOTES = ("; routes file refused: ", "; certificate refused for ")  # what cycle() adds
@@ -363,8 +365,9 @@ class Reconciler:
         await self.nginx.wait_serving(rendered.generation)
         if rendered.resolving:
             # nginx's workers look their upstreams' names up 1 ms after they start, and until
-            # the answer is in, such an upstream has no server (502). nginx does not say when
-            # that is done; a DNS round trip is well under this.
+            # the answer is in, such an upstream has no server ("no live upstreams", 502: seen
+            # for the first request, a millisecond after the start). nginx does not say when
+            # its lookups are done; they end within resolver_timeout.
             self.state.first_lookups_until = self.clock() + FIRST_LOOKUPS
         self._applied_snapshot = self.state.snapshot
         self._applied_routes = self.state.routes
