@@ -88,6 +88,7 @@ class Metrics:
                               registry=r)
         self.endpoints = Gauge("gateway_upstream_endpoints",
                                "Task addresses known for each service", ["service"], registry=r)
+        self._endpoints_set: dict[str, tuple[int, bool]] = {}  # what the gauges say now
         self.endpoints_stale = Gauge(
             "gateway_upstream_endpoints_stale",
             "1 when the last lookup for the service failed and its last known tasks are used",
@@ -143,9 +144,15 @@ class Metrics:
             self.routes_loads.labels(result)
 
     def set_endpoints(self, counts: Mapping[str, tuple[int, bool]]) -> None:
-        """Replace the per-service gauges, dropping services no route names any more."""
-        self.endpoints.clear()
-        self.endpoints_stale.clear()
+        """Set the per-service gauges, dropping services no route names any more. Only what
+        changed is written: with a thousand services, rewriting each every cycle was a tenth
+        of the agent's idle CPU."""
+        last = self._endpoints_set
+        for service in last.keys() - counts.keys():
+            self.endpoints.remove(service)
+            self.endpoints_stale.remove(service)
         for service, (count, stale) in counts.items():
-            self.endpoints.labels(service).set(count)
-            self.endpoints_stale.labels(service).set(1 if stale else 0)
+            if last.get(service) != (count, stale):
+                self.endpoints.labels(service).set(count)
+                self.endpoints_stale.labels(service).set(1 if stale else 0)
+        self._endpoints_set = dict(counts)

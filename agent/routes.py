@@ -8,6 +8,7 @@ All errors of a file are reported at once.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -631,8 +632,10 @@ class RouteTable:
             return self
         return RouteTable(tuple(r for r in self.routes if r.zone == zone))
 
-    @property
+    @functools.cached_property
     def targets(self) -> tuple[Target, ...]:
+        """Every target a route proxies to, sorted (computed once: the table is frozen, and
+        each cycle asks several times)."""
         return tuple(sorted({r.target for r in self.routes if r.proxies}))
 
 
