@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,6 +57,32 @@ def test_the_gateway_image_runs_nginx_1_27_4_or_newer(swarm: Swarm) -> None:
     assert m is not None, said
     measured(f"the gateway image's nginx: {m.group(0)}")
     assert tuple(int(x) for x in m.groups()) >= (1, 27, 4)
+
+
+def test_gateway_check_asks_the_real_docker_engine_for_a_service_s_tasks(swarm: Swarm) -> None:
+    """`gateway-check --docker-service` against this node's dockerd (the unit tests use a fake
+    engine): the gateway's healthy task passes; a service without a task here, and one that
+    does not exist, fail, each saying why."""
+    def check(service: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.check", "--docker-service", service,
+                               "--timeout", "5"], capture_output=True, text=True, timeout=30,
+                              check=False, cwd=ROOT)
+
+    ok = check(swarm.service("http-gateway"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    run("docker", "service", "scale", "--detach=false", f"{swarm.service('intrahttp')}=0",
+        timeout=120)
+    try:
+        none = check(swarm.service("intrahttp"))
+        assert none.returncode == 1
+        assert "no running task on this node" in none.stdout + none.stderr
+    finally:
+        run("docker", "service", "scale", "--detach=false", f"{swarm.service('intrahttp')}=2",
+            timeout=120)
+    unknown = check("no-such-service")
+    assert unknown.returncode == 1
+    assert "no running task on this node" in unknown.stdout + unknown.stderr
+    swarm.wait_answering("intrahttp", "intrahttp", timeout=30)
 
 
 def test_every_host_routes_to_its_service(swarm: Swarm) -> None:
