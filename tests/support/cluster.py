@@ -23,9 +23,14 @@ the commands of docs/swarm.md. keepalived runs inside the gateway nodes, configu
 `agent.keepalived.render` from one cluster description, with the `gateway-check` watcher on the
 node's host-mode ports and a track_file.
 
-The host's kernel has no IPVS: a service's virtual IP and the ingress routing mesh do not work on
-these nodes (they do on a real swarm). The gateways route to task addresses (`tasks.<service>`),
-as the product does everywhere, and publish their ports in host mode.
+What differs from a real swarm, because of this machine's kernel:
+
+- no IPVS: a service's virtual IP and the ingress routing mesh do not work on these nodes. The
+  gateways route to task addresses (`tasks.<service>`), as the product does everywhere, and
+  publish their ports in host mode; nothing here needs IPVS.
+- no ESP (IPsec): encrypted overlays carry nothing between nodes, so the gateway stack is deployed
+  with its two control networks unencrypted (`unencrypted()`); every other line of the stacks is
+  what users deploy.
 
 Every container, network and image this makes is named `gwcluster-...` and labelled
 `swarm-gateway.cluster`; `down` removes exactly those, and stops the host's dockerd only if
@@ -66,8 +71,10 @@ PREFIX = "gwcluster"
 LABEL = "swarm-gateway.cluster"
 NETWORK = f"{PREFIX}-net"
 SUBNET = "10.213.70"
-# docker allocates nothing by itself here: every container gets its --ip, the VIP stays free
-NETWORK_ARGS = ["--subnet", f"{SUBNET}.0/24", "--ip-range", f"{SUBNET}.128/25"]
+# docker allocates nothing by itself here: every container gets its --ip, the VIP stays free.
+# Internal: no route out of it, so nothing in the cluster can send a packet past this machine
+# (an address outside the cluster is unreachable, not forwarded to the host's own network)
+NETWORK_ARGS = ["--internal", "--subnet", f"{SUBNET}.0/24", "--ip-range", f"{SUBNET}.128/25"]
 VIP = f"{SUBNET}.100"
 CLIENT_ADDRESS = f"{SUBNET}.2"
 # the overlays inside the swarm (docker's default pool, 10.0.0.0/8, is too wide to share a host)
@@ -283,6 +290,20 @@ def build_node_base() -> None:
     log(f"built {NODE_BASE_IMAGE}")
 
 
+ENCRYPTED = '    driver_opts: {encrypted: ""}\n'
+
+
+def unencrypted(stack: Path) -> None:
+    """The one change to the stacks the cluster makes: this kernel has no ESP (IPsec), so the
+    encrypted overlays of the gateways' control networks carry nothing between nodes ("Failed
+    Adding SA ...: function not implemented" in dockerd's log). On a real swarm they stay
+    encrypted; here they are plain overlays."""
+    text = stack.read_text()
+    if text.count(ENCRYPTED) != 2:
+        raise AssertionError(f"{stack.name}: expected the two encrypted control networks")
+    stack.write_text(text.replace(ENCRYPTED, ""))
+
+
 # --- the cluster --------------------------------------------------------------------------------
 
 @dataclass
@@ -351,6 +372,9 @@ class Cluster:
                 "-v", "/var/lib/docker",  # overlay2 on a volume, not on overlay2
                 # as on a machine, /run starts empty at each boot (dockerd's pid file, keepalived's)
                 "--tmpfs", "/run",
+                # no name server: names outside the swarm fail at once instead of timing out on
+                # the internal network (`docker stack deploy` asks for a registry's digests)
+                "--dns", "127.0.0.1",
                 NODE_IMAGE, "dockerd", "--cgroup-parent", f"/{n.container}",
                 # the node's own bridges, apart from the host's and from the cluster network
                 "--bip", "172.31.254.1/24"]
@@ -404,6 +428,7 @@ class Cluster:
         with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
             staged = Path(tmp) / "swarm-gateway"
             shutil.copytree(ROOT / "stacks", staged / "stacks")
+            unencrypted(staged / "stacks" / "gateway.yml")
             (make,) = docs_commands(r"scripts/demo\.sh certs")
             run(*make.split(), str(staged / DEMO_CERTS))
             self.exec(node("manager"), "mkdir", "-p", REMOTE_ROOT)
@@ -451,7 +476,9 @@ class Cluster:
             "vrrp_version": 3,
             "advert_int": ADVERT_INT,
             "preempt": preempt,
-            "unicast": False,
+            # the cluster network is internal: the host drops what it would forward outside
+            # the network's range, multicast (224.0.0.18) included; adverts go to the peers
+            "unicast": True,
             "script_user": "keepalived_script",
             "check": {
                 "mode": "track_file",
@@ -481,22 +508,26 @@ class Cluster:
         for n in gateway_nodes():
             self.start_keepalived(n)
             if n is gateway_nodes()[0]:
-                wait_for(lambda: self.vip_holder() == n.name, 60, f"{n.name} to take the VIP")
+                wait_for(lambda n=n: self.vip_holder() == n.name, 60,
+                         f"{n.name} to take the VIP")
 
     def start_keepalived(self, n: Node) -> None:
         """The watcher and keepalived on a gateway node, with the rendered configuration."""
+        if not self.description:
+            self.description = self.keepalived_description()
         spec = cluster_from_dict(self.description, "the cluster's keepalived description")
         conf = render_node(spec, n.name, source="the cluster's keepalived description")
         self.stop_keepalived(n)
         self.exec(n, "sh", "-c", "cat >/etc/keepalived/keepalived.conf", input=conf)
         watcher = " ".join(["gateway-check", *spec.check.watcher_args()])
         self.exec(n, "sh", "-c", f"mkdir -p {Path(TRACK_FILE).parent} && "
-                  f"setsid {watcher} >/var/log/gateway-check.log 2>&1 &")
+                  f"setsid {watcher} >>/var/log/gateway-check.log 2>&1 &")
         self.exec(n, "sh", "-c", "setsid keepalived --dont-fork --log-console --log-detail "
-                  "-f /etc/keepalived/keepalived.conf >/var/log/keepalived.log 2>&1 &")
+                  "-f /etc/keepalived/keepalived.conf >>/var/log/keepalived.log 2>&1 &")
 
     def stop_keepalived(self, n: Node) -> None:
-        self.exec(n, "sh", "-c", "pkill -x keepalived; pkill -f 'gateway-check --watch'; "
+        # [g]: the pattern does not match this shell's own command line
+        self.exec(n, "sh", "-c", "pkill -x keepalived; pkill -f '[g]ateway-check --watch'; "
                   "while pgrep -x keepalived >/dev/null; do sleep 0.1; done", check=False)
 
     def holds_vip(self, n: Node) -> bool:
@@ -672,10 +703,15 @@ def failover_trial(cluster: Cluster, kind: str, timeout: float = 30,
     """Kill the VIP holder's node container (`node`) or its gateway container (`gateway`) while a
     client polls the VIP; measure until a gateway on another node answers."""
     master = node(wait_for(cluster.vip_holder, 60, "one gateway node to hold the VIP"))
-    addresses = gateway_addresses(cluster)
+    names = {n.name for n in gateway_nodes()}
+    # after a node came back, its new gateway task shows once it runs
+    addresses = wait_for(lambda: (found := gateway_addresses(cluster)) and
+                         set(found.values()) == names and found, 60,
+                         "a running gateway task on every gateway node")
 
     def answers_from(samples: list[Sample], after: float) -> list[tuple[Sample, str]]:
-        return [(s, addresses.get((s.answer or "").removeprefix("::ffff:"), "?"))
+        # busybox httpd writes the peer as [::ffff:10.214.1.3]
+        return [(s, addresses.get((s.answer or "").strip("[]").removeprefix("::ffff:"), "?"))
                 for s in samples
                 if s.answer is not None and s.sent >= after]
 
@@ -692,13 +728,16 @@ def failover_trial(cluster: Cluster, kind: str, timeout: float = 30,
 
         def successor() -> tuple[Sample, str] | None:
             later = [(s, name) for s, name in answers_from(list(poller.samples), killed)
-                     if name != master.name]
+                     if name in names and name != master.name]
             return min(later, key=lambda pair: pair[0].done, default=None)
         first, name = wait_for(successor, timeout, f"another gateway node to answer on the VIP "
                                f"after the {kind} kill on {master.name}", interval=0.01)
         time.sleep(0.3)  # requests started around the hand-over finish and are counted
     finally:
         samples = poller.stop()
+    strangers = {s.answer for s, who in answers_from(samples, 0) if who not in names}
+    if strangers:
+        raise AssertionError(f"answers from no known gateway: {strangers} ({addresses})")
     from_master = [s for s, who in answers_from(samples, 0) if who == master.name]
     last = max((s.done for s in from_master), default=killed)
     after = [s for s in samples if s.sent >= killed]
@@ -746,8 +785,9 @@ def try_these() -> str:
         "  docker exec gwcluster-gw1 ip -4 addr show eth0    the VIP on the master",
         "  docker kill gwcluster-gw1                         the VIP moves to gw2 within a second",
         "  .venv/bin/python -m tests.support.cluster status  the VIP's holder, the tasks' nodes",
-        "Real swarms have IPVS and this kernel does not: service virtual IPs and the ingress mesh",
-        "do not work on these nodes; the gateways route to task addresses, as everywhere.",
+        "Real swarms have IPVS and IPsec, this kernel has neither: service virtual IPs and the",
+        "ingress mesh do not work on these nodes (the gateways route to task addresses, as",
+        "everywhere), and the control networks are deployed unencrypted here.",
         "make cluster-down removes all of it.",
     ])
 

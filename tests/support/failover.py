@@ -95,7 +95,10 @@ class Poller:
         namespace = client or (cluster.client if cluster is not None else None)
         if namespace is None:
             raise ValueError("a Poller needs a cluster or a client namespace")
-        self._future = namespace.submit(
+        # a thread of its own in the namespace: the poll holds it until stopped, and others
+        # may use the namespace's thread meanwhile
+        self._namespace = Namespace(namespace.name, namespace.path)
+        self._future = self._namespace.submit(
             asyncio.run, _poll(host, self._stop, self.samples, interval, patience, port, header,
                                   path))
 
@@ -110,7 +113,10 @@ class Poller:
 
     def stop(self) -> list[Sample]:
         self._stop.set()
-        self._future.result(timeout=10)
+        try:
+            self._future.result(timeout=10)
+        finally:
+            self._namespace.close()
         return sorted(self.samples, key=lambda s: s.sent)
 
 

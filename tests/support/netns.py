@@ -134,6 +134,12 @@ class Namespace:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
 
+    def close(self) -> None:
+        """Let this process's thread in the namespace go (the namespace stays)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
     def addresses(self, device: str = INTERFACE) -> list[str]:
         out = run(["ip", "-n", self.name, "-o", "-4", "addr", "show", "dev", device],
                   check=False).stdout
