@@ -223,10 +223,19 @@ def stop_dockerd(state: Path) -> None:
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text())
+
+    def gone() -> bool:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # started by this process: reap it
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+        except OSError:
+            return True
+
     with contextlib.suppress(OSError):
         if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
             os.kill(pid, 15)
-            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, "dockerd to stop")
+            wait_for(gone, 60, "dockerd to stop")
             log("stopped the dockerd it started")
     pidfile.unlink()
 
@@ -363,6 +372,9 @@ class Cluster:
     def node_run_args(self, n: Node) -> list[str]:
         return ["docker", "run", "-d", "--name", n.container, "--hostname", n.hostname,
                 "--label", LABEL, "--network", NETWORK, "--ip", n.address,
+                # an init that reaps what the node's daemons leave behind (keepalived and the
+                # watcher are started by `docker exec`; dockerd would leave them zombies)
+                "--init",
                 # --privileged is refused on these hosts (no CAP_SYS_RESOURCE to hand out)
                 "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
                 "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
@@ -372,9 +384,6 @@ class Cluster:
                 "-v", "/var/lib/docker",  # overlay2 on a volume, not on overlay2
                 # as on a machine, /run starts empty at each boot (dockerd's pid file, keepalived's)
                 "--tmpfs", "/run",
-                # no name server: names outside the swarm fail at once instead of timing out on
-                # the internal network (`docker stack deploy` asks for a registry's digests)
-                "--dns", "127.0.0.1",
                 NODE_IMAGE, "dockerd", "--cgroup-parent", f"/{n.container}",
                 # the node's own bridges, apart from the host's and from the cluster network
                 "--bip", "172.31.254.1/24"]
@@ -438,6 +447,11 @@ class Cluster:
                     *docs_commands(r"openssl rand -hex 32 \| docker secret create \S+ -"),
                     *deploy_commands()]
         for command in commands:
+            if command.startswith("docker stack deploy "):
+                # no registry to ask for the images' digests (every node has them loaded): on
+                # the internal network the question would only time out
+                command = command.replace("docker stack deploy ",
+                                          "docker stack deploy --resolve-image never ", 1)
             self.manager_shell(command)
 
     def manager_shell(self, command: str) -> str:
