@@ -8,16 +8,13 @@ import time
 
 import pytest
 
-from tests.support.cluster import (
-    Cluster,
+from tests.support.cluster import Cluster, measured, node, wait_for
+from tests.support.cluster_failover import (
     Failover,
     bring_back,
     failover_trial,
-    measured,
-    node,
     summarize,
     vip_poller,
-    wait_for,
 )
 
 TRIALS = 5
