@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: test test-unit lint demo demo-down bench soak clean
+.PHONY: test test-unit test-cluster lint demo demo-down cluster cluster-down bench soak clean
 
 test:  ## install what the tests need, then run every test
 	scripts/setup.sh test
@@ -23,6 +23,17 @@ demo:  ## a working gateway in front of real services on a single-node swarm
 
 demo-down:
 	scripts/demo.sh down
+
+test-cluster:  ## the multi-node tier: six Docker-in-Docker swarm nodes (about 11 minutes)
+	scripts/setup.sh test
+	.venv/bin/python -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
+
+cluster:  ## the article's cluster on this machine: six swarm nodes in containers, keepalived
+	scripts/setup.sh demo
+	.venv/bin/python -m tests.support.cluster up
+
+cluster-down:
+	.venv/bin/python -m tests.support.cluster down
 
 bench:
 	scripts/setup.sh bench

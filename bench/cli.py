@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    cluster,
     convergence,
     datapath,
     failover,
@@ -45,6 +46,7 @@ SECTIONS: dict[str, Callable[[Options, Path], dict[str, Any]]] = {
     "failover": failover.run,
     "scale": scale.run,
     "check": healthcheck.run,
+    "cluster": cluster.run,
 }
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
         ("--scale-cycles", "scale_cycles", int, "measured cycles with a change per size"),
         ("--idle-seconds", "idle_seconds", float, "idle window for CPU per poll"),
         ("--check-runs", "check_runs", int, "gateway-check runs"),
+        ("--cluster-trials", "cluster_trials", int,
+         "VIP failover trials per kind of failure on the multi-node cluster"),
     ):
         g.add_argument(flag, dest=dest, type=kind, help=text)
     return p
@@ -110,7 +114,7 @@ def options_from(args: argparse.Namespace) -> Options:
     changes = {f: getattr(args, f) for f in (
         "duration", "warmup", "rounds", "threads", "connections", "changes", "article_changes",
         "reload_changes", "failover_trials", "route_counts", "scale_cycles", "idle_seconds",
-        "check_runs") if getattr(args, f) is not None}
+        "check_runs", "cluster_trials") if getattr(args, f) is not None}
     if args.out is not None:
         changes["out"] = args.out
     changes["keep"] = args.keep

@@ -29,6 +29,8 @@ class Options:
     idle_seconds: float = 30.0  # idle window for CPU per poll
     # 6. health check
     check_runs: int = 100
+    # 7. cluster (VIP failover on the multi-node swarm): trials per kind of failure
+    cluster_trials: int = 5
     # where to write
     out: Path = field(default_factory=lambda: Path(__file__).parent / "results")
     keep: bool = False  # keep the working directory (logs, configurations) after the run
@@ -37,7 +39,7 @@ class Options:
 QUICK = {
     "duration": 2.0, "warmup": 0.5, "rounds": 2, "changes": 3, "article_changes": 2,
     "reload_changes": 20, "failover_trials": 2, "scale_cycles": 2, "idle_seconds": 5.0,
-    "check_runs": 20,
+    "check_runs": 20, "cluster_trials": 2,
 }
 
 

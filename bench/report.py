@@ -15,7 +15,8 @@ DOCS_START = "<!-- bench:results:start -->"
 DOCS_END = "<!-- bench:results:end -->"
 TITLES = {"datapath": "1. Data path", "convergence": "2. Convergence",
           "reloads": "3. Reloads under load", "failover": "4. Failover",
-          "scale": "5. Scale and footprint", "check": "6. The health check"}
+          "scale": "5. Scale and footprint", "check": "6. The health check",
+          "cluster": "7. Failover on a multi-node swarm"}
 
 
 def _n(x: float | None, digits: int = 0) -> str:
@@ -227,9 +228,33 @@ def healthcheck(sec: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cluster(sec: dict[str, Any]) -> list[str]:
+    if "skipped" in sec:
+        return [f"Not measured: {sec['skipped']}.", ""]
+    p = sec["params"]
+    lines = [f"{p['nodes']} Docker-in-Docker swarm nodes on this machine (up in "
+             f"{sec['up_s']:.0f} s), keepalived on the two gateway nodes with advert_int "
+             f"{p['advert_int_s']:g} s and the gateway-check watcher, {p['trials']} trials per "
+             f"kind, measured with {p['meter']}: a client container starts a request to the VIP "
+             f"every {p['poll_every_s'] * 1000:g} ms on a new connection. Failover runs from "
+             "the kill command to the first answer from the other node; the gap from the "
+             "master's last answer to it. 'Lost' counts requests started after the kill that "
+             "got no answer.", ""]
+    rows = []
+    names = {"node": "gateway node killed (docker kill)",
+             "gateway": "its gateway container killed"}
+    for kind, k in sec["kinds"].items():
+        f, g, lost = k["failover"], k["gap"], k["lost"]
+        rows.append([names.get(kind, kind), _s(f["median"]), _s(f["max"]), _s(g["median"]),
+                     f"{_n(lost['median'])} (worst {_n(lost['max'])})"])
+    lines += _table(["failure", "failover median", "worst", "gap median",
+                     "lost requests (median)"], rows)
+    return lines
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "datapath": datapath, "convergence": convergence, "reloads": reloads,
-    "failover": failover, "scale": scale, "check": healthcheck}
+    "failover": failover, "scale": scale, "check": healthcheck, "cluster": cluster}
 
 
 def body(results: dict[str, Any], images: dict[str, Path] | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("integration", "keepalived", "swarm", "soak")
+TIERS = ("integration", "keepalived", "swarm", "cluster", "soak")
 HERE = Path(__file__).resolve().parent
 
 

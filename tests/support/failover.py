@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tests.support.netns import VIP, Cluster
+from tests.support.netns import VIP, Cluster, Namespace
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ class Trial:
     requests: int
 
 
-async def _request(host: str) -> str | None:
-    """The node named in the answer to one request on a new connection (None: no answer)."""
-    reader, writer = await asyncio.open_connection(host, 80)
+async def _request(host: str, port: int = 80, header: str | None = None,
+                   path: str = "/") -> str | None:
+    """The body of a 200 answer to one request on a new connection (None: no answer): the node
+    that answered, or the upstream task behind a gateway."""
+    reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {header or host}\r\n\r\n".encode())
         data = await reader.read()
     finally:
         writer.close()
@@ -57,12 +59,13 @@ async def _request(host: str) -> str | None:
 
 
 async def _poll(host: str, stop: threading.Event, samples: list[Sample], interval: float,
-                patience: float) -> None:
+                patience: float, port: int = 80, header: str | None = None,
+                path: str = "/") -> None:
     async def one() -> None:
         sent = time.monotonic()
         try:
             async with asyncio.timeout(patience):
-                answer = await _request(host)
+                answer = await _request(host, port, header, path)
         except (OSError, TimeoutError):
             answer = None
         samples.append(Sample(sent, time.monotonic(), answer))
@@ -80,13 +83,29 @@ async def _poll(host: str, stop: threading.Event, samples: list[Sample], interva
 
 
 class Poller:
-    """Requests to the VIP every `interval` s from the client namespace, until stopped."""
+    """Requests to the VIP every `interval` s from the client namespace, until stopped (`client`:
+    the namespace; `host`, `port`, `path`, `header`: where to, and the Host header, default
+    `host`)."""
 
-    def __init__(self, cluster: Cluster, interval: float = 0.01, patience: float = 0.5) -> None:
+    def __init__(self, cluster: Cluster | None = None, interval: float = 0.01,
+                 patience: float = 0.5, *, client: Namespace | None = None, host: str = VIP,
+                 port: int = 80, header: str | None = None, path: str = "/") -> None:
         self.samples: list[Sample] = []
         self._stop = threading.Event()
-        self._future = cluster.client.submit(
-            asyncio.run, _poll(VIP, self._stop, self.samples, interval, patience))
+        namespace = client or (cluster.client if cluster is not None else None)
+        if namespace is None:
+            raise ValueError("a Poller needs a cluster or a client namespace")
+        # a thread of its own in the namespace: the poll holds it until stopped, and others
+        # may use the namespace's thread meanwhile
+        self._namespace = Namespace(namespace.name, namespace.path)
+        self._future = self._namespace.submit(
+            asyncio.run, _poll(host, self._stop, self.samples, interval, patience, port, header,
+                                  path))
+
+    def answered(self, after: float) -> Sample | None:
+        """The first answer (from anyone) to a request sent at or after `after`."""
+        return min((s for s in list(self.samples) if s.answer is not None and s.sent >= after),
+                   key=lambda s: s.done, default=None)
 
     def first_answer_from(self, name: str, after: float) -> Sample | None:
         return min((s for s in list(self.samples) if s.answer == name and s.sent >= after),
@@ -94,7 +113,10 @@ class Poller:
 
     def stop(self) -> list[Sample]:
         self._stop.set()
-        self._future.result(timeout=10)
+        try:
+            self._future.result(timeout=10)
+        finally:
+            self._namespace.close()
         return sorted(self.samples, key=lambda s: s.sent)
 
 

@@ -93,8 +93,10 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 class Namespace:
     """One network namespace, and a thread that lives inside it for in-process sockets."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, path: str | None = None) -> None:
         self.name = name
+        # a named namespace (ip netns), or another one by path: a container's /proc/PID/ns/net
+        self.path = path or f"/run/netns/{name}"
         self._executor: ThreadPoolExecutor | None = None
 
     def create(self) -> None:
@@ -114,7 +116,7 @@ class Namespace:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _enter(self) -> None:
-        fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY)
         try:
             if _libc.setns(fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
@@ -131,6 +133,12 @@ class Namespace:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Let this process's thread in the namespace go (the namespace stays)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def addresses(self, device: str = INTERFACE) -> list[str]:
         out = run(["ip", "-n", self.name, "-o", "-4", "addr", "show", "dev", device],

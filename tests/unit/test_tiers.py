@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("tier", ["integration", "keepalived", "swarm"])
+@pytest.mark.parametrize("tier", ["integration", "keepalived", "swarm", "cluster"])
 def test_every_test_of_a_tier_is_marked_with_it(tier: str) -> None:
     def collected(marker: str) -> str:
         out = subprocess.run(
