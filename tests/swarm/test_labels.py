@@ -152,7 +152,10 @@ def test_changed_labels_change_the_route(labelled: Swarm) -> None:
                   "gateway.path": "/index.html"})
     wait_until(lambda: answers(swarm, "api.example.com", name, path="/index.html"), 30,
                "api.example.com/index.html to answer", interval=0.1)
-    assert swarm.get("api.example.com", path="/") == (404, "404 no route for this path")
+    # (once, in a CI run, the next request met a configuration without the host for a moment:
+    # "404 no route for this host"; the route's path boundary is what is asserted here)
+    wait_until(lambda: swarm.get("api.example.com", path="/") == (404,
+               "404 no route for this path"), 10, "/ to be refused as a path of the route")
     task = swarm.containers(name)
     time.sleep(RELOAD_MIN_INTERVAL + 0.5)
     started = time.monotonic()
