@@ -9,8 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__, logs, settings
-from agent.routes import RoutesError, RouteTable, load_routes
+from agent import __version__
+from agent.core import logs, settings
+from agent.core.routes import RoutesError, RouteTable, load_routes
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -33,7 +34,7 @@ def _routes_or_exit(path: Path | None, zone: str | None) -> RouteTable | int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import daemon
+    from agent.gateway import daemon
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from agent import controller
+    from agent.controller import app as controller
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
@@ -67,9 +68,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from agent.daemon import make_renderer
-    from agent.discovery import Endpoints, sort_addresses
-    from agent.render import RenderError
+    from agent.gateway.daemon import make_renderer
+    from agent.gateway.discovery import Endpoints, sort_addresses
+    from agent.gateway.render import RenderError
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s.routes, s.zone)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.files import write_atomic
+from agent.core.files import write_atomic
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from agent.files import write_atomic
+from agent.core.files import write_atomic
 
 STATE_VALUES = {"STOP": 0, "DELETED": 0, "BACKUP": 1, "MASTER": 2, "FAULT": 3}
 STATE_HELP = "VRRP state: 0 stopped, 1 backup, 2 master, 3 fault"
@@ -142,7 +142,7 @@ def record_transition(textfile: Path, kind: str, name: str, state: str, priority
     textfile.parent.mkdir(parents=True, exist_ok=True)
     # keepalived runs this as root: no file is opened through a link planted beside the
     # textfile (O_NOFOLLOW), and the new textfile is written to a temporary file of a name
-    # no one can guess, created with O_EXCL, then renamed over the old one (agent.files)
+    # no one can guess, created with O_EXCL, then renamed over the old one (agent.core.files)
     lock = os.open(f"{textfile}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                    0o644)
     try:

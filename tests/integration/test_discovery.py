@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.discovery import Discovery, Endpoints
-from agent.metrics import Metrics
-from agent.settings import DEFAULT_TASK_NETWORKS, parse_host_port, task_networks
+from agent.core.settings import DEFAULT_TASK_NETWORKS, parse_host_port, task_networks
+from agent.gateway.discovery import Discovery, Endpoints
+from agent.gateway.metrics import Metrics
 from tests.support.dns import ControlledDns
 
 

@@ -436,7 +436,7 @@ def test_a_reload_nginx_cannot_carry_out_is_rolled_back_and_retried(
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    builtin = Path(__file__).resolve().parents[2] / "agent" / "templates" / "gateway.conf.j2"
+    builtin = Path(__file__).resolve().parents[2] / "agent/gateway/templates/gateway.conf.j2"
     template = tmp_path / "extra-listener.conf.j2"
     template.write_text(builtin.read_text() + "{% if upstreams | length > 1 %}\n"
                         f"server {{ listen 127.0.0.1:{port}; return 444; }}\n{{% endif %}}\n")

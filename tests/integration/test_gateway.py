@@ -163,7 +163,7 @@ def test_configuration_nginx_rejects_is_rolled_back(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent, tmp_path: Path) -> None:
     # A user's template with a mistake that shows only once a second service has tasks.
-    builtin = Path(__file__).resolve().parents[2] / "agent" / "templates" / "gateway.conf.j2"
+    builtin = Path(__file__).resolve().parents[2] / "agent/gateway/templates/gateway.conf.j2"
     template = tmp_path / "custom.conf.j2"
     template.write_text(builtin.read_text() +
                         "{% if upstreams | length > 1 %}\nproxy_pass_typo on;\n{% endif %}\n")

@@ -47,7 +47,7 @@ def test_json_logs_carry_each_field(dns: Dnsmasq, tasks: dict[str, Upstream],
     wait_until(lambda: named(agent, "routes_refused"), 10, "the bad routes file to be refused")
     refused = named(agent, "routes_refused")[0]
     assert refused["level"] == "error"
-    assert refused["logger"] == "agent.reconciler"
+    assert refused["logger"] == "agent.gateway.reconciler"
     assert refused["file"] == str(routes_file)
     assert refused["keeping"] == 1
     assert isinstance(refused["errors"], int)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from agent import tls
+from agent.gateway import tls
 from tests.support import require_programs, wait_until
 from tests.support.gateway import http_get
 from tests.support.tlsca import TestCA

@@ -13,8 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import settings
-from agent.accesslog import (
+from agent.core import settings
+from agent.core.routes import RouteTable, parse_routes
+from agent.core.settings import HostPort
+from agent.gateway.discovery import Endpoints
+from agent.gateway.render import Renderer, render_main_conf
+from agent.gateway.traffic import (
     LOG_FORMAT,
     UNROUTED_ROOT,
     Receiver,
@@ -24,10 +28,6 @@ from agent.accesslog import (
     route_label,
     route_root,
 )
-from agent.discovery import Endpoints
-from agent.render import Renderer, render_main_conf
-from agent.routes import RouteTable, parse_routes
-from agent.settings import HostPort
 from tests.support import require_programs
 
 ROUTES = parse_routes({"routes": [

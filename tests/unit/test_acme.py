@@ -1,6 +1,6 @@
 """The controller's ACME manager: what it orders, when, and what it gives the gateways.
 
-The ACME protocol itself (agent.acme.Client, the `acme` package) is replaced by a client whose
+The ACME protocol itself (acme.Client, the `acme` package) is replaced by a client whose
 `order(host)` issues a certificate from a test CA, or raises; time is a clock the test moves.
 tests/integration/test_acme.py runs the real protocol against Pebble.
 """
@@ -18,7 +18,7 @@ import pytest
 from acme import challenges, errors, messages
 from prometheus_client import CollectorRegistry
 
-from agent.acme import (
+from agent.controller.acme import (
     RETRY_MAX,
     SETTLE,
     AcmeManager,
@@ -27,7 +27,7 @@ from agent.acme import (
     describe_error,
     issued_from_pem,
 )
-from agent.routes import parse_routes
+from agent.core.routes import parse_routes
 from tests.support import until
 from tests.support.tlsca import NOW, TestCA
 
@@ -51,8 +51,8 @@ class Clock:
 
 
 class FakeClient:
-    """What AcmeManager uses of agent.acme.Client: `order(host)` returns a certificate issued
-    now by a test CA for `lifetime` seconds, or raises `failing`."""
+    """What AcmeManager uses of controller/acme.py's Client: `order(host)` returns a
+    certificate issued now by a test CA for `lifetime` seconds, or raises `failing`."""
 
     directory_url = "https://acme.test/directory"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.admin import readiness
-from agent.reconciler import State
-from agent.routes import parse_routes
+from agent.core.routes import parse_routes
+from agent.gateway.admin import readiness
+from agent.gateway.reconciler import State
 
 ROUTES = parse_routes({"routes": [{"hosts": ["a"], "service": "a", "port": 80}]})
 

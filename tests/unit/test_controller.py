@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.acme import AcmeManager, issued_from_pem
-from agent.controller import Controller, ControllerMetrics, FileRoutes
-from agent.labels import Service
-from agent.routes import parse_routes
-from agent.sources import ControllerRoutes, SourceMetrics
+from agent.controller.acme import AcmeManager, issued_from_pem
+from agent.controller.app import Controller, ControllerMetrics, FileRoutes
+from agent.controller.labels import Service
+from agent.core.routes import parse_routes
+from agent.gateway.source import ControllerRoutes, SourceMetrics
 from tests.support import until
 from tests.support.tlsca import TestCA
 from tests.unit.test_acme import Clock, FakeClient

@@ -11,15 +11,15 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.accesslog import Traffic
-from agent.admin import make_app
-from agent.dashboard import vrrp_status
+from agent.core.dashboard import vrrp_status
+from agent.core.routes import parse_routes
+from agent.core.settings import Settings
+from agent.gateway.admin import make_app
+from agent.gateway.metrics import Metrics
+from agent.gateway.nginx import Nginx
+from agent.gateway.reconciler import HISTORY, State
+from agent.gateway.traffic import Traffic
 from agent.keepalived.notify import record_transition
-from agent.metrics import Metrics
-from agent.nginx import Nginx
-from agent.reconciler import HISTORY, State
-from agent.routes import parse_routes
-from agent.settings import Settings
 from tests.unit.test_settings import parse
 
 ROUTES = parse_routes({"routes": [
@@ -195,9 +195,9 @@ def test_every_file_of_the_page_is_package_data() -> None:
     """The wheel carries what [tool.setuptools.package-data] names: every file of the page."""
     root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["agent"]
-    files = sorted(p.relative_to(root / "agent").as_posix()
-                   for p in (root / "agent" / "static").iterdir())
+        "package-data"]["agent.core"]
+    files = sorted(p.relative_to(root / "agent" / "core").as_posix()
+                   for p in (root / "agent" / "core" / "static").iterdir())
     assert files == ["static/dashboard.css", "static/dashboard.html", "static/dashboard.js"]
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

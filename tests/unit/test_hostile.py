@@ -25,8 +25,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.discovery import Endpoints, sort_addresses
-from agent.render import (
+from agent.core.routes import (
+    OWN_REQUEST_HEADERS,
+    OWN_RESPONSE_HEADERS,
+    Route,
+    RoutesError,
+    RouteTable,
+    is_address,
+    parse_routes,
+    parse_routes_text,
+)
+from agent.gateway.discovery import Endpoints, sort_addresses
+from agent.gateway.render import (
     GZIP_TYPES,
     KEEPALIVE,
     Renderer,
@@ -38,18 +48,8 @@ from agent.render import (
     upstream_key,
     zone_size,
 )
-from agent.render import upstream_name as expected_upstream_name
-from agent.routefiles import FilesPlan, RouteFile
-from agent.routes import (
-    OWN_REQUEST_HEADERS,
-    OWN_RESPONSE_HEADERS,
-    Route,
-    RoutesError,
-    RouteTable,
-    is_address,
-    parse_routes,
-    parse_routes_text,
-)
+from agent.gateway.render import upstream_name as expected_upstream_name
+from agent.gateway.routefiles import FilesPlan, RouteFile
 from tests.support import require_programs
 
 LISTEN = "0.0.0.0:8080"
@@ -140,7 +140,7 @@ NO_PATH_DIRECTIVES = Counter({"default_type": 1, "return": 1})
 
 
 def auth_copy(name: str) -> Path:
-    """Where the agent would have put the checked copy of a password file (agent.routefiles)."""
+    """Where the agent would have put the checked copy of a password file (routefiles)."""
     return Path("/run/gateway/htpasswd") / (hashlib.sha256(name.encode()).hexdigest()[:24] +
                                             ".htpasswd")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.labels import LabelError, Service, route_from_labels, routes_from_services
-from agent.routes import Target, parse_routes
+from agent.controller.labels import LabelError, Service, route_from_labels, routes_from_services
+from agent.core.routes import Target, parse_routes
 
 
 def errors_of(labels: dict[str, str], service: str = "shop_web") -> list[str]:

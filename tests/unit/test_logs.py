@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import logs
+from agent.core import logs
 
 
 class Capture(logging.Handler):
@@ -150,11 +150,12 @@ def test_a_traceback_is_one_field(capture: tuple[logging.Logger, Capture, Captur
 
 
 def test_the_text_format_is_as_it_was() -> None:
-    record = logging.LogRecord("agent.reconciler", logging.INFO, __file__, 1,
+    record = logging.LogRecord("agent.gateway.reconciler", logging.INFO, __file__, 1,
                                "routes_loaded file=%s routes=%d", ("/r.yaml", 3), None)
     record.created, record.msecs = 1_700_000_000.25, 250.0
     assert logs.TextFormatter().format(record) == (
-        "2023-11-14T22:13:20.250Z info agent.reconciler routes_loaded file=/r.yaml routes=3")
+        "2023-11-14T22:13:20.250Z info agent.gateway.reconciler routes_loaded file=/r.yaml "
+        "routes=3")
 
 
 def test_nginx_lines_are_relayed_as_events(capture: tuple[logging.Logger, Capture, Capture],

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from agent.acme import AcmeManager, Client, HostState, Issued
-from agent.controller import ControllerMetrics
+from agent.controller.acme import AcmeManager, Client, HostState, Issued
+from agent.controller.app import ControllerMetrics
+from agent.core.routes import parse_routes
+from agent.gateway.metrics import Metrics, StubStatus
 from agent.keepalived.notify import Record, RecordsCollector
-from agent.metrics import Metrics, StubStatus
-from agent.routes import parse_routes
 from tests.support import require_programs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,13 +9,13 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from agent.daemon import make_renderer
-from agent.discovery import Endpoints, Snapshot
-from agent.metrics import Metrics
-from agent.nginx import ApplyError
-from agent.reconciler import Reconciler, State
-from agent.routes import parse_routes
-from agent.settings import Settings
+from agent.core.routes import parse_routes
+from agent.core.settings import Settings
+from agent.gateway.daemon import make_renderer
+from agent.gateway.discovery import Endpoints, Snapshot
+from agent.gateway.metrics import Metrics
+from agent.gateway.nginx import ApplyError
+from agent.gateway.reconciler import Reconciler, State
 
 
 class FakeDiscovery:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import Endpoints
-from agent.render import Renderer, RenderError, nginx_token, render_main_conf, upstream_name
-from agent.routes import RoutesError, RouteTable, Target, parse_routes, parse_routes_text
-from agent.tls import Certificates, TlsPlan
+from agent.core.routes import RoutesError, RouteTable, Target, parse_routes, parse_routes_text
+from agent.gateway.discovery import Endpoints
+from agent.gateway.render import Renderer, RenderError, nginx_token, render_main_conf, upstream_name
+from agent.gateway.tls import Certificates, TlsPlan
 from tests.support import require_programs
 from tests.support.tlsca import TestCA
 
@@ -216,7 +216,7 @@ def ca() -> TestCA:
 
 def acme_plan(tmp_path: Path, ca: TestCA, routes: RouteTable = ACME_ROUTES) -> TlsPlan:
     """Certificates as a gateway has them: a.example.com and c.example.com from the controller
-    (agent.sources writes them), b.example.com from --certs-dir."""
+    (agent.gateway.source writes them), b.example.com from --certs-dir."""
     certs = Certificates(tmp_path / "certs", tmp_path / "store", None,
                          acme_dir=tmp_path / "acme")
     for directory in (certs.certs_dir, tmp_path / "acme"):

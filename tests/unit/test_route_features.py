@@ -15,18 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import Endpoints
-from agent.labels import LabelError, route_from_labels
-from agent.render import Renderer, RenderError, nginx_quoted, sticky_var
-from agent.routefiles import (
-    FilesPlan,
-    RouteFile,
-    RouteFiles,
-    check_file,
-    check_hash,
-    crypt_checks,
-)
-from agent.routes import (
+from agent.controller.labels import LabelError, route_from_labels
+from agent.core.routes import (
     BasicAuth,
     Headers,
     RateLimit,
@@ -37,8 +27,18 @@ from agent.routes import (
     Sticky,
     parse_routes,
 )
-from agent.sources import route_item
-from agent.tls import Certificates
+from agent.gateway.discovery import Endpoints
+from agent.gateway.render import Renderer, RenderError, nginx_quoted, sticky_var
+from agent.gateway.routefiles import (
+    FilesPlan,
+    RouteFile,
+    RouteFiles,
+    check_file,
+    check_hash,
+    crypt_checks,
+)
+from agent.gateway.source import route_item
+from agent.gateway.tls import Certificates
 from tests.support.tlsca import TestCA
 from tests.unit.test_hostile import NginxTest
 
@@ -446,7 +446,7 @@ def test_response_headers_on_https_keep_hsts(tmp_path: Path) -> None:
 
 
 def test_every_option_survives_the_trip_from_the_controller_to_the_gateways() -> None:
-    """The controller serves label routes as JSON (agent.sources); a gateway parses them again."""
+    """The controller serves label routes as JSON (source); a gateway parses them again."""
     full = route(path="/api", allow=["10.0.0.0/8", "192.0.2.7"], strip_prefix=True,
                  basic_auth={"file": "u.htpasswd", "realm": "Shop admin"},
                  rate_limit={"rate": "10r/s", "burst": 5},

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.routes import RoutesError, Target, load_routes, parse_routes, parse_routes_text
+from agent.core.routes import RoutesError, Target, load_routes, parse_routes, parse_routes_text
 
 EXAMPLE = """
 routes:

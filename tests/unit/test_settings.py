@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import settings
-from agent.settings import HostPort, SettingsError, parse_host_port
+from agent.core import settings
+from agent.core.settings import HostPort, SettingsError, parse_host_port
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.Settings:
@@ -58,7 +58,7 @@ def test_bad_host_ports(text: str) -> None:
 
 
 def test_dns_control_name_is_automatic_only_for_dockers_dns() -> None:
-    from agent.daemon import control_name
+    from agent.gateway.daemon import control_name
 
     assert control_name(parse(["--nameserver", "127.0.0.53:5353"])) is None
     docker = control_name(parse([]))

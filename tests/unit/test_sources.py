@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from agent.routes import Route, parse_routes
-from agent.sources import (
+from agent.core.routes import Route, parse_routes
+from agent.gateway.source import (
     FILE_SOURCE,
     ControllerRoutes,
     SourceMetrics,
@@ -64,7 +64,7 @@ def test_the_routes_file_s_names_belong_to_the_file_with_every_path_under_them()
         "belongs to the routes file",
         "service deep: not routed: '*.a.corp.example.com' is under '*.corp.example.com', "
         "which belongs to the routes file")
-    # routes of the file itself are held to the file's own rules (agent.routes), not these
+    # routes of the file itself are held to the file's own rules (agent.core.routes), not these
     merged = merge([(FILE_SOURCE, route(["bank.example.com"], "bank")),
                     (FILE_SOURCE, route(["bank.example.com"], "bank_login", path="/login"))])
     assert [r.service for r in merged.table.routes] == ["bank", "bank_login"]
@@ -215,7 +215,7 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 
 
 class FakeController:
-    """Serves `document` at /routes to those who show the token, as agent.controller does."""
+    """Serves `document` at /routes to those who show the token, as agent.controller.app does."""
 
     def __init__(self) -> None:
         self.document: dict[str, Any] = doc()

@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agent import settings as settings_mod
-from agent.discovery import Endpoints
-from agent.render import Renderer, RenderError
-from agent.routes import RoutesError, parse_routes
-from agent.tls import (
+from agent.core import settings as settings_mod
+from agent.core.routes import RoutesError, parse_routes
+from agent.gateway.discovery import Endpoints
+from agent.gateway.render import Renderer, RenderError
+from agent.gateway.tls import (
     Certificates,
     TlsCollector,
     check_chain,
@@ -376,7 +376,7 @@ def test_time_is_an_input_only_through_the_clock(tmp_path: Path, ca: TestCA) -> 
 
 
 def acme_store(tmp_path: Path, bundle: Path | None) -> Certificates:
-    """A gateway with --routes-url: agent.sources writes the ACME certificates to acme_dir."""
+    """A gateway with --routes-url: gateway/source.py writes the ACME certificates to acme_dir."""
     (tmp_path / "certs").mkdir(exist_ok=True)
     (tmp_path / "acme").mkdir(exist_ok=True)
     return Certificates(tmp_path / "certs", tmp_path / "store", bundle, Clock(),

@@ -44,10 +44,10 @@ from typing import Literal
 import aiodns
 import pycares
 
-from agent.metrics import Metrics
-from agent.settings import HostPort, Network
+from agent.core.settings import HostPort, Network
+from agent.gateway.metrics import Metrics
 
-log = logging.getLogger("agent.discovery")
+log = logging.getLogger("agent.gateway.discovery")
 
 State = Literal["ok", "none", "unknown"]
 MAX_NAMES_IN_FLIGHT = 64  # names looked up at once; each is an A and an AAAA query

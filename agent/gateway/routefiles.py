@@ -14,7 +14,7 @@ would stall every request of that worker, so the cost is bounded (bcrypt at most
 most 100000 rounds). Plain-text passwords (`{PLAIN}`) are refused.
 
 A file that passes is copied under a name made from its content into a directory the agent owns,
-as certificates are (agent.tls): nginx reads exactly the bytes that were checked, and a changed
+as certificates are (gateway/tls.py): nginx reads exactly the bytes that were checked, and a changed
 file is a new configuration. A file that fails keeps its last good copy serving; a file that was
 never good locks its route (503), so a route that asks for a password is never open.
 """
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.files import FileStamp, stamp, write_atomic
-from agent.routes import RouteTable
+from agent.core.files import FileStamp, stamp, write_atomic
+from agent.core.routes import RouteTable
 
-log = logging.getLogger("agent.routefiles")
+log = logging.getLogger("agent.gateway.routefiles")
 
 MAX_BCRYPT_COST = 12
 MAX_SHA_ROUNDS = 100_000

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import aiohttp
 
-from agent import logs
-from agent.files import write_atomic
-from agent.metrics import StubStatus
-from agent.render import render_main_conf
-from agent.settings import Settings
+from agent.core import logs
+from agent.core.files import write_atomic
+from agent.core.settings import Settings
+from agent.gateway.metrics import StubStatus
+from agent.gateway.render import render_main_conf
 
-log = logging.getLogger("agent.nginx")
+log = logging.getLogger("agent.gateway.nginx")
 
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -210,7 +210,7 @@ class Nginx:
     # -- the process -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # with JSON logs nginx's own lines go through the log too (agent.logs.relay_nginx);
+        # with JSON logs nginx's own lines go through the log too (agent.core.logs.relay_nginx);
         # with text logs nginx writes to the agent's stderr itself, as it always did
         read_end, write_end = os.pipe() if self.settings.log_format == "json" else (-1, -1)
         try:

@@ -20,12 +20,12 @@ from pathlib import Path
 import jinja2
 
 from agent import __version__
-from agent.accesslog import TAG as ACCESS_LOG_TAG
-from agent.accesslog import UNROUTED_ROOT, route_label, route_root
-from agent.discovery import Endpoints, Snapshot
-from agent.routefiles import FilesPlan
-from agent.routes import ERROR_PAGES_PATH, Route, RouteTable, Target, is_address
-from agent.tls import Served, TlsPlan
+from agent.core.routes import ERROR_PAGES_PATH, Route, RouteTable, Target, is_address
+from agent.gateway.discovery import Endpoints, Snapshot
+from agent.gateway.routefiles import FilesPlan
+from agent.gateway.tls import Served, TlsPlan
+from agent.gateway.traffic import TAG as ACCESS_LOG_TAG
+from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
@@ -90,7 +90,7 @@ class Upstream:
     # then that one entry, and the addresses the agent found decide only whether it exists
     resolve: bool = False
     zone: str = ""  # resolve: the size of its shared memory zone
-    sticky: str | None = None  # the variable the task is chosen by (agent.render.sticky_var)
+    sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def rate_zone(route: Route) -> RateZone | None:
 @dataclass(frozen=True)
 class Location:
     path: str
-    root: str  # names the route in the access log (agent.accesslog.route_root)
+    root: str  # names the route in the access log (agent.gateway.traffic.route_root)
     target: str
     upstream: str | None
     websocket: bool
@@ -131,7 +131,7 @@ class Location:
     request_headers: tuple[tuple[str, str | None], ...] = ()  # (name, value; None: removed)
     response_headers: tuple[tuple[str, str | None], ...] = ()
     compress: bool = False
-    error_page: str | None = None  # the page's copy (agent.routefiles), under ERROR_PAGES_PATH
+    error_page: str | None = None  # the page's copy (gateway/routefiles.py), under ERROR_PAGES_PATH
     maintenance: bool = False
     grpc: bool = False
     sticky: str | None = None  # the cookie's variable: the gateway sets the cookie when absent
@@ -167,7 +167,7 @@ class Server:
 
     @property
     def pages_dir(self) -> str | None:
-        """Where this server's error pages are (one directory: agent.routefiles)."""
+        """Where this server's error pages are (one directory: agent.gateway.routefiles)."""
         pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
                         if loc.error_page})
         return pages[0] + "/" if pages else None
@@ -235,7 +235,7 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
     every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
     target whose lookups fail (stale) is written with its last known addresses instead: nginx
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
-    addresses outside the task networks (agent.discovery.screen): nginx would take them all;
+    addresses outside the task networks (agent.gateway.discovery.screen): nginx would take them all;
     and a sticky route's (see below), whose changes of tasks are reloads.
     """
     out = {}
@@ -364,8 +364,9 @@ class Renderer:
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
                acme: tuple[Target, int] | None = None,
                files: FilesPlan | None = None) -> Rendered:
-        """The configuration for these routes and endpoints (and certificates: agent.tls;
-        the files routes name: agent.routefiles; without them a route with basic_auth answers 503).
+        """The configuration for these routes and endpoints (and certificates: gateway/tls.py;
+        the files routes name: gateway/routefiles.py; without them a route with basic_auth
+        answers 503).
 
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""

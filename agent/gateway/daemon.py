@@ -16,23 +16,23 @@ import socket
 
 from aiohttp import web
 
-from agent import accesslog
-from agent.admin import make_app
-from agent.discovery import Discovery
-from agent.metrics import Metrics
-from agent.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
-from agent.reconciler import Reconciler, State
-from agent.render import Renderer
-from agent.routefiles import RouteFiles, copies_dir
-from agent.settings import Settings, read_token
-from agent.sources import ControllerRoutes, SourceMetrics
-from agent.tls import Certificates, store_dir
+from agent.core.settings import Settings, read_token
+from agent.gateway import traffic as accesslog
+from agent.gateway.admin import make_app
+from agent.gateway.discovery import Discovery
+from agent.gateway.metrics import Metrics
+from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
+from agent.gateway.reconciler import Reconciler, State
+from agent.gateway.render import Renderer
+from agent.gateway.routefiles import RouteFiles, copies_dir
+from agent.gateway.source import ControllerRoutes, SourceMetrics
+from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
 
 
 def control_name(settings: Settings) -> str | None:
-    """The name whose answer tells "the nameserver works" (see agent.discovery)."""
+    """The name whose answer tells "the nameserver works" (see agent.gateway.discovery)."""
     name = settings.dns_control_name
     if name == "none":
         return None

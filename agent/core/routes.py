@@ -276,7 +276,7 @@ class Tls(BaseModel):
 
 
 class BasicAuth(BaseModel):
-    """HTTP basic authentication against an htpasswd file in --certs-dir (agent.routefiles)."""
+    """HTTP basic authentication against an htpasswd file in --certs-dir (gateway/routefiles.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -3,7 +3,7 @@
 The controller is the only ACME client of the swarm. It orders one certificate per host name
 (HTTP-01), answers the challenges at /.well-known/acme-challenge/TOKEN, which every gateway
 proxies to it whatever node the ACME server's request reaches, and hands the certificates to the
-gateways in the routes document (agent.controller, agent.sources), which only gateways that show
+gateways in the routes document (app, agent.gateway.source), which only gateways that show
 the shared token get. No gateway needs a shared filesystem, and none is the one that must be
 reached.
 
@@ -48,12 +48,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.aio import first
-from agent.files import write_atomic
-from agent.routes import Route
-from agent.tls import check_key, check_names, dns_names, parse_chain, parse_key
+from agent.core.aio import first
+from agent.core.files import write_atomic
+from agent.core.routes import Route
+from agent.gateway.tls import check_key, check_names, dns_names, parse_chain, parse_key
 
-log = logging.getLogger("agent.acme")
+log = logging.getLogger("agent.controller.acme")
 
 RETRY_MAX = 6 * 3600.0
 # A new host is first ordered this long after a gateway has been seen with the routes that name

@@ -31,10 +31,10 @@ import aiohttp
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agent.files import write_atomic
-from agent.routes import HOST_RE, Route, RoutesError, RouteTable, parse_routes
+from agent.core.files import write_atomic
+from agent.core.routes import HOST_RE, Route, RoutesError, RouteTable, parse_routes
 
-log = logging.getLogger("agent.sources")
+log = logging.getLogger("agent.gateway.source")
 
 FILE_SOURCE = "routes file"
 _SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
@@ -115,7 +115,7 @@ def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
 @dataclass(frozen=True)
 class Certificate:
     """A certificate the controller's ACME client obtained, as PEM text: checked like any
-    certificate (agent.tls) once written where the gateway reads `tls: acme` certificates."""
+    certificate (gateway/tls.py) once written where the gateway reads `tls: acme` certificates."""
 
     host: str
     chain: str
@@ -322,7 +322,7 @@ class ControllerRoutes:
     def _keep_certificates(self, received: Received) -> Received:
         """Certificates the controller stops sending are kept until they expire: a controller
         started with ACME off, or with a lost volume, must not take HTTPS from a host whose
-        certificate is still good (agent.tls serves one only to a `tls: acme` host)."""
+        certificate is still good (agent.gateway.tls serves one only to a `tls: acme` host)."""
         if self.received is None:
             return received
         sent = {c.host for c in received.certificates}
@@ -357,7 +357,7 @@ class ControllerRoutes:
         self.on_change()
 
     def _write_certificates(self, certificates: tuple[Certificate, ...]) -> None:
-        """`H.crt` and `H.key` per host, where agent.tls reads `tls: acme` certificates; the
+        """`H.crt` and `H.key` per host, where agent.gateway.tls reads `tls: acme` certificates; the
         files of hosts the controller no longer sends are removed. Unchanged files are left
         alone. A file that cannot be written is logged: the host keeps its last good copy."""
         if self.acme_dir is None:

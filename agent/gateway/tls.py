@@ -46,10 +46,10 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.files import FileStamp, stamp, write_atomic
-from agent.routes import HOST_RE, RouteTable, Tls
+from agent.core.files import FileStamp, stamp, write_atomic
+from agent.core.routes import HOST_RE, RouteTable, Tls
 
-log = logging.getLogger("agent.tls")
+log = logging.getLogger("agent.gateway.tls")
 
 WILDCARD_PREFIX = "_wildcard."  # `*.example.com` as a file name: `_wildcard.example.com.crt`
 MIN_RSA_BITS = 2048
@@ -213,7 +213,7 @@ def check_dates(chain: Sequence[x509.Certificate], now: datetime.datetime) -> li
 
 
 def _host_name(name: str) -> bool:
-    """A certificate's name is held to the rule of a route's host (agent.routes)."""
+    """A certificate's name is held to the rule of a route's host (agent.core.routes)."""
     return name.isascii() and len(name) <= 253 and HOST_RE.fullmatch(name) is not None
 
 
@@ -343,7 +343,7 @@ class Certificates:
     def __init__(self, certs_dir: Path, store_dir: Path, ca_bundle: Path | None,
                  clock: Callable[[], float] = time.time, acme_dir: Path | None = None) -> None:
         self.certs_dir = certs_dir
-        self.acme_dir = acme_dir  # where agent.sources writes the controller's certificates
+        self.acme_dir = acme_dir  # where agent.gateway.source writes the controller's certificates
         self.store_dir = store_dir
         self.ca_bundle = ca_bundle
         self.clock = clock

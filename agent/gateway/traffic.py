@@ -45,9 +45,9 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.routes import Route, RouteTable
+from agent.core.routes import Route, RouteTable
 
-log = logging.getLogger("agent.accesslog")
+log = logging.getLogger("agent.gateway.traffic")
 
 TAG = "gateway"  # syslog tag nginx puts before the record
 FORMAT_MARKER = "g1"  # changes when the record's fields change

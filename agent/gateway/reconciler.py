@@ -18,19 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.aio import first
-from agent.discovery import Discovery, Endpoints, Snapshot, sort_addresses
-from agent.files import FileStamp, stamp, write_atomic
-from agent.metrics import Metrics
-from agent.nginx import ApplyError, Nginx
-from agent.render import Rendered, Renderer, RenderError
-from agent.routefiles import FilesPlan, RouteFiles
-from agent.routes import RoutesError, RouteTable, Target, is_address, load_routes
-from agent.settings import Settings
-from agent.sources import ControllerRoutes
-from agent.tls import Certificates, TlsPlan
+from agent.core.aio import first
+from agent.core.files import FileStamp, stamp, write_atomic
+from agent.core.routes import RoutesError, RouteTable, Target, is_address, load_routes
+from agent.core.settings import Settings
+from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.gateway.metrics import Metrics
+from agent.gateway.nginx import ApplyError, Nginx
+from agent.gateway.render import Rendered, Renderer, RenderError
+from agent.gateway.routefiles import FilesPlan, RouteFiles
+from agent.gateway.source import ControllerRoutes
+from agent.gateway.tls import Certificates, TlsPlan
 
-log = logging.getLogger("agent.reconciler")
+log = logging.getLogger("agent.gateway.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
 # seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: its first
@@ -64,7 +64,7 @@ class State:
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
-    tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.tls)
+    tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.gateway.tls)
     files: FilesPlan | None = None  # the files routes name: basic_auth, error_page
     started: float = field(default_factory=time.monotonic)
     # (wall clock, status line) of the last HISTORY cycles whose status changed, reloaded or

@@ -2,7 +2,7 @@
 
 A labelled service routes to its own tasks: the route's `service` is the service's name, never a
 label. Every other field comes from a label named like the field of the routes file, and the route
-is validated by the very same model (agent.routes), so labels obey exactly the rules of the file.
+is validated by the very same model (core/routes.py), so labels obey exactly the rules of the file.
 A service whose labels do not make a valid route is skipped with one error per problem, each
 naming the service and the label; it never affects another service's route.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.routes import Route, RoutesError, parse_routes
+from agent.core.routes import Route, RoutesError, parse_routes
 
 DEFAULT_PREFIX = "gateway"
 # What may follow the prefix: a field (`port`) or a field of a nested option (`tls.redirect`).

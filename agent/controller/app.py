@@ -2,7 +2,7 @@
 
 One replica on a manager node reads Docker (through a socket proxy that allows only reads, or the
 socket itself) with the docker SDK: it lists the services, follows the event stream for service
-create, update and remove, and turns the labels into routes (agent.labels). The gateways never
+create, update and remove, and turns the labels into routes (labels). The gateways never
 see the Docker socket: they ask this server.
 
     GET /routes                          {"version": V, "routes": [...], "errors": [...]}
@@ -36,16 +36,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
-from agent.acme import AcmeManager, Client, acme_hosts
-from agent.aio import first
-from agent.dashboard import add_page
-from agent.files import FileStamp, stamp
-from agent.labels import LabelRoutes, Service, routes_from_services
-from agent.routes import ZONE_RE, RoutesError, RouteTable, load_routes
-from agent.settings import Settings, SettingsError, read_token
-from agent.sources import FILE_SOURCE, Merged, merge, route_item
+from agent.controller.acme import AcmeManager, Client, acme_hosts
+from agent.controller.labels import LabelRoutes, Service, routes_from_services
+from agent.core.aio import first
+from agent.core.dashboard import add_page
+from agent.core.files import FileStamp, stamp
+from agent.core.routes import ZONE_RE, RoutesError, RouteTable, load_routes
+from agent.core.settings import Settings, SettingsError, read_token
+from agent.gateway.source import FILE_SOURCE, Merged, merge, route_item
 
-log = logging.getLogger("agent.controller")
+log = logging.getLogger("agent.controller.app")
 
 DOCKER_API_VERSION = "1.41"  # Docker Engine 20.10; later engines answer it too
 WAIT_MAX = 300.0

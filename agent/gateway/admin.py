@@ -23,14 +23,14 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
-from agent.accesslog import route_label
-from agent.dashboard import PREFIX, add_page, vrrp_status
-from agent.metrics import Metrics
-from agent.nginx import Nginx
-from agent.reconciler import State
-from agent.settings import Settings
-from agent.sources import FILE_SOURCE, ControllerRoutes
-from agent.tls import status as tls_status
+from agent.core.dashboard import PREFIX, add_page, vrrp_status
+from agent.core.settings import Settings
+from agent.gateway.metrics import Metrics
+from agent.gateway.nginx import Nginx
+from agent.gateway.reconciler import State
+from agent.gateway.source import FILE_SOURCE, ControllerRoutes
+from agent.gateway.tls import status as tls_status
+from agent.gateway.traffic import route_label
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
 

@@ -37,7 +37,7 @@ HEADERS = {
 
 def add_page(app: web.Application) -> None:
     """GET /dashboard/ (and / and /dashboard, which lead there) and the page's files."""
-    static = resources.files("agent") / "static"
+    static = resources.files("agent.core") / "static"
     bodies = {name: (static.joinpath(file).read_bytes(), kind)
               for name, (file, kind) in FILES.items()}
 

@@ -127,7 +127,7 @@ def upstream_mode(value: str) -> str:
 
 
 def zone_name(value: str) -> str:
-    from agent.routes import ZONE_RE  # the routes model decides what a zone name may be
+    from agent.core.routes import ZONE_RE  # the routes model decides what a zone name may be
 
     if not ZONE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid zone name")
