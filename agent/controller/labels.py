@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.core.routes import Route, RoutesError, parse_routes
+from agent.core.errors import Loc, place
+from agent.core.errors import shown as _shown
+from agent.core.routes import Route, RouteError, parse_route
 
 DEFAULT_PREFIX = "gateway"
 # What may follow the prefix: a field (`port`) or a field of a nested option (`tls.redirect`).
@@ -35,12 +37,6 @@ _NOT_LABELS = {
 _GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
-_PLACE_RE = re.compile(r"routes\[0\](\S*): ")
-
-
-def _shown(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -93,25 +89,21 @@ def _list(text: str) -> list[str]:
     return [part.strip(" ") for part in text.split(",")]
 
 
-def _relabel(message: str, prefix: str) -> str:
-    """`routes[0].hosts[1]: ...` (the model's place) -> `label gateway.hosts[1]: ...`."""
-    match = _PLACE_RE.match(message)
-    if match is None:
-        return message
-    rest = message[match.end():]
-    place = match.group(1).lstrip(".")
-    if place.startswith("service"):
-        return f"the service name: {rest}"
-    if not place:
-        return f"labels: {rest}"
-    group, _, key = place.partition(".")
-    if group in _GROUPS and key.partition("[")[0] == _GROUPS[group]:
-        place = group + key[len(_GROUPS[group]):]  # basic_auth.file: the label basic_auth
-    if rest == "unknown field":
-        rest = "unknown label (docs/labels.md lists them)"
-    elif rest == "required field is missing":
-        rest = "required label is missing"
-    return f"label {prefix}.{place}: {rest}"
+def _relabel(loc: Loc, message: str, prefix: str) -> str:
+    """A problem at the model's place (`hosts[1]`) in the words of labels: `label
+    gateway.hosts[1]: ...`."""
+    if loc[:1] == ("service",):
+        return f"the service name: {message}"
+    if not loc:
+        return f"labels: {message}"
+    group = loc[0]
+    if isinstance(group, str) and group in _GROUPS and loc[1:2] == (_GROUPS[group],):
+        loc = (group, *loc[2:])  # basic_auth.file: the label basic_auth
+    if message == "unknown field":
+        message = "unknown label (docs/labels.md lists them)"
+    elif message == "required field is missing":
+        message = "required label is missing"
+    return f"label {prefix}.{place(loc)}: {message}"
 
 
 def route_from_labels(service: str, labels: Mapping[str, str],
@@ -164,14 +156,11 @@ def route_from_labels(service: str, labels: Mapping[str, str],
     if "redirect" not in data:  # a route that only redirects sends nothing to the service
         data["service"] = service
     try:
-        table = parse_routes({"routes": [data]}, f"service {service}")
-    except RoutesError as exc:
-        errors += [_relabel(e, prefix) for e in exc.errors]
-        table = None
+        route = parse_route(data)
+    except RouteError as exc:
+        errors += [_relabel(loc, msg, prefix) for loc, msg in exc.problems]
     if errors:
         raise LabelError(service, [f"service {service}: {e}" for e in errors])
-    assert table is not None
-    (route,) = table.routes
     return route
 
 

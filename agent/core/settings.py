@@ -1,7 +1,10 @@
 """Settings: defaults, then GATEWAY_* environment variables, then flags, into one frozen object.
 
-Every flag has an environment variable: `--poll-interval` is `GATEWAY_POLL_INTERVAL`. A value that
-does not parse is reported with the flag and the variable it came from.
+Each program (the gateway: gateway/settings.py; the controller: controller/settings.py) has its
+own settings object and its own table of options; this module holds what they share: the table's
+rows, how they become flags and environment variables, and the parsers of the values. Every flag
+has an environment variable: `--poll-interval` is `GATEWAY_POLL_INTERVAL`. A value that does not
+parse is reported with the flag or the variable it came from, every bad value at once.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "GATEWAY_"
 DEFAULT_NAMESERVER = "127.0.0.11:53"
@@ -127,7 +130,7 @@ def upstream_mode(value: str) -> str:
 
 
 def zone_name(value: str) -> str:
-    from agent.core.routes import ZONE_RE  # the routes model decides what a zone name may be
+    from agent.core.fields import ZONE_RE  # the routes model decides what a zone name may be
 
     if not ZONE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid zone name")
@@ -227,206 +230,75 @@ def loopback_udp(value: str) -> HostPort:
     return HostPort(hp.host, 0) if any_port else hp
 
 
-@dataclass(frozen=True)
-class Settings:
-    routes: Path | None = None
-    routes_url: str | None = None  # the controller's /routes (agent/sources.py)
-    controller_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9280))
-    docker_url: str = "unix:///var/run/docker.sock"
-    label_prefix: str = "gateway"
-    resync_interval: float = 60.0
-    new_service_wait: float = 10.0
-    controller_token_file: Path | None = None  # shared by the controller and the gateways
-    zone_token_files: tuple[tuple[str, Path], ...] = ()  # controller: a zone's own token
-    acme_directory: str | None = None  # the ACME server's directory URL: ACME is on
-    acme_email: str | None = None
-    acme_ca_bundle: Path | None = None  # trust for the ACME server's own HTTPS (a test CA)
-    acme_state_dir: Path = Path("/var/lib/gateway-controller")
-    acme_renew_before: float = 30.0  # days before notAfter
-    acme_retry_min: float = 300.0  # seconds; doubles after each failure, to 6 hours
-    nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
-    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
-    https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
-    https_redirect_port: int = 443
-    certs_dir: Path = Path("/run/secrets")
-    tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
-    admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
-    admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
-    status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
-    poll_interval: float = 1.0
-    dns_timeout: float = 0.5
-    dns_lookups_per_second: float = 200.0
-    dns_control_name: str = "auto"
-    reload_min_interval: float = 2.0
-    zone: str | None = None
-    nginx_prefix: Path | None = None
-    nginx_binary: str = "nginx"
-    nginx_conf_dir: Path = Path("/etc/nginx")
-    template: Path | None = None
-    state_dir: Path | None = None
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    task_networks: tuple[Network, ...] = DEFAULT_TASK_NETWORKS
-    worker_processes: str = "auto"
-    log_format: str = "text"
-    log_level: str = "info"
-    access_log_metrics: bool = False
-    upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
-    access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
-    vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
-
-    @property
-    def routes_conf_path(self) -> Path:
-        """Where the generated http-context configuration lives."""
-        if self.nginx_prefix is not None:
-            return self.nginx_prefix / "conf.d" / "gateway.conf"
-        return self.nginx_conf_dir / "conf.d" / "default.conf"
-
-
-# One row per setting: flag, destination, parser, help. Order is the order of `--help`.
 Parser = Callable[[str], Any]
-_OPTIONS: tuple[tuple[str, str, Parser, str], ...] = (
-    ("--routes", "routes", Path, "routes YAML file (a docker config in a swarm)"),
-    ("--routes-url", "routes_url", http_url,
-     "the controller's routes URL, e.g. http://gateway-controller:9280/routes: routes from "
-     "service labels, merged with the routes file's (docs/labels.md)"),
-    ("--controller-listen", "controller_listen",
-     lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
-     "controller: ADDRESS:PORT of /routes, /metrics, /healthz, /readyz, /status (0.0.0.0:9280)"),
-    ("--docker-url", "docker_url", str,
-     "controller: the Docker API, e.g. tcp://docker-proxy:2375 for a socket proxy "
-     "(unix:///var/run/docker.sock)"),
-    ("--label-prefix", "label_prefix", label_prefix,
-     "controller: the labels to read are PREFIX.hosts, PREFIX.port, ... (gateway)"),
-    ("--resync-interval", "resync_interval", positive_float,
-     "controller: seconds between two full lists of the services, besides events (60)"),
-    ("--new-service-wait", "new_service_wait", non_negative_float,
-     "controller: how long the route of a new service waits for its first running task before "
-     "it is served anyway; 0: at once (10)"),
-    ("--controller-token-file", "controller_token_file", Path,
-     "a file (a docker secret) holding the token the gateways show the controller; needed "
-     "for ACME, whose private keys the controller sends to the gateways only"),
-    ("--zone-token-files", "zone_token_files", zone_token_files,
-     "controller: ZONE=FILE,...: a token that gets only that zone's routes (and its ACME "
-     "certificates), for the gateways of that zone (--zone); the token of "
-     "--controller-token-file gets every zone"),
-    ("--acme-directory", "acme_directory", http_url,
-     "controller: an ACME server's directory URL; turns ACME on for routes with `tls: acme` "
-     "(docs/acme.md: Let's Encrypt staging and production)"),
-    ("--acme-email", "acme_email", email,
-     "controller: the ACME account's contact address, for the CA's notices"),
-    ("--acme-ca-bundle", "acme_ca_bundle", Path,
-     "controller: CA certificates to trust for the ACME server's HTTPS (default: the "
-     "system's)"),
-    ("--acme-state-dir", "acme_state_dir", Path,
-     "controller: where the ACME account key and the certificates are kept (a volume; "
-     "/var/lib/gateway-controller)"),
-    ("--acme-renew-before", "acme_renew_before", positive_float,
-     "controller: renew a certificate this many days before it expires; one whose lifetime "
-     "is under twice that, when a third of its lifetime is left (30)"),
-    ("--acme-retry-min", "acme_retry_min", positive_float,
-     "controller: seconds before the first retry of a failed order; doubles up to 6 hours "
-     "(300)"),
-    ("--nameserver", "nameserver", lambda v: parse_host_port(v, default_port=53),
-     f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
-    ("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
-     "[ADDRESS:]PORT nginx serves routes on (default 8080)"),
-    ("--https-listen", "https_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
-     "[ADDRESS:]PORT nginx serves HTTPS on, when a route has `tls` (default 8443)"),
-    ("--https-redirect-port", "https_redirect_port", port_number,
-     "the port clients reach HTTPS on (the published port): HTTP redirects point there (443)"),
-    ("--certs-dir", "certs_dir", Path,
-     "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
-    ("--tls-ca-bundle", "tls_ca_bundle", Path,
-     "root certificates a certificate chain must lead to, unless it ends in a root itself "
-     "(/etc/ssl/certs/ca-certificates.crt)"),
-    ("--admin-listen", "admin_listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
-     "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
-    ("--admin-token-file", "admin_token_file", Path,
-     "a file (a docker secret) holding the token /status and /metrics need (Authorization: "
-     "Bearer); /healthz and /readyz stay open. Without it, bind --admin-listen to an address "
-     "only monitoring and keepalived reach"),
-    ("--status-listen", "status_listen", lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
-     "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default 127.0.0.1:9181)"),
-    ("--poll-interval", "poll_interval", positive_float, "seconds between discovery rounds (1)"),
-    ("--dns-timeout", "dns_timeout", positive_float, "seconds one DNS lookup may take (0.5)"),
-    ("--dns-lookups-per-second", "dns_lookups_per_second", positive_float,
-     "at most this many of the agent's own lookups a second: with more targets than fit a "
-     "poll interval, each is looked up in turn (nginx follows tasks by itself; the agent's "
-     "lookups give /status, readiness and a service's 503 at no task) (200)"),
-    ("--dns-control-name", "dns_control_name", str,
-     "a name the nameserver always answers itself; while it answers, a failed lookup of "
-     "another name means no tasks. 'auto': the gateway's own reverse name when the nameserver "
-     "is Docker's 127.0.0.11; 'none': off (auto)"),
-    ("--task-networks", "task_networks", task_networks,
-     "comma-separated CIDRs of the swarm's networks: the only addresses accepted from DNS for "
-     "a service's tasks.<service>; others (loopback, link-local, public) are refused and "
-     "counted (10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7: Docker's address pools)"),
-    ("--reload-min-interval", "reload_min_interval", non_negative_float,
-     "seconds between two reloads; changes inside it are coalesced into one (2)"),
-    ("--zone", "zone", zone_name, "render only the routes of this zone"),
-    ("--nginx-prefix", "nginx_prefix", Path,
-     "run a private nginx under DIR (own nginx.conf, pid, logs, temp paths)"),
-    ("--nginx-binary", "nginx_binary", str, "the nginx executable (nginx)"),
-    ("--nginx-conf-dir", "nginx_conf_dir", Path,
-     "without --nginx-prefix: nginx's configuration directory (/etc/nginx)"),
-    ("--template", "template", Path, "a Jinja2 template to use instead of the built-in one"),
-    ("--state-dir", "state_dir", Path,
-     "keep the endpoints behind the last applied configuration here (a volume), to serve "
-     "them at once after a restart while discovery is down"),
-    ("--trusted-proxies", "trusted_proxies", parse_networks,
-     "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
-    ("--worker-processes", "worker_processes", worker_processes, "nginx worker_processes (auto)"),
-    ("--log-format", "log_format", str, "text or json"),
-    ("--log-level", "log_level", str, "debug, info, warning or error"),
-    ("--upstream-mode", "upstream_mode", upstream_mode,
-     "resolve: nginx resolves tasks.<service> itself (`server ... resolve`) and a change of "
-     "tasks needs no reload; static: the agent writes task addresses and reloads (resolve)"),
-    ("--access-log-metrics", "access_log_metrics", on_off,
-     "on or off: per-route request metrics from nginx's access log, sent to the agent (off)"),
-    ("--access-log-listen", "access_log_listen", loopback_udp,
-     "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
-     "picked at start (127.0.0.1:0)"),
-    ("--vrrp-state-file", "vrrp_state_file", Path,
-     "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted into "
-     "the container): its VRRP state is shown in /status and on the dashboard (default: none)"),
-)
 
 
-DESTINATIONS = tuple(dest for _, dest, _, _ in _OPTIONS)
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag (and so its environment variable), the field it fills, the parser
+    of its text, and its help line."""
+
+    flag: str
+    dest: str
+    parse: Parser
+    help: str
 
 
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """Add the setting flags (all, or those whose destination is in `only`)."""
-    for flag, dest, _, help_text in _OPTIONS:
-        if only is None or dest in only:
-            parser.add_argument(flag, dest=dest, default=None, metavar=dest.upper(),
-                                help=f"{help_text} [{env_name(flag)}]")
+def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option],
+                  only: Sequence[str] | None = None) -> None:
+    """Add the flags of `options` (all, or those whose destination is in `only`)."""
+    for opt in options:
+        if only is None or opt.dest in only:
+            parser.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.dest.upper(),
+                                help=f"{opt.help} [{env_name(opt.flag)}]")
 
 
-def from_sources(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+T = TypeVar("T")
+
+
+def from_sources(cls: Callable[..., T], options: Sequence[Option], args: argparse.Namespace,
+                 environ: Mapping[str, str] | None = None) -> T:
     """Defaults < environment < flags. Raises SettingsError listing every bad value."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     errors: list[str] = []
-    for flag, dest, parse, _ in _OPTIONS:
-        raw = getattr(args, dest, None)
-        source = flag
-        if raw is None and env_name(flag) in environ and environ[env_name(flag)] != "":
-            raw, source = environ[env_name(flag)], env_name(flag)
+    for opt in options:
+        raw = getattr(args, opt.dest, None)
+        source = opt.flag
+        if raw is None and environ.get(env_name(opt.flag), "") != "":
+            raw, source = environ[env_name(opt.flag)], env_name(opt.flag)
         if raw is None:
             continue
         try:
-            values[dest] = parse(raw) if isinstance(raw, str) else raw
+            values[opt.dest] = opt.parse(raw) if isinstance(raw, str) else raw
         except ValueError as exc:
             errors.append(f"{source}: {exc}")
-    if values.get("log_format", "text") not in ("text", "json"):
-        errors.append(f"--log-format: {values['log_format']!r} is not text or json")
-    if values.get("log_level", "info") not in ("debug", "info", "warning", "error"):
-        errors.append(f"--log-level: {values['log_level']!r} is not debug/info/warning/error")
     if errors:
         raise SettingsError("; ".join(errors))
-    return Settings(**values)
+    return cls(**values)
+
+
+def log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"{value!r} is not text or json")
+    return value
+
+
+def log_level(value: str) -> str:
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"{value!r} is not debug/info/warning/error")
+    return value
+
+
+# shared by both programs: the routes file, the token between them, the logs
+ROUTES = Option("--routes", "routes", Path, "routes YAML file (a docker config in a swarm)")
+CONTROLLER_TOKEN_FILE = Option(
+    "--controller-token-file", "controller_token_file", Path,
+    "a file (a docker secret) holding the token the gateways show the controller; needed for "
+    "ACME, whose private keys the controller sends to the gateways only")
+LOG_FORMAT = Option("--log-format", "log_format", log_format, "text or json")
+LOG_LEVEL = Option("--log-level", "log_level", log_level, "debug, info, warning or error")

@@ -24,10 +24,10 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
 from agent.core.dashboard import PREFIX, add_page, vrrp_status
-from agent.core.settings import Settings
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
 from agent.gateway.reconciler import State
+from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import FILE_SOURCE, ControllerRoutes
 from agent.gateway.tls import status as tls_status
 from agent.gateway.traffic import route_label
@@ -42,7 +42,7 @@ def is_open(path: str) -> bool:
 LIVENESS_INTERVALS = 10  # a loop silent for this many intervals (at least 30 s) is not alive
 
 
-def liveness(state: State, settings: Settings, now: float) -> tuple[bool, str]:
+def liveness(state: State, settings: GatewaySettings, now: float) -> tuple[bool, str]:
     limit = max(30.0, LIVENESS_INTERVALS * settings.poll_interval)
     if state.heartbeat == 0.0:
         age = now - state.started
@@ -68,7 +68,7 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
     return not problems, problems
 
 
-def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
+def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: float,
                     sources: ControllerRoutes | None = None,
                     traffic: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """/status. `traffic`: per-route request counts (Traffic.totals) when they are on."""
@@ -124,7 +124,7 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
     }
 
 
-def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: Settings,
+def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySettings,
              clock: Callable[[], float] = time.monotonic,
              sources: ControllerRoutes | None = None,
              token: str | None = None) -> web.Application:

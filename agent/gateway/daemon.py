@@ -16,7 +16,7 @@ import socket
 
 from aiohttp import web
 
-from agent.core.settings import Settings, read_token
+from agent.core.settings import read_token
 from agent.gateway import traffic as accesslog
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
@@ -25,13 +25,14 @@ from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx
 from agent.gateway.reconciler import Reconciler, State
 from agent.gateway.render import Renderer
 from agent.gateway.routefiles import RouteFiles, copies_dir
+from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
 
 
-def control_name(settings: Settings) -> str | None:
+def control_name(settings: GatewaySettings) -> str | None:
     """The name whose answer tells "the nameserver works" (see agent.gateway.discovery)."""
     name = settings.dns_control_name
     if name == "none":
@@ -48,7 +49,7 @@ def control_name(settings: Settings) -> str | None:
     return own.reverse_pointer
 
 
-def make_renderer(settings: Settings, access_log: str | None = None) -> Renderer:
+def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Renderer:
     """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
     return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                     trusted_proxies=[str(n) for n in settings.trusted_proxies],
@@ -59,7 +60,7 @@ def make_renderer(settings: Settings, access_log: str | None = None) -> Renderer
                     resolve=settings.upstream_mode == "resolve")
 
 
-def build(settings: Settings, access_log: str | None = None,
+def build(settings: GatewaySettings, access_log: str | None = None,
           ) -> tuple[Reconciler, Nginx, Metrics, State]:
     """The parts of the daemon; `access_log` is where nginx sends its records (HOST:PORT)."""
     metrics = Metrics()
@@ -91,7 +92,7 @@ def build(settings: Settings, access_log: str | None = None,
     return reconciler, nginx, metrics, state
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: GatewaySettings) -> int:
     try:
         version = nginx_version(settings.nginx_binary)
     except NginxTooOld as exc:

@@ -30,9 +30,9 @@ import aiohttp
 
 from agent.core import logs
 from agent.core.files import write_atomic
-from agent.core.settings import Settings
 from agent.gateway.metrics import StubStatus
 from agent.gateway.render import render_main_conf
+from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.nginx")
 
@@ -96,7 +96,7 @@ class Layout:
     include_line: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Layout:
+    def from_settings(cls, settings: GatewaySettings) -> Layout:
         if settings.nginx_prefix is not None:
             prefix = settings.nginx_prefix.absolute()
             return cls(prefix / "nginx.conf", prefix / "conf.d" / "gateway.conf", prefix)
@@ -119,7 +119,7 @@ def _accepting(workers: set[int]) -> list[int]:
 
 
 class Nginx:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
         self.binary = settings.nginx_binary

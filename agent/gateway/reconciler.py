@@ -19,14 +19,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.core.aio import first
+from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
-from agent.core.routes import RoutesError, RouteTable, Target, is_address, load_routes
-from agent.core.settings import Settings
+from agent.core.routes import RoutesError, RouteTable, Target, load_routes
 from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx
 from agent.gateway.render import Rendered, Renderer, RenderError
 from agent.gateway.routefiles import FilesPlan, RouteFiles
+from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes
 from agent.gateway.tls import Certificates, TlsPlan
 
@@ -103,7 +104,7 @@ def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, nginx: Nginx, discovery: Discovery,
+    def __init__(self, settings: GatewaySettings, nginx: Nginx, discovery: Discovery,
                  renderer: Renderer, metrics: Metrics, state: State,
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,

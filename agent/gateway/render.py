@@ -20,7 +20,8 @@ from pathlib import Path
 import jinja2
 
 from agent import __version__
-from agent.core.routes import ERROR_PAGES_PATH, Route, RouteTable, Target, is_address
+from agent.core.fields import ERROR_PAGES_PATH, is_address
+from agent.core.routes import Route, RouteTable, Target
 from agent.gateway.discovery import Endpoints, Snapshot
 from agent.gateway.routefiles import FilesPlan
 from agent.gateway.tls import Served, TlsPlan

@@ -1,6 +1,6 @@
 """Where a gateway's routes come from: the routes file and the controller, merged.
 
-The controller (`gateway-agent controller`, agent/controller.py) serves the routes of labelled
+The controller (`gateway-agent controller`, agent/controller/) serves the routes of labelled
 services at a URL. The gateway long-polls it (`GET URL?version=V&wait=30`): the controller answers
 at once when its routes differ from version V, otherwise when they change or the wait ends. Every
 route received is validated again here with the routes model, so a controller cannot make a
@@ -9,9 +9,8 @@ gateway render anything the routes file could not.
 When the controller cannot be reached the gateway keeps the routes it last received, and with
 --state-dir it saves them, so a gateway restarted meanwhile starts with them.
 
-Merge rules (docs/labels.md): the routes file first, then the controller's routes in its order
-(oldest service first). A route that claims a host and path already claimed, or a host already
-routed with a different `tls`, is refused whole and reported; every other route is served.
+The routes file's routes and the controller's are merged by core/merge.py (docs/labels.md), the
+document is read by core/wire.py.
 """
 
 from __future__ import annotations
@@ -20,191 +19,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agent.core.aio import Backoff
 from agent.core.files import write_atomic
-from agent.core.routes import HOST_RE, Route, RoutesError, RouteTable, parse_routes
+from agent.core.merge import Merged, merge_sources
+from agent.core.routes import RouteTable
+from agent.core.wire import Certificate, Received, parse_document, route_item, valid_until
 
 log = logging.getLogger("agent.gateway.source")
 
 FILE_SOURCE = "routes file"
-_SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
-_ERROR_MAX = 500
-_PEM_MAX = 64 * 1024  # a chain of a few certificates is a few KiB
 _BACKOFF_MAX = 5.0
 START_WAIT = 3.0  # at start, how long the first request to the controller may take
-
-
-@dataclass(frozen=True)
-class Merged:
-    table: RouteTable
-    sources: tuple[str, ...]  # the source of each route of the table
-    errors: tuple[str, ...]  # one per refused route
-    refused: tuple[Route, ...] = ()  # the refused routes, in the order of `errors`
-
-
-def _file_owns(host: str, names: frozenset[str]) -> str | None:
-    """The routes file's name that `host` falls under: the same name, or a wildcard of the
-    file that covers it (`*.example.com` covers `a.example.com`, `a.b.example.com` and
-    `*.b.example.com`: nginx would prefer the more specific name); None when it is free."""
-    if host in names:
-        return host
-    parent = host.removeprefix("*.")
-    while "." in parent:
-        parent = parent.split(".", 1)[1]
-        if f"*.{parent}" in names:
-            return f"*.{parent}"
-    return None
-
-
-def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
-    """First come, first served: each route keeps its hosts unless an earlier route claimed one
-    of them (same host and path, or the same host with a different `tls`); then it is refused
-    whole, with an error naming both sources, and the others are not affected.
-
-    The routes file's names belong to the file, every path under them included: a route from
-    another source that names one of them (or a name under one of its wildcards) is refused,
-    whatever its path. Otherwise `gateway.path=/login` on a file's host would take that path,
-    under the host's certificate, and its zone would get the host's ACME key."""
-    candidates = list(candidates)
-    file_names = frozenset(h for source, route in candidates if source == FILE_SOURCE
-                           for h in route.hosts)
-    claimed: dict[tuple[str, str], str] = {}
-    tls_of: dict[str, tuple[object, str]] = {}
-    routes: list[Route] = []
-    sources: list[str] = []
-    errors: list[str] = []
-    refused: list[Route] = []
-    for source, route in candidates:
-        problems = []
-        for host in route.hosts:
-            owner = _file_owns(host, file_names) if source != FILE_SOURCE else None
-            if owner == host:
-                problems.append(f"{host!r} belongs to the routes file, every path under it "
-                                "included")
-            elif owner is not None:
-                problems.append(f"{host!r} is under {owner!r}, which belongs to the routes "
-                                "file")
-            elif (host, route.path) in claimed:
-                problems.append(f"{host!r} with path {route.path!r} is already routed by "
-                                f"{claimed[host, route.path]}")
-            elif host in tls_of and tls_of[host][0] != route.tls:
-                problems.append(f"{host!r} is also routed by {tls_of[host][1]} with a "
-                                "different 'tls'")
-        if problems:
-            errors.append(f"{source}: not routed: " + "; ".join(problems))
-            refused.append(route)
-            continue
-        for host in route.hosts:
-            claimed[host, route.path] = source
-            tls_of.setdefault(host, (route.tls, source))
-        routes.append(route)
-        sources.append(source)
-    return Merged(RouteTable(tuple(routes)), tuple(sources), tuple(errors), tuple(refused))
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """A certificate the controller's ACME client obtained, as PEM text: checked like any
-    certificate (gateway/tls.py) once written where the gateway reads `tls: acme` certificates."""
-
-    host: str
-    chain: str
-    key: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Received:
-    """A controller's answer, checked: its routes (source, route), the errors to show, and the
-    ACME certificates for the hosts of its routes."""
-
-    version: str
-    routes: tuple[tuple[str, Route], ...]
-    errors: tuple[str, ...]
-    certificates: tuple[Certificate, ...] = ()
-
-
-def _text(value: object, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return None
-    shown = value.encode("ascii", "backslashreplace").decode()
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
-
-
-def parse_document(doc: Any) -> Received:
-    """Check the controller's JSON: a bad document is refused whole (ValueError); a bad route
-    in it is refused alone, as the routes file would refuse it."""
-    if not isinstance(doc, dict):
-        raise ValueError("expected a JSON object")
-    version, items, reported = doc.get("version"), doc.get("routes"), doc.get("errors", [])
-    if not isinstance(version, str) or not _SOURCE_RE.fullmatch(version):
-        raise ValueError("'version' is missing or not a short string")
-    if not isinstance(items, list) or not isinstance(reported, list):
-        raise ValueError("'routes' and 'errors' must be lists")
-    routes: list[tuple[str, Route]] = []
-    errors = [e for e in (_text(r, _ERROR_MAX) for r in reported) if e is not None]
-    for i, item in enumerate(items):
-        source = item.get("source") if isinstance(item, dict) else None
-        if not isinstance(source, str) or not _SOURCE_RE.fullmatch(source):
-            source = f"controller routes[{i}]"
-        route = item.get("route") if isinstance(item, dict) else None
-        try:
-            (parsed,) = parse_routes({"routes": [route]}, source).routes
-        except RoutesError as exc:
-            errors.append(f"{source}: refused by the gateway: " + "; ".join(
-                "route" + e.removeprefix("routes[0]") for e in exc.errors))
-            continue
-        routes.append((source, parsed))
-    certificates = _certificates(doc.get("certificates", []), errors)  # adds to `errors`
-    return Received(version, tuple(routes), tuple(errors), certificates)
-
-
-def _valid_until(cert: Certificate) -> float:
-    """The notAfter of the certificate's first block (0 when it does not parse)."""
-    try:
-        return x509.load_pem_x509_certificate(cert.chain.encode()).not_valid_after_utc.timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
-    """`[{"host": H, "chain": PEM, "key": PEM}]`; an item that is not that is refused alone.
-    The host becomes a file name: only a plain host name (no wildcard) is taken."""
-    if not isinstance(items, list):
-        raise ValueError("'certificates' must be a list")
-    out: dict[str, Certificate] = {}
-    for i, item in enumerate(items):
-        host = item.get("host") if isinstance(item, dict) else None
-        chain = item.get("chain") if isinstance(item, dict) else None
-        key = item.get("key") if isinstance(item, dict) else None
-        if not isinstance(host, str) or not HOST_RE.fullmatch(host) or host.startswith("*") \
-                or len(host) > 253 or host in out:
-            errors.append(f"controller certificates[{i}]: refused by the gateway: the host is "
-                          "not a plain host name, or comes twice")
-        elif not all(isinstance(v, str) and v.isascii() and len(v) <= _PEM_MAX and
-                     "-----BEGIN " in v for v in (chain, key)):
-            errors.append(f"controller certificates[{i}] ({host}): refused by the gateway: "
-                          "'chain' and 'key' must be PEM text")
-        else:
-            assert isinstance(chain, str)
-            assert isinstance(key, str)
-            out[host] = Certificate(host, chain, key)
-    return tuple(out[h] for h in sorted(out))
-
-
-def route_item(source: str, route: Route) -> dict[str, Any]:
-    """One route as the controller serves it and the gateway saves it."""
-    return {"source": source, "route": route.model_dump(mode="json", exclude_none=True)}
 
 
 class SourceMetrics:
@@ -328,7 +162,7 @@ class ControllerRoutes:
         sent = {c.host for c in received.certificates}
         now = self.clock()
         kept = tuple(c for c in self.received.certificates
-                     if c.host not in sent and _valid_until(c) > now)
+                     if c.host not in sent and valid_until(c) > now)
         if not kept:
             return received
         if received.version != self.received.version:
@@ -451,25 +285,24 @@ class ControllerRoutes:
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Long-poll until cancelled; after a failure retry with a growing delay (1 s to 5 s)."""
-        delay = 0.0
+        backoff = Backoff(1.0, _BACKOFF_MAX)
         while True:
             started = time.monotonic()
             # after a failure, a plain request first: it tells at once that the controller is
             # back (a long-poll would wait for a change before answering)
             if await self.fetch(session, self.wait if self.last_error is None else 0):
-                delay = 0.0
+                backoff.reset()
                 # a controller that answers at once without waiting must not make a busy loop
                 await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
             else:
-                delay = min(max(1.0, delay * 2), _BACKOFF_MAX)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.failed())
 
     # -- merging ---------------------------------------------------------------------------------
 
     def merge(self, file_routes: RouteTable) -> RouteTable:
         """The routes file's routes, then the controller's; refused routes are logged once."""
         received = self.received.routes if self.received else ()
-        merged = merge([(FILE_SOURCE, r) for r in file_routes.routes] + list(received))
+        merged = merge_sources(file_routes, received)
         self.merged = merged
         errors = frozenset(merged.errors) | frozenset(self.received.errors
                                                       if self.received else ())

@@ -46,8 +46,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.core.fields import HOST_RE, Tls
 from agent.core.files import FileStamp, stamp, write_atomic
-from agent.core.routes import HOST_RE, RouteTable, Tls
+from agent.core.routes import RouteTable
 
 log = logging.getLogger("agent.gateway.tls")
 

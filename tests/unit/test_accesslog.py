@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.core import settings
 from agent.core.routes import RouteTable, parse_routes
-from agent.core.settings import HostPort
+from agent.core.settings import HostPort, SettingsError
+from agent.gateway import settings
 from agent.gateway.discovery import Endpoints
 from agent.gateway.render import Renderer, render_main_conf
 from agent.gateway.traffic import (
@@ -310,7 +310,7 @@ def test_bind_fails_on_a_port_in_use() -> None:
 
 # -- the settings -----------------------------------------------------------------------------
 
-def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.Settings:
+def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.GatewaySettings:
     p = argparse.ArgumentParser()
     settings.add_arguments(p)
     return settings.from_sources(p.parse_args(argv), env or {})
@@ -328,7 +328,7 @@ def test_settings_default_to_off_and_a_free_loopback_port() -> None:
 
 
 def test_settings_refuse_a_non_loopback_address_or_a_bad_switch() -> None:
-    with pytest.raises(settings.SettingsError) as info:
+    with pytest.raises(SettingsError) as info:
         parse(["--access-log-listen", "0.0.0.0:9182"], {"GATEWAY_ACCESS_LOG_METRICS": "maybe"})
     assert "--access-log-listen" in str(info.value)
     assert "loopback" in str(info.value)

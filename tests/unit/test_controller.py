@@ -21,8 +21,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.controller.acme import AcmeManager, issued_from_pem
-from agent.controller.app import Controller, ControllerMetrics, FileRoutes
+from agent.controller.app import make_app
 from agent.controller.labels import Service
+from agent.controller.main import FileRoutes
+from agent.controller.metrics import ControllerMetrics
+from agent.controller.sync import Controller
 from agent.core.routes import parse_routes
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from tests.support import until
@@ -85,7 +88,7 @@ async def changed(c: Controller) -> None:
 
 @pytest.fixture
 async def client(controller: Controller) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(controller.app())) as c:
+    async with TestClient(TestServer(make_app(controller))) as c:
         yield c
 
 
@@ -105,7 +108,7 @@ async def test_nothing_is_served_before_docker_answered(docker: Docker) -> None:
     docker.failing = True
     c = Controller(docker.list_services, ControllerMetrics())
     await c.sync()
-    async with TestClient(TestServer(c.app())) as client:
+    async with TestClient(TestServer(make_app(c))) as client:
         status, body, _ = await get(client)
         assert status == 503
         assert body is not None
@@ -257,7 +260,7 @@ class Served:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
-        self.server = TestServer(controller.app())
+        self.server = TestServer(make_app(controller))
 
     @property
     def url(self) -> str:
@@ -385,7 +388,7 @@ async def test_a_zone_token_gets_that_zone_s_routes_and_nothing_else(docker: Doc
     c = Controller(docker.list_services, ControllerMetrics(), token=TOKEN,
                    zone_tokens=(("dmz", dmz_token),))
     await c.sync()
-    async with TestClient(TestServer(c.app())) as client:
+    async with TestClient(TestServer(make_app(c))) as client:
         status, body, _ = await get(client, "?zone=dmz", **dmz)
         assert status == 200
         assert body is not None
@@ -418,7 +421,7 @@ async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
     docker.put("shop_web", WEB)
     c = Controller(docker.list_services, ControllerMetrics(), token=TOKEN)
     await c.sync()
-    async with TestClient(TestServer(c.app())) as client:
+    async with TestClient(TestServer(make_app(c))) as client:
         for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN},
                       {"Authorization": f"Bearer {TOKEN}0"}, {"Authorization": f"Basic {TOKEN}"}):
             resp = await client.get("/routes", headers=wrong)
@@ -458,7 +461,7 @@ async def acme_controller(docker: Docker, tmp_path: Path,
                           renew_before=30 * 86400, retry_min=300, clock=fake.clock)
     c = Controller(docker.list_services, metrics, token=TOKEN, acme=manager)
     await c.sync()
-    async with TestClient(TestServer(c.app())) as client:
+    async with TestClient(TestServer(make_app(c))) as client:
         yield c, fake, client
 
 
@@ -559,7 +562,7 @@ async def test_the_controller_refuses_a_label_under_a_routes_file_name_and_says_
                               "gateway.path": "/login"})
     c = Controller(docker.list_services, ControllerMetrics(), file_routes=lambda: FILE)
     await c.sync()
-    async with TestClient(TestServer(c.app())) as client:
+    async with TestClient(TestServer(make_app(c))) as client:
         status, body, _ = await get(client)
         assert status == 200
         assert body is not None

@@ -14,7 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from agent.controller.acme import AcmeManager, Client, HostState, Issued
-from agent.controller.app import ControllerMetrics
+from agent.controller.metrics import ControllerMetrics
 from agent.core.routes import parse_routes
 from agent.gateway.metrics import Metrics, StubStatus
 from agent.keepalived.notify import Record, RecordsCollector

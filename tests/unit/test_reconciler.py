@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from agent.core.routes import parse_routes
-from agent.core.settings import Settings
 from agent.gateway.daemon import make_renderer
 from agent.gateway.discovery import Endpoints, Snapshot
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError
 from agent.gateway.reconciler import Reconciler, State
+from agent.gateway.settings import GatewaySettings as Settings
 
 
 class FakeDiscovery:

@@ -16,17 +16,9 @@ from pathlib import Path
 import pytest
 
 from agent.controller.labels import LabelError, route_from_labels
-from agent.core.routes import (
-    BasicAuth,
-    Headers,
-    RateLimit,
-    Redirect,
-    Route,
-    RoutesError,
-    RouteTable,
-    Sticky,
-    parse_routes,
-)
+from agent.core.fields import BasicAuth, Headers, RateLimit, Redirect, Sticky
+from agent.core.routes import Route, RoutesError, RouteTable, parse_routes
+from agent.core.wire import route_item
 from agent.gateway.discovery import Endpoints
 from agent.gateway.render import Renderer, RenderError, nginx_quoted, sticky_var
 from agent.gateway.routefiles import (
@@ -37,7 +29,6 @@ from agent.gateway.routefiles import (
     check_hash,
     crypt_checks,
 )
-from agent.gateway.source import route_item
 from agent.gateway.tls import Certificates
 from tests.support.tlsca import TestCA
 from tests.unit.test_hostile import NginxTest

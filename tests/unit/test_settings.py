@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
 
-from agent.core import settings
 from agent.core.settings import HostPort, SettingsError, parse_host_port
+from agent.gateway import settings
 
 
-def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.Settings:
+def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.GatewaySettings:
     p = argparse.ArgumentParser()
     settings.add_arguments(p)
     return settings.from_sources(p.parse_args(argv), env or {})
@@ -21,7 +20,6 @@ def test_defaults_match_the_documentation() -> None:
     assert s.listen == HostPort("0.0.0.0", 8080)
     assert s.admin_listen == HostPort("0.0.0.0", 9180)
     assert s.poll_interval == 1.0
-    assert s.routes_conf_path == Path("/etc/nginx/conf.d/default.conf")
 
 
 def test_flags_win_over_environment_which_wins_over_defaults() -> None:

@@ -14,15 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from agent.core.merge import merge
 from agent.core.routes import Route, parse_routes
-from agent.gateway.source import (
-    FILE_SOURCE,
-    ControllerRoutes,
-    SourceMetrics,
-    merge,
-    parse_document,
-    route_item,
-)
+from agent.core.wire import parse_document, route_item
+from agent.gateway.source import FILE_SOURCE, ControllerRoutes, SourceMetrics
 from tests.support.tlsca import TestCA
 
 

@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agent.core import settings as settings_mod
 from agent.core.routes import RoutesError, parse_routes
+from agent.core.settings import SettingsError
+from agent.gateway import settings as settings_mod
 from agent.gateway.discovery import Endpoints
 from agent.gateway.render import Renderer, RenderError
 from agent.gateway.tls import (
@@ -179,8 +180,8 @@ def test_settings_have_environment_variables() -> None:
     assert str(s.https_listen) == "0.0.0.0:9443"
     assert (s.https_redirect_port, s.certs_dir, s.tls_ca_bundle) == (
         443, Path("/certs"), Path("/roots.pem"))
-    assert settings_mod.Settings().https_listen.port == 8443
-    with pytest.raises(settings_mod.SettingsError, match="GATEWAY_HTTPS_REDIRECT_PORT"):
+    assert settings_mod.GatewaySettings().https_listen.port == 8443
+    with pytest.raises(SettingsError, match="GATEWAY_HTTPS_REDIRECT_PORT"):
         settings_mod.from_sources(args, {"GATEWAY_HTTPS_REDIRECT_PORT": "0"})
 
 

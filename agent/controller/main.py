@@ -1,0 +1,121 @@
+"""`gateway-agent controller`: start the controller (docs/labels.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from aiohttp import web
+
+from agent.controller.acme import AcmeManager, Client
+from agent.controller.app import make_app
+from agent.controller.docker import Docker
+from agent.controller.metrics import ControllerMetrics
+from agent.controller.settings import ControllerSettings
+from agent.controller.sync import Controller
+from agent.core.files import FileStamp, stamp
+from agent.core.routes import RoutesError, RouteTable, load_routes
+from agent.core.settings import SettingsError, read_token
+
+log = logging.getLogger("agent.controller")
+
+
+class FileRoutes:
+    """The routes file as the controller reads it: its names are refused to labels (as the
+    gateways refuse them), and with ACME its `tls: acme` routes get certificates. Read again
+    when it changes; a bad file keeps the last good routes (the gateways report its errors)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: FileStamp | None = None
+        self._table = RouteTable(())
+        self._missing_said = False
+
+    def __call__(self) -> RouteTable:
+        current = stamp(self.path)
+        if current is None and not self._missing_said:
+            self._missing_said = True
+            log.warning("routes_file_missing file=%s effect=%r", self.path,
+                        "its names are not checked against labels here, and its tls: acme "
+                        "routes get no certificate (mount the routes config)")
+        if current != self._stamp:
+            self._stamp = current
+            try:
+                self._table = load_routes(self.path)
+            except RoutesError as exc:
+                log.error("routes_file_refused file=%s error=%r", self.path, str(exc))
+        return self._table
+
+
+def _acme(settings: ControllerSettings, metrics: ControllerMetrics) -> AcmeManager | None:
+    if settings.acme_directory is None:
+        return None
+    client = Client(settings.acme_directory, settings.acme_state_dir, settings.acme_email,
+                    settings.acme_ca_bundle, challenges={})
+    return AcmeManager(client, settings.acme_state_dir, metrics.registry,
+                       renew_before=settings.acme_renew_before * 86400,
+                       retry_min=settings.acme_retry_min)
+
+
+async def run(settings: ControllerSettings) -> int:
+    token = None
+    if settings.controller_token_file is not None:
+        token = read_token(settings.controller_token_file)
+    elif settings.zone_token_files:
+        raise SettingsError("--zone-token-files needs --controller-token-file (the token of "
+                            "every zone)")
+    elif settings.acme_directory is not None:
+        raise SettingsError("--acme-directory needs --controller-token-file: the controller "
+                            "sends the certificates' private keys to the gateways that show "
+                            "the token, and to no one else")
+    metrics = ControllerMetrics()
+    acme = _acme(settings, metrics)
+    docker_api = Docker(settings.docker_url)
+    controller = Controller(docker_api.list_services, metrics, prefix=settings.label_prefix,
+                            resync_interval=settings.resync_interval,
+                            list_running=docker_api.list_running,
+                            new_service_wait=settings.new_service_wait, token=token,
+                            zone_tokens=tuple((z, read_token(f, "--zone-token-files"))
+                                              for z, f in settings.zone_token_files),
+                            acme=acme,
+                            file_routes=FileRoutes(settings.routes) if settings.routes else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(controller), access_log=None)
+    await runner.setup()
+    listen = settings.controller_listen
+    try:
+        await web.TCPSite(runner, listen.host, listen.port).start()
+    except OSError as exc:
+        log.error("listen_failed address=%s error=%r", listen, str(exc))
+        await runner.cleanup()
+        return 1
+    log.info("controller_listening address=%s docker=%s prefix=%s", listen,
+             settings.docker_url, settings.label_prefix)
+    watcher = threading.Thread(target=docker_api.follow, args=(loop, controller),
+                               name="docker-events", daemon=True)
+    watcher.start()
+    acme_task = None
+    if acme is not None:
+        log.info("acme_on directory=%s state_dir=%s", settings.acme_directory,
+                 settings.acme_state_dir)
+        controller.acme_wanted()
+        acme_task = asyncio.create_task(acme.run(stop), name="acme")
+    try:
+        await controller.run(stop)
+    finally:
+        if acme_task is not None:
+            acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acme_task
+        controller.close()
+        docker_api.close()
+        await runner.cleanup()
+    log.info("controller_stopped")
+    return 0

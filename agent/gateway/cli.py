@@ -1,0 +1,123 @@
+"""`gateway-agent run` (the container's entrypoint), `check` (a routes file) and `render` (the
+configuration for a snapshot of endpoints)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.core import logs
+from agent.core.routes import RoutesError, RouteTable, load_routes
+from agent.gateway import settings
+
+if TYPE_CHECKING:
+    from agent.gateway.discovery import Endpoints
+
+
+def _report(exc: RoutesError, suffix: str = "") -> int:
+    """Every problem of a routes file, one per line; exit status 1."""
+    print(f"{exc.source}: {len(exc.errors)} error(s){suffix}", file=sys.stderr)
+    for err in exc.errors:
+        print(f"  {err}", file=sys.stderr)
+    return 1
+
+
+def _routes_or_exit(path: Path | None, zone: str | None) -> RouteTable | int:
+    """The routes of `path` (for `zone`), or the exit status after saying what is wrong."""
+    if path is None:
+        print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
+        return 2
+    try:
+        return load_routes(path).for_zone(zone)
+    except RoutesError as exc:
+        return _report(exc)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.gateway import daemon
+
+    s = settings.from_sources(args)
+    logs.setup(s.log_format, s.log_level)
+    if s.routes is None and s.routes_url is None:
+        print("error: --routes FILE or --routes-url URL (or GATEWAY_ROUTES, GATEWAY_ROUTES_URL) "
+              "is required", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(daemon.run(s))
+    except RoutesError as exc:
+        return _report(exc, "; not starting")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    s = settings.from_sources(args)
+    table = _routes_or_exit(s.routes, s.zone)
+    if isinstance(table, int):
+        return table
+    hosts = {h for r in table.routes for h in r.hosts}
+    print(f"{s.routes}: ok, {len(table.routes)} routes, {len(hosts)} host names, "
+          f"{len(table.targets)} targets" + (f" (zone {s.zone})" if s.zone else ""))
+    return 0
+
+
+def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
+    """`{"service": ["10.0.1.3", ...]}` as the discovery snapshot the renderer takes."""
+    from agent.gateway.discovery import Endpoints, sort_addresses
+
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("expected an object {\"service\": [\"10.0.1.3\", ...]}")
+    by_name = {t.name: t for t in table.targets}
+    snapshot: dict[str, Endpoints] = {}
+    for name, addresses in doc.items():
+        if not isinstance(addresses, list):
+            raise ValueError(f"{name}: expected a list of addresses")
+        target = by_name.get(name)
+        ok = sort_addresses(addresses)
+        snapshot[target.lookup_name if target else name] = Endpoints(ok, "ok" if ok else "none")
+    return snapshot
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from agent.gateway.daemon import make_renderer
+    from agent.gateway.render import RenderError
+
+    s = settings.from_sources(args)
+    table = _routes_or_exit(s.routes, s.zone)
+    if isinstance(table, int):
+        return table
+    snapshot: dict[str, Endpoints] = {}
+    if args.endpoints:
+        try:
+            snapshot = _snapshot(args.endpoints, table)
+        except (OSError, ValueError) as exc:
+            print(f"{args.endpoints}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        sys.stdout.write(make_renderer(s).render(table, snapshot).text)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="run nginx and keep its configuration in step with DNS")
+    settings.add_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
+    settings.add_arguments(check, only=("routes", "zone"))
+    check.set_defaults(func=cmd_check)
+
+    render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
+    settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
+                                         "trusted_proxies", "template", "nameserver",
+                                         "upstream_mode", "https_listen",
+                                         "https_redirect_port"))
+    render.add_argument("--endpoints", metavar="FILE.json",
+                        help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
+    render.set_defaults(func=cmd_render)

@@ -1,0 +1,169 @@
+"""The gateway's settings (`gateway-agent run`, `check`, `render`): one frozen object, from
+defaults, GATEWAY_* environment variables and flags (core/settings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.core import settings as core
+from agent.core.settings import (
+    CONTROLLER_TOKEN_FILE,
+    DEFAULT_NAMESERVER,
+    DEFAULT_TASK_NETWORKS,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    ROUTES,
+    HostPort,
+    Network,
+    Option,
+    http_url,
+    loopback_udp,
+    non_negative_float,
+    on_off,
+    parse_host_port,
+    parse_ip_host_port,
+    parse_networks,
+    port_number,
+    positive_float,
+    task_networks,
+    upstream_mode,
+    worker_processes,
+    zone_name,
+)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    routes: Path | None = None
+    routes_url: str | None = None  # the controller's /routes (gateway/source.py)
+    controller_token_file: Path | None = None  # shared by the controller and the gateways
+    nameserver: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_NAMESERVER))
+    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
+    https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
+    https_redirect_port: int = 443
+    certs_dir: Path = Path("/run/secrets")
+    tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
+    admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
+    admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
+    status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
+    poll_interval: float = 1.0
+    dns_timeout: float = 0.5
+    dns_lookups_per_second: float = 200.0
+    dns_control_name: str = "auto"
+    reload_min_interval: float = 2.0
+    zone: str | None = None
+    nginx_prefix: Path | None = None
+    nginx_binary: str = "nginx"
+    nginx_conf_dir: Path = Path("/etc/nginx")
+    template: Path | None = None
+    state_dir: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    task_networks: tuple[Network, ...] = DEFAULT_TASK_NETWORKS
+    worker_processes: str = "auto"
+    log_format: str = "text"
+    log_level: str = "info"
+    access_log_metrics: bool = False
+    upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
+    access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
+    vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
+
+
+# One row per setting. Order is the order of `--help`.
+OPTIONS: tuple[Option, ...] = (
+    ROUTES,
+    Option("--routes-url", "routes_url", http_url,
+           "the controller's routes URL, e.g. http://gateway-controller:9280/routes: routes from"
+           " service labels, merged with the routes file's (docs/labels.md)"),
+    CONTROLLER_TOKEN_FILE,
+    Option("--nameserver", "nameserver", lambda v: parse_host_port(v, default_port=53),
+           f"DNS server HOST[:PORT] to resolve tasks.<service> (default {DEFAULT_NAMESERVER})"),
+    Option("--listen", "listen", lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+           "[ADDRESS:]PORT nginx serves routes on (default 8080)"),
+    Option("--https-listen", "https_listen",
+           lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+           "[ADDRESS:]PORT nginx serves HTTPS on, when a route has `tls` (default 8443)"),
+    Option("--https-redirect-port", "https_redirect_port", port_number,
+           "the port clients reach HTTPS on (the published port): HTTP redirects point there "
+           "(443)"),
+    Option("--certs-dir", "certs_dir", Path,
+           "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
+    Option("--tls-ca-bundle", "tls_ca_bundle", Path,
+           "root certificates a certificate chain must lead to, unless it ends in a root itself "
+           "(/etc/ssl/certs/ca-certificates.crt)"),
+    Option("--admin-listen", "admin_listen",
+           lambda v: parse_ip_host_port(v, default_host="0.0.0.0"),
+           "ADDRESS:PORT of /metrics, /healthz, /readyz, /status (default 0.0.0.0:9180)"),
+    Option("--admin-token-file", "admin_token_file", Path,
+           "a file (a docker secret) holding the token /status and /metrics need (Authorization:"
+           " Bearer); /healthz and /readyz stay open. Without it, bind --admin-listen to an "
+           "address only monitoring and keepalived reach"),
+    Option("--status-listen", "status_listen",
+           lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
+           "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default "
+           "127.0.0.1:9181)"),
+    Option("--poll-interval", "poll_interval", positive_float,
+           "seconds between discovery rounds (1)"),
+    Option("--dns-timeout", "dns_timeout", positive_float,
+           "seconds one DNS lookup may take (0.5)"),
+    Option("--dns-lookups-per-second", "dns_lookups_per_second", positive_float,
+           "at most this many of the agent's own lookups a second: with more targets than fit a "
+           "poll interval, each is looked up in turn (nginx follows tasks by itself; the agent's"
+           " lookups give /status, readiness and a service's 503 at no task) (200)"),
+    Option("--dns-control-name", "dns_control_name", str,
+           "a name the nameserver always answers itself; while it answers, a failed lookup of "
+           "another name means no tasks. 'auto': the gateway's own reverse name when the "
+           "nameserver is Docker's 127.0.0.11; 'none': off (auto)"),
+    Option("--task-networks", "task_networks", task_networks,
+           "comma-separated CIDRs of the swarm's networks: the only addresses accepted from DNS "
+           "for a service's tasks.<service>; others (loopback, link-local, public) are refused "
+           "and counted (10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7: Docker's address "
+           "pools)"),
+    Option("--reload-min-interval", "reload_min_interval", non_negative_float,
+           "seconds between two reloads; changes inside it are coalesced into one (2)"),
+    Option("--zone", "zone", zone_name,
+           "render only the routes of this zone"),
+    Option("--nginx-prefix", "nginx_prefix", Path,
+           "run a private nginx under DIR (own nginx.conf, pid, logs, temp paths)"),
+    Option("--nginx-binary", "nginx_binary", str,
+           "the nginx executable (nginx)"),
+    Option("--nginx-conf-dir", "nginx_conf_dir", Path,
+           "without --nginx-prefix: nginx's configuration directory (/etc/nginx)"),
+    Option("--template", "template", Path,
+           "a Jinja2 template to use instead of the built-in one"),
+    Option("--state-dir", "state_dir", Path,
+           "keep the endpoints behind the last applied configuration here (a volume), to serve "
+           "them at once after a restart while discovery is down"),
+    Option("--trusted-proxies", "trusted_proxies", parse_networks,
+           "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
+    Option("--worker-processes", "worker_processes", worker_processes,
+           "nginx worker_processes (auto)"),
+    LOG_FORMAT,
+    LOG_LEVEL,
+    Option("--upstream-mode", "upstream_mode", upstream_mode,
+           "resolve: nginx resolves tasks.<service> itself (`server ... resolve`) and a change "
+           "of tasks needs no reload; static: the agent writes task addresses and reloads "
+           "(resolve)"),
+    Option("--access-log-metrics", "access_log_metrics", on_off,
+           "on or off: per-route request metrics from nginx's access log, sent to the agent "
+           "(off)"),
+    Option("--access-log-listen", "access_log_listen", loopback_udp,
+           "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
+           "picked at start (127.0.0.1:0)"),
+    Option("--vrrp-state-file", "vrrp_state_file", Path,
+           "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted "
+           "into the container): its VRRP state is shown in /status and on the dashboard "
+           "(default: none)"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    core.add_arguments(parser, OPTIONS, only)
+
+
+def from_sources(args: argparse.Namespace,
+                 environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    return core.from_sources(GatewaySettings, OPTIONS, args, environ)
