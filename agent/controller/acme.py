@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -51,7 +50,7 @@ from agent import __version__
 from agent.core.aio import first
 from agent.core.files import write_atomic
 from agent.core.routes import Route
-from agent.gateway.tls import check_key, check_names, dns_names, parse_chain, parse_key
+from agent.core.x509 import check_key, check_names, parse_chain, parse_key
 
 log = logging.getLogger("agent.controller.acme")
 
@@ -540,10 +539,6 @@ class AcmeManager:
                 "renew_before_days": self.renew_before / 86400, "problems": problems,
                 "loop_seconds_ago": round(time.monotonic() - self.heartbeat, 1),
                 "loop_errors": self.loop_errors, "hosts": hosts}
-
-
-def certificate_names(chain: str) -> tuple[str, ...]:
-    return dns_names(x509.load_pem_x509_certificate(chain.encode()))
 
 
 def _when(moment: float) -> str:

@@ -43,8 +43,10 @@ def place(loc: Iterable[int | str]) -> str:
     return text or "(top level)"
 
 
-def problems(exc: ValidationError) -> list[tuple[Loc, str]]:
-    """Each of pydantic's errors as (place, message), in words a user of the file reads."""
+def problems(exc: ValidationError, secrets: frozenset[str] = frozenset(),
+             ) -> list[tuple[Loc, str]]:
+    """Each of pydantic's errors as (place, message), in words a user of the file reads; the
+    value is not repeated for a field named in `secrets` (a password)."""
     out: list[tuple[Loc, str]] = []
     for err in exc.errors():
         loc: Loc = tuple(p for p in err["loc"]
@@ -62,7 +64,8 @@ def problems(exc: ValidationError) -> list[tuple[Loc, str]]:
         elif err["type"] == "invalid_key":  # pydantic puts str(key) where the key was
             loc = loc[:-1]
             msg = f"the key {shown(err['input'])} is not a field name"
-        elif "input" in err and err["type"] not in ("model_type",):
+        elif "input" in err and err["type"] not in ("model_type",) and \
+                not secrets.intersection(p for p in loc if isinstance(p, str)):
             msg = f"{shown(err['input'])}: {msg}"
         out.append((loc, msg))
     return out

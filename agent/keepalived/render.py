@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,6 +35,10 @@ from pydantic import (
     Field,
     ValidationError,
 )
+
+from agent.core.errors import place
+from agent.core.errors import problems as validation_problems
+from agent.core.yamlfile import YamlError, load_yaml
 
 GENERATED_BY = "gateway-agent keepalived render"
 NODE = "{node}"  # in track_file and notify: replaced by the node's name
@@ -166,8 +169,8 @@ def problems(cluster: Cluster) -> list[str]:
         for index, node in enumerate(cluster.nodes):
             value = str(getattr(node, attribute))
             if value in first:
-                found.append(f"nodes.{index}.{attribute}: {value} is also the {attribute} of "
-                             f"nodes.{first[value]}; every node needs its own")
+                found.append(f"nodes[{index}].{attribute}: {value} is also the {attribute} of "
+                             f"nodes[{first[value]}]; every node needs its own")
             else:
                 first[value] = index
     families = {ipaddress.ip_interface(vip).version for vip in cluster.vips}
@@ -177,7 +180,7 @@ def problems(cluster: Cluster) -> list[str]:
     if cluster.vrrp_version == 2:
         for index, vip in enumerate(cluster.vips):
             if ipaddress.ip_interface(vip).version == 6:
-                found.append(f"vips.{index}: VRRPv2 carries IPv4 only; use vrrp_version 3")
+                found.append(f"vips[{index}]: VRRPv2 carries IPv4 only; use vrrp_version 3")
         if cluster.advert_int != int(cluster.advert_int):
             found.append("advert_int: VRRPv2 counts whole seconds; use vrrp_version 3 for a "
                          "fraction")
@@ -201,11 +204,11 @@ def problems(cluster: Cluster) -> list[str]:
 def load_cluster(path: str | Path) -> Cluster:
     """Read and validate a cluster file; every problem at once, each with its place."""
     try:
-        data: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data: Any = load_yaml(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ClusterError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ClusterError(f"{path}: not YAML: {exc}") from None
+    except YamlError as exc:
+        raise ClusterError(f"{path}: {exc}") from None
     return cluster_from_dict(data, str(path))
 
 
@@ -213,12 +216,9 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
     try:
         cluster = Cluster.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            place = ".".join(str(p) for p in error["loc"]) or "(top)"
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {place}: {message}")
-        raise ClusterError("\n".join(lines)) from None
+        raise ClusterError("\n".join(f"{source}: {place(loc)}: {message}"
+                                     for loc, message in validation_problems(
+                                         exc, secrets=frozenset({"auth_pass"})))) from None
     found = problems(cluster)
     if found:
         raise ClusterError("\n".join(f"{source}: {line}" for line in found))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from agent.gateway import tls
+from agent.core import x509 as checks
 from tests.support import require_programs, wait_until
 from tests.support.gateway import http_get
 from tests.support.tlsca import TestCA
@@ -149,16 +149,16 @@ def test_demo_certificate_passes_the_gateways_checks(tmp_path: Path) -> None:
     require_programs("openssl")
     (make,) = docs_commands(r"scripts/demo\.sh certs")
     run(*make.split(), str(tmp_path))
-    chain = tls.parse_chain((tmp_path / "demo.crt").read_bytes())
-    key = tls.parse_key((tmp_path / "demo.key").read_bytes())
+    chain = checks.parse_chain((tmp_path / "demo.crt").read_bytes())
+    key = checks.parse_key((tmp_path / "demo.key").read_bytes())
     ca = x509.load_pem_x509_certificate((tmp_path / "demo-ca.crt").read_bytes())
     hosts = [h for r in TLS_ROUTES for h in r["hosts"]]
     now = datetime.datetime.now(datetime.UTC)
-    assert tls.check_key(chain[0], key) == []
-    assert tls.check_usage(chain[0]) == []
-    assert tls.check_chain(chain, None) == ([], ca)  # the file ends in the CA, a root
-    assert tls.check_dates(chain, now) == []
-    assert tls.check_names(chain[0], hosts) == []
+    assert checks.check_key(chain[0], key) == []
+    assert checks.check_usage(chain[0]) == []
+    assert checks.check_chain(chain, None) == ([], ca)  # the file ends in the CA, a root
+    assert checks.check_dates(chain, now) == []
+    assert checks.check_names(chain[0], hosts) == []
     assert chain[0].not_valid_after_utc - now <= datetime.timedelta(days=30)
     constraints = ca.extensions.get_extension_for_class(x509.NameConstraints)
     assert constraints.critical

@@ -131,9 +131,9 @@ def test_every_problem_at_once_with_its_place() -> None:
         cluster_from_dict(data, "cluster.yaml")
     lines = str(caught.value).splitlines()
     assert lines == [
-        "cluster.yaml: vips.0: 'not-an-address' is not an address with an optional /prefix",
+        "cluster.yaml: vips[0]: 'not-an-address' is not an address with an optional /prefix",
         "cluster.yaml: auth_pass: String should have at most 8 characters",
-        "cluster.yaml: check.http.0: 'http://x/ path' must be one word without quotes, "
+        "cluster.yaml: check.http[0]: 'http://x/ path' must be one word without quotes, "
         "backslashes, '#', '!', '$' or braces (keepalived would change it)",
     ]
 
@@ -145,11 +145,11 @@ def test_problems_across_fields_at_once_with_their_places() -> None:
     with pytest.raises(ClusterError) as caught:
         cluster_from_dict(data, "cluster.yaml")
     assert str(caught.value).splitlines() == [
-        "cluster.yaml: nodes.2.priority: 240 is also the priority of nodes.1; every node needs "
-        "its own",
+        "cluster.yaml: nodes[2].priority: 240 is also the priority of nodes[1]; every node "
+        "needs its own",
         "cluster.yaml: vips: IPv4 and IPv6 cannot share one vrrp_instance; use one instance "
         "(one cluster file) per address family",
-        "cluster.yaml: vips.1: VRRPv2 carries IPv4 only; use vrrp_version 3",
+        "cluster.yaml: vips[1]: VRRPv2 carries IPv4 only; use vrrp_version 3",
         "cluster.yaml: check.weight: -5 cannot move the VIP: a failed node with priority 250 "
         "would still have 245, not below the healthy node with 240; use weight 0 (FAULT) or at "
         "most -11",
@@ -157,7 +157,7 @@ def test_problems_across_fields_at_once_with_their_places() -> None:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"nodes_priority": 240}, "240 is also the priority of nodes.1"),
+    ({"nodes_priority": 240}, "240 is also the priority of nodes\\[1\\]"),
     ({"vrrp_version": 3, "auth_pass": "abc"}, "VRRPv3 has no authentication"),
     ({"vrrp_version": 2, "advert_int": 0.5}, "VRRPv2 counts whole seconds"),
     ({"vrrp_version": 2, "vips": ["2001:db8::1/64"]}, "VRRPv2 carries IPv4 only"),

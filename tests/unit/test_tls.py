@@ -13,12 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.core.routes import RoutesError, parse_routes
 from agent.core.settings import SettingsError
-from agent.gateway import settings as settings_mod
-from agent.gateway.discovery import Endpoints
-from agent.gateway.render import Renderer, RenderError
-from agent.gateway.tls import (
-    Certificates,
-    TlsCollector,
+from agent.core.x509 import (
     check_chain,
     check_dates,
     check_key,
@@ -27,8 +22,11 @@ from agent.gateway.tls import (
     covers,
     parse_chain,
     parse_key,
-    status,
 )
+from agent.gateway import settings as settings_mod
+from agent.gateway.discovery import Endpoints
+from agent.gateway.render import Renderer, RenderError
+from agent.gateway.tls import Certificates, TlsCollector, status
 from tests.support.tlsca import DAY, NOW, TestCA
 
 
