@@ -35,7 +35,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,9 +47,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.core.aio import first
+from agent.core.aio import Backoff, first
 from agent.core.files import write_atomic
 from agent.core.routes import Route
+from agent.core.wire import Certificate
 from agent.core.x509 import check_key, check_names, parse_chain, parse_key
 
 log = logging.getLogger("agent.controller.acme")
@@ -66,14 +67,11 @@ _IDLE = 60.0  # seconds between two looks at what is due when nothing wakes the 
 
 
 @dataclass(frozen=True)
-class Issued:
-    """A certificate this controller holds for a host."""
+class Issued(Certificate):
+    """A certificate this controller holds for a host, with its validity (checked)."""
 
-    host: str
-    chain: str  # PEM: the certificate, then its issuers
-    key: str = field(repr=False)  # PEM (PKCS#8)
-    not_before: float
-    not_after: float
+    not_before: float = 0.0
+    not_after: float = 0.0
 
     def renew_at(self, renew_before: float) -> float:
         """`renew_before` seconds before expiry; a certificate whose lifetime is not at least
@@ -429,7 +427,7 @@ class AcmeManager:
         except Exception as exc:  # the ACME server, the network: report, retry later
             self.client.forget()
             st.failures += 1
-            delay = min(self.retry_min * 2 ** (st.failures - 1), RETRY_MAX)
+            delay = Backoff.after(st.failures, self.retry_min, RETRY_MAX)
             st.next_try = self.clock() + delay
             st.last_error = describe_error(exc)
             self.metrics.orders.labels("failure").inc()
@@ -511,7 +509,7 @@ class AcmeManager:
             st = self.hosts.get(host)
             if st is None or st.issued is None or (zone is not None and zones != {zone}):
                 continue
-            out.append({"host": host, "chain": st.issued.chain, "key": st.issued.key})
+            out.append(Certificate(host, st.issued.chain, st.issued.key).item())
         return out
 
     def status(self, zone: str | None = None) -> dict[str, Any]:

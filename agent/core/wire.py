@@ -27,12 +27,17 @@ _PEM_MAX = 64 * 1024  # a chain of a few certificates is a few KiB
 
 @dataclass(frozen=True)
 class Certificate:
-    """A certificate the controller's ACME client obtained, as PEM text: checked like any
-    certificate (gateway/tls.py) once written where the gateway reads `tls: acme` certificates."""
+    """A certificate the controller's ACME client obtained, as PEM text: the controller keeps
+    it with its dates (controller/acme.py: Issued); a gateway checks it like any certificate
+    (gateway/tls.py) once written where it reads `tls: acme` certificates."""
 
     host: str
-    chain: str
-    key: str = field(repr=False)
+    chain: str  # PEM: the certificate, then its issuers
+    key: str = field(repr=False)  # PEM (PKCS#8)
+
+    def item(self) -> dict[str, str]:
+        """As the routes document carries it."""
+        return {"host": self.host, "chain": self.chain, "key": self.key}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.core.aio import first
+from agent.core.aio import Backoff, first
 from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
 from agent.core.routes import RoutesError, RouteTable, Target, load_routes
@@ -126,7 +126,7 @@ class Reconciler:
         self._applied_snapshot: Snapshot = {}
         self._applied_routes = RouteTable(())
         self._last_reload_mono: float | None = None
-        self._failed: tuple[str, float, float] | None = None  # generation, retry at, backoff
+        self._failed: tuple[str, float, int] | None = None  # generation, retry at, failures
         self._pending_due: float | None = None
         self._rendered: tuple[object, Rendered] | None = None
         self._lookup_cursor = 0
@@ -265,10 +265,11 @@ class Reconciler:
             self.state.last_reload_result = "failure"
             self.state.last_reload_detail = str(exc)
             self.state.last_error = str(exc)
-            backoff = self._failed[2] * 2 if self._failed and self._failed[0] == \
-                rendered.generation else max(self.settings.reload_min_interval, 2.0)
-            backoff = min(backoff, _RETRY_FAILED_MAX)
-            self._failed = (rendered.generation, self.clock() + backoff, backoff)
+            failures = self._failed[2] + 1 if self._failed and self._failed[0] == \
+                rendered.generation else 1
+            backoff = Backoff.after(failures, max(self.settings.reload_min_interval, 2.0),
+                                    _RETRY_FAILED_MAX)
+            self._failed = (rendered.generation, self.clock() + backoff, failures)
             log.error("reload_failed stage=%s change=%r error=%r retry_in=%.0fs", exc.stage,
                       change, str(exc), backoff)
             return f"reload refused ({change}): {exc}"

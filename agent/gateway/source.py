@@ -241,8 +241,7 @@ class ControllerRoutes:
         doc = {"url": self.url, "zone": self.zone, "saved_at": self.clock(),
                "document": {"version": r.version, "errors": list(r.errors),
                             "routes": [route_item(s, route) for s, route in r.routes],
-                            "certificates": [{"host": c.host, "chain": c.chain, "key": c.key}
-                                             for c in r.certificates]}}
+                            "certificates": [c.item() for c in r.certificates]}}
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             # private keys of ACME certificates: readable by the agent only

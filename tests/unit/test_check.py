@@ -737,5 +737,5 @@ def test_a_run_imports_only_what_it_needs(http_server: tuple[str, Health]) -> No
     # -S: without site, which in a development environment imports some of these itself
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                             check=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(check.__file__).parents[1])})
+                            env={**os.environ, "PYTHONPATH": str(Path(check.__file__).parents[2])})
     assert result.stdout.strip() == "0 []", result.stderr

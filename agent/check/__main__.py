@@ -1,0 +1,7 @@
+"""`python -m agent.check` == `gateway-check`."""
+
+import sys
+
+from agent.check import main
+
+sys.exit(main())
