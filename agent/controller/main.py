@@ -11,7 +11,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.controller.acme import AcmeManager, Client
+from agent.controller.acme import AcmeManager
+from agent.controller.acme_client import Client
 from agent.controller.app import make_app
 from agent.controller.docker import Docker
 from agent.controller.metrics import ControllerMetrics

@@ -33,27 +33,29 @@ from agent.core.fields import (
     ACME_CHALLENGE_PATH,
     ERROR_PAGES_PATH,
     Balance,
-    BasicAuth,
     Bytes,
     CertFile,
     DnsName,
-    Headers,
     HostName,
     Network,
     PathPrefix,
-    RateLimit,
-    Redirect,
     Seconds,
     ServiceName,
-    Sticky,
     Tls,
     Zone,
-    _allow,
-    _basic_auth,
-    _rate_limit,
-    _redirect,
-    _sticky,
+    as_allow,
     is_address,
+)
+from agent.core.options import (
+    BasicAuth,
+    Headers,
+    RateLimit,
+    Redirect,
+    Sticky,
+    as_basic_auth,
+    as_rate_limit,
+    as_redirect,
+    as_sticky,
 )
 from agent.core.yamlfile import YamlError, load_yaml
 
@@ -102,7 +104,7 @@ class Route(BaseModel):
     service: ServiceName | None = None
     host: DnsName | None = None
     # a route that only redirects (before `port`, which it does without)
-    redirect: Annotated[Redirect | None, BeforeValidator(_redirect)] = None
+    redirect: Annotated[Redirect | None, BeforeValidator(as_redirect)] = None
     port: int | None = Field(default=None, ge=1, le=65535, strict=True, validate_default=True)
     zone: Zone | None = None
     balance: Balance = "round_robin"
@@ -112,12 +114,12 @@ class Route(BaseModel):
     websocket: bool = Field(default=False, strict=True)
     tls: Annotated[Tls | None, BeforeValidator(_tls)] = None
     # only these client addresses reach the route (docs/security.md: which address is checked)
-    allow: Annotated[tuple[Network, ...] | None, BeforeValidator(_allow)] = None
-    basic_auth: Annotated[BasicAuth | None, BeforeValidator(_basic_auth)] = None
-    rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
+    allow: Annotated[tuple[Network, ...] | None, BeforeValidator(as_allow)] = None
+    basic_auth: Annotated[BasicAuth | None, BeforeValidator(as_basic_auth)] = None
+    rate_limit: Annotated[RateLimit | None, BeforeValidator(as_rate_limit)] = None
     headers: Headers | None = None
     compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
-    sticky: Annotated[Sticky | None, BeforeValidator(_sticky)] = None
+    sticky: Annotated[Sticky | None, BeforeValidator(as_sticky)] = None
     # an HTML page in --certs-dir for the 502, 503 and 504 nginx answers on this route
     error_page: CertFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task

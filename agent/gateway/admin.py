@@ -26,9 +26,9 @@ from agent import __version__
 from agent.core.dashboard import PREFIX, add_page, vrrp_status
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
-from agent.gateway.reconciler import State
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import FILE_SOURCE, ControllerRoutes
+from agent.gateway.state import State
 from agent.gateway.tls import status as tls_status
 from agent.gateway.traffic import route_label
 

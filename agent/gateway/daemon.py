@@ -22,11 +22,12 @@ from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
-from agent.gateway.reconciler import Reconciler, State
+from agent.gateway.reconciler import Reconciler
 from agent.gateway.render import Renderer
 from agent.gateway.routefiles import RouteFiles, copies_dir
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes, SourceMetrics
+from agent.gateway.state import State
 from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")

@@ -12,9 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,10 +24,11 @@ from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_address
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx
 from agent.gateway.render import Rendered, Renderer, RenderError
-from agent.gateway.routefiles import FilesPlan, RouteFiles
+from agent.gateway.routefiles import RouteFiles
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes
-from agent.gateway.tls import Certificates, TlsPlan
+from agent.gateway.state import State, describe_change
+from agent.gateway.tls import Certificates
 
 log = logging.getLogger("agent.gateway.reconciler")
 
@@ -37,72 +36,6 @@ _RETRY_FAILED_MAX = 60.0
 # seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: its first
 # lookups have been answered or have timed out by then (resolver_timeout 1s)
 FIRST_LOOKUPS = 1.0
-HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
-_QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait
-_NOTES = ("; routes file refused: ", "; certificate refused for ")  # what cycle() adds
-
-
-def _notes(status: str) -> str:
-    """What cycle() added to the outcome: '; routes file refused: ...', or ''."""
-    found = [i for i in (status.find(n) for n in _NOTES) if i >= 0]
-    return status[min(found):] if found else ""
-
-
-@dataclass
-class State:
-    """What the admin server shows. Written only by the reconciler."""
-
-    routes: RouteTable = field(default_factory=lambda: RouteTable(()))
-    routes_error: str | None = None
-    snapshot: Snapshot = field(default_factory=dict)
-    status: str = "starting"
-    last_error: str | None = None
-    heartbeat: float = 0.0  # monotonic time of the last finished cycle
-    last_discovery_ok: float = 0.0  # monotonic time the nameserver last answered a lookup
-    last_reload_at: float | None = None  # wall clock
-    last_reload_result: str | None = None
-    last_reload_detail: str | None = None
-    applied_generation: str | None = None
-    serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
-    first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
-    tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (agent.gateway.tls)
-    files: FilesPlan | None = None  # the files routes name: basic_auth, error_page
-    started: float = field(default_factory=time.monotonic)
-    # (wall clock, status line) of the last HISTORY cycles whose status changed, reloaded or
-    # followed a change of tasks
-    history: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=HISTORY))
-
-    def record(self, status: str, at: float | None = None) -> None:
-        """The cycle's status line. The history keeps what happened (reloads, refusals,
-        failures), once each: not the quiet lines of the cycles in between, unless what they
-        add ("; routes file refused: ...") is new."""
-        self.status = status
-        last = self.history[-1][1] if self.history else ""
-        if status.startswith(_QUIET):
-            if _notes(status) == _notes(last):
-                return
-        elif status == last and not status.startswith(("reloaded", "followed")):
-            return
-        self.history.append((time.time() if at is None else at, status))
-
-
-def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
-                    new_routes: RouteTable) -> str:
-    """'+2 endpoints for tasks.managerhttp, -1 for tasks.dmzhttp; routes 3 -> 4'."""
-    parts = []
-    for name in sorted(set(old) | set(new)):
-        before = set(old.get(name, Endpoints()).addresses)
-        after = set(new.get(name, Endpoints()).addresses)
-        added, removed = len(after - before), len(before - after)
-        if added or removed:
-            change = " ".join(s for s in (f"+{added}" if added else "",
-                                          f"-{removed}" if removed else "") if s)
-            parts.append(f"{change} endpoints for {name}")
-    if old_routes != new_routes:
-        parts.append(f"routes {len(old_routes.routes)} -> {len(new_routes.routes)}")
-    return ", ".join(parts) or "configuration changed"
-
-
 class Reconciler:
     def __init__(self, settings: GatewaySettings, nginx: Nginx, discovery: Discovery,
                  renderer: Renderer, metrics: Metrics, state: State,

@@ -18,15 +18,8 @@ import pytest
 from acme import challenges, errors, messages
 from prometheus_client import CollectorRegistry
 
-from agent.controller.acme import (
-    RETRY_MAX,
-    SETTLE,
-    AcmeManager,
-    Issued,
-    acme_hosts,
-    describe_error,
-    issued_from_pem,
-)
+from agent.controller.acme import RETRY_MAX, SETTLE, AcmeManager, acme_hosts
+from agent.controller.acme_client import Issued, describe_error, issued_from_pem
 from agent.core.routes import parse_routes
 from tests.support import until
 from tests.support.tlsca import NOW, TestCA

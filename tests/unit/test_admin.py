@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from agent.core.routes import parse_routes
 from agent.gateway.admin import readiness
-from agent.gateway.reconciler import State
+from agent.gateway.state import State
 
 ROUTES = parse_routes({"routes": [{"hosts": ["a"], "service": "a", "port": 80}]})
 

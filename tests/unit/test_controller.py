@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.controller.acme import AcmeManager, issued_from_pem
+from agent.controller.acme import AcmeManager
+from agent.controller.acme_client import issued_from_pem
 from agent.controller.app import make_app
 from agent.controller.labels import Service
 from agent.controller.main import FileRoutes

@@ -16,8 +16,8 @@ from agent.core.routes import parse_routes
 from agent.gateway.admin import make_app
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
-from agent.gateway.reconciler import HISTORY, State
 from agent.gateway.settings import GatewaySettings as Settings
+from agent.gateway.state import HISTORY, State
 from agent.gateway.traffic import Traffic
 from agent.keepalived.notify import record_transition
 from tests.unit.test_settings import parse

@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.fields import OWN_REQUEST_HEADERS, OWN_RESPONSE_HEADERS, is_address
+from agent.core.fields import is_address
+from agent.core.options import OWN_REQUEST_HEADERS, OWN_RESPONSE_HEADERS
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes, parse_routes_text
 from agent.gateway.discovery import Endpoints, sort_addresses
 from agent.gateway.render import (

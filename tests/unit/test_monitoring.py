@@ -13,7 +13,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from agent.controller.acme import AcmeManager, Client, HostState, Issued
+from agent.controller.acme import AcmeManager, HostState
+from agent.controller.acme_client import Client, Issued
 from agent.controller.metrics import ControllerMetrics
 from agent.core.routes import parse_routes
 from agent.gateway.metrics import Metrics, StubStatus

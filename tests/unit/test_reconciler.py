@@ -14,8 +14,9 @@ from agent.gateway.daemon import make_renderer
 from agent.gateway.discovery import Endpoints, Snapshot
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError
-from agent.gateway.reconciler import Reconciler, State
+from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings as Settings
+from agent.gateway.state import State
 
 
 class FakeDiscovery:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.controller.labels import LabelError, route_from_labels
-from agent.core.fields import BasicAuth, Headers, RateLimit, Redirect, Sticky
+from agent.core.options import BasicAuth, Headers, RateLimit, Redirect, Sticky
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes
 from agent.core.wire import route_item
 from agent.gateway.discovery import Endpoints
