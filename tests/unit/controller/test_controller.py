@@ -31,7 +31,7 @@ from agent.core.routes import parse_routes
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from tests.support import until
 from tests.support.tlsca import TestCA
-from tests.unit.test_acme import Clock, FakeClient
+from tests.unit.controller.test_acme import Clock, FakeClient
 
 WEB = {"gateway.hosts": "web.example.com", "gateway.port": "8080"}
 DMZ = {"gateway.hosts": "www.example.com", "gateway.port": "80", "gateway.zone": "dmz"}
@@ -455,7 +455,7 @@ async def test_routes_need_the_token_when_one_is_set(docker: Docker) -> None:
 @contextlib.asynccontextmanager
 async def acme_controller(docker: Docker, tmp_path: Path,
                           ) -> AsyncIterator[tuple[Controller, FakeClient, TestClient[Any, Any]]]:
-    """A controller with ACME on, its client replaced by tests/unit/test_acme.py's fake."""
+    """A controller with ACME on, its client replaced by controller/test_acme.py's fake."""
     metrics = ControllerMetrics()
     fake = FakeClient(TestCA(), Clock())
     manager = AcmeManager(fake, tmp_path, metrics.registry,  # type: ignore[arg-type]

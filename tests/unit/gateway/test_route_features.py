@@ -31,7 +31,7 @@ from agent.gateway.routefiles import (
 )
 from agent.gateway.tls import Certificates
 from tests.support.tlsca import TestCA
-from tests.unit.test_hostile import NginxTest
+from tests.unit.core.test_hostile import NginxTest
 
 BASE: dict[str, object] = {"hosts": ["a.example.com"], "service": "svc", "port": 80}
 LABELS = {"gateway.hosts": "a.example.com", "gateway.port": "80"}

@@ -19,7 +19,7 @@ from agent.keepalived.lint import lint_files
 from agent.keepalived.render import ClusterError, cluster_from_dict, load_cluster, render_node
 from tests.support import missing
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "keepalived" / "cluster.example.yaml"
 
 

@@ -20,7 +20,7 @@ from agent.gateway.settings import GatewaySettings as Settings
 from agent.gateway.state import HISTORY, State
 from agent.gateway.traffic import Traffic
 from agent.keepalived.notify import record_transition
-from tests.unit.test_settings import parse
+from tests.unit.gateway.test_settings import parse
 
 ROUTES = parse_routes({"routes": [
     {"hosts": ["managerhttp"], "service": "managerhttp", "port": 8888},
@@ -193,7 +193,7 @@ async def test_status_without_traffic_metrics_or_vrrp_file(tmp_path: Path) -> No
 
 def test_every_file_of_the_page_is_package_data() -> None:
     """The wheel carries what [tool.setuptools.package-data] names: every file of the page."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["agent.core"]
     files = sorted(p.relative_to(root / "agent" / "core").as_posix()

@@ -18,7 +18,7 @@ from agent.keepalived.lint import lint_files
 from agent.keepalived.render import cluster_from_dict, render_node
 from tests.support import require_root
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "keepalived" / "cluster.example.yaml"
 ARTICLE = ROOT / "tests" / "keepalived" / "fixtures" / "article"
 NODES = ("node1", "node2", "node3")
