@@ -12,14 +12,9 @@ Also here: the VRRP state of the node, read from the textfile keepalived's notif
 
 from __future__ import annotations
 
-import os
 from importlib import resources
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-
-from agent.keepalived.notify import read_records
 
 PREFIX = "/dashboard/"
 FILES = {"": ("dashboard.html", "text/html"), "dashboard.js": ("dashboard.js", "text/javascript"),
@@ -54,31 +49,3 @@ def add_page(app: web.Application) -> None:
     app.router.add_get(PREFIX + "{file:[a-z.]*}", page)
     app.router.add_get("/dashboard", to_page)
     app.router.add_get("/", to_page)
-
-
-def vrrp_status(path: Path | None) -> dict[str, Any] | None:
-    """The notify hook's textfile, as /status shows it; None when no file is configured."""
-    if path is None:
-        return None
-    doc: dict[str, Any] = {"file": str(path), "instances": [], "modified_at": None,
-                           "error": None}
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc["modified_at"] = os.stat(path).st_mtime
-    except FileNotFoundError:
-        doc["error"] = "no file yet: keepalived has not run the notify hook on this node"
-        return doc
-    except (OSError, UnicodeDecodeError) as exc:
-        doc["error"] = f"cannot read it: {exc}"
-        return doc
-    try:
-        records = read_records(text)
-    except ValueError as exc:  # the parser's errors for a file that is not an exposition
-        doc["error"] = f"not a textfile the notify hook wrote: {exc}"
-        return doc
-    doc["instances"] = [
-        {"kind": kind.lower(), "name": name, "state": r.state, "priority": r.priority,
-         "last_transition_at": r.last_transition or None,
-         "transitions": dict(sorted(r.transitions.items()))}
-        for (kind, name), r in sorted(records.items())]
-    return doc

@@ -23,7 +23,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
-from agent.core.dashboard import PREFIX, add_page, vrrp_status
+from agent.core.dashboard import PREFIX, add_page
+from agent.core.vrrp import vrrp_status
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
 from agent.gateway.settings import GatewaySettings

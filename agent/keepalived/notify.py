@@ -23,60 +23,21 @@ import sys
 import syslog
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from agent.core.files import write_atomic
-
-STATE_VALUES = {"STOP": 0, "DELETED": 0, "BACKUP": 1, "MASTER": 2, "FAULT": 3}
-STATE_HELP = "VRRP state: 0 stopped, 1 backup, 2 master, 3 fault"
-KINDS = {"INSTANCE": ("keepalived_vrrp_", "instance"), "GROUP": ("keepalived_vrrp_sync_group_",
-                                                               "group")}
+from agent.core.vrrp import KINDS, STATE_HELP, STATE_VALUES, Record, Records, read_records
 
 
 class NotifyError(ValueError):
     """Arguments that are not what keepalived passes."""
 
 
-@dataclass
-class Record:
-    state: str = "STOP"
-    priority: float = 0.0
-    last_transition: float = 0.0
-    transitions: dict[str, float] = field(default_factory=dict)
 
-
-Records = dict[tuple[str, str], Record]  # (kind, name) -> what is known
-
-
-def read_records(text: str) -> Records:
-    """The records in a textfile this module wrote (anything else in it is ignored)."""
-    records: Records = {}
-    value_to_state = {2: "MASTER", 1: "BACKUP", 3: "FAULT", 0: "STOP"}
-    for family in text_string_to_metric_families(text):
-        for kind, (prefix, label) in KINDS.items():
-            if not family.name.startswith(prefix):
-                continue
-            metric = family.name[len(prefix):]
-            for sample in family.samples:
-                name = sample.labels.get(label)
-                if name is None or sample.name.endswith("_created"):
-                    continue
-                record = records.setdefault((kind, name), Record())
-                if metric == "state":
-                    record.state = value_to_state.get(int(sample.value), "STOP")
-                elif metric == "priority":
-                    record.priority = sample.value
-                elif metric == "last_transition_timestamp_seconds":
-                    record.last_transition = sample.value
-                elif metric == "transitions":
-                    record.transitions[sample.labels.get("state", "")] = sample.value
-    return records
 
 
 def apply(records: Records, kind: str, name: str, state: str, priority: float,

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.core.dashboard import vrrp_status
 from agent.core.routes import parse_routes
+from agent.core.vrrp import vrrp_status
 from agent.gateway.admin import make_app
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx

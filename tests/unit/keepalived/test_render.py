@@ -229,3 +229,18 @@ def test_cli_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli("render", "--cluster", str(EXAMPLE))
     assert exited.value.code == 2
+
+
+def test_a_key_given_twice_in_the_cluster_file_is_refused(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word: a second `priority:` under a node
+    would silently decide which node holds the VIP."""
+    text = EXAMPLE.read_text()
+    assert "    priority: 250\n" in text
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text.replace("    priority: 250\n", "    priority: 250\n    priority: 90\n",
+                                 1))
+    with pytest.raises(ClusterError, match=r"line \d+ column \d+: invalid YAML: duplicate key "
+                                           r"'priority'"):
+        load_cluster(path)
+    path.write_text(text)
+    assert load_cluster(path).nodes  # the file itself is fine
