@@ -149,7 +149,7 @@ def test_a_template_of_one_s_own_serves(
         tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     """--template: the built-in template with one header more in every proxied location."""
-    builtin = (resources.files("agent") / "templates" / "gateway.conf.j2").read_text()
+    builtin = (resources.files("agent.gateway") / "templates" / "gateway.conf.j2").read_text()
     marker = "        proxy_http_version 1.1;\n"
     assert marker in builtin
     mine = tmp_path / "mine.conf.j2"
