@@ -29,8 +29,10 @@ from agent.tls import Served, TlsPlan
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
-# reads inside quotes) nor ';', '{', '}' (which would end the directive if a quote slipped).
-SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]*")
+# reads inside quotes) nor '{', '}' (which would open or close a block if a quote slipped). A
+# ';' is text there: nginx's parser (ngx_conf_read_token) ends a quoted word at its closing
+# quote only, and every quote is refused.
+SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]*")
 KEEPALIVE = 64
 # A kept-alive client connection is not closed within this many seconds of its last request, not
 # even by an old worker after a reload: a request the client sends then is answered (with
