@@ -490,6 +490,14 @@ def _tls(value: object) -> object:
                      "(false: no HTTPS)")
 
 
+def _protocol(value: object) -> object:
+    if value == "http2":
+        raise ValueError("'http2' is not a protocol of its own: every route with 'tls' speaks "
+                         "HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks "
+                         "HTTP/1.1 ('http') or gRPC ('grpc'), and no other HTTP/2")
+    return value
+
+
 @dataclass(frozen=True, order=True)
 class Target:
     """What a route sends traffic to: a swarm service's tasks, or a plain DNS name."""
@@ -533,7 +541,7 @@ class Route(BaseModel):
     error_page: CertFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
-    protocol: Literal["http", "grpc"] = "http"
+    protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
