@@ -256,7 +256,7 @@ class Reconciler:
                                  self._applied_routes, self.state.routes)
         started = time.time()
         try:
-            await self.nginx.apply(rendered.text, rendered.generation)
+            await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
         except ApplyError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.metrics.apply_failures.labels(exc.stage).inc()
@@ -360,7 +360,7 @@ class Reconciler:
         self.state.serving_saved = any(e.stale and e.addresses
                                        for e in self.state.snapshot.values())
         rendered = self.render()
-        await self.nginx.apply(rendered.text, rendered.generation)
+        await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
         await self.nginx.start()
         await self.nginx.wait_serving(rendered.generation)
         if rendered.resolving:

@@ -180,6 +180,7 @@ class Rendered:
     text: str
     generation: str  # a digest of the configuration, served by nginx to prove it is live
     resolving: int = 0  # upstreams whose tasks nginx looks up itself
+    stream: str = ""  # the stream context (tcp routes: agent.stream); '' when there is none
 
 
 def upstream_name(target: Target, port: int, balance: str) -> str:
@@ -430,12 +431,17 @@ class Renderer:
 
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
-                     access_log: bool = False) -> str:
+                     access_log: bool = False, modules: Sequence[Path] = (),
+                     stream_conf: Path | None = None) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix).
 
     With `access_log` the routes file sets the http-level access log (records to the agent);
-    otherwise this file turns access logging off.
+    otherwise this file turns access logging off. `modules`: the dynamic modules' files to
+    load (agent.modules); `stream_conf`: the stream context's file (tcp routes), included when
+    this nginx has the stream module.
     """
     template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
-                           worker_processes=worker_processes, access_log=access_log)
+                           worker_processes=worker_processes, access_log=access_log,
+                           modules=[str(m) for m in modules],
+                           stream_conf=str(stream_conf) if stream_conf else None)
