@@ -30,6 +30,7 @@ from agent.nginx import Nginx
 from agent.reconciler import State
 from agent.settings import Settings
 from agent.sources import FILE_SOURCE, ControllerRoutes
+from agent.tcp import table_rows
 from agent.tls import status as tls_status
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
@@ -106,6 +107,7 @@ def status_document(state: State, nginx: Nginx, settings: Settings, now: float,
             "generation": nginx.generation,
         },
         "routes": routes,
+        "tcp": table_rows(state.routes),
         "routes_error": state.routes_error,
         "routes_source": sources.status() if sources is not None else None,
         "endpoints": endpoints,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__, logs, settings
-from agent.routes import RoutesError, RouteTable, load_routes
+from agent.routes import RoutesError, RouteTable
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -21,13 +21,15 @@ def _report(exc: RoutesError, suffix: str = "") -> int:
     return 1
 
 
-def _routes_or_exit(path: Path | None, zone: str | None) -> RouteTable | int:
-    """The routes of `path` (for `zone`), or the exit status after saying what is wrong."""
-    if path is None:
+def _routes_or_exit(s: settings.Settings) -> RouteTable | int:
+    """The routes of --routes (for --zone), or the exit status after saying what is wrong."""
+    from agent.tcp import load_for_gateway
+
+    if s.routes is None:
         print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
         return 2
     try:
-        return load_routes(path).for_zone(zone)
+        return load_for_gateway(s.routes, s).for_zone(s.zone)
     except RoutesError as exc:
         return _report(exc)
 
@@ -57,11 +59,12 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     s = settings.from_sources(args)
-    table = _routes_or_exit(s.routes, s.zone)
+    table = _routes_or_exit(s)
     if isinstance(table, int):
         return table
     hosts = {h for r in table.routes for h in r.hosts}
-    print(f"{s.routes}: ok, {len(table.routes)} routes, {len(hosts)} host names, "
+    tcp = f", {len(table.tcp)} tcp routes" if table.tcp else ""
+    print(f"{s.routes}: ok, {len(table.routes)} routes{tcp}, {len(hosts)} host names, "
           f"{len(table.targets)} targets" + (f" (zone {s.zone})" if s.zone else ""))
     return 0
 
@@ -72,7 +75,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from agent.render import RenderError
 
     s = settings.from_sources(args)
-    table = _routes_or_exit(s.routes, s.zone)
+    table = _routes_or_exit(s)
     if isinstance(table, int):
         return table
     snapshot: dict[str, Endpoints] = {}
@@ -94,7 +97,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             return 1
     renderer = make_renderer(s)
     try:
-        sys.stdout.write(renderer.render(table, snapshot).text)
+        rendered = renderer.render(table, snapshot)
+        sys.stdout.write(rendered.text)
+        if rendered.stream:  # the second file: nginx.conf includes it in `stream {}`
+            sys.stdout.write("\n# ---- the stream context (conf.d/stream.conf) ----\n")
+            sys.stdout.write(rendered.stream)
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -118,11 +125,14 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
-    settings.add_arguments(check, only=("routes", "zone"))
+    # (the ports: tcp routes must keep off the gateway's own)
+    settings.add_arguments(check, only=("routes", "zone", "listen", "https_listen",
+                                        "admin_listen", "status_listen"))
     check.set_defaults(func=cmd_check)
 
     render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
     settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
+                                         "admin_listen",
                                          "trusted_proxies", "template", "nameserver",
                                          "upstream_mode", "https_listen",
                                          "https_redirect_port"))

@@ -25,9 +25,10 @@ from agent.metrics import Metrics
 from agent.nginx import ApplyError, Nginx
 from agent.render import Rendered, Renderer, RenderError
 from agent.routefiles import FilesPlan, RouteFiles
-from agent.routes import RoutesError, RouteTable, Target, is_address, load_routes
+from agent.routes import RoutesError, RouteTable, Target, is_address
 from agent.settings import Settings
 from agent.sources import ControllerRoutes
+from agent.tcp import load_for_gateway
 from agent.tls import Certificates, TlsPlan
 
 log = logging.getLogger("agent.reconciler")
@@ -97,8 +98,10 @@ def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
             change = " ".join(s for s in (f"+{added}" if added else "",
                                           f"-{removed}" if removed else "") if s)
             parts.append(f"{change} endpoints for {name}")
-    if old_routes != new_routes:
+    if old_routes.routes != new_routes.routes:
         parts.append(f"routes {len(old_routes.routes)} -> {len(new_routes.routes)}")
+    if old_routes.tcp != new_routes.tcp:
+        parts.append(f"tcp routes {len(old_routes.tcp)} -> {len(new_routes.tcp)}")
     return ", ".join(parts) or "configuration changed"
 
 
@@ -137,7 +140,7 @@ class Reconciler:
         path = self.settings.routes
         if path is not None:
             self._routes_stamp = stamp(path)
-            self._file_routes = load_routes(path)
+            self._file_routes = load_for_gateway(path, self.settings)
             self.metrics.routes_loads.labels("success").inc()
         self._use_routes()
 
@@ -163,7 +166,7 @@ class Reconciler:
             return
         self._routes_stamp = current
         try:
-            table = load_routes(path)
+            table = load_for_gateway(path, self.settings)
         except RoutesError as exc:
             self.state.routes_error = str(exc)
             self.metrics.routes_loads.labels("invalid").inc()

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +30,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from agent.tcp import TcpRoute
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
@@ -636,17 +639,20 @@ class RoutesError(ValueError):
 @dataclass(frozen=True)
 class RouteTable:
     routes: tuple[Route, ...]
+    tcp: tuple[TcpRoute, ...] = ()  # the file's `tcp:` routes (agent.tcp)
 
     def for_zone(self, zone: str | None) -> RouteTable:
         if zone is None:
             return self
-        return RouteTable(tuple(r for r in self.routes if r.zone == zone))
+        return RouteTable(tuple(r for r in self.routes if r.zone == zone),
+                          tuple(r for r in self.tcp if r.zone == zone))
 
     @functools.cached_property
     def targets(self) -> tuple[Target, ...]:
         """Every target a route proxies to, sorted (computed once: the table is frozen, and
         each cycle asks several times)."""
-        return tuple(sorted({r.target for r in self.routes if r.proxies}))
+        return tuple(sorted({r.target for r in self.routes if r.proxies} |
+                            {r.target for r in self.tcp}))
 
 
 def _place(loc: Iterable[int | str]) -> str:
@@ -725,14 +731,21 @@ def _without_echoes(errors: list[str]) -> list[str]:
 def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
+    from agent.tcp import parse_tcp  # (agent.tcp builds on this module's field types)
+
+    data = dict(data)
+    tcp_data = data.pop("tcp", None)
+    if tcp_data is not None:  # a file of tcp routes only needs no `routes: []`
+        data.setdefault("routes", [])
+    tcp, errors = parse_tcp(tcp_data)
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
-        raise RoutesError(source, _without_echoes(_messages(exc))) from None
-    errors = _duplicates(parsed.routes) + _tls_conflicts(parsed.routes)
+        raise RoutesError(source, _without_echoes(_messages(exc)) + errors) from None
+    errors = _duplicates(parsed.routes) + _tls_conflicts(parsed.routes) + errors
     if errors:
         raise RoutesError(source, errors)
-    return RouteTable(parsed.routes)
+    return RouteTable(parsed.routes, tcp)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
