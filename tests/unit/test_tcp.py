@@ -518,3 +518,14 @@ def test_a_gateway_with_a_controller_keeps_the_files_tcp_routes() -> None:
     merged = ControllerRoutes("http://controller:9280/routes",
                               SourceMetrics(CollectorRegistry())).merge(table)
     assert (merged.routes, merged.tcp) == (table.routes, table.tcp)
+
+
+def test_tcp_routes_are_no_labels() -> None:
+    """docs/labels.md: tcp routes come from the routes file only."""
+    from agent.labels import LabelError, route_from_labels
+
+    with pytest.raises(LabelError) as info:
+        route_from_labels("svc", {"gateway.hosts": "a.example.com", "gateway.port": "80",
+                                  "gateway.tcp.listen": "5432"})
+    assert info.value.errors == ["service svc: label gateway.tcp.listen: not a gateway option "
+                                 "(docs/labels.md lists them)"]
