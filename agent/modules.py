@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -132,9 +131,6 @@ def detect(version_output: str, binary: Path, wanted: Sequence[Module] = KNOWN) 
     return Modules(frozenset(compiled_in), tuple(load), tuple(missing), detail)
 
 
-_VERSION_RE = re.compile(r"nginx version:")
-
-
 def find(binary: str, wanted: Sequence[Module] = KNOWN) -> Modules:
     """detect() for the nginx `binary` (a name on PATH or a path), by running `nginx -V`."""
     where = shutil.which(binary) or binary
@@ -145,7 +141,7 @@ def find(binary: str, wanted: Sequence[Module] = KNOWN) -> Modules:
         return Modules(missing=tuple(m.name for m in wanted),
                        detail=f"cannot run {binary} -V: {exc}")
     said = out.stderr + out.stdout
-    if not _VERSION_RE.search(said):
+    if "nginx version:" not in said:
         return Modules(missing=tuple(m.name for m in wanted),
                        detail=f"{binary} -V said {said.strip()[:120]!r}")
     found = detect(said, Path(os.path.realpath(where)), wanted)

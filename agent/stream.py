@@ -133,12 +133,12 @@ def _servers(routes: Sequence[TcpRoute], upstreams: dict[tuple[str, str, int, st
         names, geos = [], []
         for k, route in enumerate(on_port):
             found = upstreams.get(_key(route))
-            value = Sni("", found.name if found else REFUSED)
+            value, variable = (found.name if found else REFUSED), False
             if route.allow and found:
                 geo = Geo(f"gateway_tcp_{port}_{k}", route.allow, found.name)
                 geos.append(geo)
-                value = Sni("", geo.var, variable=True)
-            names += [Sni(name, value.value, value.variable) for name in route.sni or ()]
+                value, variable = geo.var, True
+            names += [Sni(name, value, variable) for name in route.sni or ()]
         servers.append(replace(common, map_var=f"gateway_tcp_{port}",
                                sni=tuple(sorted(names, key=lambda n: n.name)),
                                geos=tuple(geos)))
