@@ -39,9 +39,11 @@ def as_basic_auth(value: object) -> object:
 
 
 # Header names: letters, digits and '-' (a subset of RFC 7230's token that needs no quoting);
-# values: printable ASCII without '"', '\\', '$', ';', '{' and '}', written between quotes.
+# values: printable ASCII without '"', '\\', '$', '{' and '}', written between double quotes,
+# where nginx's parser (ngx_conf_read_token) ends the word only at the closing quote: a ';'
+# there is text (`Cache-Control: no-cache; ...`, a Content-Security-Policy).
 HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
-HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,1024}")
+HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]{1,1024}")
 # what the gateway itself sends to the task, or what HTTP itself decides
 OWN_REQUEST_HEADERS = frozenset({
     "host", "connection", "upgrade", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
@@ -86,7 +88,7 @@ def _header_set(direction: str) -> Callable[[object], object]:
             elif not HEADER_VALUE_RE.fullmatch(str(text)) or str(text) != str(text).strip():
                 problems.append(f"{name!r}: {_shown(text)} is not a header value the gateway "
                                 "writes (printable ASCII up to 1024 characters, no quote, "
-                                "backslash, '$', ';', '{', '}', no space at either end)")
+                                "backslash, '$', '{', '}', no space at either end)")
             else:
                 out.append((name, str(text)))
         if problems:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -59,6 +59,9 @@ from agent.core.options import (
 )
 from agent.core.yamlfile import YamlError, load_yaml
 
+if TYPE_CHECKING:
+    from agent.core.tcp import TcpRoute
+
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
@@ -79,6 +82,14 @@ def _tls(value: object) -> object:
         return value
     raise ValueError(f"{_shown(value)}: give true or acme, or the tls options as a mapping "
                      "(false: no HTTPS)")
+
+
+def _protocol(value: object) -> object:
+    if value == "http2":
+        raise ValueError("'http2' is not a protocol of its own: every route with 'tls' speaks "
+                         "HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks "
+                         "HTTP/1.1 ('http') or gRPC ('grpc'), and no other HTTP/2")
+    return value
 
 
 @dataclass(frozen=True, order=True)
@@ -124,7 +135,7 @@ class Route(BaseModel):
     error_page: CertFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
-    protocol: Literal["http", "grpc"] = "http"
+    protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
 
@@ -210,17 +221,20 @@ class _RoutesFile(BaseModel):
 @dataclass(frozen=True)
 class RouteTable:
     routes: tuple[Route, ...]
+    tcp: tuple[TcpRoute, ...] = ()  # the file's `tcp:` routes (core/tcp.py)
 
     def for_zone(self, zone: str | None) -> RouteTable:
         if zone is None:
             return self
-        return RouteTable(tuple(r for r in self.routes if r.zone == zone))
+        return RouteTable(tuple(r for r in self.routes if r.zone == zone),
+                          tuple(r for r in self.tcp if r.zone == zone))
 
     @functools.cached_property
     def targets(self) -> tuple[Target, ...]:
         """Every target a route proxies to, sorted (computed once: the table is frozen, and
         each cycle asks several times)."""
-        return tuple(sorted({r.target for r in self.routes if r.proxies}))
+        return tuple(sorted({r.target for r in self.routes if r.proxies} |
+                            {r.target for r in self.tcp}))
 
 
 class RoutesError(ValueError):
@@ -261,15 +275,22 @@ def parse_route(data: Any) -> Route:
 def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     """A routes document (`{"routes": [...]}`); the routes must not claim one host and path
     twice, nor one host with two `tls`. Raises RoutesError with every problem at once."""
-    from agent.core.merge import Claims  # the one conflict rule (it imports this module)
+    # the conflict rule, and the tcp routes' model (each imports this module)
+    from agent.core.merge import Claims
+    from agent.core.tcp import parse_tcp
 
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
+    data = dict(data)
+    tcp_data = data.pop("tcp", None)
+    if tcp_data is not None:  # a file of tcp routes only needs no `routes: []`
+        data.setdefault("routes", [])
+    tcp, tcp_errors = parse_tcp(tcp_data)
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
         raise RoutesError(source, [f"{place(loc)}: {msg}" for loc, msg
-                                   in _without_echoes(problems(exc))]) from None
+                                   in _without_echoes(problems(exc))] + tcp_errors) from None
     claims: Claims[int] = Claims()
     errors = []
     for i, route in enumerate(parsed.routes):
@@ -280,10 +301,11 @@ def parse_routes(data: Any, source: str = "routes") -> RouteTable:
                 errors.append(f"routes[{i}].tls: {conflict}; routes that share a host share "
                               "its certificate and redirect: give them the same 'tls'")
         claims.take(route, i)
+    # path conflicts first, then `tls` ones, each in the order of the routes; then the tcp routes'
+    errors = sorted(errors, key=lambda e: ".tls: " in e.split(" ")[0]) + tcp_errors
     if errors:
-        # path conflicts first, then `tls` ones, each in the order of the routes
-        raise RoutesError(source, sorted(errors, key=lambda e: ".tls: " in e.split(" ")[0]))
-    return RouteTable(parsed.routes)
+        raise RoutesError(source, errors)
+    return RouteTable(parsed.routes, tcp)
 
 
 def parse_routes_text(text: str, source: str = "routes") -> RouteTable:

@@ -27,6 +27,7 @@ from agent.core.dashboard import PREFIX, add_page
 from agent.core.vrrp import vrrp_status
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
+from agent.gateway.ports import table_rows
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import FILE_SOURCE, ControllerRoutes
 from agent.gateway.state import State
@@ -107,6 +108,7 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
             "generation": nginx.generation,
         },
         "routes": routes,
+        "tcp": table_rows(state.routes),
         "routes_error": state.routes_error,
         "routes_source": sources.status() if sources is not None else None,
         "endpoints": endpoints,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.core import logs
-from agent.core.routes import RoutesError, RouteTable, load_routes
+from agent.core.routes import RoutesError, RouteTable
 from agent.gateway import settings
 
 if TYPE_CHECKING:
@@ -26,13 +26,15 @@ def _report(exc: RoutesError, suffix: str = "") -> int:
     return 1
 
 
-def _routes_or_exit(path: Path | None, zone: str | None) -> RouteTable | int:
-    """The routes of `path` (for `zone`), or the exit status after saying what is wrong."""
-    if path is None:
+def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
+    """The routes of --routes (for --zone), or the exit status after saying what is wrong."""
+    from agent.gateway.ports import load_for_gateway
+
+    if s.routes is None:
         print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
         return 2
     try:
-        return load_routes(path).for_zone(zone)
+        return load_for_gateway(s.routes, s).for_zone(s.zone)
     except RoutesError as exc:
         return _report(exc)
 
@@ -54,11 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     s = settings.from_sources(args)
-    table = _routes_or_exit(s.routes, s.zone)
+    table = _routes_or_exit(s)
     if isinstance(table, int):
         return table
     hosts = {h for r in table.routes for h in r.hosts}
-    print(f"{s.routes}: ok, {len(table.routes)} routes, {len(hosts)} host names, "
+    tcp = f", {len(table.tcp)} tcp routes" if table.tcp else ""
+    print(f"{s.routes}: ok, {len(table.routes)} routes{tcp}, {len(hosts)} host names, "
           f"{len(table.targets)} targets" + (f" (zone {s.zone})" if s.zone else ""))
     return 0
 
@@ -86,7 +89,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from agent.gateway.render import RenderError
 
     s = settings.from_sources(args)
-    table = _routes_or_exit(s.routes, s.zone)
+    table = _routes_or_exit(s)
     if isinstance(table, int):
         return table
     snapshot: dict[str, Endpoints] = {}
@@ -97,7 +100,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"{args.endpoints}: {exc}", file=sys.stderr)
             return 1
     try:
-        sys.stdout.write(make_renderer(s).render(table, snapshot).text)
+        rendered = make_renderer(s).render(table, snapshot)
+        sys.stdout.write(rendered.text)
+        if rendered.stream:  # the second file: nginx.conf includes it in `stream {}`
+            sys.stdout.write("\n# ---- the stream context (conf.d/stream.conf) ----\n")
+            sys.stdout.write(rendered.stream)
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -110,11 +117,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
-    settings.add_arguments(check, only=("routes", "zone"))
+    # (the ports: tcp routes must keep off the gateway's own)
+    settings.add_arguments(check, only=("routes", "zone", "listen", "https_listen",
+                                        "admin_listen", "status_listen"))
     check.set_defaults(func=cmd_check)
 
     render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
     settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
+                                         "admin_listen",
                                          "trusted_proxies", "template", "nameserver",
                                          "upstream_mode", "https_listen",
                                          "https_redirect_port"))

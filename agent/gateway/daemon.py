@@ -28,6 +28,7 @@ from agent.gateway.routefiles import RouteFiles, copies_dir
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from agent.gateway.state import State
+from agent.gateway.stream import StreamRenderer
 from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
@@ -52,13 +53,15 @@ def control_name(settings: GatewaySettings) -> str | None:
 
 def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Renderer:
     """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
+    resolve = settings.upstream_mode == "resolve"
     return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                     trusted_proxies=[str(n) for n in settings.trusted_proxies],
                     template=settings.template, access_log=access_log,
                     https_listen=str(settings.https_listen),
                     https_redirect_port=settings.https_redirect_port,
-                    resolver=str(settings.nameserver),
-                    resolve=settings.upstream_mode == "resolve")
+                    resolver=str(settings.nameserver), resolve=resolve,
+                    stream=StreamRenderer(address=settings.listen.host,
+                                          resolver=str(settings.nameserver), resolve=resolve))
 
 
 def build(settings: GatewaySettings, access_log: str | None = None,

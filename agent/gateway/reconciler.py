@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 from agent.core.aio import Backoff, first
 from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
-from agent.core.routes import RoutesError, RouteTable, Target, load_routes
+from agent.core.routes import RoutesError, RouteTable, Target
 from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx
+from agent.gateway.ports import load_for_gateway
 from agent.gateway.render import Rendered, Renderer, RenderError
 from agent.gateway.routefiles import RouteFiles
 from agent.gateway.settings import GatewaySettings
@@ -71,7 +72,7 @@ class Reconciler:
         path = self.settings.routes
         if path is not None:
             self._routes_stamp = stamp(path)
-            self._file_routes = load_routes(path)
+            self._file_routes = load_for_gateway(path, self.settings)
             self.metrics.routes_loads.labels("success").inc()
         self._use_routes()
 
@@ -97,7 +98,7 @@ class Reconciler:
             return
         self._routes_stamp = current
         try:
-            table = load_routes(path)
+            table = load_for_gateway(path, self.settings)
         except RoutesError as exc:
             self.state.routes_error = str(exc)
             self.metrics.routes_loads.labels("invalid").inc()
@@ -190,7 +191,7 @@ class Reconciler:
                                  self._applied_routes, self.state.routes)
         started = time.time()
         try:
-            await self.nginx.apply(rendered.text, rendered.generation)
+            await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
         except ApplyError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.metrics.apply_failures.labels(exc.stage).inc()
@@ -295,7 +296,7 @@ class Reconciler:
         self.state.serving_saved = any(e.stale and e.addresses
                                        for e in self.state.snapshot.values())
         rendered = self.render()
-        await self.nginx.apply(rendered.text, rendered.generation)
+        await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
         await self.nginx.start()
         await self.nginx.wait_serving(rendered.generation)
         if rendered.resolving:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
@@ -28,10 +29,15 @@ from agent.gateway.tls import Served, TlsPlan
 from agent.gateway.traffic import TAG as ACCESS_LOG_TAG
 from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
 
+if TYPE_CHECKING:
+    from agent.gateway.stream import StreamRenderer
+
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
-# reads inside quotes) nor ';', '{', '}' (which would end the directive if a quote slipped).
-SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]*")
+# reads inside quotes) nor '{', '}' (which would open or close a block if a quote slipped). A
+# ';' is text there: nginx's parser (ngx_conf_read_token) ends a quoted word at its closing
+# quote only, and every quote is refused.
+SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]*")
 KEEPALIVE = 64
 # A kept-alive client connection is not closed within this many seconds of its last request, not
 # even by an old worker after a reload: a request the client sends then is answered (with
@@ -179,6 +185,7 @@ class Rendered:
     text: str
     generation: str  # a digest of the configuration, served by nginx to prove it is live
     resolving: int = 0  # upstreams whose tasks nginx looks up itself
+    stream: str = ""  # the stream context (tcp routes: gateway/stream.py); '' when there is none
 
 
 def upstream_name(target: Target, port: int, balance: str) -> str:
@@ -220,6 +227,18 @@ def sticky_var(cookie: str) -> str:
     return "gateway_sticky_" + hashlib.sha256(cookie.encode()).hexdigest()[:12]
 
 
+def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool,
+                     ) -> tuple[tuple[str, ...], bool]:
+    """The `server` entries of an upstream of `lookup`'s tasks, and whether nginx resolves the
+    name itself (then the one entry is the name). An answer with addresses outside
+    --task-networks is not left to nginx to follow: the block gets the accepted addresses
+    only, or none, until the answer is clean; nor is a stale one (nginx started while DNS is
+    down has no addresses of its own to keep)."""
+    if resolve and not endpoints.stale and not endpoints.refused and not is_address(lookup):
+        return (f"{lookup}:{port}",), True
+    return tuple(_server_address(lookup, a, port) for a in endpoints.addresses), False
+
+
 def upstream_key(route: Route) -> tuple[Target, int, str]:
     """What tells a route's upstream apart: target, port, and how a task is chosen."""
     assert route.port is not None
@@ -249,17 +268,11 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if not endpoints.addresses:
             continue
-        lookup = route.target.lookup_name
-        # an answer with addresses outside --task-networks is not left to nginx to follow:
-        # the block gets the accepted addresses only, or none (503), until the answer is clean.
-        # Nor is a sticky route's: nginx's consistent hash tells servers apart by the name
-        # written, the same for every task resolved from one name, and would stick to none.
-        by_name = resolve and not endpoints.stale and not endpoints.refused \
-            and route.sticky is None and not is_address(lookup)
-        if by_name:
-            servers: tuple[str, ...] = (f"{lookup}:{key[1]}",)
-        else:
-            servers = tuple(_server_address(lookup, a, key[1]) for a in endpoints.addresses)
+        # A sticky route's upstream lists its tasks: nginx's consistent hash tells servers
+        # apart by the name written, the same for every task resolved from one name, and would
+        # stick to none.
+        servers, by_name = upstream_servers(route.target.lookup_name, key[1], endpoints,
+                                            resolve and route.sticky is None)
         out[key] = Upstream(
             upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
             servers, resolve=by_name,
@@ -348,7 +361,9 @@ class Renderer:
     def __init__(self, *, listen: str, status_listen: str, trusted_proxies: Sequence[str] = (),
                  template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
-                 resolver: str | None = None, resolve: bool = False) -> None:
+                 resolver: str | None = None, resolve: bool = False,
+                 stream: StreamRenderer | None = None) -> None:
+        self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
         self.https_redirect_port = https_redirect_port
@@ -419,23 +434,34 @@ class Renderer:
             "https": https,
             "https_servers": https_servers,
         }
-        # The generation is a digest of the configuration without it, then written into it.
+        if table.tcp and self.stream is None:
+            raise RenderError("tcp routes: this renderer has no stream context")
+        stream, stream_resolving = self.stream.render(table.tcp, snapshot) \
+            if self.stream is not None else ("", 0)
+        # The generation is a digest of the configuration without it (and of the stream
+        # context, which nginx reads in the same reload), then written into it.
         try:
             body = self._template.render(context, generation="0")
-            generation = hashlib.sha256(body.encode()).hexdigest()[:16]
+            generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
             text = self._template.render(context, generation=generation)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
-        return Rendered(text, generation, sum(u.resolve for u in upstreams.values()))
+        return Rendered(text, generation,
+                        sum(u.resolve for u in upstreams.values()) + stream_resolving, stream)
 
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
-                     access_log: bool = False) -> str:
+                     access_log: bool = False, modules: Sequence[Path] = (),
+                     stream_conf: Path | None = None) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix).
 
     With `access_log` the routes file sets the http-level access log (records to the agent);
-    otherwise this file turns access logging off.
+    otherwise this file turns access logging off. `modules`: the dynamic modules' files to
+    load (gateway/modules.py); `stream_conf`: the stream context's file (tcp routes), included when
+    this nginx has the stream module.
     """
     template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
-                           worker_processes=worker_processes, access_log=access_log)
+                           worker_processes=worker_processes, access_log=access_log,
+                           modules=[str(m) for m in modules],
+                           stream_conf=str(stream_conf) if stream_conf else None)

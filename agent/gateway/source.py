@@ -310,7 +310,7 @@ class ControllerRoutes:
         self._logged = errors
         self.metrics.conflicts.set(len(merged.errors))
         self.metrics.errors.set(len(self.received.errors) if self.received else 0)
-        return merged.table
+        return replace(merged.table, tcp=file_routes.tcp)  # tcp routes: the file's only
 
     def status(self) -> dict[str, Any]:
         r = self.received

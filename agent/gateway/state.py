@@ -73,6 +73,8 @@ def describe_change(old: Snapshot, new: Snapshot, old_routes: RouteTable,
             change = " ".join(s for s in (f"+{added}" if added else "",
                                           f"-{removed}" if removed else "") if s)
             parts.append(f"{change} endpoints for {name}")
-    if old_routes != new_routes:
+    if old_routes.routes != new_routes.routes:
         parts.append(f"routes {len(old_routes.routes)} -> {len(new_routes.routes)}")
+    if old_routes.tcp != new_routes.tcp:
+        parts.append(f"tcp routes {len(old_routes.tcp)} -> {len(new_routes.tcp)}")
     return ", ".join(parts) or "configuration changed"

@@ -268,7 +268,8 @@ def test_headers_are_set_and_removed_both_ways(
     agent = start_agent([
         web(upstream_port, headers={
             "request": {"X-Api-Version": "2 (beta)", "X-Debug": None},
-            "response": {"X-Frame-Options": "DENY", "X-Seen-Path": None}}),
+            "response": {"X-Frame-Options": "DENY", "X-Seen-Path": None,
+                         "Content-Security-Policy": "default-src 'self'; img-src * data:"}}),
         web(upstream_port, path="/replaced", headers={"response": {"X-Seen-Path": "hidden"}}),
     ])
     status, body, response = http_get(agent.port, "web", "/headers",
@@ -280,6 +281,8 @@ def test_headers_are_set_and_removed_both_ways(
     assert "x-debug" not in seen, "removed before it reaches the task"
     assert seen["x-other"] == "kept"
     assert response["x-frame-options"] == "DENY"
+    # a ';' between the quotes nginx writes is text, and the value arrives whole
+    assert response["content-security-policy"] == "default-src 'self'; img-src * data:"
     assert "x-seen-path" not in response, "the task's header is removed"
     # an answer nginx gives itself carries them too ('always'): here 413, a body too large
     status, _, response = http_get(agent.port, "web", method="POST",
@@ -510,3 +513,36 @@ def test_grpc_calls_reach_the_tasks_over_https(
     finally:
         for server in servers:
             server.stop(0)
+
+
+def test_every_https_route_speaks_http2_to_clients_and_http1_to_its_tasks(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, tmp_path: Path) -> None:
+    """Why there is no `protocol: http2`: HTTP/2 to clients is on for every route with `tls`
+    (ALPN), and nginx passes requests on to the tasks as HTTP/1.1 (grpc_pass aside)."""
+    ca = TestCA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue("web.example.com").write(certs, "web.example.com")
+    dns.set("tasks.web", [T1])
+    https = free_port()
+    start_agent([{"hosts": ["web.example.com"], "service": "web", "port": upstream_port,
+                  "tls": True}],
+                "--https-listen", f"127.0.0.1:{https}", "--certs-dir", str(certs),
+                "--tls-ca-bundle", str(ca.write_bundle(tmp_path / "roots.pem")))
+    roots = ca.write_bundle(tmp_path / "client-roots.pem")
+
+    def curl(*options: str) -> list[str]:
+        out = subprocess.run(
+            [require_programs("curl")["curl"], "-sS", "--cacert", str(roots), "--resolve",
+             f"web.example.com:{https}:127.0.0.1", "-w", "\n%{http_version}", *options,
+             f"https://web.example.com:{https}/headers"],
+            capture_output=True, text=True, timeout=20, check=True)
+        return out.stdout.rsplit("\n", 1)
+
+    body, version = curl("--http2")
+    assert version == "2", "HTTP/2 chosen by ALPN"
+    # the task, an HTTP/1.1 server that knows no HTTP/2, answered
+    assert json.loads(body)["x-forwarded-proto"] == "https"
+    assert tasks["task1"].server.hits > 0
+    assert curl("--http1.1")[1] == "1.1", "and HTTP/1.1 for clients that ask for it"

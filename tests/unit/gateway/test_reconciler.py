@@ -100,7 +100,7 @@ class FakeNginx:
         self.attempts: list[tuple[float, str]] = []
         self.stub_status_asked = 0
 
-    async def apply(self, text: str, generation: str) -> None:
+    async def apply(self, text: str, generation: str, stream: str = "") -> None:
         self.attempts.append((self.clock(), generation))
         if self.refuse(text):
             raise ApplyError("validate", "nginx -t said: invalid upstream")

@@ -188,11 +188,13 @@ def test_basic_auth_renders_the_checked_copy_and_locks_the_route_without_one() -
         assert "proxy_pass" not in body
 
 
-@pytest.mark.parametrize("text", ['a"b', "a\\b", "$x", "a;b", "{", "}", "a\nb", "\x00", "é"])
+@pytest.mark.parametrize("text", ['a"b', "a\\b", "$x", "{", "}", "a\nb", "\x00", "é"])
 def test_the_quoting_filter_refuses_what_could_end_the_string(text: str) -> None:
     with pytest.raises(RenderError):
         nginx_quoted(text)
     assert nginx_quoted("Shop admin (staff) #1") == '"Shop admin (staff) #1"'
+    # between quotes nginx's parser reads ';' as text (ngx_conf_read_token)
+    assert nginx_quoted("no-cache; max-age=0") == '"no-cache; max-age=0"'
 
 
 def test_htpasswd_hashes_nginx_checks_are_accepted() -> None:
@@ -358,7 +360,9 @@ def test_headers_set_or_remove_each_way() -> None:
 @pytest.mark.parametrize(("value", "place", "message"), [
     ({"request": {"X Api": "1"}}, "routes[0].headers.request", "'X Api' is not a header name"),
     ({"request": {"X-A": 'a"b'}}, "routes[0].headers.request", "is not a header value"),
-    ({"request": {"X-A": "a; b"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": 'a"; b'}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": "a; {b}"}}, "routes[0].headers.request", "is not a header value"),
+    ({"request": {"X-A": "a\\; b"}}, "routes[0].headers.request", "is not a header value"),
     ({"request": {"X-A": "$host"}}, "routes[0].headers.request", "is not a header value"),
     ({"request": {"X-A": "a\r\nX-B: c"}}, "routes[0].headers.request", "is not a header value"),
     ({"request": {"X-A": " a"}}, "routes[0].headers.request", "no space at either end"),
@@ -659,6 +663,11 @@ def test_grpc_needs_tls_and_leaves_out_what_only_http_proxying_does() -> None:
         "routes[0].protocol: not with grpc (yet): leave out 'websocket', 'compress'"]
     assert errors(protocol="h2c") == ["routes[0].protocol: 'h2c': Input should be 'http' or "
                                       "'grpc'"]
+    # HTTP/2 to clients is every HTTPS server's already; nginx passes no other HTTP/2 on
+    assert errors(protocol="http2") == [
+        "routes[0].protocol: 'http2' is not a protocol of its own: every route with 'tls' "
+        "speaks HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks HTTP/1.1 "
+        "('http') or gRPC ('grpc'), and no other HTTP/2"]
     labelled = route_from_labels("svc", {**LABELS, "gateway.protocol": "grpc",
                                          "gateway.tls": "true"})
     assert labelled is not None
