@@ -103,10 +103,10 @@ def test_a_tcp_port_reaches_every_task_of_its_service_and_follows_them_without_r
     assert first in ("db1", "db2")
 
     # a third task: nginx finds it itself (resolve), no reload
-    reloads = agent.gateway.metrics()[RELOADS]
+    reloads = agent.metrics()[RELOADS]
     dns.set("tasks.db", ["127.0.13.1", "127.0.13.2", "127.0.13.3"])
     wait_until(lambda: exchange(listen).greeting == "db3", 15, "the new task to be reached")
-    assert agent.gateway.metrics()[RELOADS] == reloads
+    assert agent.metrics()[RELOADS] == reloads
     assert {t["listen"] for t in agent.status()["tcp"]} == {listen}
 
 
