@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from agent.gateway import settings
 
 if TYPE_CHECKING:
     from agent.gateway.discovery import Endpoints
+    from agent.gateway.render import Rendered
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -84,8 +86,25 @@ def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
     return snapshot
 
 
-def cmd_render(args: argparse.Namespace) -> int:
+def _render(s: settings.GatewaySettings, table: RouteTable,
+            snapshot: dict[str, Endpoints]) -> Rendered:
+    """What `run` would serve for this snapshot: the HTTPS servers of the certificates in
+    --certs-dir that pass the checks, the files routes name, the ACME challenges' location, the
+    access log. The checked copies go to a temporary folder (`run` keeps its own store)."""
     from agent.gateway.daemon import make_renderer
+    from agent.gateway.reconciler import acme_target
+    from agent.gateway.routefiles import RouteFiles
+    from agent.gateway.tls import Certificates
+
+    access_log = str(s.access_log_listen) if s.access_log_metrics else None
+    with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
+        tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
+        files = RouteFiles(s.certs_dir, Path(tmp, "files")).plan(table)
+        return make_renderer(s, access_log).render(
+            table, snapshot, tls=tls, acme=acme_target(s.routes_url, table), files=files)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
     from agent.gateway.render import RenderError
 
     s = settings.from_sources(args)
@@ -100,7 +119,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"{args.endpoints}: {exc}", file=sys.stderr)
             return 1
     try:
-        rendered = make_renderer(s).render(table, snapshot)
+        rendered = _render(s, table, snapshot)
         sys.stdout.write(rendered.text)
         if rendered.stream:  # the second file: nginx.conf includes it in `stream {}`
             sys.stdout.write("\n# ---- the stream context (conf.d/stream.conf) ----\n")
@@ -123,11 +142,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.set_defaults(func=cmd_check)
 
     render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
-    settings.add_arguments(render, only=("routes", "zone", "listen", "status_listen",
-                                         "admin_listen",
-                                         "trusted_proxies", "template", "nameserver",
-                                         "upstream_mode", "https_listen",
-                                         "https_redirect_port"))
+    settings.add_arguments(render, only=(
+        "routes", "routes_url", "zone", "listen", "status_listen", "admin_listen",
+        "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
+        "https_redirect_port", "certs_dir", "tls_ca_bundle", "access_log_metrics",
+        "access_log_listen"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

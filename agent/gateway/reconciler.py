@@ -37,6 +37,15 @@ _RETRY_FAILED_MAX = 60.0
 # seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: its first
 # lookups have been answered or have timed out by then (resolver_timeout 1s)
 FIRST_LOOKUPS = 1.0
+def acme_target(routes_url: str | None, table: RouteTable) -> tuple[Target, int] | None:
+    """The controller, where ACME challenges go, when a route has `tls: acme`."""
+    if routes_url is None or not any(r.tls is not None and r.tls.acme for r in table.routes):
+        return None
+    url = urlsplit(routes_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return Target("host", (url.hostname or "").strip("[]")), port
+
+
 class Reconciler:
     def __init__(self, settings: GatewaySettings, nginx: Nginx, discovery: Discovery,
                  renderer: Renderer, metrics: Metrics, state: State,
@@ -117,13 +126,7 @@ class Reconciler:
 
     @property
     def acme_controller(self) -> tuple[Target, int] | None:
-        """The controller, where ACME challenges go, when a route has `tls: acme`."""
-        if self.sources is None or not any(r.tls is not None and r.tls.acme
-                                           for r in self.state.routes.routes):
-            return None
-        url = urlsplit(self.sources.url)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        return Target("host", (url.hostname or "").strip("[]")), port
+        return acme_target(self.sources.url if self.sources else None, self.state.routes)
 
     def _due_names(self, names: list[str]) -> list[str]:
         """The names to look up this cycle: all of them when they fit the budget of

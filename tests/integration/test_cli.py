@@ -115,3 +115,37 @@ http {{
         assert sorted(p.name for p in (conf_dir / "conf.d").iterdir()) == ["default.conf"]
     finally:
         assert agent.stop() == 0
+
+
+def test_render_prints_what_run_serves_for_https_and_acme(tmp_path: Path) -> None:
+    """A route with `tls` gets its HTTPS server from a certificate in --certs-dir that passes
+    the checks; a `tls: acme` host sends the challenges to the controller of --routes-url."""
+    from tests.support.tlsca import TestCA
+
+    ca = TestCA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue("app.example.test").write(certs, "app.example.test")
+    routes = write_routes(tmp_path / "routes.yaml", [
+        {"hosts": ["app.example.test"], "service": "app", "port": 80,
+         "tls": {"redirect": True}},
+        {"hosts": ["shop.example.com"], "service": "shop", "port": 80, "tls": "acme"}])
+    bundle = ca.write_bundle(tmp_path / "roots.pem")
+    snapshot = tmp_path / "snapshot.json"  # the controller's address, as discovery finds it
+    snapshot.write_text(json.dumps({"gateway-controller": ["10.0.9.2"]}))
+    done = gateway_agent("render", "--routes", str(routes), "--certs-dir", str(certs),
+                         "--tls-ca-bundle", str(bundle), "--endpoints", str(snapshot),
+                         "--routes-url", "http://gateway-controller:9280/routes")
+    assert done.returncode == 0, done.stderr
+    assert "listen 0.0.0.0:8443 ssl" in done.stdout
+    assert "server_name app.example.test" in done.stdout
+    assert "ssl_certificate " in done.stdout
+    assert "/.well-known/acme-challenge/" in done.stdout
+    assert "server 10.0.9.2:9280" in done.stdout
+    assert "proxy_pass http://gateway_acme_controller;" in done.stdout
+    # without the certificate there is no HTTPS server for the host, and without a controller
+    # the challenges go nowhere
+    bare = gateway_agent("render", "--routes", str(routes), "--certs-dir", str(tmp_path))
+    assert bare.returncode == 0, bare.stderr
+    assert "ssl_certificate " not in bare.stdout
+    assert "gateway_acme_controller" not in bare.stdout
