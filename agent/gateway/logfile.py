@@ -36,6 +36,10 @@ FILE_NAME = "gateway-metrics.log"
 POLL_INTERVAL = 1.0  # seconds; nginx's flush=1s is the other half of the delay
 ROTATE_SIZE = 16 * 1024 * 1024  # bytes: the file's size (and disk or tmpfs use) stays near it
 _CHUNK = 4 * 1024 * 1024  # bytes read at once: bounds the agent's memory whatever nginx wrote
+# polls an old file may stay held before nginx is asked again to reopen its logs: a worker
+# started by a reload at the moment of the first SIGUSR1 can miss it (seen in the integration
+# test); asking again is harmless (a worker finishing its requests keeps the file anyway)
+_ASK_AGAIN = 5
 
 
 def log_path(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
@@ -55,6 +59,7 @@ class _Open:
         self.id = (stat.st_dev, stat.st_ino)
         self.path: Path | None = path  # None once the name no longer points to it
         self.rest = b""
+        self.held_polls = 0
 
     def read(self, count: Callable[[bytes], None]) -> None:
         while chunk := self.file.read(_CHUNK):
@@ -174,6 +179,12 @@ class LogFile:
         held = _holds(self.nginx_pids(), old.id)
         old.read(self._count)  # after the check: everything it will ever hold when not held
         if held:
+            old.held_polls += 1
+            if old.held_polls % _ASK_AGAIN == 0:  # counts stay exact; the file grows
+                log.warning("access_log_old_file_held polls=%d action=reopen hint=%r",
+                            old.held_polls, "nginx's workers must be able to open the file "
+                            "by its path (its folders searchable by their user)")
+                self._reopen()
             return
         old.file.close()
         if old.rest:  # a line nginx never finished (it was killed while writing)
