@@ -5,6 +5,8 @@ feature is on by default: no test here turns it on."""
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -255,3 +257,26 @@ def test_counts_equal_requests_sent_across_a_reload_and_rotations(
     # rotated: 901 lines of some 70 bytes would be 60 kB; the file stays near 4 kB
     wait_until(lambda: not log.with_name(log.name + ".1").exists(), 10, "the old file removed")
     assert log.stat().st_size < 8192
+
+
+def test_after_nginx_died_the_restarted_agent_counts_from_zero_and_nothing_twice(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    agent = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+                                 "port": upstream_port}])
+    for _ in range(7):
+        assert agent.get("managerhttp")[0] == 200
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 7}, 10,
+               "seven requests counted")
+    master = int((agent.prefix / "nginx.pid").read_text())
+    os.kill(master, signal.SIGKILL)
+    assert agent.proc is not None
+    assert agent.proc.wait(15) == 1, "the agent ends with nginx; swarm restarts the task"
+    agent.start()  # the same prefix: the file of the previous run is still there
+    for _ in range(5):
+        assert agent.get("managerhttp")[0] == 200
+    # the first read takes the whole file: had the old lines been there, this would be 12
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 5}, 10,
+               f"five requests counted, /metrics had "
+               f"{requests_by_class(agent.metrics(), 'managerhttp/')}")
