@@ -96,15 +96,16 @@ def datapath(sec: dict[str, Any]) -> list[str]:
               f"agent / HAProxy **{r['agent_vs_haproxy']:.2f}x**, agent / Caddy "
               f"{r['agent_vs_caddy']:.2f}x, agent / no gateway {r['agent_vs_direct']:.2f}x "
               f"(HAProxy / no gateway {r['haproxy_vs_direct']:.2f}x), agent with 1 worker / "
-              f"agent {r['agent_1w_vs_agent']:.2f}x, agent without access-log metrics / agent "
-              f"{_n(r.get('agent_nolog_vs_agent'), 2)}x.", ""]
+              f"agent {r['agent_1w_vs_agent']:.2f}x, agent with per-route metrics (default) / "
+              f"without (--access-log-metrics off) **{_n(r.get('metrics_on_vs_off'), 3)}**.", ""]
     for name, g in sec["gateways"].items():
         rec = g.get("access_log_records")
         if rec:
-            lines += [f"- {name}: access-log records counted {_n(rec.get('ok'))}, dropped by "
-                      f"the kernel {_n(rec.get('dropped'))}; nginx had served about "
+            cpu = g["summary"].get("main_process_cpu_us_per_request")
+            lines += [f"- {name}: access-log lines counted {_n(rec.get('ok'))}, malformed "
+                      f"{_n(rec.get('malformed'))}; nginx had served about "
                       f"{_n(rec.get('nginx_requests'))} requests by the agent's last reading "
-                      "of its counters."]
+                      f"of its counters; the agent's own CPU {_n(cpu, 3)} µs per request."]
     lines += ["", "Configurations:", ""]
     lines += [f"- {name}: {g['detail']}" for name, g in sec["gateways"].items()]
     return [*lines, ""]

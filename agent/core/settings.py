@@ -220,16 +220,6 @@ def port_number(value: str) -> int:
     return int(value)
 
 
-def loopback_udp(value: str) -> HostPort:
-    """ADDRESS:PORT on loopback for access-log records; port 0 picks a free port at start."""
-    text = value.strip()
-    any_port = text.endswith(":0")
-    hp = parse_ip_host_port(text[:-1] + "1" if any_port else text)
-    if not ipaddress.ip_address(hp.host).is_loopback:
-        raise ValueError(f"{value!r}: records are not authenticated; use a loopback address")
-    return HostPort(hp.host, 0) if any_port else hp
-
-
 Parser = Callable[[str], Any]
 
 

@@ -92,11 +92,13 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
     --certs-dir that pass the checks, the files routes name, the ACME challenges' location, the
     access log. The checked copies go to a temporary folder (`run` keeps its own store)."""
     from agent.gateway.daemon import make_renderer
+    from agent.gateway.logfile import log_path
     from agent.gateway.reconciler import acme_target
     from agent.gateway.routefiles import RouteFiles
     from agent.gateway.tls import Certificates
 
-    access_log = str(s.access_log_listen) if s.access_log_metrics else None
+    access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
+        else None
     with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
         tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
         files = RouteFiles(s.certs_dir, Path(tmp, "files")).plan(table)
@@ -146,7 +148,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "routes", "routes_url", "zone", "listen", "status_listen", "admin_listen",
         "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
         "https_redirect_port", "certs_dir", "tls_ca_bundle", "access_log_metrics",
-        "access_log_listen"))
+        "nginx_prefix", "nginx_conf_dir"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

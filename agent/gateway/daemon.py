@@ -17,9 +17,9 @@ import socket
 from aiohttp import web
 
 from agent.core.settings import read_token
-from agent.gateway import traffic as accesslog
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
+from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
 from agent.gateway.reconciler import Reconciler
@@ -66,7 +66,7 @@ def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> R
 
 def build(settings: GatewaySettings, access_log: str | None = None,
           ) -> tuple[Reconciler, Nginx, Metrics, State]:
-    """The parts of the daemon; `access_log` is where nginx sends its records (HOST:PORT)."""
+    """The parts of the daemon; `access_log` is the file nginx writes its lines to."""
     metrics = Metrics()
     state = State()
     nginx = Nginx(settings)
@@ -96,6 +96,20 @@ def build(settings: GatewaySettings, access_log: str | None = None,
     return reconciler, nginx, metrics, state
 
 
+async def read_access_log(reader: LogFile, stop: asyncio.Event) -> None:
+    """Every POLL_INTERVAL, count what nginx appended to its access-log file."""
+    loop = asyncio.get_running_loop()
+    next_run = loop.time()
+    while not stop.is_set():
+        next_run += POLL_INTERVAL
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_run - loop.time()))
+        try:
+            reader.poll()
+        except Exception:  # a bad poll must not end the daemon; the next one carries on
+            log.exception("access_log_read_failed")
+
+
 async def run(settings: GatewaySettings) -> int:
     try:
         version = nginx_version(settings.nginx_binary)
@@ -109,23 +123,21 @@ async def run(settings: GatewaySettings) -> int:
         log.warning("admin_without_token address=%s effect=%r", settings.admin_listen,
                     "/status and /metrics (routes, services, task addresses, errors) answer "
                     "whoever reaches this address; give --admin-token-file")
-    sock = None
-    if settings.access_log_metrics:
-        try:
-            sock = accesslog.bind(settings.access_log_listen.host, settings.access_log_listen.port)
-        except OSError as exc:
-            log.error("access_log_bind_failed address=%s error=%r", settings.access_log_listen,
-                      str(exc))
-            return 1
+    access_log = log_path(settings.nginx_prefix, settings.nginx_conf_dir) \
+        if settings.access_log_metrics else None
     reconciler, nginx, metrics, state = build(
-        settings, access_log=accesslog.address(sock) if sock is not None else None)
-    receiver = accesslog.Receiver(sock, metrics.traffic) if sock is not None else None
-    if receiver is not None:
+        settings, access_log=str(access_log) if access_log is not None else None)
+    reader = None
+    if access_log is not None:
+        reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
+                         reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
     if reconciler.sources is not None:  # the controller's routes: saved ones, one quick
         await reconciler.sources.start()  # request, then a long-poll in the background
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
     nginx.prepare()
+    if reader is not None:
+        reader.reset()  # before nginx opens it: what a previous run wrote is not counted again
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,8 +151,6 @@ async def run(settings: GatewaySettings) -> int:
     site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
     await site.start()
     log.info("admin_listening address=%s", settings.admin_listen)
-    if receiver is not None:
-        receiver.start()  # before nginx: its first request already has somewhere to go
 
     try:
         try:
@@ -156,9 +166,14 @@ async def run(settings: GatewaySettings) -> int:
         loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
         nginx_task = asyncio.create_task(nginx.process.wait(), name="nginx")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
+        read_task = asyncio.create_task(read_access_log(reader, stop), name="access-log") \
+            if reader is not None else None
         done, _ = await asyncio.wait({loop_task, nginx_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        if read_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await read_task
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
         if nginx_task in done and stop_task not in done:
@@ -176,6 +191,6 @@ async def run(settings: GatewaySettings) -> int:
             await nginx.stop()
         if reconciler.sources is not None:
             await reconciler.sources.close()
-        if receiver is not None:
-            receiver.close()
+        if reader is not None:
+            reader.close()
         await runner.cleanup()

@@ -305,6 +305,18 @@ class Nginx:
             raise ApplyError("reload", f"pid {proc.pid} is not an nginx master: {cmdline[:80]!r}")
         return proc.pid
 
+    def pids(self) -> set[int]:
+        """The master and its workers (old ones finishing requests too); empty when nginx
+        does not run."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return set()
+        return {proc.pid, *self._workers(proc.pid)}
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 to the master: its workers write what they buffered and reopen the logs."""
+        os.kill(self._check_master(), signal.SIGUSR1)
+
     async def wait_serving(self, generation: str, within: float = 10.0) -> None:
         """Until nginx's status listener says `generation`: the new workers serve."""
         deadline = time.monotonic() + within

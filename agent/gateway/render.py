@@ -26,7 +26,6 @@ from agent.core.routes import Route, RouteTable, Target
 from agent.gateway.discovery import Endpoints, Snapshot
 from agent.gateway.routefiles import FilesPlan
 from agent.gateway.tls import Served, TlsPlan
-from agent.gateway.traffic import TAG as ACCESS_LOG_TAG
 from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
 
 if TYPE_CHECKING:
@@ -372,7 +371,7 @@ class Renderer:
         self.listen = listen
         self.status_listen = status_listen
         self.trusted_proxies = tuple(trusted_proxies)
-        self.access_log = access_log  # HOST:PORT of the agent's access-log socket, or None
+        self.access_log = access_log  # the access-log file the agent reads, or None
         directory, name = (template.parent, template.name) if template else (
             _TEMPLATES, "gateway.conf.j2")
         self._template = _environment(directory).get_template(name)
@@ -415,7 +414,6 @@ class Renderer:
             "status_listen": self.status_listen,
             "trusted_proxies": self.trusted_proxies,
             "access_log": self.access_log,
-            "access_log_tag": ACCESS_LOG_TAG,
             "unrouted_root": UNROUTED_ROOT,
             "keepalive": KEEPALIVE,
             "keepalive_min_timeout": KEEPALIVE_MIN_TIMEOUT,
@@ -455,7 +453,7 @@ def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
                      stream_conf: Path | None = None) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix).
 
-    With `access_log` the routes file sets the http-level access log (records to the agent);
+    With `access_log` the routes file sets the http-level access log (lines for the agent);
     otherwise this file turns access logging off. `modules`: the dynamic modules' files to
     load (gateway/modules.py); `stream_conf`: the stream context's file (tcp routes), included when
     this nginx has the stream module.

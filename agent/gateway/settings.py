@@ -21,7 +21,6 @@ from agent.core.settings import (
     Network,
     Option,
     http_url,
-    loopback_udp,
     non_negative_float,
     on_off,
     parse_host_port,
@@ -34,6 +33,7 @@ from agent.core.settings import (
     worker_processes,
     zone_name,
 )
+from agent.gateway.logfile import ROTATE_SIZE
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,16 @@ class GatewaySettings:
     worker_processes: str = "auto"
     log_format: str = "text"
     log_level: str = "info"
-    access_log_metrics: bool = False
+    access_log_metrics: bool = True
     upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
-    access_log_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
+    access_log_rotate_size: int = ROTATE_SIZE  # bytes; the access-log file is rotated past it
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
+
+
+def rotate_size(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 4096:
+        raise ValueError(f"{value!r} is not a size in bytes of at least 4096")
+    return int(value)
 
 
 # One row per setting. Order is the order of `--help`.
@@ -148,11 +154,10 @@ OPTIONS: tuple[Option, ...] = (
            "of tasks needs no reload; static: the agent writes task addresses and reloads "
            "(resolve)"),
     Option("--access-log-metrics", "access_log_metrics", on_off,
-           "on or off: per-route request metrics from nginx's access log, sent to the agent "
-           "(off)"),
-    Option("--access-log-listen", "access_log_listen", loopback_udp,
-           "loopback ADDRESS:PORT (UDP) nginx sends access-log records to; port 0 = a free port "
-           "picked at start (127.0.0.1:0)"),
+           "on or off: per-route request metrics from nginx's access log, written to a file "
+           "the agent reads (on)"),
+    Option("--access-log-rotate-size", "access_log_rotate_size", rotate_size,
+           f"BYTES: the access-log file is rotated once it is larger ({ROTATE_SIZE})"),
     Option("--vrrp-state-file", "vrrp_state_file", Path,
            "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted "
            "into the container): its VRRP state is shown in /status and on the dashboard "

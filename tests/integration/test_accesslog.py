@@ -1,14 +1,21 @@
-"""Per-route traffic metrics end to end: real requests through a real nginx, whose access-log
-records reach the agent over UDP, and the counts a user reads on /metrics."""
+"""Per-route traffic metrics end to end: real requests through a real nginx, which writes its
+access-log lines to a file the agent reads, and the counts a user reads on /metrics. The
+feature is on by default: no test here turns it on."""
 
 from __future__ import annotations
 
 import http.client
-import socket
+import os
+import signal
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.integration.conftest import TASK_ADDRESSES, write_routes
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 
 T1, T2, T3 = TASK_ADDRESSES[:3]
@@ -17,11 +24,8 @@ StartAgent = Callable[..., Agent]
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-def start(start_agent: StartAgent, routes: list[dict[str, object]], *extra: str,
-          ) -> tuple[Agent, int]:
-    port = free_port(kind=socket.SOCK_DGRAM)
-    return start_agent(routes, "--access-log-metrics", "on", "--access-log-listen",
-                       f"127.0.0.1:{port}", *extra), port
+def start(start_agent: StartAgent, routes: list[dict[str, object]], *extra: str) -> Agent:
+    return start_agent(routes, *extra)  # no --access-log-metrics: on by default
 
 
 def requests_by_class(m: dict[str, float], route: str) -> dict[str, float]:
@@ -53,7 +57,7 @@ def test_counts_match_the_requests_sent_per_route_and_status_class(
         start_agent: StartAgent) -> None:
     dns.set("tasks.managerhttp", [T1, T2])
     dns.set("tasks.api", [T3])  # tasks.dmzhttp: NXDOMAIN, its route answers 503
-    agent, _ = start(start_agent, [
+    agent = start(start_agent, [
         {"hosts": ["managerhttp", "manager.example.com"], "service": "managerhttp",
          "port": upstream_port, "max_body_size": "1k"},
         {"hosts": ["manager.example.com"], "path": "/api", "service": "api",
@@ -100,15 +104,16 @@ def test_counts_match_the_requests_sent_per_route_and_status_class(
         4 * len("task3")
     assert m['gateway_access_log_records_total{result="ok"}'] == sum(
         sum(classes.values()) for classes in want.values())
-    for result in ("malformed", "unknown_route", "dropped"):
+    for result in ("malformed", "unknown_route"):
         assert m[f'gateway_access_log_records_total{{result="{result}"}}'] == 0
+    assert 'gateway_access_log_records_total{result="dropped"}' not in m, "a file drops nothing"
 
 
 def test_a_dead_task_shows_as_upstream_errors_and_retries_while_clients_get_200(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     dns.set("tasks.managerhttp", [T1, NOBODY])
-    agent, _ = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+    agent = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
                                     "port": upstream_port}])
     for _ in range(6):  # round robin: at least one of the first two tries NOBODY
         assert agent.get("managerhttp") == (200, "task1")
@@ -125,17 +130,13 @@ def test_records_that_name_no_route_in_use_are_counted_without_a_series(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     dns.set("tasks.managerhttp", [T1])
-    agent, port = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+    agent = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
                                        "port": upstream_port}])
-    header = b"<190>Nov 25 17:11:04 gateway: "
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for datagram in (
-            b"not a record",
-            header + b"g1|/gateway-route/managerhttp|2000|0.001|-|-|-|10|10",  # bad status
-            header + b"g1|/gateway-route/managerhttp|200|0.001|-|-|-|10",  # a field short
-            header + b"g1|/gateway-route/evil.example.com/x|200|0.001|-|-|-|10|10",
-        ):
-            s.sendto(datagram, ("127.0.0.1", port))
+    with (agent.prefix / "logs" / "gateway-metrics.log").open("ab") as log:
+        log.write(b"not a record\n"
+                  b"g1|/gateway-route/managerhttp|2000|0.001|-|-|-|10|10\n"  # bad status
+                  b"g1|/gateway-route/managerhttp|200|0.001|-|-|-|10\n"  # a field short
+                  b"g1|/gateway-route/evil.example.com/x|200|0.001|-|-|-|10|10\n")
 
     def results() -> dict[str, float]:
         m = agent.metrics()
@@ -152,7 +153,7 @@ def test_route_series_follow_the_routes_in_use(
         start_agent: StartAgent) -> None:
     dns.set("tasks.managerhttp", [T1])
     routes = [{"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port}]
-    agent, _ = start(start_agent, routes)
+    agent = start(start_agent, routes)
     assert agent.get("managerhttp")[0] == 200
     wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 1}, 5,
                "the request to be counted")
@@ -166,7 +167,7 @@ def test_route_series_follow_the_routes_in_use(
                "the request on the new route to be counted")
 
 
-def test_off_sends_no_records_and_writes_no_access_log(
+def test_off_writes_no_access_log_and_exports_no_series(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     dns.set("tasks.managerhttp", [T1])
@@ -179,5 +180,103 @@ def test_off_sends_no_records_and_writes_no_access_log(
     m = agent.metrics()
     assert not any(k.startswith(("gateway_http_", "gateway_access_log_")) for k in m)
     conf = (agent.prefix / "conf.d" / "gateway.conf").read_text()
-    assert "access_log syslog" not in conf
+    assert "gateway_metrics" not in conf
+    assert not (agent.prefix / "logs" / "gateway-metrics.log").exists()
     assert not list(agent.prefix.rglob("access.log")), "nginx's default access log is off too"
+
+
+def send(agent: Agent, requests: list[tuple[str | None, int]], clients: int = 4,
+         during: Callable[[], None] | None = None) -> Counter[tuple[str | None, int]]:
+    """Send every (host, expected status) request from `clients` threads, calling `during`
+    once a third of them were answered; the (host, status) pairs clients got."""
+    got: Counter[tuple[str | None, int]] = Counter()
+    lock = threading.Lock()
+    third = threading.Event()
+
+    def one(item: tuple[str | None, int]) -> None:
+        status = agent.get(item[0])[0]
+        with lock:
+            got[(item[0], status)] += 1
+            if sum(got.values()) >= len(requests) // 3:
+                third.set()
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(one, item) for item in requests]
+        if during is not None:
+            third.wait(30)
+            during()
+        for f in futures:
+            f.result()
+    return got
+
+
+def test_counts_equal_requests_sent_across_a_reload_and_rotations(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1, T2])  # tasks.dmzhttp: NXDOMAIN, its route answers 503
+    routes: list[dict[str, object]] = [
+        {"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port},
+        {"hosts": ["dmzhttp"], "service": "dmzhttp", "port": upstream_port}]
+    agent = start(start_agent, routes, "--access-log-rotate-size", "4096")
+    log = agent.prefix / "logs" / "gateway-metrics.log"
+    for directory in log.parents:  # nginx's workers (nobody) reopen the file by its path:
+        if directory == Path("/tmp"):  # pytest's folders are root's only (0700)
+            break
+        directory.chmod(directory.stat().st_mode | 0o005)
+    probes: Counter[int] = Counter()  # the reload's own requests: 404 until the new route
+
+    def reload() -> None:  # a route change: nginx reloads while the clients go on
+        write_routes(agent.workdir / "routes.yaml", [
+            *routes, {"hosts": ["new.example.com"], "service": "managerhttp",
+                      "port": upstream_port}])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = agent.get("new.example.com")[0]
+            probes[status] += 1
+            if status == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the new route never answered: {probes}")
+
+    plan = [("managerhttp", 200)] * 600 + [("dmzhttp", 503)] * 150 + \
+        [("unknown.example.com", 404)] * 150
+    got = send(agent, plan, during=reload)
+    assert got == Counter(plan), "every client got what the route answers"
+    assert set(probes) <= {404, 200}
+    want = {"managerhttp/": {"2xx": 600.0}, "dmzhttp/": {"5xx": 150.0},
+            "new.example.com/": {"2xx": 1.0}, "unrouted": {"4xx": 150.0 + probes[404]}}
+
+    def counted() -> dict[str, dict[str, float]]:
+        m = agent.metrics()
+        return {route: requests_by_class(m, route) for route in want}
+
+    wait_until(lambda: counted() == want, 10, f"the counts {want}, /metrics had {counted()}")
+    m = agent.metrics()
+    assert m['gateway_access_log_records_total{result="ok"}'] == 901 + probes[404]
+    assert m['gateway_access_log_records_total{result="malformed"}'] == 0
+    # rotated: 901 lines of some 70 bytes would be 60 kB; the file stays near 4 kB
+    wait_until(lambda: not log.with_name(log.name + ".1").exists(), 10, "the old file removed")
+    assert log.stat().st_size < 8192
+
+
+def test_after_nginx_died_the_restarted_agent_counts_from_zero_and_nothing_twice(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    dns.set("tasks.managerhttp", [T1])
+    agent = start(start_agent, [{"hosts": ["managerhttp"], "service": "managerhttp",
+                                 "port": upstream_port}])
+    for _ in range(7):
+        assert agent.get("managerhttp")[0] == 200
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 7}, 10,
+               "seven requests counted")
+    master = int((agent.prefix / "nginx.pid").read_text())
+    os.kill(master, signal.SIGKILL)
+    assert agent.proc is not None
+    assert agent.proc.wait(15) == 1, "the agent ends with nginx; swarm restarts the task"
+    agent.start()  # the same prefix: the file of the previous run is still there
+    for _ in range(5):
+        assert agent.get("managerhttp")[0] == 200
+    # the first read takes the whole file: had the old lines been there, this would be 12
+    wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 5}, 10,
+               f"five requests counted, /metrics had "
+               f"{requests_by_class(agent.metrics(), 'managerhttp/')}")

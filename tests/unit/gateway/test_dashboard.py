@@ -83,7 +83,7 @@ def test_traffic_totals_count_requests_by_class_and_are_none_while_off() -> None
     traffic = Traffic()
     assert traffic.totals() is None
     traffic.follow(lambda: ROUTES)
-    header = b"<190>Nov 25 17:11:04 gateway: g1|"
+    header = b"g1|"
     # ROUTE|STATUS|REQUEST_TIME|UPSTREAM_RESPONSE_TIME|UPSTREAM_STATUS|UPSTREAM_HEADER_TIME|..
     for fields in ("200|0.001|0.001|200|0.001", "200|0.001|0.001|200|0.001",
                    "503|0.000|-|-|-", "502|0.001|0.001|502|-", "504|1.0|1.0|504|-"):

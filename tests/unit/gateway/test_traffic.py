@@ -1,12 +1,12 @@
-"""The access-log records: what the template asks nginx to send, and what the agent counts."""
+"""The access-log lines: what the template asks nginx to write, what the agent reads and counts."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
 import re
-import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.core.routes import RouteTable, parse_routes
-from agent.core.settings import HostPort, SettingsError
+from agent.core.settings import SettingsError
 from agent.gateway import settings
 from agent.gateway.discovery import Endpoints
+from agent.gateway.logfile import ROTATE_SIZE, LogFile, log_path
 from agent.gateway.render import Renderer, render_main_conf
 from agent.gateway.traffic import (
     LOG_FORMAT,
     UNROUTED_ROOT,
-    Receiver,
     Traffic,
-    bind,
-    kernel_drops,
     route_label,
     route_root,
 )
@@ -37,11 +35,10 @@ ROUTES = parse_routes({"routes": [
 ]})
 SNAPSHOT = {"tasks.managerhttp": Endpoints(("10.0.1.3",), "ok"),
             "tasks.api": Endpoints((), "none"), "tasks.dmz": Endpoints(("10.0.2.3",), "ok")}
-HEADER = b"<190>Nov 25 17:11:04 gateway: "
 
 
 def record(root: str, fields: str) -> bytes:
-    return HEADER + f"g1|{root}|{fields}".encode()
+    return f"g1|{root}|{fields}".encode()
 
 
 def samples(traffic: Traffic) -> dict[str, float]:
@@ -68,13 +65,13 @@ def test_route_label_is_first_host_and_path() -> None:
         "managerhttp/", "manager.example.com/api", "*.dmz.example.com/x/y_z~1"]
 
 
-def test_template_sends_the_format_the_agent_reads() -> None:
+def test_template_writes_the_format_the_agent_reads() -> None:
     text = Renderer(listen="8080", status_listen="127.0.0.1:9181",
-                    access_log="127.0.0.1:40000").render(ROUTES, SNAPSHOT).text
+                    access_log="/p/logs/gateway-metrics.log").render(ROUTES, SNAPSHOT).text
     m = re.search(r"log_format gateway_metrics ((?:'[^']*'\s*)+);", text)
     assert m is not None
     assert "".join(re.findall(r"'([^']*)'", m.group(1))) == LOG_FORMAT
-    assert ("access_log syslog:server=127.0.0.1:40000,tag=gateway,nohostname gateway_metrics;"
+    assert ("access_log /p/logs/gateway-metrics.log gateway_metrics buffer=64k flush=1s;"
             in text)
     # every location of a route names it; every server names no route, for the rest
     roots = re.findall(r"location (?:= |\^~ )?(\S+) \{\n\s+root (\S+);", text)
@@ -103,7 +100,8 @@ def test_configuration_with_the_access_log_passes_nginx_t(tmp_path: Path) -> Non
         (prefix / sub).mkdir(parents=True)
     routes_conf = prefix / "conf.d" / "gateway.conf"
     routes_conf.write_text(Renderer(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
-                                    access_log="[::1]:40000").render(ROUTES, SNAPSHOT).text)
+                                    access_log=str(prefix / "logs" / "m.log"),
+                                    ).render(ROUTES, SNAPSHOT).text)
     (prefix / "nginx.conf").write_text(render_main_conf(
         prefix=prefix, routes_conf=routes_conf, worker_processes="1", access_log=True))
     result = subprocess.run([nginx, "-e", "stderr", "-p", f"{prefix}/", "-c",
@@ -163,11 +161,11 @@ def test_retries_and_errors_come_from_the_list_of_tries() -> None:
         pytest.approx(0.008 + 3.001 + 0.002)
 
 
-@pytest.mark.parametrize("datagram", [
+@pytest.mark.parametrize("line", [
     b"",
     b"hello",
-    HEADER + b"g2|/gateway-route/managerhttp|200|0.1|-|-|-|1|1",  # another format
-    b"<190>Nov 25 17:11:04 other: g1|/gateway-route/managerhttp|200|0.1|-|-|-|1|1",
+    b"g2|/gateway-route/managerhttp|200|0.1|-|-|-|1|1",  # another format
+    b"<190>Nov 25 17:11:04 gateway: g1|/gateway-route/managerhttp|200|0.1|-|-|-|1|1",
     record("/gateway-route/managerhttp", "200|0.1|-|-|-|1"),
     record("/gateway-route/managerhttp", "200|0.1|-|-|-|1|1|extra"),
     record("/gateway-route/managerhttp", "2000|0.1|-|-|-|1|1"),
@@ -180,10 +178,10 @@ def test_retries_and_errors_come_from_the_list_of_tries() -> None:
     record("/gateway-route/managerhttp", "200|0.1|x|200|0.1|1|1"),
     record("/gateway-route/managerhttp", "200|0.1|0.1, y|200|0.1|1|1"),
 ])
-def test_a_malformed_record_counts_as_malformed_and_nothing_else(datagram: bytes) -> None:
+def test_a_malformed_record_counts_as_malformed_and_nothing_else(line: bytes) -> None:
     traffic = following()
     before = samples(traffic)
-    traffic.feed(datagram)
+    traffic.feed(line)
     after = samples(traffic)
     assert after.pop('gateway_access_log_records_total{result="malformed"}') == 1
     before.pop('gateway_access_log_records_total{result="malformed"}')
@@ -228,85 +226,162 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
 
-# -- the socket -------------------------------------------------------------------------------
+# -- the file --------------------------------------------------------------------------------
 
-async def wait_counted(traffic: Traffic, total: int) -> dict[str, float]:
-    for _ in range(500):
-        m = samples(traffic)
-        if sum(m[f'gateway_access_log_records_total{{result="{r}"}}']
-               for r in ("ok", "dropped")) >= total:
-            break
-        await asyncio.sleep(0.01)
-    return m
+OK = record("/gateway-route/managerhttp", "200|0.001|0.001|200|0.001|10|10") + b"\n"
+FAILED = record("/gateway-route/managerhttp", "502|0.001|0.001|502|0.001|10|10") + b"\n"
 
 
-async def test_receiver_counts_every_datagram_that_arrives() -> None:
+class FakeNginx:
+    """Appends lines to the file like nginx: its own descriptor, held open by a child process
+    (nginx's worker, for the reader's "does nginx still hold it" check) until a reopen."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reopens = 0
+        self.fd = -1
+        self.worker: subprocess.Popen[bytes] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.worker = subprocess.Popen(["sleep", "60"], pass_fds=[self.fd])
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def pids(self) -> set[int]:
+        return {self.worker.pid} if self.worker is not None else set()
+
+    def reopen(self) -> None:
+        self.reopens += 1
+        self.let_go()
+        self._open()
+
+    def let_go(self) -> None:
+        os.close(self.fd)
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker.wait()
+            self.worker = None
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[FakeNginx]:
+    fake = FakeNginx(tmp_path / "gateway-metrics.log")
+    yield fake
+    if fake.worker is not None:
+        fake.let_go()
+
+
+def reader(nginx: FakeNginx, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:
     traffic = following()
-    receiver = Receiver(bind("127.0.0.1", 0), traffic)
-    receiver.start()
+    return LogFile(nginx.path, traffic, nginx_pids=nginx.pids, reopen=nginx.reopen,
+                   rotate_size=rotate_size), traffic
+
+
+def counted(traffic: Traffic) -> dict[str, float]:
+    m = samples(traffic)
+    return {k: m[f'gateway_http_requests_total{{route="managerhttp/",status_class="{k}"}}']
+            for k in ("2xx", "5xx")}
+
+
+def test_each_poll_counts_what_was_appended_once(nginx: FakeNginx) -> None:
+    tail, traffic = reader(nginx)
+    nginx.write(OK * 1000 + FAILED * 3)
+    tail.poll()
+    assert counted(traffic) == {"2xx": 1000, "5xx": 3}
+    tail.poll()  # nothing new: nothing counted twice
+    assert counted(traffic) == {"2xx": 1000, "5xx": 3}
+    nginx.write(OK + FAILED[:20])  # a line cut in two by the read waits for its end
+    tail.poll()
+    assert counted(traffic) == {"2xx": 1001, "5xx": 3}
+    nginx.write(FAILED[20:])
+    tail.poll()
+    assert counted(traffic) == {"2xx": 1001, "5xx": 4}
+    assert samples(traffic)['gateway_access_log_records_total{result="malformed"}'] == 0
+    tail.close()
+
+
+def test_rotation_loses_nothing_and_removes_the_old_file(nginx: FakeNginx) -> None:
+    tail, traffic = reader(nginx, rotate_size=len(OK) * 100)
+    nginx.write(OK * 150)
+    tail.poll()
+    assert nginx.reopens == 1, "past the size: renamed, and nginx asked to reopen"
+    assert (nginx.path.parent / "gateway-metrics.log.1").exists()
+    old = os.open(nginx.path.parent / "gateway-metrics.log.1", os.O_WRONLY | os.O_APPEND)
+    os.write(old, FAILED * 7)  # a worker's buffer, written to the old file after the rename
+    os.close(old)
+    nginx.write(OK * 20)  # the new file
+    tail.poll()
+    assert counted(traffic) == {"2xx": 170, "5xx": 7}
+    assert not (nginx.path.parent / "gateway-metrics.log.1").exists()
+    assert nginx.path.stat().st_size == len(OK) * 20
+    for _ in range(5):  # more rotations, still exact
+        nginx.write(OK * 120)
+        tail.poll()
+        tail.poll()
+    assert counted(traffic) == {"2xx": 770, "5xx": 7}
+    assert tail.rotations == 6
+    tail.close()
+
+
+def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: FakeNginx) -> None:
+    tail, traffic = reader(nginx, rotate_size=len(OK) * 10)
+    nginx.write(OK * 10)
+    tail.poll()
+    rotated = nginx.path.parent / "gateway-metrics.log.1"
+    holder = subprocess.Popen(["sleep", "60"], pass_fds=[fd := os.open(rotated, os.O_WRONLY
+                                                                       | os.O_APPEND)])
     try:
-        host, port = receiver.address.split(":")
-        assert port != "0"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-            for _ in range(30):  # more than one batch of reads in all
-                for _ in range(100):
-                    out.sendto(record("/gateway-route/managerhttp", "200|0.001|-|-|-|1|1"),
-                               (host, int(port)))
-                await asyncio.sleep(0.001)  # the receiver's turn
-        m = await wait_counted(traffic, 3000)
-        assert m['gateway_access_log_records_total{result="ok"}'] == 3000
-        assert m['gateway_access_log_records_total{result="dropped"}'] == 0
+        tail.nginx_pids = lambda: {holder.pid}  # an old worker, finishing its requests
+        tail.poll()
+        assert rotated.exists(), "an old worker still holds it: it may still write"
+        os.write(fd, FAILED * 2)
+        holder.kill()
+        holder.wait()
+        os.close(fd)
+        tail.poll()
+        assert not rotated.exists()
+        assert counted(traffic) == {"2xx": 10, "5xx": 2}
     finally:
-        receiver.close()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    tail.close()
 
 
-async def test_datagrams_the_kernel_dropped_are_counted_as_dropped() -> None:
-    sock = bind("127.0.0.1", 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # room for a few records
+def test_a_deleted_file_is_read_to_its_end_and_nginx_reopens(nginx: FakeNginx) -> None:
+    tail, traffic = reader(nginx)
+    nginx.write(OK * 5)
+    tail.poll()
+    nginx.write(OK * 3)
+    nginx.path.unlink()  # by hand; nginx goes on writing into the deleted file
+    nginx.write(OK * 2)
+    tail.poll()
+    assert nginx.reopens == 1
+    assert nginx.path.exists()
+    nginx.write(FAILED)
+    tail.poll()
+    assert counted(traffic) == {"2xx": 10, "5xx": 1}
+    tail.close()
+
+
+def test_no_file_yet_counts_nothing_and_reset_removes_a_previous_run(tmp_path: Path) -> None:
     traffic = following()
-    receiver = Receiver(sock, traffic)
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-            for _ in range(500):  # nobody reads yet: most overflow the queue
-                out.sendto(record("/gateway-route/managerhttp", "200|0.001|-|-|-|1|1"),
-                           sock.getsockname())
-        receiver.start()
-        m = await wait_counted(traffic, 500)
-        ok = m['gateway_access_log_records_total{result="ok"}']
-        dropped = m['gateway_access_log_records_total{result="dropped"}']
-        assert ok > 0
-        assert dropped > 0
-        assert ok + dropped == 500
-    finally:
-        receiver.close()
+    path = tmp_path / "gateway-metrics.log"
+    tail = LogFile(path, traffic, nginx_pids=set, reopen=lambda: None)
+    tail.poll()
+    assert counted(traffic) == {"2xx": 0, "5xx": 0}
+    path.write_bytes(OK)
+    (tmp_path / "gateway-metrics.log.1").write_bytes(OK)
+    tail.reset()
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_kernel_drops_are_read_for_this_socket_only(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        assert kernel_drops(sock) == 0  # the real /proc/net/udp
-        inode = Path(f"/proc/self/fd/{sock.fileno()}").readlink().name.strip("socket:[]")
-        (tmp_path / "udp").write_text(
-            "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   "
-            "uid  timeout inode ref pointer drops\n"
-            "  1: 0100007F:A000 00000000:0000 07 00000000:00000000 00:00000000 00000000     "
-            "0        0 1 2 0000000000000000 99\n"
-            f"  2: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     "
-            f"0        0 {inode} 2 0000000000000000 17\n")
-        assert kernel_drops(sock, tmp_path) == 17
-        assert kernel_drops(sock, tmp_path / "missing") is None
-
-
-def test_bind_fails_on_a_port_in_use() -> None:
-    first = bind("127.0.0.1", 0)
-    try:
-        port = first.getsockname()[1]
-        with pytest.raises(OSError, match="in use"):
-            bind("127.0.0.1", port)
-    finally:
-        first.close()
-
-
+def test_the_file_is_in_the_prefix_or_beside_the_configuration() -> None:
+    assert log_path(Path("/p"), Path("/etc/nginx")) == Path("/p/logs/gateway-metrics.log")
+    assert log_path(None, Path("/etc/nginx")) == Path("/etc/nginx/gateway-metrics.log")
 
 # -- the settings -----------------------------------------------------------------------------
 
@@ -316,20 +391,19 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> settings.Gatewa
     return settings.from_sources(p.parse_args(argv), env or {})
 
 
-def test_settings_default_to_off_and_a_free_loopback_port() -> None:
+def test_settings_default_to_on() -> None:
     s = parse([])
-    assert s.access_log_metrics is False
-    assert s.access_log_listen == HostPort("127.0.0.1", 0)
-    s = parse(["--access-log-listen", "[::1]:0"], {"GATEWAY_ACCESS_LOG_METRICS": "on"})
     assert s.access_log_metrics is True
-    assert s.access_log_listen == HostPort("::1", 0)
-    assert parse(["--access-log-listen", "127.0.0.2:9182"]).access_log_listen == \
-        HostPort("127.0.0.2", 9182)
+    assert s.access_log_rotate_size == ROTATE_SIZE
+    s = parse(["--access-log-rotate-size", "65536"], {"GATEWAY_ACCESS_LOG_METRICS": "off"})
+    assert s.access_log_metrics is False
+    assert s.access_log_rotate_size == 65536
 
 
-def test_settings_refuse_a_non_loopback_address_or_a_bad_switch() -> None:
+def test_settings_refuse_a_bad_switch_or_size_and_the_udp_address_is_gone() -> None:
     with pytest.raises(SettingsError) as info:
-        parse(["--access-log-listen", "0.0.0.0:9182"], {"GATEWAY_ACCESS_LOG_METRICS": "maybe"})
-    assert "--access-log-listen" in str(info.value)
-    assert "loopback" in str(info.value)
+        parse(["--access-log-rotate-size", "10"], {"GATEWAY_ACCESS_LOG_METRICS": "maybe"})
+    assert "--access-log-rotate-size" in str(info.value)
     assert "GATEWAY_ACCESS_LOG_METRICS" in str(info.value)
+    with pytest.raises(SystemExit):
+        parse(["--access-log-listen", "127.0.0.1:9182"])
