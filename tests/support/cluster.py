@@ -382,6 +382,10 @@ class Cluster:
                 "-v", "/var/lib/docker",  # overlay2 on a volume, not on overlay2
                 # as on a machine, /run starts empty at each boot (dockerd's pid file, keepalived's)
                 "--tmpfs", "/run",
+                # there is no registry: a task starts from the loaded image at once instead of
+                # first waiting about 20 s for a registry lookup to time out (swarm's agent
+                # pulls a tag before each task start unless told to prefer the local image)
+                "--env", "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1",
                 NODE_IMAGE, "dockerd", "--cgroup-parent", f"/{n.container}",
                 # the node's own bridges, apart from the host's and from the cluster network
                 "--bip", "172.31.254.1/24"]
