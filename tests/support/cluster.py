@@ -589,6 +589,25 @@ class Cluster:
         run("docker", "start", n.container)
         self.wait_dockerd(n)
 
+    def in_gossip(self, n: Node) -> bool:
+        """The manager's gossip still lists the node as a peer of the ingress network, which
+        every node joins (`docker network inspect --verbose`)."""
+        out = self.docker("network", "inspect", "--verbose", "--format", "{{json .Peers}}",
+                          "ingress")
+        return n.address in {peer["IP"] for peer in json.loads(out) or []}
+
+    def wait_forgotten(self, n: Node, timeout: float = 60) -> float:
+        """Wait until the swarm's gossip has dropped a dead node (about 6 s after the kill here):
+        a machine takes longer than that to boot again. A node restarted sooner meets its
+        previous incarnation still listed ("is the new incarnation of the active node" in its
+        dockerd's log) and its overlay traffic stalls for about 30 s: seen here as requests
+        through its gateway unanswered until 35 - 60 s after the node came back, instead of
+        answered after about 5 s. Seconds waited."""
+        started = time.monotonic()
+        wait_for(lambda: not self.in_gossip(n), timeout,
+                 f"the swarm's gossip to drop {n.name}", interval=0.2)
+        return time.monotonic() - started
+
     def node_state(self, n: Node) -> str:
         """What the manager says of a node: ready / down / unknown."""
         return self.docker("node", "inspect", "-f", "{{.Status.State}}", n.hostname,
