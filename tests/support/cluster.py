@@ -98,8 +98,13 @@ ADVERT_INT = 0.2
 TRACK_FILE = "/run/gateway-check/state"
 
 
+_clock = [time.monotonic()]
+
+
 def log(message: str) -> None:
-    print(f"cluster: {message}", file=sys.stderr, flush=True)
+    """A progress line, with the seconds since `up` started (or since the import)."""
+    print(f"cluster [{time.monotonic() - _clock[0]:5.0f} s]: {message}", file=sys.stderr,
+          flush=True)
 
 
 def run(*args: str, input: bytes | str | None = None, check: bool = True,
@@ -245,9 +250,13 @@ def have_image(image: str) -> bool:
 
 # --- images -------------------------------------------------------------------------------------
 
-def build_images(state: Path) -> None:
-    """The project's images (scripts/images.sh, with the cluster's names) and the node image."""
+def build_project_images() -> None:
+    """The gateway and the upstream image (scripts/images.sh, with the cluster's tags)."""
     run("scripts/images.sh", "auto", timeout=900)
+
+
+def build_node_image() -> None:
+    """The node image: the cached debootstrap base and the project's gateway-check."""
     if not have_image(NODE_BASE_IMAGE):
         build_node_base()
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
@@ -257,6 +266,19 @@ def build_images(state: Path) -> None:
             str(ctx / "wheels"), str(ROOT), timeout=300)
         run("docker", "build", "-q", "--label", LABEL, "--build-arg",
             f"BASE_IMAGE={NODE_BASE_IMAGE}", "-t", NODE_IMAGE, str(ctx), timeout=300)
+
+
+def images_for(n: Node) -> list[str]:
+    """The images a node's tasks run, as a real node pulls only those: the gateway image where
+    a gateway, the controller or its Docker socket proxy runs (the gateway nodes, the manager),
+    the application image on the nodes of a zone."""
+    images = []
+    if n.name == "manager" or any(label.startswith(("gateway=", "dmz-gateway="))
+                                  for label in n.labels):
+        images.append(IMAGES["GATEWAY_IMAGE"])
+    if any(label.startswith("zone.") for label in n.labels):
+        images.append(IMAGES["APP_IMAGE"])
+    return images
 
 
 def debian_mirror() -> str:
@@ -339,26 +361,32 @@ class Cluster:
     # --- bringing it up ----------------------------------------------------------------------
 
     def up(self) -> None:
-        started = time.monotonic()
+        started = _clock[0] = time.monotonic()
         self.state.mkdir(parents=True, exist_ok=True)
         start_dockerd(self.state)
         existing = run("docker", "ps", "-aq", "--filter", f"label={LABEL}").split()
         if existing:
             raise AssertionError(f"a cluster is already up ({len(existing)} containers labelled "
                                  f"{LABEL}): `make cluster-down` removes it")
-        log("building the images (scripts/images.sh, and the node image)")
-        build_images(self.state)
-        log(f"images ready after {time.monotonic() - started:.0f} s")
         run("docker", "network", "create", "--label", LABEL, *NETWORK_ARGS, NETWORK)
-        with ThreadPoolExecutor(len(NODES)) as pool:
-            list(pool.map(self.start_node, NODES))
+        # the project's images build while the node image is made, the nodes start and the
+        # swarm forms: neither needs the other until the images are loaded
+        with ThreadPoolExecutor(1) as builder:
+            log("building the project's images (scripts/images.sh) and the node image")
+            project_images = builder.submit(build_project_images)
+            build_node_image()
+            log("node image ready; starting the nodes")
+            with ThreadPoolExecutor(len(NODES)) as pool:
+                list(pool.map(self.start_node, NODES))
+            self.form_swarm()
+            log(f"swarm of {len(NODES)} nodes formed; waiting for the project's images")
+            project_images.result()
+        log("loading the images into the nodes that run them")
         self.start_client()
-        log(f"{len(NODES)} nodes answer; loading the images into each")
         self.load_images()
-        self.form_swarm()
-        log(f"swarm of {len(NODES)} nodes formed after {time.monotonic() - started:.0f} s; "
-            "deploying the stacks")
+        log("deploying the stacks")
         self.deploy()
+        log("stacks deployed; waiting for every task and route")
         self.wait_deployed()
         log(f"stacks answer after {time.monotonic() - started:.0f} s; starting keepalived")
         self.start_keepalived_all()
@@ -405,19 +433,25 @@ class Cluster:
             "sleep", "2147483647")
 
     def load_images(self, nodes: tuple[Node, ...] | list[Node] = NODES) -> None:
-        archive = self.state / "images.tar"
-        with archive.open("wb") as out:
-            subprocess.run(["docker", "save", *IMAGES.values()], stdout=out, check=True,
-                           timeout=300)
+        """`docker save | docker load` of the images each node runs (there is no registry)."""
+        archives = {image: self.state / f"image-{i}.tar" for i, image in enumerate(IMAGES.values())}
         try:
+            for image, archive in archives.items():
+                with archive.open("wb") as out:
+                    subprocess.run(["docker", "save", image], stdout=out, check=True,
+                                   timeout=300)
+
             def load(n: Node) -> None:
-                with archive.open("rb") as data:
-                    subprocess.run(["docker", "exec", "-i", n.container, "docker", "load", "-q"],
-                                   stdin=data, capture_output=True, check=True, timeout=600)
-            with ThreadPoolExecutor(3) as pool:
+                for image in images_for(n):
+                    with archives[image].open("rb") as data:
+                        subprocess.run(["docker", "exec", "-i", n.container, "docker", "load",
+                                        "-q"], stdin=data, capture_output=True, check=True,
+                                       timeout=600)
+            with ThreadPoolExecutor(len(nodes)) as pool:
                 list(pool.map(load, nodes))
         finally:
-            archive.unlink()
+            for archive in archives.values():
+                archive.unlink(missing_ok=True)
 
     def form_swarm(self) -> None:
         manager = node("manager")
@@ -624,8 +658,7 @@ class Cluster:
             return []
         out = self.docker("inspect", "-f", "{{json .}}", *ids)
         found = []
-        nodes = {self.docker("node", "inspect", "-f", "{{.ID}}", n.hostname).strip(): n.name
-                 for n in NODES}
+        nodes = self.node_names()
         for line in out.splitlines():
             task = json.loads(line)
             if task["Status"]["State"] != "running":
@@ -636,6 +669,13 @@ class Cluster:
             found.append({"node": nodes.get(task["NodeID"], task["NodeID"]),
                           "container": container[:12], "addresses": " ".join(addresses)})
         return found
+
+    def node_names(self) -> dict[str, str]:
+        """{swarm node ID: the cluster's name of the node}."""
+        names = {n.hostname: n.name for n in NODES}
+        out = self.docker("node", "ls", "--format", "{{.ID}} {{.Hostname}}")
+        return {node_id: names.get(host, host)
+                for node_id, host in (line.split() for line in out.splitlines() if line.strip())}
 
     def task_hostnames(self, service: str) -> set[str]:
         return {t["container"] for t in self.tasks(service)}
