@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 import yaml
 
 from agent.keepalived.render import cluster_from_dict, render_node
+from tests.support import Measurements
 from tests.support.netns import Namespace
 
 T = TypeVar("T")
@@ -746,12 +747,8 @@ class Cluster:
 
 # --- failover, measured ------------------------------------------------------------------------
 
-measurements: list[str] = []
-
-
-def measured(line: str) -> None:
-    """A number worth reading after the run (the tests print them in the terminal summary)."""
-    measurements.append(line)
+# numbers worth reading after the run (the tests print them in the terminal summary)
+measured = Measurements("cluster measurements")
 
 
 def try_these() -> str:
