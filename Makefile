@@ -24,7 +24,7 @@ demo:  ## a working gateway in front of real services on a single-node swarm
 demo-down:
 	scripts/demo.sh down
 
-test-cluster:  ## the multi-node tier: six Docker-in-Docker swarm nodes (about 11 minutes)
+test-cluster:  ## the multi-node tier alone (part of make test): six Docker-in-Docker swarm nodes
 	scripts/setup.sh test
 	.venv/bin/python -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
 
