@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: test test-unit test-cluster lint demo demo-down cluster cluster-down bench soak clean
+.PHONY: test test-unit test-cluster lint demo demo-down cluster cluster-down bench bench-cluster soak clean
 
 test:  ## install what the tests need, then run every test
 	scripts/setup.sh test
@@ -24,7 +24,7 @@ demo:  ## a working gateway in front of real services on a single-node swarm
 demo-down:
 	scripts/demo.sh down
 
-test-cluster:  ## the multi-node tier: six Docker-in-Docker swarm nodes (about 11 minutes)
+test-cluster:  ## the multi-node tier alone (part of make test): six Docker-in-Docker swarm nodes
 	scripts/setup.sh test
 	.venv/bin/python -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
 
@@ -38,6 +38,10 @@ cluster-down:
 bench:
 	scripts/setup.sh bench
 	.venv/bin/python -m bench
+
+bench-cluster:  ## bench part 7 alone (VIP failover on the six-node cluster), its figures into docs/
+	scripts/setup.sh bench
+	.venv/bin/python -m bench --only cluster --write-docs
 
 soak:
 	scripts/setup.sh test

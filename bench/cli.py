@@ -5,7 +5,10 @@
     python -m bench --only datapath,check --duration 5
     python -m bench --report-only        redraw REPORT.md and the plots from results.json
     python -m bench --write-docs ...     also put the latest figures into docs/benchmarks.md
-                                         (a full run of every section does so by itself)
+                                         (a full run of every section does so by itself; the
+                                         parts that did not run keep their figures there)
+    python -m bench --only cluster --write-docs     part 7 alone (make bench-cluster); its
+                                         table goes into docs/keepalived.md too
 
 Sections that run replace their own part of results.json; the others are kept (with the time
 they ran), unless --fresh. A section that fails is recorded with its error and the rest still
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             record = run_section(name, opts)
             record["options"] = options
+            record["revision"] = results["machine"].get("revision")
             sections[name] = record
             failed = failed or "error" in record
             results["updated"] = _now()

@@ -13,6 +13,9 @@ from bench import plots
 
 DOCS_START = "<!-- bench:results:start -->"
 DOCS_END = "<!-- bench:results:end -->"
+# part 7's table in docs/keepalived.md
+CLUSTER_START = "<!-- bench:cluster:start -->"
+CLUSTER_END = "<!-- bench:cluster:end -->"
 TITLES = {"datapath": "1. Data path", "convergence": "2. Convergence",
           "reloads": "3. Reloads under load", "failover": "4. Failover",
           "scale": "5. Scale and footprint", "check": "6. The health check",
@@ -64,7 +67,8 @@ def goals_table(sections: dict[str, Any]) -> list[str]:
 
 def _run_line(sec: dict[str, Any]) -> str:
     o = sec.get("options", {})
-    return (f"_Ran {sec.get('started')}, {sec.get('elapsed_s', 0):.0f} s"
+    revision = f" at revision {sec['revision']}" if sec.get("revision") else ""
+    return (f"_Ran {sec.get('started')}{revision}, {sec.get('elapsed_s', 0):.0f} s"
             f"{' (--quick)' if o.get('quick') else ''}; other load on the machine before it: "
             f"{sec.get('machine_busy_before', 0) * 100:.0f}% of all cores busy, load average "
             f"{sec.get('loadavg_before', ['?'])[0]} -> {sec.get('loadavg_after', ['?'])[0]}._")
@@ -240,17 +244,31 @@ def cluster(sec: dict[str, Any]) -> list[str]:
              f"every {p['poll_every_s'] * 1000:g} ms on a new connection. Failover runs from "
              "the kill command to the first answer from the other node; the gap from the "
              "master's last answer to it. 'Lost' counts requests started after the kill that "
-             "got no answer.", ""]
+             "got no answer. 'VIP back' runs from the node's restart (once the swarm's gossip "
+             "has dropped it) or the gateway's kill until the VIP is on it again (preempt, once "
+             "its gateway answers); 'lost while back' counts the requests of that time that got "
+             "no answer.", ""]
+    return [*lines, *cluster_table(sec)]
+
+
+def cluster_table(sec: dict[str, Any]) -> list[str]:
+    """Part 7's figures as one table (docs/keepalived.md shows it too)."""
     rows = []
     names = {"node": "gateway node killed (docker kill)",
              "gateway": "its gateway container killed"}
     for kind, k in sec["kinds"].items():
         f, g, lost = k["failover"], k["gap"], k["lost"]
-        rows.append([names.get(kind, kind), _s(f["median"]), _s(f["max"]), _s(g["median"]),
-                     f"{_n(lost['median'])} (worst {_n(lost['max'])})"])
-    lines += _table(["failure", "failover median", "worst", "gap median",
-                     "lost requests (median)"], rows)
-    return lines
+        row = [names.get(kind, kind), _s(f["median"]), _s(f["max"]), _s(g["median"]),
+               f"{_n(lost['median'])} (worst {_n(lost['max'])})"]
+        if "back" in k:
+            b, lb = k["back"], k["lost_back"]
+            row += [f"{b['median']:.1f} s (worst {b['max']:.1f} s)",
+                    f"{_n(lb['median'])} (worst {_n(lb['max'])})"]
+        else:
+            row += ["–", "–"]
+        rows.append(row)
+    return _table(["failure", "failover median", "worst", "gap median",
+                   "lost requests (median)", "VIP back (median)", "lost while back"], rows)
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
@@ -289,12 +307,73 @@ def write(results: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def _parts(block: str) -> tuple[list[str], dict[str, list[str]]]:
+    """A results block of docs/benchmarks.md: its goal rows by section title, and each part's
+    lines (its `### N. Title` heading included) by title."""
+    rows: dict[str, list[str]] = {}
+    parts: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in block.splitlines():
+        if line.startswith("### "):
+            title = line.removeprefix("### ").strip()
+            current = None if title == "Goals" else parts.setdefault(title, [])
+        if current is not None:
+            current.append(line)
+        elif line.startswith("| ") and not line.startswith(("| section ", "|---")):
+            rows.setdefault(line[2:].split(" | ", 1)[0], []).append(line)
+    goal_rows = [row for title in TITLES.values() for row in rows.get(title, [])]
+    return goal_rows, parts
+
+
+def docs_block(results: dict[str, Any], previous: str = "") -> str:
+    """The figures for docs/benchmarks.md: the parts in `results`, and the parts of `previous`
+    (the block as the docs have it) that `results` does not have, each saying when it ran."""
+    fresh = "\n".join(["", *body(results)]).replace("## ", "### ")
+    head, _, _ = fresh.partition("\n### Goals")
+    rows, parts = _parts(fresh)
+    old_rows, old_parts = _parts(previous)
+    ran = {TITLES[name] for name in results.get("sections", {}) if name in TITLES}
+    kept = [title for title in old_parts if title not in ran]
+    # goal rows and parts in the order of TITLES, the kept ones where they belong
+    every = [t for t in TITLES.values() if t in ran or t in kept]
+    by_title = {**{t: old_parts[t] for t in kept}, **parts}
+    goal_rows = [row for t in every
+                 for row in (rows if t in ran else old_rows)
+                 if row[2:].startswith(f"{t} |")]
+    lines = [head.strip(), ""]
+    if kept:
+        # where the kept parts ran: the earlier note's list, or the earlier run's own lines
+        old_head = previous.partition("### Goals")[0]
+        earlier = re.findall(r"^  - .*$", old_head, re.M) or [
+            f"  {line}" for line in re.findall(r"^- (?:Machine|Software|Agent revision):.*$",
+                                               old_head, re.M)]
+        lines += [f"- Parts not in the last run keep their earlier figures ({', '.join(kept)}); "
+                  "each part says when it ran. They ran on:", *earlier, ""]
+    lines += ["### Goals", "", *_table(["section", "goal", "measured", "verdict"], [])[:2],
+              *goal_rows, ""]
+    for t in every:
+        lines += [*by_title[t]]
+    return "\n".join(lines).strip()
+
+
 def write_docs(results: dict[str, Any], docs: Path) -> None:
-    """Replace the part of docs/benchmarks.md between the markers with the latest figures."""
+    """Replace the part of docs/benchmarks.md between the markers with the latest figures,
+    keeping the figures of parts that did not run; and the cluster part's table in
+    docs/keepalived.md, between markers of its own, when it ran."""
     text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{DOCS_START}\n{DOCS_END}\n"
     if DOCS_START not in text or DOCS_END not in text:
         text = text.rstrip() + f"\n\n{DOCS_START}\n{DOCS_END}\n"
-    figures = "\n".join(["", *body(results)]).replace("## ", "### ")
-    pattern = re.compile(re.escape(DOCS_START) + ".*?" + re.escape(DOCS_END), re.S)
-    docs.write_text(pattern.sub(lambda _: f"{DOCS_START}\n{figures.strip()}\n\n{DOCS_END}",
-                                text))
+    pattern = re.compile(re.escape(DOCS_START) + "(.*?)" + re.escape(DOCS_END), re.S)
+    found = pattern.search(text)
+    figures = docs_block(results, found.group(1) if found else "")
+    docs.write_text(pattern.sub(lambda _: f"{DOCS_START}\n{figures}\n\n{DOCS_END}", text))
+    cluster_sec = results.get("sections", {}).get("cluster")
+    keepalived = docs.parent / "keepalived.md"
+    if cluster_sec and "error" not in cluster_sec and "skipped" not in cluster_sec \
+            and keepalived.exists():
+        text = keepalived.read_text()
+        table = "\n".join([_run_line(cluster_sec), "", *cluster_table(cluster_sec)]).strip()
+        marked = re.compile(re.escape(CLUSTER_START) + ".*?" + re.escape(CLUSTER_END), re.S)
+        if marked.search(text):
+            keepalived.write_text(marked.sub(
+                lambda _: f"{CLUSTER_START}\n{table}\n\n{CLUSTER_END}", text))

@@ -1,7 +1,8 @@
 """Shared fixtures live in tests/support and in each tier's own conftest.py.
 
 Each tier's tests carry the tier's marker (`-m integration`, `-m "not swarm"`), whatever their
-module says: a `pytestmark` in a conftest.py marks nothing, so the folder decides here.
+module says: a `pytestmark` in a conftest.py marks nothing, so the folder decides here. The
+figures the tiers measured (tests.support.Measurements) are printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from tests.support import Measurements
 
 TIERS = ("integration", "keepalived", "swarm", "cluster", "soak")
 HERE = Path(__file__).resolve().parent
@@ -22,3 +25,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for measured in Measurements.every:
+        if measured.lines:
+            terminalreporter.section(measured.title)
+            for line in measured.lines:
+                terminalreporter.write_line(line)

@@ -12,40 +12,19 @@ run.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support import CI, missing, require_programs, require_root
-from tests.support.cluster import Cluster, measured, measurements
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in item.nodeid:
-            item.add_marker(pytest.mark.cluster)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if measurements:
-        terminalreporter.section("cluster measurements")
-        for line in measurements:
-            terminalreporter.write_line(line)
+from tests.support import require_docker_tier
+from tests.support.cluster import Cluster, measured
 
 
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not (CI or os.environ.get("GATEWAY_TEST_CLUSTER") == "1"):
-        missing("cluster tests start dockerd and six Docker-in-Docker swarm nodes: set "
-                "GATEWAY_TEST_CLUSTER=1 (CI=true runs them)")
-    require_root()
-    require_programs("docker", "dockerd", "debootstrap", "openssl")
-    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
-        missing("busybox-static is not installed (scripts/setup.sh test installs it)")
+    require_docker_tier("GATEWAY_TEST_CLUSTER",
+                        "cluster tests start dockerd and six Docker-in-Docker swarm nodes")
     made = Cluster(tmp_path_factory.mktemp("cluster-state"))
     started = time.monotonic()
     try:

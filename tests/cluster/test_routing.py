@@ -51,8 +51,11 @@ def test_label_routes_from_the_controller_reach_gateways_on_other_nodes(cluster:
     (controller,) = cluster.tasks("gateway-controller")
     assert controller["node"] == "manager"
     name = "gwcluster-labelled"
-    cluster.docker("service", "create", "--detach", "--name", name, "--network", "gateway-intra",
-                   "--label", "gateway.hosts=shop.example.com", "--label", "gateway.port=8888",
+    # --no-resolve-image: no registry to ask for the image's digest (the CLI would wait 20 s
+    # for the lookup to time out; the nodes have the image loaded)
+    cluster.docker("service", "create", "--detach", "--no-resolve-image", "--name", name,
+                   "--network", "gateway-intra", "--label", "gateway.hosts=shop.example.com",
+                   "--label", "gateway.port=8888",
                    "--constraint", "node.labels.zone.intra == true", IMAGES["APP_IMAGE"])
     try:
         task = wait_for(lambda: cluster.tasks(name), 60, f"{name}'s task to run")[0]

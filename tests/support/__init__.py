@@ -12,7 +12,8 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import pytest
 
@@ -43,6 +44,34 @@ def require_programs(*names: str) -> dict[str, str]:
 def require_root() -> None:
     if os.geteuid() != 0:
         missing("needs root (network namespaces, dockerd)")
+
+
+def require_docker_tier(opt_in: str, what: str) -> None:
+    """The prerequisites of a tier that starts dockerd and builds the project's images (swarm,
+    cluster): opted into with `opt_in`=1 or CI=true (`what` says what the tier takes), root, the
+    programs, and the static busybox the upstream image is made of."""
+    if not (CI or os.environ.get(opt_in) == "1"):
+        missing(f"{what}: set {opt_in}=1 (CI=true runs them)")
+    require_root()
+    require_programs("docker", "dockerd", "debootstrap", "openssl")
+    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
+        missing("busybox-static is not installed (scripts/setup.sh test installs it)")
+
+
+class Measurements:
+    """Figures worth reading after a run (a scale followed in 2 s, a failover's median), which
+    the tests of a tier record by calling it; tests/conftest.py prints each tier's under its
+    title at the end of the run."""
+
+    every: ClassVar[list[Measurements]] = []
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.lines: list[str] = []
+        Measurements.every.append(self)
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:

@@ -5,7 +5,8 @@ A client in the cluster's client container starts a request to the VIP every 10 
 connection, for managerhttp's /cgi-bin/peer page: the answer is the overlay address of the
 gateway that forwarded it, which names its node. A trial kills the VIP holder's node container
 (`node`: the machine is gone, keepalived with it) or only its gateway container (`gateway`), and
-times the first answer from another gateway node.
+times the first answer from another gateway node. A killed node boots again once the swarm's
+gossip has dropped it (about 6 s), and takes the VIP back (preempt).
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def failover_trial(cluster: Cluster, kind: str, timeout: float = 30,
 def bring_back(cluster: Cluster, n: Node, kind: str, timeout: float = 180) -> float:
     """After a trial: the node boots again (`node`: dockerd, then keepalived, as its init would)
     or swarm restarts its gateway (`gateway`); wait until its gateway answers on its own address.
-    Seconds taken."""
+    Seconds from the restart. A killed node boots once the swarm's gossip has dropped it, as a
+    real machine's reboot would (Cluster.wait_forgotten)."""
+    if kind == "node":
+        cluster.wait_forgotten(n)
     started = time.monotonic()
     if kind == "node":
         cluster.restart_node(n)

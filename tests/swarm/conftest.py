@@ -14,15 +14,13 @@ at the end of the run.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support import CI, missing, require_programs, require_root, wait_until
+from tests.support import require_docker_tier, wait_until
 from tests.swarm.stacks import (
     IMAGES,
     ROOT,
@@ -32,28 +30,15 @@ from tests.swarm.stacks import (
     create_secrets,
     deploy_commands,
     measured,
-    measurements,
     run,
     stack_secrets,
 )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if measurements:
-        terminalreporter.section("swarm measurements")
-        for line in measurements:
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="session")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
-    if not (CI or os.environ.get("GATEWAY_TEST_SWARM") == "1"):
-        missing("swarm tests start dockerd and take ports 8080/8081/443/8444/9180/9181/8090: "
-                "set GATEWAY_TEST_SWARM=1 (CI=true runs them)")
-    require_root()
-    require_programs("docker", "dockerd", "debootstrap", "openssl")
-    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
-        missing("busybox-static is not installed (scripts/setup.sh test installs it)")
+    require_docker_tier("GATEWAY_TEST_SWARM", "swarm tests start dockerd and take ports "
+                        "8080/8081/443/8444/9180/9181/8090")
 
     state = tmp_path_factory.mktemp("swarm-state")
     swarm_env = {**os.environ, "SWARM_STATE_DIR": str(state)}

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import wait_until
+from tests.support import Measurements, wait_until
 from tests.support.gateway import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +30,8 @@ HTTPS_PORT, DMZ_HTTPS_PORT = 443, 8444
 # where docs/swarm.md makes the demo's certificates (`scripts/demo.sh certs`); tests use their own
 DEMO_CERTS = ".work/demo/certs"
 
-measurements: list[str] = []
-
-
-def measured(line: str) -> None:
-    """A number worth reading after the run (printed in the terminal summary)."""
-    measurements.append(line)
+# numbers worth reading after the run (printed in the terminal summary)
+measured = Measurements("swarm measurements")
 
 
 def run(*args: str, check: bool = True, timeout: float = 300) -> str:
