@@ -642,9 +642,10 @@ class Cluster:
         meets its previous incarnation still listed ("is the new incarnation of the active
         node", then "unknown to memberlist" in its dockerd's log), and its gateway answered only
         35 - 60 s after the node came back instead of about 5 s (4 of 5 node trials of one run).
-        Even after this wait about one restart in 14 here still waits 30 s for NetworkDB's bulk
-        sync with one peer ("Bulk sync to node ... timed out"): the gateway's task starts late,
-        which the trials report as a slow return. Seconds waited."""
+        Even after this wait (or one until the manager marks the node down) about one restart
+        in nine here still waits 30 s for NetworkDB's bulk sync with one peer ("Bulk sync to
+        node ... timed out"): the gateway's task starts late, which the trials report as a slow
+        return. Seconds waited."""
         started = time.monotonic()
         wait_for(lambda: not self.still_listing(n), timeout,
                  f"the swarm's gossip to drop {n.name}", interval=0.2)
