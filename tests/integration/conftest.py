@@ -36,8 +36,13 @@ def tasks(upstream_port: int) -> Iterator[dict[str, Upstream]]:
         s.stop()
 
 
-def write_routes(path: Path, routes: Sequence[dict[str, object]]) -> Path:
-    path.write_text(yaml.safe_dump({"routes": list(routes)}, sort_keys=False))
+def write_routes(path: Path, routes: Sequence[dict[str, object]],
+                 tcp: Sequence[dict[str, object]] = ()) -> Path:
+    """A routes file: `routes`, and `tcp` routes when given."""
+    doc: dict[str, object] = {"routes": list(routes)}
+    if tcp:
+        doc["tcp"] = list(tcp)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
@@ -51,10 +56,11 @@ def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
               wait_ready: bool = True, workdir: Path | None = None,
               admin_address: str = "127.0.0.1",
               task_networks: str | None = "127.0.0.0/8",
-              admin_token: str | None = None) -> Agent:
+              admin_token: str | None = None,
+              tcp: Sequence[dict[str, object]] = ()) -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
-        routes_file = write_routes(wd / "routes.yaml", routes)
+        routes_file = write_routes(wd / "routes.yaml", routes, tcp)
         agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
                       admin_address=admin_address, task_networks=task_networks,
                       admin_token=admin_token)

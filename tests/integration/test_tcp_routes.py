@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.integration.conftest import write_routes
 from tests.support import free_port, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_wrapper
 from tests.support.tcp import EchoTask, Refused, exchange
@@ -32,28 +32,18 @@ RELOADS = 'gateway_reloads_total{result="success"}'
 
 def routes_file(path: Path, tcp: Sequence[dict[str, Any]],
                 routes: Sequence[dict[str, Any]] = ()) -> Path:
-    path.write_text(yaml.safe_dump({"routes": list(routes), "tcp": list(tcp)}, sort_keys=False))
-    return path
+    return write_routes(path, routes, tcp)
 
 
 @pytest.fixture
-def tcp_agent(dns: Dnsmasq, tmp_path: Path) -> Iterator[StartAgent]:
+def tcp_agent(dns: Dnsmasq, agent_on: Callable[..., Agent]) -> StartAgent:
     """Start an agent whose routes file has `tcp` routes (and `routes`); stopped at the end."""
-    agents: list[Agent] = []
 
     def start(tcp: Sequence[dict[str, Any]], routes: Sequence[dict[str, Any]] = (), *extra: str,
               wait_ready: bool = True) -> Agent:
-        wd = tmp_path / f"agent{len(agents)}"
-        wd.mkdir()
-        agent = Agent(wd, routes_file(wd / "routes.yaml", tcp, routes), dns.nameserver,
-                      extra=["--poll-interval", "0.5", *extra])
-        agents.append(agent)
-        agent.start(wait_ready=wait_ready)
-        return agent
+        return agent_on(dns.nameserver, routes, *extra, wait_ready=wait_ready, tcp=tcp)
 
-    yield start
-    for agent in agents:
-        agent.stop()
+    return start
 
 
 @pytest.fixture
