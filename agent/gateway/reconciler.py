@@ -128,6 +128,23 @@ class Reconciler:
     def acme_controller(self) -> tuple[Target, int] | None:
         return acme_target(self.sources.url if self.sources else None, self.state.routes)
 
+    def _applied(self, rendered: Rendered, at: float, detail: str) -> None:
+        """nginx serves `rendered` (started with it, or reloaded): remember what it was made
+        of, say so, save the endpoints, and let the stores drop the files it no longer uses."""
+        self._applied_snapshot = self.state.snapshot
+        self._applied_routes = self.state.routes
+        self.state.applied_generation = rendered.generation
+        self.state.last_reload_at = at
+        self.state.last_reload_result = "success"
+        self.state.last_reload_detail = detail
+        self.metrics.last_reload_success.set(at)
+        self.metrics.last_reload_successful.set(1)
+        self._save()
+        if self.certificates is not None:
+            self.certificates.applied(self.state.tls)
+        if self.route_files is not None:
+            self.route_files.applied(self.state.files)
+
     def _due_names(self, names: list[str]) -> list[str]:
         """The names to look up this cycle: all of them when they fit the budget of
         --dns-lookups-per-second; else names never looked up, then the next ones in turn, so
@@ -212,20 +229,8 @@ class Reconciler:
             return f"reload refused ({change}): {exc}"
         self._failed = None
         self._last_reload_mono = self.clock()
-        self._applied_snapshot = self.state.snapshot
-        self._applied_routes = self.state.routes
-        self.state.applied_generation = rendered.generation
-        self.state.last_reload_at = started
-        self.state.last_reload_result = "success"
-        self.state.last_reload_detail = change
         self.metrics.reloads.labels("success").inc()
-        self.metrics.last_reload_success.set(started)
-        self.metrics.last_reload_successful.set(1)
-        self._save()
-        if self.certificates is not None:
-            self.certificates.applied(self.state.tls)
-        if self.route_files is not None:
-            self.route_files.applied(self.state.files)
+        self._applied(rendered, started, change)
         return f"reloaded: {change}"
 
     def _followed_without_reload(self) -> str:
@@ -308,19 +313,7 @@ class Reconciler:
             # for the first request, a millisecond after the start). nginx does not say when
             # its lookups are done; they end within resolver_timeout.
             self.state.first_lookups_until = self.clock() + FIRST_LOOKUPS
-        self._applied_snapshot = self.state.snapshot
-        self._applied_routes = self.state.routes
-        self.state.applied_generation = rendered.generation
-        self.state.last_reload_at = time.time()
-        self.state.last_reload_result = "success"
-        self.state.last_reload_detail = "started"
-        self.metrics.last_reload_success.set(self.state.last_reload_at)
-        self.metrics.last_reload_successful.set(1)
-        self._save()
-        if self.certificates is not None:
-            self.certificates.applied(self.state.tls)
-        if self.route_files is not None:
-            self.route_files.applied(self.state.files)
+        self._applied(rendered, time.time(), "started")
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
 

@@ -29,6 +29,7 @@ from agent.gateway.discovery import Endpoints, Snapshot
 from agent.gateway.render import (
     RESOLVER_VALID,
     RenderError,
+    Upstream,
     _environment,
     upstream_name,
     upstream_servers,
@@ -37,18 +38,6 @@ from agent.gateway.render import (
 
 REFUSED = "gateway_tcp_refused"
 _TEMPLATES = Path(__file__).parent / "templates"
-
-
-@dataclass(frozen=True)
-class StreamUpstream:
-    name: str
-    kind: str
-    target: str
-    port: int
-    balance: str
-    servers: tuple[str, ...]
-    resolve: bool = False  # nginx resolves the name (servers: that one entry)
-    zone: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,7 @@ def _key(route: TcpRoute) -> tuple[str, str, int, str]:
 
 
 def _upstreams(routes: Sequence[TcpRoute], snapshot: Snapshot, resolve: bool,
-               ) -> dict[tuple[str, str, int, str], StreamUpstream]:
+               ) -> dict[tuple[str, str, int, str], Upstream]:
     """One upstream per (target, port, balance) that has tasks."""
     out = {}
     for route in routes:
@@ -97,7 +86,7 @@ def _upstreams(routes: Sequence[TcpRoute], snapshot: Snapshot, resolve: bool,
             continue
         servers, by_name = upstream_servers(route.target.lookup_name, route.port, endpoints,
                                             resolve)
-        out[key] = StreamUpstream(
+        out[key] = Upstream(
             "tcp_" + upstream_name(route.target, route.port, route.balance), route.target.kind,
             route.target.name, route.port, route.balance, servers, resolve=by_name,
             zone=zone_size(len(endpoints.addresses)) if by_name else "")
@@ -114,7 +103,7 @@ def _ms(seconds: float) -> int:
 
 
 def _servers(routes: Sequence[TcpRoute], upstreams: dict[tuple[str, str, int, str],
-             StreamUpstream], address: str) -> list[StreamServer]:
+             Upstream], address: str) -> list[StreamServer]:
     by_port: dict[int, list[TcpRoute]] = defaultdict(list)
     for route in routes:
         by_port[route.listen].append(route)
