@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.integration.conftest import write_routes
+from tests.integration.test_cli import gateway_agent
 from tests.support import free_port, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_wrapper
 from tests.support.tcp import EchoTask, Refused, exchange
@@ -295,10 +294,6 @@ def test_without_the_stream_module_tcp_routes_are_refused_saying_why(
 
 
 def test_check_and_render_know_tcp_routes(tmp_path: Path) -> None:
-    def gateway_agent(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
-                              text=True, timeout=60)
-
     routes = routes_file(tmp_path / "routes.yaml", [
         {"listen": 5432, "service": "db", "port": 5432},
         {"listen": 9443, "sni": ["db.example.com"], "service": "db", "port": 5432}],
