@@ -55,6 +55,8 @@ def liveness(state: State, settings: GatewaySettings, now: float) -> tuple[bool,
 
 def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
     problems = []
+    if state.draining:  # first: keepalived's check must fail at once (agent/gateway/drain.py)
+        problems.append("draining: the gateway is stopping")
     if not nginx.running:
         problems.append("nginx is not running")
     if nginx.generation is None:

@@ -13,12 +13,14 @@ import ipaddress
 import logging
 import signal
 import socket
+import time
 
 from aiohttp import web
 
 from agent.core.settings import read_token
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
+from agent.gateway.drain import wait_for_handover
 from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
@@ -110,6 +112,22 @@ async def read_access_log(reader: LogFile, stop: asyncio.Event) -> None:
             log.exception("access_log_read_failed")
 
 
+async def drain(nginx: Nginx, state: State, settings: GatewaySettings,
+                hurry: asyncio.Event) -> None:
+    """Before nginx quits: close kept-alive connections, say not ready, wait until the VIP
+    (or the load balancer's traffic) has moved (agent/gateway/drain.py)."""
+    started = time.monotonic()
+    log.info("draining delay=%gs vrrp_state_file=%s", settings.drain_delay,
+             settings.vrrp_state_file)
+    try:
+        await nginx.close_client_connections()
+    except (ApplyError, OSError) as exc:  # still drain: the listeners are what matters
+        log.warning("drain_keepalive_unchanged error=%r", str(exc))
+    state.draining = True
+    moved = await wait_for_handover(settings.vrrp_state_file, settings.drain_delay, hurry)
+    log.info("drained seconds=%.2f how=%r", time.monotonic() - started, moved)
+
+
 async def run(settings: GatewaySettings) -> int:
     try:
         version = nginx_version(settings.nginx_binary)
@@ -140,9 +158,16 @@ async def run(settings: GatewaySettings) -> int:
         reader.reset()  # before nginx opens it: what a previous run wrote is not counted again
 
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # told again while draining: stop waiting for the handover
+
+    def told_to_stop() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, told_to_stop)
 
     runner = web.AppRunner(make_app(state, nginx, metrics, settings,
                                     sources=reconciler.sources, token=admin_token),
@@ -152,6 +177,8 @@ async def run(settings: GatewaySettings) -> int:
     await site.start()
     log.info("admin_listening address=%s", settings.admin_listen)
 
+    stopped = asyncio.Event()  # nginx has quit: the access log has its last lines
+    read_task: asyncio.Task[None] | None = None
     try:
         try:
             status = await reconciler.start()
@@ -166,14 +193,11 @@ async def run(settings: GatewaySettings) -> int:
         loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
         nginx_task = asyncio.create_task(nginx.process.wait(), name="nginx")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
-        read_task = asyncio.create_task(read_access_log(reader, stop), name="access-log") \
-            if reader is not None else None
+        if reader is not None:
+            read_task = asyncio.create_task(read_access_log(reader, stopped), name="access-log")
         done, _ = await asyncio.wait({loop_task, nginx_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        if read_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await read_task
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
         if nginx_task in done and stop_task not in done:
@@ -181,12 +205,17 @@ async def run(settings: GatewaySettings) -> int:
             log.error("nginx_died status=%s exiting=1", nginx.process.returncode)
             nginx.kill_leftovers()
             return 1
+        await drain(nginx, state, settings, hurry)
         log.info("stopping: nginx finishes the requests in flight")
         code = await nginx.stop()
         metrics.nginx_up.set(0)
         log.info("stopped nginx_status=%s", code)
         return 0
     finally:
+        stopped.set()
+        if read_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await read_task
         if nginx.running:
             await nginx.stop()
         if reconciler.sources is not None:

@@ -150,11 +150,16 @@ class Nginx:
         stream = layout.stream_conf if self.modules.has("stream") else None
         if stream is not None and not stream.exists():
             write_atomic(stream, NO_STREAM)
-        write_atomic(layout.main_conf, render_main_conf(
-            prefix=layout.prefix, routes_conf=layout.routes_conf,
+        write_atomic(layout.main_conf, self._main_conf(stream))
+
+    def _main_conf(self, stream: Path | None, closing: bool = False) -> str:
+        assert self.layout.prefix is not None
+        assert self.modules is not None
+        return render_main_conf(
+            prefix=self.layout.prefix, routes_conf=self.layout.routes_conf,
             worker_processes=self.settings.worker_processes,
             access_log=self.settings.access_log_metrics, modules=self.modules.files,
-            stream_conf=stream))
+            stream_conf=stream, closing=closing)
 
     def _stream_include(self, main: str) -> str | None:
         """The line of the main configuration that includes the stream context, if any."""
@@ -410,6 +415,25 @@ class Nginx:
                 except (ApplyError, OSError) as undo:
                     undone = f"rolling back failed too: {undo}"
             raise ApplyError(exc.stage, f"{exc.detail}; {undone}") from exc
+
+    async def close_client_connections(self) -> None:
+        """A drain's first step: a reload with `keepalive_timeout 0`, listeners kept. The old
+        workers answer each kept-alive connection once more, with `Connection: close` (idle ones
+        close after keepalive_min_timeout); the new ones close every connection after its answer.
+        ApplyError when nginx did not reload (its workers then serve as before)."""
+        layout = self.layout
+        if layout.prefix is None or self.modules is None:
+            raise ApplyError("drain", "the system's nginx.conf (no --nginx-prefix) is not the "
+                             "agent's to change")
+        stream = layout.stream_conf if self._stream_include(
+            layout.main_conf.read_text(encoding="utf-8")) else None
+        # no `nginx -t`: one line differs from what serves, and testing a large configuration
+        # takes seconds; a refused reload leaves the workers serving (the wait says so)
+        write_atomic(layout.main_conf, self._main_conf(stream, closing=True))
+        master = self._check_master()
+        old = self._workers(master)
+        os.kill(master, signal.SIGHUP)
+        await self._old_workers_stop_accepting(old)
 
     async def stop(self, grace: float = 30.0) -> int | None:
         """Graceful quit (SIGQUIT: requests in flight finish), then the exit status."""

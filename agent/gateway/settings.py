@@ -70,6 +70,7 @@ class GatewaySettings:
     upstream_mode: str = "resolve"  # resolve: nginx follows tasks itself; static: reload per change
     access_log_rotate_size: int = ROTATE_SIZE  # bytes; the access-log file is rotated past it
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
+    drain_delay: float = 5.0  # seconds nginx keeps serving after SIGTERM (agent/gateway/drain.py)
 
 
 def rotate_size(value: str) -> int:
@@ -160,8 +161,12 @@ OPTIONS: tuple[Option, ...] = (
            f"BYTES: the access-log file is rotated once it is larger ({ROTATE_SIZE})"),
     Option("--vrrp-state-file", "vrrp_state_file", Path,
            "the file `gateway-agent keepalived notify --textfile` writes on this node (mounted "
-           "into the container): its VRRP state is shown in /status and on the dashboard "
-           "(default: none)"),
+           "into the container): its VRRP state is shown in /status and on the dashboard, and "
+           "a drain ends as soon as this node holds no VIP (default: none)"),
+    Option("--drain-delay", "drain_delay", non_negative_float,
+           "seconds nginx keeps serving after SIGTERM while /readyz says draining, so that "
+           "keepalived moves the VIP (or a load balancer its traffic) first; with "
+           "--vrrp-state-file the drain ends once this node holds no VIP, at most this long (5)"),
 )
 
 

@@ -40,6 +40,7 @@ class State:
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
     first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
+    draining: bool = False  # told to stop: readiness off while traffic moves away (drain.py)
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (gateway/tls.py)
     files: FilesPlan | None = None  # the files routes name: basic_auth, error_page
     started: float = field(default_factory=time.monotonic)

@@ -12,8 +12,10 @@ run.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,10 @@ from tests.support.cluster import Cluster, measured
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_docker_tier("GATEWAY_TEST_CLUSTER",
                         "cluster tests start dockerd and six Docker-in-Docker swarm nodes")
+    reuse = os.environ.get("GATEWAY_TEST_CLUSTER_STATE")
+    if reuse:  # the cluster `make cluster` made (its --state): kept after the tests
+        yield Cluster(Path(reuse))
+        return
     made = Cluster(tmp_path_factory.mktemp("cluster-state"))
     started = time.monotonic()
     try:

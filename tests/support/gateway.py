@@ -236,6 +236,9 @@ class Agent:
                      "--status-listen", f"127.0.0.1:{self.status_port}",
                      "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
                      "--log-level", "debug",
+                     # stopping drains for 5 s by default (agent/gateway/drain.py): tests of
+                     # the drain give their own --drain-delay (a later flag wins)
+                     "--drain-delay", "0",
                      *(["--task-networks", task_networks] if task_networks else []), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
