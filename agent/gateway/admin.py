@@ -110,7 +110,7 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
             "generation": nginx.generation,
         },
         "routes": routes,
-        "tcp": table_rows(state.routes),
+        "tcp": table_rows(state.routes, state.tcp_refused),
         "routes_error": state.routes_error,
         "routes_source": sources.status() if sources is not None else None,
         "endpoints": endpoints,

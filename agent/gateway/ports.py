@@ -1,9 +1,12 @@
 """tcp routes against the gateway's own ports (--listen, --https-listen, the admin and status
-ports), which are settings, not the routes file's; and the tcp routes as /status shows them."""
+ports), which are settings, not the routes file's; against ports another program holds (a trial
+bind before nginx is asked to listen); and the tcp routes as /status shows them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import socket
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +46,47 @@ def load_for_gateway(path: Path, settings: Settings) -> RouteTable:
     return table
 
 
-def table_rows(table: RouteTable) -> list[dict[str, Any]]:
-    """The tcp routes as /status shows them."""
-    return [{**r.model_dump(mode="json", exclude_none=True), "label": r.label}
+def bind_error(address: str, port: int) -> str | None:
+    """Why nginx could not listen on address:port now, in nginx's own words (`bind() to
+    0.0.0.0:5432 failed (98: Address already in use)`), or None when it could.
+
+    A trial bind as nginx's master makes it (SO_REUSEADDR; IPv6 only for an IPv6 address),
+    closed at once without listening: nginx -t does not bind, and a reload whose port is
+    taken keeps the old configuration, saying why only in nginx's error log."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    shown = f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
+    with socket.socket(family, socket.SOCK_STREAM) as trial:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            trial.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            trial.bind((address, port))
+        except OSError as exc:
+            code = exc.errno or 0
+            return f"bind() to {shown} failed ({code}: {os.strerror(code)})"
+    return None
+
+
+def unbindable(table: RouteTable, address: str, held: Collection[int]) -> dict[int, str]:
+    """The ports of `table`'s tcp routes that nginx could not listen on (port: why), leaving
+    out `held`, those nginx listens on now (a trial bind there would fail on nginx itself)."""
+    ports = sorted({r.listen for r in table.tcp} - set(held))
+    return {port: why for port in ports if (why := bind_error(address, port)) is not None}
+
+
+def without_ports(table: RouteTable, refused: Collection[int]) -> RouteTable:
+    """`table` without the tcp routes on `refused` ports: the rest is applied without them."""
+    if not refused:
+        return table
+    return RouteTable(table.routes, tuple(r for r in table.tcp if r.listen not in refused))
+
+
+def table_rows(table: RouteTable, refused: Mapping[int, str] | None = None,
+               ) -> list[dict[str, Any]]:
+    """The tcp routes as /status shows them; a route on a port nginx cannot listen on says
+    why (`refused`)."""
+    refused = refused or {}
+    return [{**r.model_dump(mode="json", exclude_none=True), "label": r.label,
+             **({"refused": refused[r.listen]} if r.listen in refused else {})}
             for r in table.tcp]
 

@@ -23,7 +23,7 @@ from agent.core.routes import RoutesError, RouteTable, Target
 from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx
-from agent.gateway.ports import load_for_gateway
+from agent.gateway.ports import load_for_gateway, unbindable, without_ports
 from agent.gateway.render import Rendered, Renderer, RenderError
 from agent.gateway.routefiles import RouteFiles
 from agent.gateway.settings import GatewaySettings
@@ -67,7 +67,8 @@ class Reconciler:
         self._routes_stamp: FileStamp | None = None
         self._file_routes = RouteTable(())
         self._applied_snapshot: Snapshot = {}
-        self._applied_routes = RouteTable(())
+        self._applied_routes = RouteTable(())  # as rendered: without refused tcp ports
+        self._table = RouteTable(())  # the routes last rendered (_servable())
         self._last_reload_mono: float | None = None
         self._failed: tuple[str, float, int] | None = None  # generation, retry at, failures
         self._pending_due: float | None = None
@@ -132,7 +133,7 @@ class Reconciler:
         """nginx serves `rendered` (started with it, or reloaded): remember what it was made
         of, say so, save the endpoints, and let the stores drop the files it no longer uses."""
         self._applied_snapshot = self.state.snapshot
-        self._applied_routes = self.state.routes
+        self._applied_routes = self._table
         self.state.applied_generation = rendered.generation
         self.state.last_reload_at = at
         self.state.last_reload_result = "success"
@@ -185,6 +186,26 @@ class Reconciler:
         self.metrics.routes.set(len(table.routes))
         return snapshot
 
+    def _servable(self) -> RouteTable:
+        """The routes to render: the tcp routes on a port nginx could not listen on (another
+        program holds it) are refused alone, saying why in nginx's words, and tried again
+        every cycle; everything else is applied. nginx -t does not bind, and a reload that
+        cannot bind keeps the old configuration for every route."""
+        table = self.state.routes
+        refused: dict[int, str] = {}
+        if table.tcp and self.renderer.stream is not None:
+            held = {r.listen for r in self._applied_routes.tcp} if self.nginx.running else set()
+            refused = unbindable(table, self.renderer.stream.address, held)
+        if refused != self.state.tcp_refused:
+            for port, why in refused.items():
+                if self.state.tcp_refused.get(port) != why:
+                    log.error("tcp_port_refused listen=%d error=%r", port, why)
+            for port in sorted(set(self.state.tcp_refused) - set(refused)):
+                log.info("tcp_port_free listen=%d", port)
+            self.state.tcp_refused = refused
+        self._table = without_ports(table, refused)
+        return self._table
+
     def render(self) -> Rendered:
         """Render, or reuse the last rendering when its inputs are the same (the idle case).
 
@@ -196,11 +217,12 @@ class Reconciler:
             self.metrics.tls.plan = self.state.tls
         if self.route_files is not None:
             self.state.files = self.route_files.plan(self.state.routes)
-        key = (self.state.routes, tuple(sorted(
+        table = self._servable()
+        key = (table, tuple(sorted(
             (name, e.addresses) for name, e in self.state.snapshot.items())), self.state.tls,
             self.state.files)
         if self._rendered is None or self._rendered[0] != key:
-            self._rendered = (key, self.renderer.render(self.state.routes, self.state.snapshot,
+            self._rendered = (key, self.renderer.render(table, self.state.snapshot,
                                                         tls=self.state.tls,
                                                         acme=self.acme_controller,
                                                         files=self.state.files))
@@ -208,7 +230,7 @@ class Reconciler:
 
     async def apply(self, rendered: Rendered) -> str:
         change = describe_change(self._applied_snapshot, self.state.snapshot,
-                                 self._applied_routes, self.state.routes)
+                                 self._applied_routes, self._table)
         started = time.time()
         try:
             await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
@@ -236,12 +258,12 @@ class Reconciler:
     def _followed_without_reload(self) -> str:
         """The configuration is the one serving; tasks may still have changed, which nginx
         follows by itself (upstream `resolve`): say so, and keep them as applied."""
-        if self._applied_routes != self.state.routes or {
+        if self._applied_routes != self._table or {
                 n: e.addresses for n, e in self._applied_snapshot.items()} == {
                 n: e.addresses for n, e in self.state.snapshot.items()}:
             return "no change"
         change = describe_change(self._applied_snapshot, self.state.snapshot,
-                                 self._applied_routes, self.state.routes)
+                                 self._applied_routes, self._table)
         self._applied_snapshot = self.state.snapshot
         self._save()
         self.metrics.endpoint_changes.inc()
@@ -277,6 +299,7 @@ class Reconciler:
             status = await self.apply(rendered)
         if self.state.routes_error:
             status += f"; routes file refused: {self.state.routes_error}"
+        status += self._tcp_note()
         if self.state.tls is not None and self.state.tls.errors:
             status += "; certificate refused for " + ", ".join(
                 h.host for h in self.state.tls.errors)
@@ -315,7 +338,15 @@ class Reconciler:
             self.state.first_lookups_until = self.clock() + FIRST_LOOKUPS
         self._applied(rendered, time.time(), "started")
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
-        return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "")
+        return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "") \
+            + self._tcp_note()
+
+    def _tcp_note(self) -> str:
+        """'; tcp port refused: 5432: bind() to ... failed (...)', or ''."""
+        if not self.state.tcp_refused:
+            return ""
+        return "; tcp port refused: " + ", ".join(
+            f"{port}: {why}" for port, why in sorted(self.state.tcp_refused.items()))
 
     def _state_file(self) -> Path | None:
         d = self.settings.state_dir

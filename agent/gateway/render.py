@@ -24,6 +24,7 @@ from agent import __version__
 from agent.core.fields import ERROR_PAGES_PATH, is_address
 from agent.core.routes import Route, RouteTable, Target
 from agent.gateway.discovery import Endpoints, Snapshot
+from agent.gateway.paths import PathMap, path_map, paths_context, strict
 from agent.gateway.routefiles import FilesPlan
 from agent.gateway.tls import Served, TlsPlan
 from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
@@ -152,6 +153,10 @@ class Location:
             self.sticky is not None
 
     @property
+    def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
+        return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit)
+
+    @property
     def checks_client(self) -> bool:
         """The location decides by the client's address (behind a trusted proxy: the one
         nginx's realip module takes from X-Forwarded-For)."""
@@ -170,6 +175,14 @@ class Server:
     @property
     def has_root(self) -> bool:
         return any(loc.path == "/" for loc in self.locations)
+
+    @property
+    def strict_paths(self) -> bool:  # routes that check differently (gateway/paths.py)
+        return strict(self.locations)
+
+    @property
+    def path_map(self) -> PathMap | None:
+        return path_map(self.locations)
 
     @property
     def pages_dir(self) -> str | None:
@@ -429,6 +442,8 @@ class Renderer:
             "acme_upstream": acme_upstream.name if acme_upstream else None,
             "acme": any(s.acme for s in http_servers),
             "servers": http_servers,
+            # hosts whose routes check clients differently: strict_paths, path_maps
+            **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
         }

@@ -14,7 +14,8 @@ from agent.gateway.tls import TlsPlan
 
 HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
 _QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait
-_NOTES = ("; routes file refused: ", "; certificate refused for ")  # what cycle() adds
+_NOTES = ("; routes file refused: ", "; tcp port refused: ",
+          "; certificate refused for ")  # what cycle() adds
 
 
 def _notes(status: str) -> str:
@@ -29,6 +30,8 @@ class State:
 
     routes: RouteTable = field(default_factory=lambda: RouteTable(()))
     routes_error: str | None = None
+    # tcp routes' ports nginx could not listen on (port: nginx's words); those routes wait
+    tcp_refused: dict[int, str] = field(default_factory=dict)
     snapshot: Snapshot = field(default_factory=dict)
     status: str = "starting"
     last_error: str | None = None

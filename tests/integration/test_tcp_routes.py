@@ -217,30 +217,81 @@ def test_tcp_routes_beside_http_routes_and_a_live_change_of_the_file(
         web.stop()
 
 
-def test_a_tcp_port_nginx_cannot_take_is_rolled_back_with_the_routes_file(
+def _refused_ports(agent: Agent) -> dict[int, str]:
+    """The tcp ports /status says nginx cannot listen on, with why."""
+    return {t["listen"]: t["refused"] for t in agent.status()["tcp"] if "refused" in t}
+
+
+def test_a_tcp_port_another_program_holds_is_refused_alone_until_it_is_free(
         dns: Dnsmasq, tcp_agent: StartAgent, tasks_on: Callable[..., list[EchoTask]]) -> None:
-    """nginx -t does not bind: a port another program holds fails at the reload. The agent sees
-    the old configuration still serving, puts both files back, and says what happened."""
+    """nginx -t does not bind: a port another program holds would fail only at the reload,
+    which keeps the old configuration for every route. That route is refused alone, in
+    nginx's words; an http route added with it serves; once the port is free it is applied."""
     port = free_port("127.0.15.3")
     tasks_on({"db": "127.0.15.3"}, port)
+    web = Upstream("web", "127.0.15.4", port)
     dns.set("tasks.db", ["127.0.15.3"])
+    dns.set("tasks.web", ["127.0.15.4"])
     first = free_port()
-    agent = tcp_agent([{"listen": first, "service": "db", "port": port}])
-    stream_conf = agent.prefix / "conf.d" / "stream.conf"
-    before = stream_conf.read_text()
-    with socket.create_server(("127.0.0.1", 0)) as taken:
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
         busy = taken.getsockname()[1]
+        agent = tcp_agent([{"listen": first, "service": "db", "port": port}])
+        assert http_get(agent.port, "web")[0] == 404
         routes_file(agent.workdir / "routes.yaml", [
             {"listen": first, "service": "db", "port": port},
-            {"listen": busy, "service": "db", "port": port}])
-        status = wait_until(lambda: next((h["status"] for h in agent.status()["history"]
-                                          if h["status"].startswith("reload refused")), None),
-                            30, "the reload to be refused")
-        assert "tcp routes 1 -> 2" in status
-        assert "rolled back to the previous configuration" in status
-        assert stream_conf.read_text() == before
-        assert exchange(first).greeting == "db", "the previous configuration serves"
-    assert f"bind() to 127.0.0.1:{busy} failed" in agent.log_tail(200)
+            {"listen": busy, "service": "db", "port": port}],
+            [{"hosts": ["web"], "service": "web", "port": port}])
+        why = f"bind() to 127.0.0.1:{busy} failed (98: Address already in use)"
+        wait_until(lambda: any(h["status"].startswith("reloaded") and h["status"].endswith(
+            f"; tcp port refused: {busy}: {why}") for h in agent.status()["history"]), 15,
+                   "the reload of the rest, saying why that port is refused")
+        assert http_get(agent.port, "web")[:2] == (200, "web"), "the http route added with it"
+        assert _refused_ports(agent) == {busy: why}
+        assert exchange(first).greeting == "db", "the other tcp route serves"
+        assert f"tcp_port_refused listen={busy} error={why!r}" in agent.log_tail(200)
+        assert not any(h["status"].startswith("reload refused")
+                       for h in agent.status()["history"])
+    finally:
+        taken.close()
+    wait_until(lambda: _listening(busy) and not refused(busy), 15,
+               "the freed port's route to serve")
+    assert exchange(busy).greeting == "db"
+    assert _refused_ports(agent) == {}
+    assert f"tcp_port_free listen={busy}" in agent.log_tail(200)
+    web.stop()
+
+
+def test_an_agent_started_with_a_tcp_port_another_program_holds_serves_the_rest(
+        dns: Dnsmasq, tcp_agent: StartAgent, tasks_on: Callable[..., list[EchoTask]]) -> None:
+    """A (re)start with such a route is no crash loop (nginx would not start, the agent exit
+    1 and swarm restart it, serving nothing): the other routes serve, that one waits."""
+    port = free_port("127.0.15.5")
+    tasks_on({"db": "127.0.15.5"}, port)
+    web = Upstream("web", "127.0.15.6", port)
+    dns.set("tasks.db", ["127.0.15.5"])
+    dns.set("tasks.web", ["127.0.15.6"])
+    first = free_port()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            busy = taken.getsockname()[1]
+            agent = tcp_agent([{"listen": first, "service": "db", "port": port},
+                               {"listen": busy, "service": "db", "port": port}],
+                              [{"hosts": ["web"], "service": "web", "port": port}])
+            assert http_get(agent.port, "web")[:2] == (200, "web")
+            assert exchange(first).greeting == "db"
+            assert _refused_ports(agent) == {
+                busy: f"bind() to 127.0.0.1:{busy} failed (98: Address already in use)"}
+            assert agent.stop() == 0
+            agent.start()
+            assert agent.proc is not None
+            assert agent.proc.poll() is None, "still running"
+            assert http_get(agent.port, "web")[:2] == (200, "web")
+            assert exchange(first).greeting == "db"
+        wait_until(lambda: _listening(busy) and not refused(busy), 15,
+                   "the freed port's route to serve")
+    finally:
+        web.stop()
 
 
 def _listening(port: int) -> bool:

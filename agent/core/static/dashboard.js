@@ -189,6 +189,9 @@ function renderGateway(doc) {
 
   const errors = [];
   if (doc.routes_error) errors.push("routes file refused: " + doc.routes_error);
+  for (const t of doc.tcp || []) {
+    if (t.refused) errors.push("tcp port " + t.listen + " refused: " + t.refused);
+  }
   const src = doc.routes_source;
   if (src) {
     if (!src.reachable) errors.push("controller " + src.url + " not reachable: " +

@@ -170,11 +170,74 @@ def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
     maps, geo, default and status."""
     return [d for d in conf if d.name not in ("upstream", "resolver", "resolver_timeout",
                                               "limit_req_zone") and
-            not _is_route_server(d) and not _is_sticky_map(d)]
+            not _is_route_server(d) and not _is_sticky_map(d) and not _is_path_map(d)]
 
 
 def _is_sticky_map(d: Directive) -> bool:
     return d.name == "map" and d.args[1].startswith("$gateway_sticky_")
+
+
+def _is_path_map(d: Directive) -> bool:
+    return d.name == "map" and d.args[1].startswith(("$gateway_path_ambiguous",
+                                                     "$gateway_path_case_"))
+
+
+AMBIGUOUS = [("default", "0"), ("~^[^?]*[;\\x5c]", "1"),
+             ("~*^[^?]*%(2e|2f|5c|3b|25|00|c0|c1|u)", "1"), ("~^[^?]*/[.][.]?([/?]|$)", "1")]
+
+
+def _map_value(block: tuple[Directive, ...], value: str) -> str:
+    """What nginx's map of these lines gives `value` (its regular expressions in order)."""
+    for line in block:
+        key, result = line.name, line.args[0]
+        if key.startswith("~"):
+            flags = re.IGNORECASE if key.startswith("~*") else 0
+            pattern = key.lstrip("~*").replace("[:space:]", "\\s")
+            if re.search(pattern, value, flags):
+                return result
+    return next(line.args[0] for line in block if line.name == "default")
+
+
+def _checks(route: Route) -> tuple[object, ...]:
+    return (route.allow, route.basic_auth, rate_zone(route))
+
+
+def _check_strict_paths(conf: tuple[Directive, ...], servers: list[Directive],
+                        routes_of: Mapping[str, list[Route]]) -> None:
+    """A host whose routes check clients differently refuses every other reading of a checked
+    path: `;`, `\\`, encoded forms, another case, dots or spaces ending a segment."""
+    maps = {d.args[1]: d.block or () for d in conf if _is_path_map(d)}
+    any_strict = False
+    for server in servers:
+        routes = routes_of[server.one("server_name").args[0]]
+        guarded = [r for r in routes if any(_checks(r))]
+        strict = bool(guarded) and len({_checks(r) for r in routes}) > 1
+        ifs = server.children("if")
+        if not strict:
+            assert ifs == [], server.one("server_name").args
+            continue
+        any_strict = True
+        assert ifs[0].args == ("($gateway_path_ambiguous)",)
+        for form in ("/x/..;/a", "/a;b=1/c", "/x\\..\\a", "/x/%2e%2E/a", "/a%2fb", "/a%3Bb",
+                     "/%252e", "/./a", "/a/..", "/a%00"):
+            assert _map_value(maps["$gateway_path_ambiguous"], form + "?q=1") == "1", form
+        for fine in ("/", "/a/b.c", "/a?x=;..\\%2e", "/a-b_c~d+e,f:g@h"):
+            assert _map_value(maps["$gateway_path_ambiguous"], fine) == "0", fine
+        readings = [(r.path, v) for r in guarded if r.path != "/" for v in (
+            r.path.upper(), r.path.title(), r.path + ".", r.path + " /x", r.path + "./x")]
+        case = ifs[1:]
+        assert len(case) == (1 if readings else 0)
+        for path, reading in readings:
+            if reading == path or any(len(r.path) >= len(path) and (
+                    reading == r.path or reading.startswith(r.path + "/")) for r in routes):
+                continue  # a route's own path as written (or a path without letters)
+            assert _map_value(maps[case[0].args[0].strip("()")], reading) == "1", reading
+        for r in routes if case else ():
+            if r.path != "/":
+                assert _map_value(maps[case[0].args[0].strip("()")], r.path) == "0", r.path
+    assert ("$gateway_path_ambiguous" in {k.split(" ")[0] for k in maps}) == any_strict
+    if any_strict:
+        assert [(d.name, *d.args) for d in maps["$gateway_path_ambiguous"]] == AMBIGUOUS
 
 
 def _is_route_server(d: Directive) -> bool:
@@ -367,12 +430,18 @@ def check_rendered(text: str, generation: str, table: RouteTable,
         if any(r is not None and r.error_page is not None for r in locations.values()):
             locations[("^~", "/.gateway-error-pages/")] = None  # the pages, internal
     servers = [d for d in conf if _is_route_server(d)]
+    routes_of: dict[str, list[Route]] = defaultdict(list)
+    for route in table.routes:
+        for host in route.hosts:
+            routes_of[host].append(route)
+    _check_strict_paths(conf, servers, routes_of)
     named = [n for s in servers for n in s.one("server_name").args]
     assert sorted(named) == sorted(asked), "server names differ from the routes' hosts"
     for server in servers:
         assert [d.name for d in server.block or ()][:2] == ["listen", "server_name"]
         assert Counter(d.name for d in server.block or ()) == Counter(
-            {"listen": 1, "server_name": 1, "location": len(server.children("location"))})
+            {"listen": 1, "server_name": 1, "location": len(server.children("location")),
+             "if": len(server.children("if"))})
         locations = {loc.args: loc for loc in server.children("location")}
         assert len(locations) == len(server.children("location")), "a location twice"
         for host in server.one("server_name").args:

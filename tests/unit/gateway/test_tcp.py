@@ -6,6 +6,7 @@ configuration shown to the real nginx (with its stream module) as in test_hostil
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from agent.core.settings import HostPort
 from agent.core.tcp import TcpRoute
 from agent.gateway import modules
 from agent.gateway.discovery import Endpoints, sort_addresses
-from agent.gateway.ports import port_conflicts, reserved_ports
+from agent.gateway.ports import port_conflicts, reserved_ports, unbindable, without_ports
 from agent.gateway.render import Renderer, RenderError, render_main_conf, upstream_name, zone_size
 from agent.gateway.settings import GatewaySettings as Settings
 from agent.gateway.stream import REFUSED, StreamRenderer
@@ -160,6 +161,24 @@ def test_the_gateways_own_ports_are_refused_to_tcp_routes() -> None:
     assert isinstance(zoned, RouteTable)
     assert port_conflicts(zoned, reserved_ports(settings_), "dmz") == [
         port_conflicts(zoned, reserved_ports(settings_))[1]]
+
+
+def test_a_port_another_program_holds_is_refused_in_nginxs_words_and_alone() -> None:
+    """A trial bind as nginx's (SO_REUSEADDR): a listening socket of another program refuses
+    it, a port nginx holds itself is not tried, and the other routes stay."""
+    with socket.create_server(("127.0.0.1", 0)) as taken, \
+            socket.create_server(("127.0.0.1", 0)) as nginx_own:
+        busy, own = taken.getsockname()[1], nginx_own.getsockname()[1]
+        with socket.socket() as probe:  # a free port: bound and closed again
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        table = parsed([{**DB, "listen": busy}, {**DB, "listen": own}, {**DB, "listen": free}])
+        assert isinstance(table, RouteTable)
+        refused = unbindable(table, "127.0.0.1", held={own})
+        assert refused == {busy: f"bind() to 127.0.0.1:{busy} failed (98: Address already in use)"}
+        assert [r.listen for r in without_ports(table, refused).tcp] == [own, free]
+        assert set(unbindable(table, "127.0.0.1", held=())) == {busy, own}
+    assert without_ports(table, {}) is table
 
 
 # -- the stream context ----------------------------------------------------------------------------
