@@ -466,18 +466,12 @@ class Renderer:
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
                      access_log: bool = False, modules: Sequence[Path] = (),
                      stream_conf: Path | None = None, closing: bool = False) -> str:
-    """nginx.conf for a private nginx under `prefix` (--nginx-prefix).
-
-    `closing`: the gateway drains (agent/gateway/drain.py): no kept-alive client connections.
-
-    With `access_log` the routes file sets the http-level access log (lines for the agent);
-    otherwise this file turns access logging off. `modules`: the dynamic modules' files to
-    load (gateway/modules.py); `stream_conf`: the stream context's file (tcp routes), included when
-    this nginx has the stream module.
-    """
+    """nginx.conf for a private nginx under `prefix` (--nginx-prefix). With `access_log` the
+    routes file sets the http-level access log (lines for the agent), else this file turns it
+    off. `modules`: dynamic modules' files (gateway/modules.py); `stream_conf`: the stream
+    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py)."""
     template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
                            worker_processes=worker_processes, access_log=access_log,
-                           modules=[str(m) for m in modules],
-                           stream_conf=str(stream_conf) if stream_conf else None,
-                           closing=closing)
+                           modules=[str(m) for m in modules], closing=closing,
+                           stream_conf=str(stream_conf) if stream_conf else None)
