@@ -14,8 +14,7 @@ import logging
 import signal
 import socket
 
-from aiohttp import web
-
+from agent.core.serve import AdminServer
 from agent.core.settings import read_token
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
@@ -144,12 +143,10 @@ async def run(settings: GatewaySettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(make_app(state, nginx, metrics, settings,
-                                    sources=reconciler.sources, token=admin_token),
-                           access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
-    await site.start()
+    admin = AdminServer(make_app(state, nginx, metrics, settings, sources=reconciler.sources,
+                                 token=admin_token),
+                        settings.admin_listen.host, settings.admin_listen.port)
+    await admin.start()  # with its limits (agent/core/serve.py)
     log.info("admin_listening address=%s", settings.admin_listen)
 
     try:
@@ -193,4 +190,4 @@ async def run(settings: GatewaySettings) -> int:
             await reconciler.sources.close()
         if reader is not None:
             reader.close()
-        await runner.cleanup()
+        await admin.close()
