@@ -241,10 +241,14 @@ class AcceptErrors:
 class AdminServer:
     """`app` served on host:port under the Guard's limits; `await start()`, `await close()`."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *,
+                 limit: int | None = None, header_timeout: float = HEADER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        """`limit`: connections at once (default: from the open-files limit, raised)."""
         self.open_files = raise_open_files()
         self.runner = web.AppRunner(app, access_log=None)
-        self.guard = Guard(self._protocol, connection_limit(self.open_files))
+        self.guard = Guard(self._protocol, limit or connection_limit(self.open_files),
+                           header_timeout=header_timeout, idle_timeout=idle_timeout)
         self.guard.address = f"{host}:{port}"
         app.middlewares.insert(0, self.guard.middleware)  # outermost: 401s count as requests
         self.host, self.port = host, port
