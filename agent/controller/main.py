@@ -9,8 +9,6 @@ import signal
 import threading
 from pathlib import Path
 
-from aiohttp import web
-
 from agent.controller.acme import AcmeManager
 from agent.controller.acme_client import Client
 from agent.controller.app import make_app
@@ -20,6 +18,7 @@ from agent.controller.settings import ControllerSettings
 from agent.controller.sync import Controller
 from agent.core.files import FileStamp, stamp
 from agent.core.routes import RoutesError, RouteTable, load_routes
+from agent.core.serve import AdminServer
 from agent.core.settings import SettingsError, read_token
 
 log = logging.getLogger("agent.controller")
@@ -88,14 +87,12 @@ async def run(settings: ControllerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(controller), access_log=None)
-    await runner.setup()
     listen = settings.controller_listen
+    server = AdminServer(make_app(controller), listen.host, listen.port)
     try:
-        await web.TCPSite(runner, listen.host, listen.port).start()
+        await server.start()  # with its limits (agent/core/serve.py)
     except OSError as exc:
         log.error("listen_failed address=%s error=%r", listen, str(exc))
-        await runner.cleanup()
         return 1
     log.info("controller_listening address=%s docker=%s prefix=%s", listen,
              settings.docker_url, settings.label_prefix)
@@ -117,6 +114,6 @@ async def run(settings: ControllerSettings) -> int:
                 await acme_task
         controller.close()
         docker_api.close()
-        await runner.cleanup()
+        await server.close()
     log.info("controller_stopped")
     return 0

@@ -15,8 +15,7 @@ import signal
 import socket
 import time
 
-from aiohttp import web
-
+from agent.core.serve import AdminServer
 from agent.core.settings import read_token
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
@@ -169,12 +168,10 @@ async def run(settings: GatewaySettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, told_to_stop)
 
-    runner = web.AppRunner(make_app(state, nginx, metrics, settings,
-                                    sources=reconciler.sources, token=admin_token),
-                           access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.admin_listen.host, settings.admin_listen.port)
-    await site.start()
+    admin = AdminServer(make_app(state, nginx, metrics, settings, sources=reconciler.sources,
+                                 token=admin_token),
+                        settings.admin_listen.host, settings.admin_listen.port)
+    await admin.start()  # with its limits (agent/core/serve.py)
     log.info("admin_listening address=%s", settings.admin_listen)
 
     stopped = asyncio.Event()  # nginx has quit: the access log has its last lines
@@ -222,4 +219,4 @@ async def run(settings: GatewaySettings) -> int:
             await reconciler.sources.close()
         if reader is not None:
             reader.close()
-        await runner.cleanup()
+        await admin.close()

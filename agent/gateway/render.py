@@ -24,7 +24,7 @@ from agent import __version__
 from agent.core.fields import ERROR_PAGES_PATH, is_address
 from agent.core.routes import Route, RouteTable, Target
 from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.paths import PathMap, path_map, paths_context, strict
+from agent.gateway.paths import PathMap, allow_var, path_map, paths_context, strict
 from agent.gateway.routefiles import FilesPlan
 from agent.gateway.tls import Served, TlsPlan
 from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
@@ -155,6 +155,10 @@ class Location:
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
         return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit)
+
+    @property
+    def allow_var(self) -> str | None:  # set by a `geo` of its networks (one per list)
+        return allow_var(self.allow) if self.allow else None
 
     @property
     def checks_client(self) -> bool:
@@ -438,6 +442,7 @@ class Renderer:
                                       for r in routes if r.sticky is not None}),
             "rate_zones": sorted({z for r in routes if (z := rate_zone(r)) is not None},
                                  key=lambda z: z.name),
+            "allow_lists": sorted({(allow_var(r.allow), r.allow) for r in routes if r.allow}),
             "upstreams": list(upstreams.values()) + ([acme_upstream] if acme_upstream else []),
             "acme_upstream": acme_upstream.name if acme_upstream else None,
             "acme": any(s.acme for s in http_servers),

@@ -34,6 +34,7 @@ from agent.gateway.render import (
     KEEPALIVE,
     Renderer,
     RenderError,
+    allow_var,
     nginx_token,
     rate_zone,
     render_main_conf,
@@ -170,7 +171,12 @@ def _fixed_part(conf: tuple[Directive, ...]) -> list[Directive]:
     maps, geo, default and status."""
     return [d for d in conf if d.name not in ("upstream", "resolver", "resolver_timeout",
                                               "limit_req_zone") and
-            not _is_route_server(d) and not _is_sticky_map(d) and not _is_path_map(d)]
+            not _is_route_server(d) and not _is_sticky_map(d) and not _is_path_map(d)
+            and not _is_allow_geo(d)]
+
+
+def _is_allow_geo(d: Directive) -> bool:
+    return d.name == "geo" and d.args[0].startswith("$gateway_allow_")
 
 
 def _is_sticky_map(d: Directive) -> bool:
@@ -317,7 +323,7 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         return
     want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0}) + page
     allow = route.allow or ()
-    want += Counter({"allow": len(allow), "deny": 1 if allow else 0})
+    want += Counter({"if": 1 if allow else 0})
     if route.basic_auth is not None:
         want += Counter({"auth_basic": 1, "auth_basic_user_file": 1})
     if route.headers is not None:
@@ -333,7 +339,8 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
                          "gzip_vary": 1})
         assert loc.one("gzip_types").args == GZIP_TYPES
     if route.rate_limit is not None:
-        want += Counter({"limit_req": 1, "limit_req_status": 1})
+        want += Counter({"limit_req": 1, "limit_req_status": 1, "limit_req_log_level": 1})
+        assert loc.one("limit_req_log_level").args == ("info",)  # a 429 writes no log line
         zone = rate_zone(route)
         assert zone is not None
         burst = route.rate_limit.burst
@@ -345,10 +352,10 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         assert [d.args for d in loc.children("set_real_ip_from")] == [(n,) for n in TRUSTED]
         assert loc.one("real_ip_header").args == ("X-Forwarded-For",)
     assert got == want, got
-    assert [d.args for d in loc.children("allow")] == [
-        (str(ipaddress.ip_network(n)),) for n in allow]
-    if allow:
-        assert loc.one("deny").args == ("all",)
+    if allow:  # refused by the geo of its networks, with no log line (`deny` writes one)
+        refusal = loc.one("if")
+        assert refusal.args == (f"(${allow_var(allow)}", "=", "0)")
+        assert refusal.block == (Directive("return", ("403",)),)
     if route.basic_auth is not None:
         assert loc.one("auth_basic").args == (route.basic_auth.realm,)
         assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
@@ -399,6 +406,19 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     zones = {z.name: z for r in table.routes if (z := rate_zone(r)) is not None}
     assert sorted(d.args for d in conf if d.name == "limit_req_zone") == sorted(
         ("$binary_remote_addr", f"zone={z.name}:1m", f"rate={z.rate}") for z in zones.values())
+
+    # a geo per list of allowed networks: those networks 1, any other client 0, the client
+    # taken from X-Forwarded-For behind the trusted proxies as realip takes it
+    lists = {allow_var(r.allow): r.allow for r in table.routes if r.allow}
+    geos = {d.args[0]: d for d in conf if _is_allow_geo(d)}
+    assert sorted(geos) == sorted(f"${v}" for v in lists)
+    for var, allow in lists.items():
+        assert geos[f"${var}"].args == (f"${var}",)
+        assert geos[f"${var}"].block == (
+            Directive("default", ("0",)),
+            *(Directive("proxy", (n,)) for n in TRUSTED),
+            *([Directive("proxy_recursive", ())] if TRUSTED else []),
+            *(Directive(str(ipaddress.ip_network(n)), ("1",)) for n in allow))
 
     # upstreams: one per (target, port, balance) that has tasks, with exactly those tasks
     upstreams = {d.args: d for d in conf if d.name == "upstream"}

@@ -103,24 +103,32 @@ def test_allow_as_a_label_is_a_comma_separated_list_with_the_same_rules() -> Non
         "length: write '10.0.0.0/8'"]
 
 
-def test_allow_renders_allow_and_deny_only_on_its_route() -> None:
+def test_allow_renders_a_geo_of_its_networks_and_a_refusal_only_on_its_route() -> None:
     text = rendered(route(allow=["10.0.0.0/8", "2001:db8::/32"]),
                     route(hosts=["b.example.com"]))
+    (var,) = re.findall(r"^geo \$(gateway_allow_\w+) \{\n    default 0;\n"
+                        r"    10\.0\.0\.0/8 1;\n    2001:db8::/32 1;\n\}$", text, re.M)
     a, b = text.split("server_name b.example.com;")
-    assert "        allow 10.0.0.0/8;\n        allow 2001:db8::/32;\n        deny all;\n" in \
-        location(a)
-    assert "allow" not in location(b)
-    assert "deny" not in location(b)
+    # a refusal by `return`, which writes no error-log line per request (`deny` does)
+    assert f"        if (${var} = 0) {{\n            return 403;\n        }}\n" in location(a)
+    assert "gateway_allow" not in location(b)
+    assert "deny all" not in text
     assert "real_ip" not in text  # no trusted proxy: the peer is the client
+    assert "    proxy " not in text
 
 
 def test_allow_behind_trusted_proxies_checks_the_forwarded_client() -> None:
     text = rendered(route(allow=["10.0.0.0/8"]), route(hosts=["b.example.com"]),
                     trusted=("192.0.2.0/24", "fd00::/8"))
     a, b = text.split("server_name b.example.com;")
+    # the geo takes the client as realip does: from X-Forwarded-For, trusted proxies skipped
+    assert re.search(r"^geo \$gateway_allow_\w+ \{\n    default 0;\n    proxy 192\.0\.2\.0/24;\n"
+                     r"    proxy fd00::/8;\n    proxy_recursive;\n    10\.0\.0\.0/8 1;\n\}$",
+                     text, re.M)
+    # realip still gives the location's other checks (rate_limit) the forwarded client
     assert ("        set_real_ip_from 192.0.2.0/24;\n        set_real_ip_from fd00::/8;\n"
             "        real_ip_header X-Forwarded-For;\n        real_ip_recursive on;\n"
-            "        allow 10.0.0.0/8;\n") in location(a)
+            "        if ($gateway_allow_") in location(a)
     assert "real_ip" not in location(b)
     # the trust decision and the forwarded chain are about the peer, whatever realip made of
     # $remote_addr
@@ -689,7 +697,7 @@ def test_grpc_renders_grpc_pass_on_https_and_nginx_accepts_it(tmp_path: Path) ->
     body = location(https)
     assert "        grpc_pass grpc://service_svc_80;\n" in body
     assert "proxy_pass" not in body
-    assert "allow 10.0.0.0/8;" in body
+    assert "        if ($gateway_allow_" in body
     assert "limit_req zone=" in body
     assert "grpc_set_header X-Forwarded-For $gateway_forwarded_for;" in body
     checker = NginxTest(tmp_path / "nginx")
