@@ -237,6 +237,20 @@ def test_started_while_the_nameserver_is_silent_and_nothing_was_saved(
     wait_until(lambda: agent.get("web") == (200, "task1"), 10, "the task to be served")
 
 
+def test_ready_means_nginx_has_the_tasks_even_when_the_nameserver_is_slow(
+        controlled: ControlledDns, tasks: dict[str, Upstream], upstream_port: int,
+        agent_on: Callable[..., Agent]) -> None:
+    """/readyz says ready only once nginx knows its upstreams' tasks: the first request after
+    it reaches a task, also when the nameserver answers the agent's first lookup and then
+    nothing for a few seconds (which nginx's own first lookups would have met)."""
+    controlled.sequence("tasks.web", [[T1]] + ["silent"] * 4 + [[T1]] * 1000)
+    agent = agent_on(controlled.nameserver, [web(upstream_port)])
+    assert agent.get("web") == (200, "task1")
+    assert controlled.rounds("tasks.web") >= 1  # (the agent's lookup was answered)
+    m = agent.metrics()
+    assert m['gateway_resolver_queries_total{result="answered"}'] >= 1  # nginx asked the agent
+
+
 class ManyUpstreams:
     """One HTTP server listening on many loopback addresses, answering with the address hit."""
 
