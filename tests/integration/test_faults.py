@@ -666,8 +666,9 @@ def test_the_admin_port_on_its_own_address_changes_nothing(
     controlled.set("tasks.web", [T1])
     agent = agent_on(controlled.nameserver, [web(upstream_port)], admin_address="127.0.0.3")
     assert agent.proc is not None
-    assert listening(agent.proc.pid) == {("127.0.0.3", agent.admin_port)}, \
-        "the agent listens on the admin address and nowhere else"
+    assert listening(agent.proc.pid) == {("127.0.0.3", agent.admin_port),
+                                         ("127.0.0.1", agent.resolver_port)}, \
+        "the agent listens on the admin address and, for nginx, on loopback, nowhere else"
     status, body, _ = http_get(agent.port, "x", "/metrics")
     assert status == 404, "the route port does not serve the admin app"
     assert "gateway_" not in body
