@@ -307,6 +307,8 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
             "--status-listen", f"{net.GATEWAY}:{status_port}", "--nginx-prefix", str(prefix)]
     if "--task-networks" in agent_help():  # the benchmarks' tasks are on loopback
         argv += ["--task-networks", "127.0.0.0/8"]
+    if "--resolver-listen" in agent_help():  # a port of its own, beside the other gateways
+        argv += ["--resolver-listen", f"{net.GATEWAY}:{free_port(net.GATEWAY)}"]
     if poll_interval is not None:
         argv += ["--poll-interval", f"{poll_interval:g}"]
     argv += list(extra)

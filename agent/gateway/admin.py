@@ -63,8 +63,9 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
         problems.append("no configuration applied yet")
     if state.last_discovery_ok == 0.0 and state.routes.routes and not state.serving_saved:
         problems.append("discovery has not answered yet")
-    if now < state.first_lookups_until:
-        problems.append("nginx is looking up its upstreams for the first time")
+    if now < state.first_lookups_until and state.first_lookups:
+        problems.append(f"nginx has not looked up {len(state.first_lookups)} of its upstreams' "
+                        "names yet")
     # A DNS outage later on does not make the gateway unready: it serves the last known tasks
     # (marked stale in /status and gateway_upstream_endpoints_stale). Unready there would have
     # keepalived put every node in FAULT when DNS fails everywhere at once (no VIP at all) and

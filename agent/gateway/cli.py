@@ -43,6 +43,7 @@ def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.gateway import daemon
+    from agent.gateway.dnsserver import ResolverError
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
@@ -54,6 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(daemon.run(s))
     except RoutesError as exc:
         return _report(exc, "; not starting")
+    except ResolverError as exc:  # --resolver-listen taken: nothing was started
+        print(f"error: {exc.strerror}; not starting", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -140,7 +144,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser("check", help="validate a routes file; exit 0 or 1 with every error")
     # (the ports: tcp routes must keep off the gateway's own)
     settings.add_arguments(check, only=("routes", "zone", "listen", "https_listen",
-                                        "admin_listen", "status_listen"))
+                                        "admin_listen", "status_listen", "resolver_listen"))
     check.set_defaults(func=cmd_check)
 
     render = sub.add_parser("render", help="print the configuration for a snapshot of endpoints")
@@ -148,7 +152,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "routes", "routes_url", "zone", "listen", "status_listen", "admin_listen",
         "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
         "https_redirect_port", "certs_dir", "tls_ca_bundle", "access_log_metrics",
-        "nginx_prefix", "nginx_conf_dir"))
+        "nginx_prefix", "nginx_conf_dir", "resolver_listen"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

@@ -19,6 +19,7 @@ from agent.core.serve import AdminServer
 from agent.core.settings import read_token
 from agent.gateway.admin import make_app
 from agent.gateway.discovery import Discovery
+from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.drain import wait_for_handover
 from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
 from agent.gateway.metrics import Metrics
@@ -55,14 +56,15 @@ def control_name(settings: GatewaySettings) -> str | None:
 def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Renderer:
     """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
     resolve = settings.upstream_mode == "resolve"
+    resolver = str(settings.resolver_listen)  # the agent's own (gateway/dnsserver.py)
     return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
                     trusted_proxies=[str(n) for n in settings.trusted_proxies],
                     template=settings.template, access_log=access_log,
                     https_listen=str(settings.https_listen),
                     https_redirect_port=settings.https_redirect_port,
-                    resolver=str(settings.nameserver), resolve=resolve,
-                    stream=StreamRenderer(address=settings.listen.host,
-                                          resolver=str(settings.nameserver), resolve=resolve))
+                    resolver=resolver, resolve=resolve, own_resolver=True,
+                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
+                                          resolve=resolve, own_resolver=True))
 
 
 def build(settings: GatewaySettings, access_log: str | None = None,
@@ -90,8 +92,11 @@ def build(settings: GatewaySettings, access_log: str | None = None,
                                    token=token, acme_dir=acme_dir)
     route_files = RouteFiles(settings.certs_dir,
                               copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
+    resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,
+                             settings.dns_timeout, metrics.registry, state.first_lookups.discard)
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
-                            certificates=certificates, sources=sources, route_files=route_files)
+                            certificates=certificates, sources=sources, route_files=route_files,
+                            resolver=resolver)
     if sources is not None:
         sources.on_change = reconciler.wake.set
     return reconciler, nginx, metrics, state
@@ -217,6 +222,8 @@ async def run(settings: GatewaySettings) -> int:
             await nginx.stop()
         if reconciler.sources is not None:
             await reconciler.sources.close()
+        if reconciler.resolver is not None:
+            await reconciler.resolver.close()
         if reader is not None:
             reader.close()
         await admin.close()

@@ -101,10 +101,3 @@ def paths_context(hosts: Sequence[Sequence[Checked]]) -> dict[str, object]:
     maps = {m for locations in hosts if (m := path_map(locations)) is not None}
     return {"strict_paths": any(strict(locations) for locations in hosts),
             "path_maps": sorted(maps, key=lambda m: m.var)}
-
-
-def allow_var(allow: tuple[str, ...]) -> str:
-    """`allow` as a variable: 1 for a client of these networks, 0 for any other. A refusal by
-    `if ($var = 0) { return 403; }` writes no error-log line (nginx's `deny` writes one per
-    request): nothing refused costs more than the refusal."""
-    return f"gateway_allow_{hashlib.sha256(' '.join(allow).encode()).hexdigest()[:12]}"

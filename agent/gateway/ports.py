@@ -1,6 +1,6 @@
-"""tcp routes against the gateway's own ports (--listen, --https-listen, the admin and status
-ports), which are settings, not the routes file's; against ports another program holds (a trial
-bind before nginx is asked to listen); and the tcp routes as /status shows them."""
+"""tcp routes against the gateway's own ports (--listen, --https-listen, the admin, status and
+resolver ports), which are settings, not the routes file's; against ports another program holds
+(a trial bind before nginx is asked to listen); and the tcp routes as /status shows them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def reserved_ports(settings: Settings) -> dict[int, str]:
     return {  # the later ones win when two settings name one port (nginx would refuse)
         settings.admin_listen.port: "the agent's admin port (--admin-listen)",
         settings.status_listen.port: "nginx's status port for the agent (--status-listen)",
+        settings.resolver_listen.port: "the agent's DNS port for nginx (--resolver-listen)",
         settings.https_listen.port: https,
         settings.listen.port: "the gateway's HTTP port (--listen)",
     }

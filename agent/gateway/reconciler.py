@@ -21,6 +21,7 @@ from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
 from agent.core.routes import RoutesError, RouteTable, Target
 from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx
 from agent.gateway.ports import load_for_gateway, unbindable, without_ports
@@ -34,9 +35,12 @@ from agent.gateway.tls import Certificates
 log = logging.getLogger("agent.gateway.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
-# seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: its first
-# lookups have been answered or have timed out by then (resolver_timeout 1s)
+# seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: without
+# the agent's resolver, its first lookups have been answered or have timed out by then
+# (resolver_timeout 1s); with it, readiness waits until nginx has asked for every name, and at
+# most FIRST_LOOKUPS_MAX (a name nginx never asks must not keep the gateway unready for ever)
 FIRST_LOOKUPS = 1.0
+FIRST_LOOKUPS_MAX = 10.0
 def acme_target(routes_url: str | None, table: RouteTable) -> tuple[Target, int] | None:
     """The controller, where ACME challenges go, when a route has `tls: acme`."""
     if routes_url is None or not any(r.tls is not None and r.tls.acme for r in table.routes):
@@ -52,7 +56,9 @@ class Reconciler:
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,
                  sources: ControllerRoutes | None = None,
-                 route_files: RouteFiles | None = None) -> None:
+                 route_files: RouteFiles | None = None,
+                 resolver: LocalResolver | None = None) -> None:
+        self.resolver = resolver  # answers nginx's lookups (gateway/dnsserver.py)
         self.certificates = certificates
         self.route_files = route_files
         self.sources = sources  # routes from the controller, merged with the file's
@@ -323,19 +329,25 @@ class Reconciler:
         saved = self._load_saved()
         if saved:
             self.state.snapshot = saved
+        if self.resolver is not None:
+            await self.resolver.start()
         await self.discover()
         self.state.serving_saved = any(e.stale and e.addresses
                                        for e in self.state.snapshot.values())
         rendered = self.render()
         await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
-        await self.nginx.start()
-        await self.nginx.wait_serving(rendered.generation)
         if rendered.resolving:
             # nginx's workers look their upstreams' names up 1 ms after they start, and until
             # the answer is in, such an upstream has no server ("no live upstreams", 502: seen
-            # for the first request, a millisecond after the start). nginx does not say when
-            # its lookups are done; they end within resolver_timeout.
-            self.state.first_lookups_until = self.clock() + FIRST_LOOKUPS
+            # for the first request, a millisecond after the start). The agent's resolver says
+            # which names nginx has asked for (state.first_lookups); without it, they are
+            # answered within resolver_timeout.
+            self.state.first_lookups.update(rendered.resolving)
+        await self.nginx.start()
+        await self.nginx.wait_serving(rendered.generation)
+        if rendered.resolving:
+            self.state.first_lookups_until = self.clock() + (
+                FIRST_LOOKUPS_MAX if self.resolver is not None else FIRST_LOOKUPS)
         self._applied(rendered, time.time(), "started")
         stale = sorted(n for n, e in self.state.snapshot.items() if e.stale and e.addresses)
         return "started" + (f" with saved endpoints for {', '.join(stale)}" if stale else "") \

@@ -23,11 +23,12 @@ import jinja2
 from agent import __version__
 from agent.core.fields import ERROR_PAGES_PATH, is_address
 from agent.core.routes import Route, RouteTable, Target
+from agent.gateway.clientchecks import RateZone, allow_var, rate_zone
 from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.paths import PathMap, allow_var, path_map, paths_context, strict
+from agent.gateway.paths import PathMap, path_map, paths_context, strict
 from agent.gateway.routefiles import FilesPlan
 from agent.gateway.tls import Served, TlsPlan
-from agent.gateway.traffic import UNROUTED_ROOT, route_label, route_root
+from agent.gateway.traffic import UNROUTED_ROOT, route_root
 
 if TYPE_CHECKING:
     from agent.gateway.stream import StreamRenderer
@@ -98,25 +99,7 @@ class Upstream:
     resolve: bool = False
     zone: str = ""  # resolve: the size of its shared memory zone
     sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
-
-
-@dataclass(frozen=True)
-class RateZone:
-    """A route's limit_req zone: its own counters per client address."""
-
-    name: str
-    rate: str
-    burst: int
-
-
-def rate_zone(route: Route) -> RateZone | None:
-    if route.rate_limit is None:
-        return None
-    # (host, path) names one route; the rate is in the name too, so that a changed rate is a
-    # new zone rather than a reload nginx might refuse
-    digest = hashlib.sha256(f"{route_label(route)} {route.rate_limit.rate}".encode())
-    return RateZone(f"gateway_rate_{digest.hexdigest()[:12]}", route.rate_limit.rate,
-                    route.rate_limit.burst)
+    lookup: str = ""  # resolve: the name nginx looks up
 
 
 @dataclass(frozen=True)
@@ -200,7 +183,8 @@ class Server:
 class Rendered:
     text: str
     generation: str  # a digest of the configuration, served by nginx to prove it is live
-    resolving: int = 0  # upstreams whose tasks nginx looks up itself
+    # the names nginx looks up itself (upstreams `resolve`, both contexts)
+    resolving: frozenset[str] = frozenset()
     stream: str = ""  # the stream context (tcp routes: gateway/stream.py); '' when there is none
 
 
@@ -244,13 +228,16 @@ def sticky_var(cookie: str) -> str:
 
 
 def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool,
-                     ) -> tuple[tuple[str, ...], bool]:
+                     own_resolver: bool = False) -> tuple[tuple[str, ...], bool]:
     """The `server` entries of an upstream of `lookup`'s tasks, and whether nginx resolves the
-    name itself (then the one entry is the name). An answer with addresses outside
-    --task-networks is not left to nginx to follow: the block gets the accepted addresses
-    only, or none, until the answer is clean; nor is a stale one (nginx started while DNS is
-    down has no addresses of its own to keep)."""
-    if resolve and not endpoints.stale and not endpoints.refused and not is_address(lookup):
+    name itself (then the one entry is the name). With `own_resolver` nginx asks the agent
+    (agent.gateway.dnsserver), which answers the accepted and last known addresses only.
+    Otherwise nginx asks the nameserver itself, and an answer with addresses outside
+    --task-networks is not left to it to follow: the block gets the accepted addresses only,
+    or none, until the answer is clean; nor is a stale one (nginx started while DNS is down
+    has no addresses of its own to keep)."""
+    screened = own_resolver or (not endpoints.stale and not endpoints.refused)
+    if resolve and screened and not is_address(lookup):
         return (f"{lookup}:{port}",), True
     return tuple(_server_address(lookup, a, port) for a in endpoints.addresses), False
 
@@ -264,15 +251,16 @@ def upstream_key(route: Route) -> tuple[Target, int, str]:
 
 
 def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
-               ) -> dict[tuple[Target, int, str], Upstream]:
+               own_resolver: bool = False) -> dict[tuple[Target, int, str], Upstream]:
     """One upstream per (target, port, balance or sticky cookie) that has tasks.
 
     With `resolve`, the upstream names the target and nginx follows its addresses (re-resolved
     every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
     target whose lookups fail (stale) is written with its last known addresses instead: nginx
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
-    addresses outside the task networks (agent.gateway.discovery.screen): nginx would take them all;
-    and a sticky route's (see below), whose changes of tasks are reloads.
+    addresses outside the task networks (agent.gateway.discovery.screen): nginx would take them
+    all; unless nginx asks the agent's own resolver (`own_resolver`), which answers those
+    itself. And a sticky route's (see below), whose changes of tasks are reloads.
     """
     out = {}
     for route in routes:
@@ -288,12 +276,13 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
         # apart by the name written, the same for every task resolved from one name, and would
         # stick to none.
         servers, by_name = upstream_servers(route.target.lookup_name, key[1], endpoints,
-                                            resolve and route.sticky is None)
+                                            resolve and route.sticky is None, own_resolver)
         out[key] = Upstream(
             upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
             servers, resolve=by_name,
             zone=zone_size(len(endpoints.addresses)) if by_name else "",
-            sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None)
+            sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
+            lookup=route.target.lookup_name if by_name else "")
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
@@ -378,13 +367,15 @@ class Renderer:
                  template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
-                 stream: StreamRenderer | None = None) -> None:
+                 stream: StreamRenderer | None = None, own_resolver: bool = False) -> None:
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
         self.https_redirect_port = https_redirect_port
-        # nginx's own lookups: upstream targets (resolve) and OCSP responders (stapling)
+        # nginx's own lookups: upstream targets (resolve) and OCSP responders (stapling);
+        # own_resolver: `resolver` is the agent's (agent.gateway.dnsserver)
         self.resolver = resolver
+        self.own_resolver = own_resolver
         self.listen = listen
         self.status_listen = status_listen
         self.trusted_proxies = tuple(trusted_proxies)
@@ -403,7 +394,7 @@ class Renderer:
         `acme` is the controller (its name and port): the hosts of `tls: acme` routes pass
         /.well-known/acme-challenge/ to it, over plain HTTP, before any redirect."""
         routes = table.routes
-        upstreams = _upstreams(routes, snapshot, self.resolve)
+        upstreams = _upstreams(routes, snapshot, self.resolve, self.own_resolver)
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = _with_tls(_servers(routes, upstreams, files), tls)
@@ -436,6 +427,7 @@ class Renderer:
             "keepalive_min_timeout": KEEPALIVE_MIN_TIMEOUT,
             "resolver": self.resolver if needs_resolver else None,
             "resolver_valid": RESOLVER_VALID,
+            "own_resolver": self.own_resolver,
             "gzip_types": GZIP_TYPES,
             "error_pages_path": ERROR_PAGES_PATH,
             "sticky_cookies": sorted({(r.sticky.cookie, sticky_var(r.sticky.cookie))
@@ -455,7 +447,7 @@ class Renderer:
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")
         stream, stream_resolving = self.stream.render(table.tcp, snapshot) \
-            if self.stream is not None else ("", 0)
+            if self.stream is not None else ("", frozenset[str]())
         # The generation is a digest of the configuration without it (and of the stream
         # context, which nginx reads in the same reload), then written into it.
         try:
@@ -464,8 +456,8 @@ class Renderer:
             text = self._template.render(context, generation=generation)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
-        return Rendered(text, generation,
-                        sum(u.resolve for u in upstreams.values()) + stream_resolving, stream)
+        return Rendered(text, generation, frozenset(
+            u.lookup for u in upstreams.values() if u.resolve) | stream_resolving, stream)
 
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,

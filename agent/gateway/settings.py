@@ -50,6 +50,8 @@ class GatewaySettings:
     admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
     admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
     status_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9181))
+    # nginx's resolver: the agent answers nginx's lookups here (gateway/dnsserver.py)
+    resolver_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9182))
     poll_interval: float = 1.0
     dns_timeout: float = 0.5
     dns_lookups_per_second: float = 200.0
@@ -77,6 +79,14 @@ def rotate_size(value: str) -> int:
     if not value.strip().isdigit() or int(value) < 4096:
         raise ValueError(f"{value!r} is not a size in bytes of at least 4096")
     return int(value)
+
+
+def loopback_host_port(value: str) -> HostPort:
+    """[ADDRESS:]PORT on a loopback address: a port only this host's nginx may ask."""
+    hp = parse_ip_host_port(value, default_host="127.0.0.1")
+    if not ipaddress.ip_address(hp.host).is_loopback:
+        raise ValueError(f"{value!r}: {hp.host} is not a loopback address")
+    return hp
 
 
 # One row per setting. Order is the order of `--help`.
@@ -112,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
            lambda v: parse_ip_host_port(v, default_host="127.0.0.1"),
            "loopback ADDRESS:PORT of nginx's stub_status, for the agent only (default "
            "127.0.0.1:9181)"),
+    Option("--resolver-listen", "resolver_listen", loopback_host_port,
+           "loopback ADDRESS:PORT where the agent answers nginx's own DNS lookups (UDP and TCP):"
+           " upstream names from its discovery, only addresses of --task-networks; other names "
+           "are passed on to --nameserver (default 127.0.0.1:9182)"),
     Option("--poll-interval", "poll_interval", positive_float,
            "seconds between discovery rounds (1)"),
     Option("--dns-timeout", "dns_timeout", positive_float,

@@ -42,7 +42,10 @@ class State:
     last_reload_detail: str | None = None
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
-    first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
+    # at start: the names nginx has not looked up yet (of the agent's resolver), and until when
+    # (monotonic) readiness waits for them
+    first_lookups: set[str] = field(default_factory=set)
+    first_lookups_until: float = 0.0
     draining: bool = False  # told to stop: readiness off while traffic moves away (drain.py)
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (gateway/tls.py)
     files: FilesPlan | None = None  # the files routes name: basic_auth, error_page

@@ -76,7 +76,7 @@ def _key(route: TcpRoute) -> tuple[str, str, int, str]:
 
 
 def _upstreams(routes: Sequence[TcpRoute], snapshot: Snapshot, resolve: bool,
-               ) -> dict[tuple[str, str, int, str], Upstream]:
+               own_resolver: bool = False) -> dict[tuple[str, str, int, str], Upstream]:
     """One upstream per (target, port, balance) that has tasks."""
     out = {}
     for route in routes:
@@ -85,11 +85,12 @@ def _upstreams(routes: Sequence[TcpRoute], snapshot: Snapshot, resolve: bool,
         if key in out or not endpoints.addresses:
             continue
         servers, by_name = upstream_servers(route.target.lookup_name, route.port, endpoints,
-                                            resolve)
+                                            resolve, own_resolver)
         out[key] = Upstream(
             "tcp_" + upstream_name(route.target, route.port, route.balance), route.target.kind,
             route.target.name, route.port, route.balance, servers, resolve=by_name,
-            zone=zone_size(len(endpoints.addresses)) if by_name else "")
+            zone=zone_size(len(endpoints.addresses)) if by_name else "",
+            lookup=route.target.lookup_name if by_name else "")
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
 
 
@@ -138,18 +139,21 @@ class StreamRenderer:
     """The stream context of a gateway: tcp routes listen on `address` (--listen's)."""
 
     def __init__(self, *, address: str, resolver: str | None = None,
-                 resolve: bool = False) -> None:
+                 resolve: bool = False, own_resolver: bool = False) -> None:
         self.address = address
-        self.resolver = resolver  # nginx's own lookups of tasks (resolve)
+        # nginx's own lookups of tasks (resolve); own_resolver: the agent's (gateway/dnsserver.py)
+        self.resolver = resolver
         self.resolve = resolve
+        self.own_resolver = own_resolver
         self._template = _environment(_TEMPLATES).get_template("stream.conf.j2")
 
-    def render(self, routes: Sequence[TcpRoute], snapshot: Snapshot) -> tuple[str, int]:
-        """The stream context's text ('' when there is no tcp route), and how many of its
-        upstreams nginx resolves itself."""
+    def render(self, routes: Sequence[TcpRoute], snapshot: Snapshot,
+               ) -> tuple[str, frozenset[str]]:
+        """The stream context's text ('' when there is no tcp route), and the names nginx
+        resolves itself."""
         if not routes:
-            return "", 0
-        upstreams = _upstreams(routes, snapshot, self.resolve)
+            return "", frozenset()
+        upstreams = _upstreams(routes, snapshot, self.resolve, self.own_resolver)
         servers = _servers(routes, upstreams, self.address)
         resolving = any(u.resolve for u in upstreams.values())
         if resolving and self.resolver is None:
@@ -159,6 +163,7 @@ class StreamRenderer:
             "routes_count": len(routes),
             "resolver": self.resolver if resolving else None,
             "resolver_valid": RESOLVER_VALID,
+            "own_resolver": self.own_resolver,
             "preread_timeout": PREREAD_TIMEOUT,
             "refused": REFUSED,
             # an SNI port's map refuses the names no route gives
@@ -172,4 +177,4 @@ class StreamRenderer:
             text = self._template.render(context)
         except jinja2.TemplateError as exc:
             raise RenderError(f"stream template: {exc}") from exc
-        return text, sum(u.resolve for u in upstreams.values())
+        return text, frozenset(u.lookup for u in upstreams.values() if u.resolve)

@@ -56,7 +56,7 @@ def test_render_prints_the_configuration_for_a_snapshot(tmp_path: Path) -> None:
     done = gateway_agent("render", "--routes", str(routes), "--endpoints", str(snapshot))
     assert done.returncode == 0, done.stderr
     assert "server tasks.managerhttp:8888 resolve" in done.stdout
-    assert "resolver 127.0.0.11:53 valid=1s" in done.stdout
+    assert "resolver 127.0.0.1:9182 ipv6=off;" in done.stdout  # the agent's own (--resolver-listen)
     assert "no running task of dmzhttp" in done.stdout
     assert "10.0.1.3" not in done.stdout
     static = gateway_agent("render", "--routes", str(routes), "--endpoints", str(snapshot),

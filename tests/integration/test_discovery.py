@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from dns import asyncquery, rcode
+from dns.message import make_query
 from prometheus_client import CollectorRegistry
 
-from agent.core.settings import DEFAULT_TASK_NETWORKS, parse_host_port, task_networks
+from agent.core.settings import DEFAULT_TASK_NETWORKS, HostPort, parse_host_port, task_networks
 from agent.gateway.discovery import Discovery, Endpoints
+from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.metrics import Metrics
 from tests.support.dns import ControlledDns
 
@@ -158,3 +161,45 @@ async def test_a_tasks_name_answered_outside_the_swarm_s_networks_is_refused(
                   task_networks=task_networks("127.0.0.0/8"))
     got = await d.resolve(["tasks.web"], {}, screened={"tasks.web"})
     assert got["tasks.web"].addresses == ("127.0.0.1",)
+
+
+async def test_the_agent_s_resolver_answers_over_udp_and_tcp_and_forwards_other_names(
+        dns: ControlledDns, metrics: Metrics) -> None:
+    """nginx's resolver is the agent's (agent/gateway/dnsserver.py): the names of targets from
+    discovery, over UDP and (a truncated answer) TCP; other names, such as an OCSP responder's,
+    from the nameserver unchanged; a `tasks.` name discovery does not know never reaches the
+    nameserver."""
+    snapshot = {"tasks.web": Endpoints(("10.0.0.2",), "ok"),
+                "tasks.big": Endpoints(tuple(f"10.1.0.{i}" for i in range(1, 201)), "ok")}
+    server = LocalResolver(HostPort("127.0.0.1", 0), lambda: snapshot,
+                           parse_host_port(dns.nameserver), 0.3, metrics.registry)
+    await server.start()
+    where, port = server.address.host, server.address.port
+    dns.set("ocsp.example.org", ["192.0.2.7"])
+    dns.set("tasks.unknown", ["8.8.8.8"])
+    try:
+        web = await asyncquery.udp(make_query("tasks.web", "A"), where,
+                                       timeout=2, port=port)
+        assert [r.address for r in web.answer[0]] == ["10.0.0.2"]
+        big, tcp = await asyncquery.udp_with_fallback(
+            make_query("tasks.big", "A"), where, timeout=2, port=port)
+        assert tcp  # truncated over UDP, whole over TCP
+        assert len(big.answer[0]) == 200
+        before = dns.queries
+        ocsp = await asyncquery.udp(make_query("ocsp.example.org", "A"),
+                                        where, timeout=2, port=port)
+        assert [r.address for r in ocsp.answer[0]] == ["192.0.2.7"]
+        assert ocsp.answer[0].ttl == 600  # the nameserver's, unchanged
+        unknown = await asyncquery.udp(make_query("tasks.unknown", "A"),
+                                           where, timeout=2, port=port)
+        assert (unknown.rcode(), unknown.answer) == (rcode.SERVFAIL, [])
+        assert dns.queries == before + 1  # the OCSP name only
+        dns.fault("ocsp.example.org", "silent")  # the nameserver does not answer: SERVFAIL
+        ocsp = await asyncquery.udp(make_query("ocsp.example.org", "A"),
+                                        where, timeout=2, port=port)
+        assert ocsp.rcode() == rcode.SERVFAIL
+    finally:
+        await server.close()
+    sample = metrics.registry.get_sample_value
+    assert sample("gateway_resolver_queries_total", {"result": "forwarded"}) == 1
+    assert sample("gateway_resolver_queries_total", {"result": "forward_failed"}) == 1

@@ -237,6 +237,20 @@ def test_started_while_the_nameserver_is_silent_and_nothing_was_saved(
     wait_until(lambda: agent.get("web") == (200, "task1"), 10, "the task to be served")
 
 
+def test_ready_means_nginx_has_the_tasks_even_when_the_nameserver_is_slow(
+        controlled: ControlledDns, tasks: dict[str, Upstream], upstream_port: int,
+        agent_on: Callable[..., Agent]) -> None:
+    """/readyz says ready only once nginx knows its upstreams' tasks: the first request after
+    it reaches a task, also when the nameserver answers the agent's first lookup and then
+    nothing for a few seconds (which nginx's own first lookups would have met)."""
+    controlled.sequence("tasks.web", [[T1]] + ["silent"] * 4 + [[T1]] * 1000)
+    agent = agent_on(controlled.nameserver, [web(upstream_port)])
+    assert agent.get("web") == (200, "task1")
+    assert controlled.rounds("tasks.web") >= 1  # (the agent's lookup was answered)
+    m = agent.metrics()
+    assert m['gateway_resolver_queries_total{result="answered"}'] >= 1  # nginx asked the agent
+
+
 class ManyUpstreams:
     """One HTTP server listening on many loopback addresses, answering with the address hit."""
 
@@ -652,8 +666,9 @@ def test_the_admin_port_on_its_own_address_changes_nothing(
     controlled.set("tasks.web", [T1])
     agent = agent_on(controlled.nameserver, [web(upstream_port)], admin_address="127.0.0.3")
     assert agent.proc is not None
-    assert listening(agent.proc.pid) == {("127.0.0.3", agent.admin_port)}, \
-        "the agent listens on the admin address and nowhere else"
+    assert listening(agent.proc.pid) == {("127.0.0.3", agent.admin_port),
+                                         ("127.0.0.1", agent.resolver_port)}, \
+        "the agent listens on the admin address and, for nginx, on loopback, nowhere else"
     status, body, _ = http_get(agent.port, "x", "/metrics")
     assert status == 404, "the route port does not serve the admin app"
     assert "gateway_" not in body

@@ -6,9 +6,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from tests.integration.conftest import TASK_ADDRESSES
+from tests.support.dns import ControlledDns
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 
 T1, T2, T3, T4 = TASK_ADDRESSES[:4]
@@ -43,6 +47,47 @@ def test_tasks_answered_outside_the_swarm_s_networks_get_no_traffic(
     narrow = start_agent(routes, task_networks="127.0.10.2/32")
     assert narrow.backends_seen("web.example.com", 6) == {"task2"}
     assert narrow.status()["endpoints"]["web"]["refused"] == [T3]
+
+
+@pytest.fixture
+def hostile() -> Iterator[ControlledDns]:
+    server = ControlledDns()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("tells_apart", ["by source port", "at random"])
+def test_nginx_s_own_lookups_never_reach_an_address_the_filter_refused(
+        hostile: ControlledDns, tasks: dict[str, Upstream], upstream_port: int,
+        agent_on: Callable[..., Agent], tells_apart: str) -> None:
+    """A nameserver that answers the agent with a task and nginx with an address outside
+    --task-networks: nginx asks from one source port, the agent from a fresh one every round
+    (or the answers differ at random). nginx asks the agent's own resolver, which answers only
+    what the filter accepted: not one request reaches the refused address."""
+    hostile.set("tasks.shop", [T1])
+    if tells_apart == "by source port":
+        hostile.answer_repeats("tasks.shop", [T2])
+    else:
+        hostile.sequence("tasks.shop", [[T1], [T1, T2]])
+    agent = agent_on(hostile.nameserver, [{"hosts": ["shop.example.com"], "service": "shop",
+                                           "port": upstream_port}], task_networks=f"{T1}/32")
+    agent.wait_cycles(8)  # 4 s: nginx has looked the name up again, more than once
+    before = {name: tasks[name].server.hits for name in ("task1", "task2")}
+    answers = []
+    for _ in range(40):  # over 4 s: nginx looks the name up again meanwhile
+        answers.append(agent.get("shop.example.com"))
+        time.sleep(0.1)
+    reached = {name: tasks[name].server.hits - hits for name, hits in before.items()}
+    assert reached["task2"] == 0, \
+        f"{reached['task2']} of 40 requests reached {T2}, outside --task-networks"
+    assert reached["task1"] == answers.count((200, "task1")) > 0
+    if tells_apart == "by source port":  # the agent never sees the other address
+        assert answers == [(200, "task1")] * 40
+        assert agent.status()["endpoints"]["shop"]["refused"] == []
+        assert hostile.repeated == 0  # nginx never asked the hostile server
+    # nginx did look the name up again and again: of the agent
+    assert agent.metrics()['gateway_resolver_queries_total{result="answered"}'] >= 3
 
 
 def task1_hits_unchanged(tasks: dict[str, Upstream], agent: Agent) -> bool:

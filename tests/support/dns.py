@@ -4,7 +4,9 @@ REFUSED, silence, truncation, and a count of queries. For what dnsmasq cannot be
 Optionally it behaves like Docker's embedded DNS with many tasks: UDP answers longer than 512
 bytes are truncated (TC set) and the same port answers over TCP. A name can also be given a
 sequence of outcomes that advances on every A query, i.e. every discovery round: answers that
-flap every poll, or a server that fails every other round.
+flap every poll, or a server that fails every other round. And it can tell its clients apart
+as a hostile server would: a client port that asks a name again (nginx keeps one source port;
+the agent asks from a fresh one each round) gets other answers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         # outcome in force, advanced by each A query for that name
         self.sequences: dict[str, list[Sequence[str] | str | None]] = {}
         self.rounds: dict[str, int] = {}
+        # name -> addresses for a client port that asked for it before, and the ports seen
+        self.repeats: dict[str, list[str]] = {}
+        self.ports: dict[str, set[int]] = {}
+        self.repeated = 0  # queries answered from `repeats`
         self.lock = threading.Lock()
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
@@ -42,6 +48,12 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             addresses = list(self.records.get(name, []))
             if name in self.sequences and request.q.qtype == QTYPE.A:
                 self.rounds[name] = self.rounds.get(name, -1) + 1
+            if name in self.repeats:
+                port = int(handler.client_address[1])
+                if port in self.ports.setdefault(name, set()):
+                    exists, addresses = True, list(self.repeats[name])
+                    self.repeated += 1
+                self.ports[name].add(port)
             for sequenced, outcomes in self.sequences.items():
                 outcome = outcomes[max(0, self.rounds.get(sequenced, 0)) % len(outcomes)]
                 if isinstance(outcome, str):  # the whole server fails this round
@@ -140,6 +152,23 @@ class ControlledDns:
             else:
                 self.resolver.sequences[name] = list(outcomes)
                 self.resolver.rounds[name] = -1
+
+    def answer_repeats(self, name: str, addresses: Sequence[str]) -> None:
+        """A client port that asks `name` a second time gets `addresses` from then on (a
+        server that tells nginx, which keeps its port, from the agent)."""
+        with self.resolver.lock:
+            self.resolver.repeats[name] = list(addresses)
+
+    @property
+    def repeated(self) -> int:
+        """How many queries got the answer of answer_repeats()."""
+        with self.resolver.lock:
+            return self.resolver.repeated
+
+    @property
+    def queries(self) -> int:
+        with self.resolver.lock:
+            return self.resolver.queries
 
     def rounds(self, name: str) -> int:
         """How many A queries for a sequenced `name` arrived (discovery rounds)."""

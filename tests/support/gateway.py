@@ -228,12 +228,14 @@ class Agent:
         self.admin_address = admin_address
         self.admin_port = free_port(admin_address)
         self.status_port = free_port()
+        self.resolver_port = free_port()  # the agent's DNS server for nginx (TCP and UDP)
         self.prefix = workdir / "nginx"
         self.log_file = workdir / "agent.log"
         self.args = [sys.executable, "-m", "agent", "run", "--routes", str(routes),
                      "--nameserver", nameserver, "--listen", f"127.0.0.1:{self.port}",
                      "--admin-listen", f"{admin_address}:{self.admin_port}",
                      "--status-listen", f"127.0.0.1:{self.status_port}",
+                     "--resolver-listen", f"127.0.0.1:{self.resolver_port}",
                      "--nginx-prefix", str(self.prefix), "--worker-processes", "1",
                      "--log-level", "debug",
                      # stopping drains for 5 s by default (agent/gateway/drain.py): tests of

@@ -185,7 +185,7 @@ def test_a_port_another_program_holds_is_refused_in_nginxs_words_and_alone() -> 
 
 
 def test_without_tcp_routes_there_is_no_stream_context() -> None:
-    assert STREAM.render((), {}) == ("", 0)
+    assert STREAM.render((), {}) == ("", frozenset())
     rendered = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
                         stream=STREAM).render(RouteTable(()), {})
     assert rendered.stream == ""
@@ -217,7 +217,8 @@ def test_the_stream_context_of_a_plain_and_an_sni_port() -> None:
                 "tasks.alpha": Endpoints(("10.0.1.1", "10.0.1.2"), "ok"),
                 "tasks.beta": Endpoints(("10.0.2.1",), "ok", stale=True)}
     text, resolving = STREAMS[True].render(table.tcp, snapshot)
-    assert resolving == 2  # db and alpha; beta's lookups failed, its addresses are written
+    # db and alpha; beta's lookups failed, its addresses are written
+    assert resolving == {"tasks.db", "tasks.alpha"}
     conf = {(d.name, d.args): d for d in parse_conf(text)}
     assert conf["resolver", (RESOLVER, "valid=1s", "ipv6=off")]
     assert [(d.name, d.args) for d in conf["upstream", ("tcp_service_beta_8443",)].block or ()] \
