@@ -65,7 +65,9 @@ class Reconciler:
         self.clock = clock
         self.wake = asyncio.Event()
         self._routes_stamp: FileStamp | None = None
-        self._file_routes = RouteTable(())
+        # the routes file's; None: the gateway has none (absent at start), and serves the
+        # controller's copy of it (gateway/source.py)
+        self._file_routes: RouteTable | None = RouteTable(())
         self._applied_snapshot: Snapshot = {}
         self._applied_routes = RouteTable(())
         self._last_reload_mono: float | None = None
@@ -81,15 +83,24 @@ class Reconciler:
         path = self.settings.routes
         if path is not None:
             self._routes_stamp = stamp(path)
-            self._file_routes = load_for_gateway(path, self.settings)
-            self.metrics.routes_loads.labels("success").inc()
+            if self._routes_stamp is None and self.sources is not None:
+                self._file_routes = None
+                log.info("routes_file_absent file=%s effect=%r", path, "the controller's copy "
+                         "of the routes file is served, and followed without a restart")
+            else:
+                self._file_routes = load_for_gateway(path, self.settings)
+                self.metrics.routes_loads.labels("success").inc()
+        elif self.sources is not None:
+            self._file_routes = None
         self._use_routes()
 
     def _use_routes(self) -> None:
         """The file's routes, merged with the controller's when there is one; then the zone."""
-        table = self._file_routes
         if self.sources is not None:
-            table = self.sources.merge(table)
+            table = self.sources.merge(self._file_routes)
+        else:
+            assert self._file_routes is not None, "a gateway without a controller has a file"
+            table = self._file_routes
         table = table.for_zone(self.settings.zone)
         if self.sources is not None and table != self.state.routes:
             log.info("routes_merged routes=%d", len(table.routes))
