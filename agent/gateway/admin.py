@@ -61,6 +61,8 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
         problems.append("no configuration applied yet")
     if state.last_discovery_ok == 0.0 and state.routes.routes and not state.serving_saved:
         problems.append("discovery has not answered yet")
+    if state.routes_pending is not None:  # a gateway with no routes must not take the VIP
+        problems.append(state.routes_pending)
     if now < state.first_lookups_until:
         problems.append("nginx is looking up its upstreams for the first time")
     # A DNS outage later on does not make the gateway unready: it serves the last known tasks

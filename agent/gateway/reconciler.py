@@ -69,6 +69,7 @@ class Reconciler:
         # controller's copy of it (gateway/source.py)
         self._file_routes: RouteTable | None = RouteTable(())
         self._applied_snapshot: Snapshot = {}
+        self._routes_pending: str | None = None  # why the gateway has no routes yet
         self._applied_routes = RouteTable(())
         self._last_reload_mono: float | None = None
         self._failed: tuple[str, float, int] | None = None  # generation, retry at, failures
@@ -98,10 +99,16 @@ class Reconciler:
         """The file's routes, merged with the controller's when there is one; then the zone."""
         if self.sources is not None:
             table = self.sources.merge(self._file_routes)
+            self._routes_pending = None if self._file_routes is not None or \
+                self.sources.received is not None else (
+                    f"no routes yet: no routes file here, and the controller "
+                    f"({self.sources.url}) has not answered (nor left a saved copy)")
         else:
             assert self._file_routes is not None, "a gateway without a controller has a file"
             table = self._file_routes
         table = table.for_zone(self.settings.zone)
+        if self._routes_pending is not None or table == self._applied_routes:
+            self.state.routes_pending = self._routes_pending  # else: once nginx serves them
         if self.sources is not None and table != self.state.routes:
             log.info("routes_merged routes=%d", len(table.routes))
         self.state.routes = table
@@ -144,6 +151,7 @@ class Reconciler:
         of, say so, save the endpoints, and let the stores drop the files it no longer uses."""
         self._applied_snapshot = self.state.snapshot
         self._applied_routes = self.state.routes
+        self.state.routes_pending = self._routes_pending
         self.state.applied_generation = rendered.generation
         self.state.last_reload_at = at
         self.state.last_reload_result = "success"

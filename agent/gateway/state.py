@@ -39,6 +39,8 @@ class State:
     last_reload_detail: str | None = None
     applied_generation: str | None = None
     serving_saved: bool = False  # started from --state-dir endpoints while DNS failed
+    # no routes file of its own, and no document from the controller yet (nor a saved one)
+    routes_pending: str | None = None
     first_lookups_until: float = 0.0  # monotonic: nginx's first lookups may be under way
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (gateway/tls.py)
     files: FilesPlan | None = None  # the files routes name: basic_auth, error_page

@@ -52,12 +52,12 @@ def controller_on(tmp_path: Path, docker: FakeDocker) -> Iterator[Callable[..., 
 
 
 @pytest.fixture
-def fileless_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[[str], Agent]]:
+def fileless_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[..., Agent]]:
     """A gateway as stacks/gateway.yml runs it: --routes names a file that is not there (the
     image's GATEWAY_ROUTES, with no config mounted), routes from the controller."""
     agents: list[Agent] = []
 
-    def start(url: str) -> Agent:
+    def start(url: str, wait_ready: bool = True) -> Agent:
         workdir = tmp_path / f"agent{len(agents)}"
         workdir.mkdir()
         agent = Agent(workdir, workdir / "routes.yml", dns.nameserver,
@@ -65,7 +65,7 @@ def fileless_agent(tmp_path: Path, dns: Dnsmasq) -> Iterator[Callable[[str], Age
                              "--reload-min-interval", "0", "--state-dir",
                              str(workdir / "state")])
         agents.append(agent)
-        agent.start()
+        agent.start(wait_ready)
         return agent
 
     yield start
@@ -86,7 +86,7 @@ def served_by_the_same_processes(agent: Agent, nginx_pid: int) -> bool:
 
 def test_routes_added_to_the_controller_s_file_are_served_without_a_restart(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
-        controller_on: Callable[..., ControllerProcess], fileless_agent: Callable[[str], Agent],
+        controller_on: Callable[..., ControllerProcess], fileless_agent: Callable[..., Agent],
         ) -> None:
     dns.set("tasks.shop", [T1, T2])
     dns.set("tasks.blog", [T3])
@@ -136,7 +136,7 @@ def reached(port: int) -> str | None:
 
 def test_the_controller_restarted_with_a_new_file_the_gateway_serves_on_then_follows(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
-        controller_on: Callable[..., ControllerProcess], fileless_agent: Callable[[str], Agent],
+        controller_on: Callable[..., ControllerProcess], fileless_agent: Callable[..., Agent],
         ) -> None:
     """As `ROUTES_VERSION=2 docker stack deploy -c stacks/controller.yml controller` does: the
     controller stops, starts again with the new file; the gateway is not touched."""
@@ -166,3 +166,27 @@ def test_the_controller_restarted_with_a_new_file_the_gateway_serves_on_then_fol
     assert traffic.failures == [], traffic.failures[:10]
     assert traffic.ok > 300, f"only {traffic.ok} requests were answered"
     assert served_by_the_same_processes(agent, nginx_pid)
+
+
+def test_a_gateway_without_routes_is_not_ready_until_the_controller_answers(
+        tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        docker: FakeDocker, fileless_agent: Callable[..., Agent]) -> None:
+    """No routes file of its own, no saved copy, no controller yet (the gateway stack deployed
+    before the controller's, or the controller away when a gateway starts on a new node): it
+    would answer 404 to every request, so keepalived must not give it the VIP."""
+    dns.set("tasks.shop", [T1])
+    (tmp_path / "c").mkdir()
+    routes = write_routes(tmp_path / "c" / "routes.yml", [shop(upstream_port)])
+    controller = ControllerProcess(tmp_path / "c", docker, ["--routes", str(routes)])
+    agent = fileless_agent(controller.url, wait_ready=False)
+    try:
+        wait_until(lambda: agent.admin("/readyz")[0] == 503, 20, "the agent's admin port")
+        agent.wait_cycles(2)
+        status, text = agent.admin("/readyz")
+        assert status == 503
+        assert "no routes yet: no routes file here, and the controller" in text
+        controller.start()
+        wait_until(agent.ready, 20, "the gateway to be ready once the controller answers")
+        assert agent.backends_seen("shop", 3) == {"task1"}
+    finally:
+        controller.stop()
