@@ -197,6 +197,11 @@ A route from service labels (docs/labels.md), without touching the gateway:
     --label gateway.port=8888 ${APP_IMAGE:-bretfisher/httpenv}
   curl -H 'Host: shop.example' http://127.0.0.1:8080/         # a second later: a shop task
   docker service rm shop                                      # 404 again
+
+A change of the routes file (stacks/routes.yml): edit it, then deploy the controller again under a
+new config name; only the controller restarts, each gateway reloads (docs/swarm.md):
+
+  ROUTES_VERSION=2 docker stack deploy -c stacks/controller.yml controller
 EOF
   local ca=$PWD/$certs/demo-ca.crt
   [[ $certs = /* ]] && ca=$certs/demo-ca.crt

@@ -7,48 +7,19 @@ import contextlib
 import logging
 import signal
 import threading
-from pathlib import Path
 
 from agent.controller.acme import AcmeManager
 from agent.controller.acme_client import Client
 from agent.controller.app import make_app
 from agent.controller.docker import Docker
 from agent.controller.metrics import ControllerMetrics
+from agent.controller.routesfile import RoutesFile
 from agent.controller.settings import ControllerSettings
 from agent.controller.sync import Controller
-from agent.core.files import FileStamp, stamp
-from agent.core.routes import RoutesError, RouteTable, load_routes
 from agent.core.serve import AdminServer
 from agent.core.settings import SettingsError, read_token
 
 log = logging.getLogger("agent.controller")
-
-
-class FileRoutes:
-    """The routes file as the controller reads it: its names are refused to labels (as the
-    gateways refuse them), and with ACME its `tls: acme` routes get certificates. Read again
-    when it changes; a bad file keeps the last good routes (the gateways report its errors)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: FileStamp | None = None
-        self._table = RouteTable(())
-        self._missing_said = False
-
-    def __call__(self) -> RouteTable:
-        current = stamp(self.path)
-        if current is None and not self._missing_said:
-            self._missing_said = True
-            log.warning("routes_file_missing file=%s effect=%r", self.path,
-                        "its names are not checked against labels here, and its tls: acme "
-                        "routes get no certificate (mount the routes config)")
-        if current != self._stamp:
-            self._stamp = current
-            try:
-                self._table = load_routes(self.path)
-            except RoutesError as exc:
-                log.error("routes_file_refused file=%s error=%r", self.path, str(exc))
-        return self._table
 
 
 def _acme(settings: ControllerSettings, metrics: ControllerMetrics) -> AcmeManager | None:
@@ -82,7 +53,7 @@ async def run(settings: ControllerSettings) -> int:
                             zone_tokens=tuple((z, read_token(f, "--zone-token-files"))
                                               for z, f in settings.zone_token_files),
                             acme=acme,
-                            file_routes=FileRoutes(settings.routes) if settings.routes else None)
+                            file_routes=RoutesFile(settings.routes) if settings.routes else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +70,7 @@ async def run(settings: ControllerSettings) -> int:
     watcher = threading.Thread(target=docker_api.follow, args=(loop, controller),
                                name="docker-events", daemon=True)
     watcher.start()
+    watch_task = asyncio.create_task(controller.watch_file(stop), name="routes-file")
     acme_task = None
     if acme is not None:
         log.info("acme_on directory=%s state_dir=%s", settings.acme_directory,
@@ -108,6 +80,9 @@ async def run(settings: ControllerSettings) -> int:
     try:
         await controller.run(stop)
     finally:
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
         if acme_task is not None:
             acme_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from agent.controller.acme import AcmeManager, acme_hosts
 from agent.controller.catalog import Catalog
 from agent.controller.labels import LabelRoutes, Service, routes_from_services
 from agent.controller.metrics import ControllerMetrics
+from agent.controller.routesfile import FILE_POLL, RoutesFile
 from agent.core.aio import Backoff, first
 from agent.core.merge import FILE_SOURCE, merge_sources
 from agent.core.routes import RouteTable
@@ -40,18 +41,19 @@ class Controller:
                  new_service_wait: float = 0.0, token: str | None = None,
                  zone_tokens: tuple[tuple[str, str], ...] = (),
                  acme: AcmeManager | None = None,
-                 file_routes: Callable[[], RouteTable] | None = None) -> None:
+                 file_routes: RoutesFile | None = None) -> None:
         self.token = token  # the gateways' Authorization: Bearer (--controller-token-file)
         self.zone_tokens = zone_tokens  # (zone, token): that zone's routes only
         self.acme = acme
-        # the routes file's routes: their names are refused to labels, and with ACME, their
-        # `tls: acme` hosts get certificates too
+        # the routes file's routes: served to the gateways without a file of their own, their
+        # names refused to labels, and with ACME, their `tls: acme` hosts get certificates too
         self.file_routes = file_routes
         self.challenges: dict[str, str] = acme.client.challenges if acme else {}
         self.list_services = list_services
         self.list_running = list_running
         self.new_service_wait = new_service_wait if list_running is not None else 0.0
         self._services: list[Service] = []
+        self._found = LabelRoutes((), (), 0)  # the labels' routes, as last listed
         self._held: dict[str, float] = {}  # service name -> when its route is served anyway
         self._served: set[str] = set()  # services whose route the document has (or refuses)
         self.metrics = metrics
@@ -142,13 +144,29 @@ class Controller:
         return bool(released)
 
     def _publish(self, found: LabelRoutes) -> None:
+        self._found = found
         routes = tuple((s, r) for s, r in found.routes if r.service not in self._held)
         self._served = {r.service for _, r in routes if r.service}
         self.metrics.held.set(len(self._held))
         first = not self.catalog.synced
-        file = self.file_routes() if self.file_routes is not None else RouteTable(())
-        if self.catalog.update(LabelRoutes(routes, found.errors, found.services), file) or first:
+        file, error = RouteTable(()), None
+        if self.file_routes is not None:
+            file, error = self.file_routes(), self.file_routes.error
+        if self.catalog.update(LabelRoutes(routes, found.errors, found.services), file,
+                               error) or first:
             self._announce(first)
+
+    async def watch_file(self, stop: asyncio.Event, interval: float = FILE_POLL) -> None:
+        """Look at the routes file every `interval`: a change (a new config, an edit in place)
+        is served at once, with the services as last listed (Docker need not answer)."""
+        if self.file_routes is None:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            if self.file_routes.refresh() and self.catalog.synced:
+                self._publish(self._found)
 
     def _certificates_changed(self) -> None:
         # during an announcement (new routes made hosts wanted) that announcement publishes
@@ -163,7 +181,7 @@ class Controller:
         labelled = [(s, r) for s, r in zip(self.catalog.merged.sources,
                                            self.catalog.merged.table.routes, strict=True)
                     if s != FILE_SOURCE]
-        file = self.file_routes() if self.file_routes is not None else RouteTable(())
+        file = self.catalog.file  # the routes file's routes, as served
         # merged as the gateways merge them: a label route they refuse gets no certificate
         merged = merge_sources(file, labelled)
         self.acme.want(acme_hosts(merged.table.routes))
@@ -210,7 +228,7 @@ class Controller:
             delay = 0.0 if await self.sync() else backoff.failed()
             if not delay:
                 backoff.reset()
-            self.acme_wanted()  # the routes file may have changed too
+            self.acme_wanted()
 
     def close(self) -> None:
         """Answer the waiting gateways now (304: nothing changed), so that shutting down does

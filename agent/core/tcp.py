@@ -47,7 +47,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
-from agent.core.routes import Target
+from agent.core.routes import RouteError, Target
 
 # a connection whose first bytes are not a TLS hello is refused at once; one that sends nothing
 # at all waits at most this long for its hello on an SNI port (nginx's preread_timeout)
@@ -142,36 +142,54 @@ def parse_tcp(data: object) -> tuple[tuple[TcpRoute, ...], list[str]]:
     return (parsed.tcp, []) if not errors else ((), errors)
 
 
+def parse_tcp_item(data: object) -> TcpRoute:
+    """One tcp route alone (an item of the controller's document). Raises RouteError with every
+    problem, places relative to the route (`sni[0]`)."""
+    try:
+        return TcpRoute.model_validate(data)
+    except ValidationError as exc:
+        raise RouteError(problems(exc)) from None
+
+
 def conflicts(routes: Sequence[TcpRoute]) -> list[str]:
     """Routes that cannot share their port: a plain route takes its port whole; routes by SNI
     share one, each name once, and agree on what nginx sets once per port."""
+    return [error for _, error in refusals(routes)]
+
+
+def refusals(routes: Sequence[TcpRoute], places: Sequence[int] | None = None,
+             ) -> list[tuple[int, str]]:
+    """conflicts(), each error with the index of the (later) route it refuses; `places` names
+    each route's place in the list it came from (a document whose bad items were left out)."""
+    at = list(places) if places is not None else list(range(len(routes)))
     first: dict[int, int] = {}
     names: dict[tuple[int, str], int] = {}
-    errors = []
+    errors: list[tuple[int, str]] = []
     for i, route in enumerate(routes):
         j = first.setdefault(route.listen, i)
         if j != i:
             other = routes[j]
             if route.sni is None or other.sni is None:
-                plain = f"tcp[{j}]" if other.sni is None else "this route"
-                errors.append(
-                    f"tcp[{i}].listen: port {route.listen} is also tcp[{j}]'s; {plain} has no "
-                    "'sni' and takes every connection to it: a port is one plain route, or "
-                    "shared by routes that each give their 'sni'")
+                plain = f"tcp[{at[j]}]" if other.sni is None else "this route"
+                errors.append((i,
+                    f"tcp[{at[i]}].listen: port {route.listen} is also tcp[{at[j]}]'s; {plain} "
+                    "has no 'sni' and takes every connection to it: a port is one plain route, "
+                    "or shared by routes that each give their 'sni'"))
                 continue
             for field in _PER_PORT:
                 if getattr(route, field) != getattr(other, field):
                     theirs = getattr(other, field)
                     shown = f"{theirs:g}s" if isinstance(theirs, float) else _shown(theirs)
-                    errors.append(
-                        f"tcp[{i}].{field}: routes on port {route.listen} share one nginx "
-                        f"server, and tcp[{j}] gives {shown}: give the same, or another port")
+                    errors.append((i,
+                        f"tcp[{at[i]}].{field}: routes on port {route.listen} share one nginx "
+                        f"server, and tcp[{at[j]}] gives {shown}: give the same, or another "
+                        "port"))
         for k, name in enumerate(route.sni or ()):
             seen = names.setdefault((route.listen, name), i)
             if seen == i and route.sni is not None and route.sni.index(name) != k:
-                errors.append(f"tcp[{i}].sni[{k}]: {name!r} is given twice (names ignore "
-                              "case)")
+                errors.append((i, f"tcp[{at[i]}].sni[{k}]: {name!r} is given twice (names "
+                               "ignore case)"))
             elif seen != i:
-                errors.append(f"tcp[{i}].sni[{k}]: {name!r} on port {route.listen} is "
-                              f"already tcp[{seen}]'s")
+                errors.append((i, f"tcp[{at[i]}].sni[{k}]: {name!r} on port {route.listen} "
+                               f"is already tcp[{at[seen]}]'s"))
     return errors

@@ -1,6 +1,10 @@
 """The routes document, as the controller serves it and the gateways (and their saved copies)
-read it: `{"version": V, "routes": [{"source": S, "route": {...}}], "errors": [...],
-"certificates": [{"host": H, "chain": PEM, "key": PEM}]}`.
+read it: `{"version": V, "routes": [{"source": S, "route": {...}}], "tcp": [{...}],
+"errors": [...], "certificates": [{"host": H, "chain": PEM, "key": PEM}]}`.
+
+`routes` holds the routes file's routes (source `routes file`, first) and the labelled
+services' (`service NAME`); `tcp` the routes file's tcp routes (core/tcp.py): a gateway without
+a routes file of its own serves the controller's (gateway/source.py).
 
 Both programs trust this module and nothing of each other: the controller writes items with
 route_item(), a gateway reads a document with parse_document(), which validates every route
@@ -18,7 +22,9 @@ from cryptography import x509
 
 from agent.core.errors import place
 from agent.core.fields import HOST_RE
+from agent.core.merge import FILE_SOURCE
 from agent.core.routes import Route, RouteError, parse_route
+from agent.core.tcp import TcpRoute, parse_tcp_item, refusals
 
 SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
 _ERROR_MAX = 500
@@ -49,6 +55,7 @@ class Received:
     routes: tuple[tuple[str, Route], ...]
     errors: tuple[str, ...]
     certificates: tuple[Certificate, ...] = ()
+    tcp: tuple[TcpRoute, ...] = ()  # the routes file's tcp routes
 
 
 def _text(value: object, limit: int) -> str | None:
@@ -75,16 +82,37 @@ def parse_document(doc: Any) -> Received:
         source = item.get("source") if isinstance(item, dict) else None
         if not isinstance(source, str) or not SOURCE_RE.fullmatch(source):
             source = f"controller routes[{i}]"
+        shown = f"{source} (controller routes[{i}])" if source == FILE_SOURCE else source
         route = item.get("route") if isinstance(item, dict) else None
         try:
             parsed = parse_route(route)
         except RouteError as exc:
-            errors.append(f"{source}: refused by the gateway: " + "; ".join(
+            errors.append(f"{shown}: refused by the gateway: " + "; ".join(
                 f"{place(('route', *loc))}: {msg}" for loc, msg in exc.problems))
             continue
         routes.append((source, parsed))
+    tcp = _tcp(doc.get("tcp", []), errors)  # adds to `errors`
     certificates = _certificates(doc.get("certificates", []), errors)  # adds to `errors`
-    return Received(version, tuple(routes), tuple(errors), certificates)
+    return Received(version, tuple(routes), tuple(errors), certificates, tcp)
+
+
+def _tcp(items: Any, errors: list[str]) -> tuple[TcpRoute, ...]:
+    """The routes file's tcp routes, each validated by the model of the file; a bad one is
+    refused alone, and so is one that conflicts with an earlier one (core/tcp.py: refusals)."""
+    if not isinstance(items, list):
+        raise ValueError("'tcp' must be a list")
+    good: list[tuple[int, TcpRoute]] = []
+    for i, item in enumerate(items):
+        try:
+            good.append((i, parse_tcp_item(item)))
+        except RouteError as exc:
+            errors.append(f"controller tcp[{i}]: refused by the gateway: " + "; ".join(
+                f"{place(loc)}: {msg}" for loc, msg in exc.problems))
+    refused = refusals([r for _, r in good], [i for i, _ in good])
+    for _, error in refused:
+        errors.append(f"controller tcp: refused by the gateway: {error}")
+    dropped = {k for k, _ in refused}
+    return tuple(r for k, (_, r) in enumerate(good) if k not in dropped)
 
 
 def valid_until(cert: Certificate) -> float:
@@ -123,3 +151,8 @@ def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
 def route_item(source: str, route: Route) -> dict[str, Any]:
     """One route as the controller serves it and the gateway saves it."""
     return {"source": source, "route": route.model_dump(mode="json", exclude_none=True)}
+
+
+def tcp_item(route: TcpRoute) -> dict[str, Any]:
+    """One tcp route as the controller serves it and the gateway saves it."""
+    return route.model_dump(mode="json", exclude_none=True)

@@ -63,6 +63,8 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
         problems.append("no configuration applied yet")
     if state.last_discovery_ok == 0.0 and state.routes.routes and not state.serving_saved:
         problems.append("discovery has not answered yet")
+    if state.routes_pending is not None:  # a gateway with no routes must not take the VIP
+        problems.append(state.routes_pending)
     if now < state.first_lookups_until and state.first_lookups:
         problems.append(f"nginx has not looked up {len(state.first_lookups)} of its upstreams' "
                         "names yet")

@@ -24,6 +24,7 @@ from agent.gateway.drain import wait_for_handover
 from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
+from agent.gateway.ports import reserved_ports
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.render import Renderer
 from agent.gateway.routefiles import RouteFiles, copies_dir
@@ -89,7 +90,8 @@ def build(settings: GatewaySettings, access_log: str | None = None,
             if settings.controller_token_file is not None else None
         sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
                                    zone=settings.zone, state_dir=settings.state_dir,
-                                   token=token, acme_dir=acme_dir)
+                                   token=token, acme_dir=acme_dir,
+                                   reserved=reserved_ports(settings))
     route_files = RouteFiles(settings.certs_dir,
                               copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
     resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.core.routes import RoutesError, RouteTable, load_routes
+from agent.core.tcp import TcpRoute
 from agent.gateway.settings import GatewaySettings as Settings
 
 
@@ -35,6 +36,20 @@ def port_conflicts(table: RouteTable, reserved: Mapping[int, str],
     return [f"tcp[{i}].listen: port {route.listen} is {reserved[route.listen]}"
             for i, route in enumerate(table.tcp)
             if route.listen in reserved and (zone is None or route.zone == zone)]
+
+
+def off_reserved(routes: Iterable[TcpRoute], reserved: Mapping[int, str],
+                 ) -> tuple[tuple[TcpRoute, ...], list[str]]:
+    """The controller's tcp routes that keep off the gateway's own ports, and an error naming
+    each other one: it is left out alone (the controller does not know this gateway's ports)."""
+    kept, errors = [], []
+    for route in routes:
+        if route.listen in reserved:
+            errors.append(f"routes file (from the controller) tcp {route.label}: not served "
+                          f"here: port {route.listen} is {reserved[route.listen]}")
+        else:
+            kept.append(route)
+    return tuple(kept), errors
 
 
 def load_for_gateway(path: Path, settings: Settings) -> RouteTable:

@@ -71,8 +71,11 @@ class Reconciler:
         self.clock = clock
         self.wake = asyncio.Event()
         self._routes_stamp: FileStamp | None = None
-        self._file_routes = RouteTable(())
+        # the routes file's; None: the gateway has none (absent at start), and serves the
+        # controller's copy of it (gateway/source.py)
+        self._file_routes: RouteTable | None = RouteTable(())
         self._applied_snapshot: Snapshot = {}
+        self._routes_pending: str | None = None  # why the gateway has no routes yet
         self._applied_routes = RouteTable(())  # as rendered: without refused tcp ports
         self._table = RouteTable(())  # the routes last rendered (_servable())
         self._last_reload_mono: float | None = None
@@ -88,16 +91,31 @@ class Reconciler:
         path = self.settings.routes
         if path is not None:
             self._routes_stamp = stamp(path)
-            self._file_routes = load_for_gateway(path, self.settings)
-            self.metrics.routes_loads.labels("success").inc()
+            if self._routes_stamp is None and self.sources is not None:
+                self._file_routes = None
+                log.info("routes_file_absent file=%s effect=%r", path, "the controller's copy "
+                         "of the routes file is served, and followed without a restart")
+            else:
+                self._file_routes = load_for_gateway(path, self.settings)
+                self.metrics.routes_loads.labels("success").inc()
+        elif self.sources is not None:
+            self._file_routes = None
         self._use_routes()
 
     def _use_routes(self) -> None:
         """The file's routes, merged with the controller's when there is one; then the zone."""
-        table = self._file_routes
         if self.sources is not None:
-            table = self.sources.merge(table)
+            table = self.sources.merge(self._file_routes)
+            self._routes_pending = None if self._file_routes is not None or \
+                self.sources.received is not None else (
+                    f"no routes yet: no routes file here, and the controller "
+                    f"({self.sources.url}) has not answered (nor left a saved copy)")
+        else:
+            assert self._file_routes is not None, "a gateway without a controller has a file"
+            table = self._file_routes
         table = table.for_zone(self.settings.zone)
+        if self._routes_pending is not None or table == self._applied_routes:
+            self.state.routes_pending = self._routes_pending  # else: once nginx serves them
         if self.sources is not None and table != self.state.routes:
             log.info("routes_merged routes=%d", len(table.routes))
         self.state.routes = table
@@ -140,6 +158,7 @@ class Reconciler:
         of, say so, save the endpoints, and let the stores drop the files it no longer uses."""
         self._applied_snapshot = self.state.snapshot
         self._applied_routes = self._table
+        self.state.routes_pending = self._routes_pending
         self.state.applied_generation = rendered.generation
         self.state.last_reload_at = at
         self.state.last_reload_result = "success"

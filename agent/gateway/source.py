@@ -9,8 +9,12 @@ gateway render anything the routes file could not.
 When the controller cannot be reached the gateway keeps the routes it last received, and with
 --state-dir it saves them, so a gateway restarted meanwhile starts with them.
 
-The routes file's routes and the controller's are merged by core/merge.py (docs/labels.md), the
-document is read by core/wire.py.
+The controller serves the routes file's routes too (its own copy of the file, source `routes
+file`, and its tcp routes): a gateway without a routes file of its own serves those as its file's,
+so a change of the file is a new document and a reload here, never a restart. A gateway with a
+file of its own serves its file and takes only the labels' routes from the controller. Either way
+the file's routes and the labels' are merged by core/merge.py (docs/labels.md); the document is
+read by core/wire.py.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.core.aio import Backoff
 from agent.core.files import write_atomic
-from agent.core.merge import Merged, merge_sources
+from agent.core.merge import FILE_SOURCE, Merged, merge_sources
 from agent.core.routes import RouteTable
-from agent.core.wire import Certificate, Received, parse_document, route_item, valid_until
+from agent.core.wire import (
+    Certificate,
+    Received,
+    parse_document,
+    route_item,
+    tcp_item,
+    valid_until,
+)
+from agent.gateway.ports import off_reserved
 
 log = logging.getLogger("agent.gateway.source")
 
-FILE_SOURCE = "routes file"
+__all__ = ["FILE_SOURCE", "ControllerRoutes", "SourceMetrics"]
 _BACKOFF_MAX = 5.0
 START_WAIT = 3.0  # at start, how long the first request to the controller may take
 
@@ -74,7 +86,8 @@ class ControllerRoutes:
                  wait: float = 30.0, state_dir: Path | None = None,
                  on_change: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time, token: str | None = None,
-                 acme_dir: Path | None = None) -> None:
+                 acme_dir: Path | None = None, reserved: Mapping[int, str] | None = None,
+                 ) -> None:
         self.url = url
         self.token = token  # sent as `Authorization: Bearer` (--controller-token-file)
         self.acme_dir = acme_dir  # where the ACME certificates received are written
@@ -92,6 +105,9 @@ class ControllerRoutes:
         self.last_change_at: float | None = None
         self.last_error: str | None = None
         self.merged = Merged(RouteTable(()), (), ())
+        self.reserved = reserved or {}  # the gateway's own ports: no tcp route of the controller's
+        self.file_from: str | None = None  # whose routes file is served: "own", "controller"
+        self.tcp_errors: list[str] = []  # the controller's tcp routes not served here
         self._logged: frozenset[str] = frozenset()
         self._task: asyncio.Task[None] | None = None
 
@@ -241,6 +257,7 @@ class ControllerRoutes:
         doc = {"url": self.url, "zone": self.zone, "saved_at": self.clock(),
                "document": {"version": r.version, "errors": list(r.errors),
                             "routes": [route_item(s, route) for s, route in r.routes],
+                            "tcp": [tcp_item(route) for route in r.tcp],
                             "certificates": [c.item() for c in r.certificates]}}
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -298,19 +315,33 @@ class ControllerRoutes:
 
     # -- merging ---------------------------------------------------------------------------------
 
-    def merge(self, file_routes: RouteTable) -> RouteTable:
-        """The routes file's routes, then the controller's; refused routes are logged once."""
+    def merge(self, file_routes: RouteTable | None) -> RouteTable:
+        """The routes file's routes, then the controller's labels'; refused routes are logged
+        once. `file_routes`: the gateway's own file; None: it has none, and the controller's
+        copy of the file (its http and tcp routes) is served as the file."""
         received = self.received.routes if self.received else ()
-        merged = merge_sources(file_routes, received)
+        labelled = [(s, r) for s, r in received if s != FILE_SOURCE]
+        self.file_from, self.tcp_errors = "own", []
+        if file_routes is None:
+            tcp, self.tcp_errors = off_reserved(self.received.tcp if self.received else (),
+                                                self.reserved)
+            file_routes = RouteTable(tuple(r for s, r in received if s == FILE_SOURCE), tcp)
+            self.file_from = "controller"
+        merged = merge_sources(file_routes, labelled)
         self.merged = merged
-        errors = frozenset(merged.errors) | frozenset(self.received.errors
-                                                      if self.received else ())
+        errors = frozenset(merged.errors) | frozenset(self.errors)
         for error in sorted(errors - self._logged):
             log.error("route_refused %s", error)
         self._logged = errors
         self.metrics.conflicts.set(len(merged.errors))
-        self.metrics.errors.set(len(self.received.errors) if self.received else 0)
-        return replace(merged.table, tcp=file_routes.tcp)  # tcp routes: the file's only
+        self.metrics.errors.set(len(self.errors))
+        return replace(merged.table, tcp=file_routes.tcp)
+
+    @property
+    def errors(self) -> list[str]:
+        """What the controller reported (labels, its routes file), what this gateway refused
+        of its document."""
+        return list(self.received.errors if self.received else ()) + self.tcp_errors
 
     def status(self) -> dict[str, Any]:
         r = self.received
@@ -324,8 +355,11 @@ class ControllerRoutes:
             "last_change_at": self.last_change_at,
             "last_error": self.last_error,
             "routes": len(r.routes) if r else 0,
+            "tcp": len(r.tcp) if r else 0,
+            # whose routes file this gateway serves: its own, or the controller's copy
+            "file_routes": self.file_from,
             "certificates": [c.host for c in r.certificates] if r else [],
-            "errors": list(r.errors) if r else [],
+            "errors": self.errors,
             "conflicts": list(self.merged.errors),
             "served": [{"source": s, "hosts": list(route.hosts), "path": route.path}
                        for s, route in zip(self.merged.sources, self.merged.table.routes,

@@ -46,6 +46,8 @@ class State:
     # (monotonic) readiness waits for them
     first_lookups: set[str] = field(default_factory=set)
     first_lookups_until: float = 0.0
+    # no routes file of its own, and no document from the controller yet (nor a saved one)
+    routes_pending: str | None = None
     draining: bool = False  # told to stop: readiness off while traffic moves away (drain.py)
     tls: TlsPlan | None = None  # certificates per host of the routes with `tls` (gateway/tls.py)
     files: FilesPlan | None = None  # the files routes name: basic_auth, error_page

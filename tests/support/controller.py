@@ -21,6 +21,7 @@ class ControllerProcess:
                  token: str | None = None) -> None:
         self.token = token  # shown on every request but /healthz (--controller-token-file)
         self.port = free_port()
+        self.workdir = workdir
         self.log_file = workdir / "controller.log"
         self.args = [sys.executable, "-m", "agent", "controller", "--docker-url", docker.url,
                      "--controller-listen", f"127.0.0.1:{self.port}", "--log-level", "debug",

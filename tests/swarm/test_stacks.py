@@ -330,11 +330,15 @@ def test_ingress_variant_deploys_as_documented(swarm: Swarm) -> None:
 
 
 def test_docs_and_stacks_agree() -> None:
-    """Every stack file is deployed by a documented command, under the name its header gives."""
-    documented = {re.search(r"stacks/(\S+)\.yml (\S+)", c).groups()  # type: ignore[union-attr]
-                  for c in docs_commands(r"docker stack deploy -c stacks/\S+\.yml \S+")}
+    """Every stack file is deployed by a documented command (an overlay with the stack it
+    goes over: `-c stacks/gateway.yml -c stacks/gateway-routes-file.yml`), which the header of
+    the file (the overlay's, for an overlay) gives."""
+    commands = [c.split("docker stack deploy ", 1)[1] for c in docs_commands(
+        r"(?:[A-Z_]+=\S* )*docker stack deploy (?:-c stacks/\S+\.yml )+\S+")]
+    documented = {f for c in commands for f in re.findall(r"-c stacks/(\S+)\.yml", c)}
     stack_files = {p.stem for p in (ROOT / "stacks").glob("*.yml")} - {"routes"}
-    assert {f for f, _ in documented} == stack_files
-    for file, name in documented:
+    assert documented == stack_files
+    for command in commands:
+        file = re.findall(r"-c stacks/(\S+)\.yml", command)[-1]
         header = Path(ROOT / "stacks" / f"{file}.yml").read_text(encoding="utf-8")
-        assert f"docker stack deploy -c stacks/{file}.yml {name}" in header
+        assert f"docker stack deploy {command}" in header

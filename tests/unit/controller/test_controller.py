@@ -24,8 +24,8 @@ from agent.controller.acme import AcmeManager
 from agent.controller.acme_client import issued_from_pem
 from agent.controller.app import make_app
 from agent.controller.labels import Service
-from agent.controller.main import FileRoutes
 from agent.controller.metrics import ControllerMetrics
+from agent.controller.routesfile import RoutesFile
 from agent.controller.sync import Controller
 from agent.core.routes import parse_routes
 from agent.gateway.source import ControllerRoutes, SourceMetrics
@@ -548,27 +548,31 @@ async def test_a_label_route_the_gateways_refuse_gets_no_certificate(docker: Doc
     docker.put("shop_web", {**ACME_WEB, "gateway.path": "/api"})
     docker.put("dmz_www", ACME_DMZ)
     async with acme_controller(docker, tmp_path) as (c, _, _):
-        c.file_routes = FileRoutes(routes_file)
-        c.acme_wanted()
+        c.file_routes = RoutesFile(routes_file)
+        await c.sync()  # lists the services, reads the file, tells ACME what is wanted
         assert c.acme is not None
         assert sorted(c.acme.wanted) == ["www.example.com"]
 
 
 async def test_the_controller_refuses_a_label_under_a_routes_file_name_and_says_why(
-        docker: Docker) -> None:
+        docker: Docker, tmp_path: Path) -> None:
     """With the routes file (--routes), the controller refuses a label route on one of its
     names, any path, and reports it in its own /status, as the gateways do in theirs."""
     docker.put("shop_web", WEB)
     docker.put("shop_login", {**WEB, "gateway.hosts": "www.example.com",
                               "gateway.path": "/login"})
-    c = Controller(docker.list_services, ControllerMetrics(), file_routes=lambda: FILE)
+    routes_file = tmp_path / "routes.yml"
+    routes_file.write_text(json.dumps({"routes": [r.model_dump(exclude_none=True)
+                                                  for r in FILE.routes]}))
+    c = Controller(docker.list_services, ControllerMetrics(), file_routes=RoutesFile(routes_file))
     await c.sync()
     async with TestClient(TestServer(make_app(c))) as client:
         status, body, _ = await get(client)
         assert status == 200
         assert body is not None
-        # the file's own routes are not in the document: the gateways have the file
-        assert [i["source"] for i in body["routes"]] == ["service shop_web"]
+        # the file's own routes first: the gateways without a routes file serve them
+        assert [i["source"] for i in body["routes"]] == ["routes file", "routes file",
+                                                         "service shop_web"]
         error = ("service shop_login: not routed: 'www.example.com' belongs to the routes "
                  "file, every path under it included")
         assert body["errors"] == [error]

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.core.merge import merge
 from agent.core.routes import Route, parse_routes
-from agent.core.wire import parse_document, route_item
+from agent.core.tcp import TcpRoute
+from agent.core.wire import parse_document, route_item, tcp_item
 from agent.gateway.source import FILE_SOURCE, ControllerRoutes, SourceMetrics
 from tests.support.tlsca import TestCA
 
@@ -316,3 +317,100 @@ async def test_the_saved_state_keeps_the_certificates_private(
     assert [(c.host, c.chain, c.key) for c in restarted.received.certificates] == [
         ("a.example.com", a["chain"], a["key"])]
     assert (tmp_path / "acme-restarted" / "a.example.com.key").read_text() == a["key"]
+
+
+# -- the routes file through the controller: its http and tcp routes -------------------------
+
+
+def tcp_route(listen: int, **extra: Any) -> TcpRoute:
+    (r,) = parse_routes({"tcp": [{"listen": listen, "service": "db", "port": 5432,
+                                  **extra}]}).tcp
+    return r
+
+
+def test_tcp_routes_survive_the_trip_through_json_unchanged() -> None:
+    routes = [tcp_route(5432, allow=["10.0.0.0/8"], balance="least_conn", idle_timeout="1h",
+                        proxy_protocol=True, zone="dmz"),
+              tcp_route(9443, sni=["a.example.com", "*.b.example.com"], connect_timeout="2s")]
+    received = parse_document({**doc(), "tcp": [tcp_item(r) for r in routes]})
+    assert received.tcp == tuple(routes)
+    assert received.errors == ()
+
+
+@pytest.mark.parametrize(("item", "error"), [
+    ({"listen": 5432, "service": "db", "port": 5432, "allow": ["10.0.0.0/8;"]},
+     "allow[0]: '10.0.0.0/8;'"),
+    ({"listen": 9443, "sni": ["a.example.com;\n}"], "service": "db", "port": 1},
+     "sni[0]: 'a.example.com;\\n}'"),
+    ({"listen": 9443, "sni": ["default"], "service": "db", "port": 1}, "sni[0]: 'default'"),
+    ({"listen": 70000, "service": "db", "port": 1}, "listen: 70000"),
+    ({"listen": 2222, "service": "db } server {", "port": 1}, "service: 'db } server {'"),
+    ({"listen": 2222, "service": "db", "port": 1, "include": "/etc/passwd"},
+     "include: unknown field"),
+    ("listen 22", "(top level): Input should be a valid dictionary"),
+])
+def test_a_hostile_tcp_route_is_refused_alone_at_its_place(item: Any, error: str) -> None:
+    good = tcp_route(5432)
+    received = parse_document({**doc(), "tcp": [tcp_item(good), item]})
+    assert received.tcp == (good,)
+    (said,) = received.errors
+    assert said.startswith(f"controller tcp[1]: refused by the gateway: {error}"), said
+
+
+def test_tcp_routes_that_conflict_keep_the_first_and_name_both() -> None:
+    items = [tcp_item(tcp_route(5432)), {"listen": 5432, "service": "x", "port": 1},
+             tcp_item(tcp_route(9443, sni=["a.example.com"])),
+             tcp_item(tcp_route(9443, sni=["a.example.com"]))]
+    received = parse_document({**doc(), "tcp": ["bad", *items]})
+    assert [(r.listen, r.service) for r in received.tcp] == [(5432, "db"), (9443, "db")]
+    assert received.errors[1:] == (
+        "controller tcp: refused by the gateway: tcp[2].listen: port 5432 is also tcp[1]'s; "
+        "tcp[1] has no 'sni' and takes every connection to it: a port is one plain route, or "
+        "shared by routes that each give their 'sni'",
+        "controller tcp: refused by the gateway: tcp[4].sni[0]: 'a.example.com' on port 9443 "
+        "is already tcp[3]'s")
+
+
+def test_tcp_that_is_not_a_list_refuses_the_document() -> None:
+    with pytest.raises(ValueError, match="'tcp' must be a list"):
+        parse_document({**doc(), "tcp": {"listen": 22}})
+
+
+FILE_DOC = {**doc(route_item(FILE_SOURCE, route(["shop.example.com"], "shop")),
+                  route_item(FILE_SOURCE, route(["www.example.com"], "site", zone="dmz")),
+                  route_item("service blog", route(["blog.example.com"], "blog"))),
+            "tcp": [tcp_item(tcp_route(5432)), tcp_item(tcp_route(9180))]}
+
+
+def received_source(document: dict[str, Any]) -> ControllerRoutes:
+    source = ControllerRoutes("http://controller/routes", SourceMetrics(CollectorRegistry()),
+                              reserved={9180: "the agent's admin port (--admin-listen)"})
+    source._use(parse_document(document), saved=False)
+    return source
+
+
+def test_a_gateway_without_a_file_serves_the_controller_s_copy_of_it() -> None:
+    source = received_source(FILE_DOC)
+    table = source.merge(None)
+    assert [r.hosts for r in table.routes] == [("shop.example.com",), ("www.example.com",),
+                                               ("blog.example.com",)]
+    assert source.merged.sources == (FILE_SOURCE, FILE_SOURCE, "service blog")
+    assert [r.listen for r in table.tcp] == [5432]
+    status = source.status()
+    assert status["file_routes"] == "controller"
+    assert status["errors"] == ["routes file (from the controller) tcp :9180: not served here: "
+                                "port 9180 is the agent's admin port (--admin-listen)"]
+    assert [s["source"] for s in status["served"]] == [FILE_SOURCE, FILE_SOURCE, "service blog"]
+    assert table.for_zone("dmz").routes == (table.routes[1],)
+
+
+def test_a_gateway_with_its_own_file_takes_only_the_labels_from_the_controller() -> None:
+    source = received_source(FILE_DOC)
+    own = parse_routes({"routes": [{"hosts": ["own.example.com"], "service": "own",
+                                    "port": 80}],
+                        "tcp": [{"listen": 2222, "service": "git", "port": 22}]})
+    table = source.merge(own)
+    assert [r.hosts for r in table.routes] == [("own.example.com",), ("blog.example.com",)]
+    assert table.tcp == own.tcp
+    assert source.status()["file_routes"] == "own"
+    assert source.status()["errors"] == []
