@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 from typing import Any
@@ -31,6 +30,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from agent.controller.sync import Controller
 from agent.core.dashboard import add_page
 from agent.core.fields import ZONE_RE
+from agent.core.settings import bearer_matches
 
 WAIT_MAX = 300.0
 
@@ -82,10 +82,10 @@ def make_app(c: Controller) -> web.Application:
         (`?zone=` of that zone), and /readyz."""
         if c.token is None:
             return True
-        given = request.headers.get("Authorization", "").encode()
-        allowed = hmac.compare_digest(given, f"Bearer {c.token}".encode())
+        given = request.headers.get("Authorization", "")
+        allowed = bearer_matches(given, c.token)
         for zone, token in c.zone_tokens:  # each compared: the time tells nothing
-            if hmac.compare_digest(given, f"Bearer {token}".encode()):
+            if bearer_matches(given, token):
                 allowed |= request.path == "/readyz" or (
                     request.path in ("/routes", "/status") and
                     request.query.getall("zone", []) == [zone])

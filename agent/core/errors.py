@@ -8,6 +8,7 @@ a plain name is quoted, so a file cannot break the line or forge a place.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable
 
 from pydantic import ValidationError
@@ -24,9 +25,16 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
+# a list or mapping is quoted as far as 80 characters show it, never walked whole: a value may
+# be large (a YAML alias repeats a whole structure), and its repr would cost as much
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 20, 20, 20, 20
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 100
+
+
 def shown(value: object) -> str:
     """A value as an error message quotes it: repr, at most 80 characters."""
-    text = repr(value)
+    text = repr(value) if isinstance(value, str | int | float | None) else _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -44,3 +44,22 @@ def stamp(path: Path) -> FileStamp | None:
     except OSError:
         return None
     return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+MiB = 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A file with more bytes than its reader takes."""
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, reading at most `limit` + 1 of them: TooLarge when there are more
+    (a file that never ends, a link to /dev/zero, costs no more than the limit). OSError when
+    it cannot be read."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        size = f"{limit // MiB} MiB" if limit % MiB == 0 else f"{limit} bytes"
+        raise TooLarge(f"larger than {size}")
+    return data

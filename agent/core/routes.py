@@ -46,6 +46,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
+from agent.core.files import MiB, TooLarge, read_bounded
 from agent.core.options import (
     BasicAuth,
     Headers,
@@ -318,9 +319,19 @@ def parse_routes_text(text: str, source: str = "routes") -> RouteTable:
     return parse_routes(data, source)
 
 
+# a routes file holds at most this much (10,000 routes are about 1 MiB)
+MAX_ROUTES_FILE = 4 * MiB
+
+
+class RoutesUnreadable(RoutesError):
+    """The routes file could not be read (its text was not reached): a reader may try again."""
+
+
 def load_routes(path: Path) -> RouteTable:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_bounded(path, MAX_ROUTES_FILE).decode("utf-8")
+    except OSError as exc:
+        raise RoutesUnreadable(str(path), [f"cannot read: {exc}"]) from None
+    except (TooLarge, UnicodeDecodeError) as exc:
         raise RoutesError(str(path), [f"cannot read: {exc}"]) from None
     return parse_routes_text(text, str(path))

@@ -10,6 +10,7 @@ parse is reported with the flag or the variable it came from, every bad value at
 from __future__ import annotations
 
 import argparse
+import hmac
 import ipaddress
 import os
 import re
@@ -171,6 +172,14 @@ def read_token(path: Path, flag: str = "--controller-token-file") -> str:
                             "at least 16 printable characters without spaces "
                             "(e.g. `openssl rand -hex 32`)")
     return token
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether an `Authorization` header (as aiohttp gives it: bytes that are not UTF-8 kept
+    as surrogates) is `Bearer TOKEN`, compared in constant time. Any bytes are only a wrong
+    token: 401, never an error."""
+    given = header.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
 def zone_token_files(value: str) -> tuple[tuple[str, Path], ...]:

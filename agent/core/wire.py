@@ -28,6 +28,9 @@ from agent.core.tcp import TcpRoute, parse_tcp_item, refusals
 
 SOURCE_RE = re.compile(r"[ -~]{1,200}")  # printable ASCII: shown in logs and /status only
 _ERROR_MAX = 500
+# the document a gateway takes from the controller (10,000 routes and a thousand certificates
+# are about 10 MiB): a reader stops there and refuses it
+MAX_DOCUMENT = 32 * 1024 * 1024
 _PEM_MAX = 64 * 1024  # a chain of a few certificates is a few KiB
 
 

@@ -2,6 +2,14 @@
 
 YAML keeps the last of two equal keys without a word; a routes file or a cluster file must not
 (a second `port:` would win unseen). Errors name the line and column, on one line.
+
+An alias repeats what its anchor holds, and aliases of aliases multiply it: 500 bytes of nested
+aliases ("billion laughs") are 9**9 values once a reader walks them, which costs minutes and
+gigabytes to whatever reads the document next (the model, an error message quoting a value).
+The loader counts, while it composes, how many nodes the aliases add once expanded, and refuses
+a document where they add more than the file writes plus ALIAS_NODES. An alias inside its own
+anchor (a structure that contains itself) is refused too. Composing stays as cheap as the text:
+an alias is one shared node, only its size is counted.
 """
 
 from __future__ import annotations
@@ -16,7 +24,46 @@ class YamlError(ValueError):
     """Text that is not YAML the programs take; the message names the line and column."""
 
 
+# what aliases may add beyond the nodes the file writes (anchors of defaults merged into every
+# route add about as much as they take to write)
+ALIAS_NODES = 10_000
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> its nodes with every alias expanded
+        self._written = 0  # nodes the text writes
+        self._aliased = 0  # nodes the aliases add
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        alias = self.check_event(yaml.AliasEvent)
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if alias:  # the anchor's node (an error names the anchor's place)
+            size = self._sizes.get(id(node))
+            if size is None:  # not finished: the alias is inside it
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias of this anchor inside it: a structure that "
+                    "contains itself", node.start_mark)
+            self._aliased += size
+            if self._aliased > self._written + ALIAS_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases repeat more than the file holds ({self._written} "
+                    f"nodes written, {self._aliased} more through aliases, at most "
+                    f"{ALIAS_NODES} more than written): refused as an alias bomb",
+                    node.start_mark)
+            return node
+        self._written += 1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in children)
+        return node
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys: dict[Any, Any] = {}
         for key_node, _ in node.value:

@@ -13,7 +13,6 @@ HEAD answers with the status code only (aiohttp drops the body for HEAD).
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent import __version__
 from agent.core.dashboard import PREFIX, add_page
+from agent.core.settings import bearer_matches
 from agent.core.vrrp import vrrp_status
 from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import Nginx
@@ -153,12 +153,11 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
 
     @web.middleware
     async def authorized(request: web.Request, handler: Any) -> web.StreamResponse:
-        if token is not None and not is_open(request.path):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-                metrics.admin_unauthorized.inc()
-                raise web.HTTPUnauthorized(text="a token is needed (--admin-token-file)\n",
-                                           headers={"WWW-Authenticate": "Bearer"})
+        if token is not None and not is_open(request.path) and \
+                not bearer_matches(request.headers.get("Authorization", ""), token):
+            metrics.admin_unauthorized.inc()
+            raise web.HTTPUnauthorized(text="a token is needed (--admin-token-file)\n",
+                                       headers={"WWW-Authenticate": "Bearer"})
         response: web.StreamResponse = await handler(request)
         return response
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +112,28 @@ class Layout:
         conf_dir = settings.nginx_conf_dir
         return cls(conf_dir / "nginx.conf", conf_dir / "conf.d" / "default.conf", None,
                    include_line=f"include {conf_dir}/conf.d/*.conf;")
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What the child runs before exec: the kernel sends it SIGTERM when `parent` dies (a
+    SIGKILLed agent would otherwise leave nginx serving, holding the ports: its own session
+    keeps it from the agent's signals). SIGTERM is nginx's fast shutdown: the master ends its
+    workers, which no signal of the kernel reaches. Linux only; elsewhere None. The function
+    only calls prctl and getppid: safe between fork and exec."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the agent died before that: stop at once
+            os._exit(1)
+
+    return set_death_signal
 
 
 def _accepting(workers: set[int]) -> list[int]:
@@ -265,6 +289,8 @@ class Nginx:
     # -- the process -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """nginx as the agent's child, in a session of its own, told by the kernel to stop
+        (SIGTERM: its workers with it) when the agent dies, even killed outright."""
         # with JSON logs nginx's own lines go through the log too (agent.core.logs.relay_nginx);
         # with text logs nginx writes to the agent's stderr itself, as it always did
         read_end, write_end = os.pipe() if self.settings.log_format == "json" else (-1, -1)
@@ -272,7 +298,8 @@ class Nginx:
             # its own process group, so that kill_leftovers() can reach workers it orphans
             self.process = await asyncio.create_subprocess_exec(
                 *self._base_args(), "-g", "daemon off; master_process on;",
-                start_new_session=True, stderr=write_end if write_end >= 0 else None)
+                start_new_session=True, stderr=write_end if write_end >= 0 else None,
+                preexec_fn=_dies_with(os.getpid()))
         except OSError as exc:
             if read_end >= 0:
                 os.close(read_end)

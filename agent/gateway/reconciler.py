@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from agent.core.aio import Backoff, first
 from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
-from agent.core.routes import RoutesError, RouteTable, Target
+from agent.core.routes import RoutesError, RoutesUnreadable, RouteTable, Target
 from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
 from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.metrics import Metrics
@@ -35,6 +35,7 @@ from agent.gateway.tls import Certificates
 log = logging.getLogger("agent.gateway.reconciler")
 
 _RETRY_FAILED_MAX = 60.0
+_RETRY_UNREADABLE_MAX = 30.0  # seconds between reads of a routes file that cannot be read
 # seconds after nginx starts before a gateway whose upstreams nginx resolves is ready: without
 # the agent's resolver, its first lookups have been answered or have timed out by then
 # (resolver_timeout 1s); with it, readiness waits until nginx has asked for every name, and at
@@ -74,6 +75,9 @@ class Reconciler:
         # the routes file's; None: the gateway has none (absent at start), and serves the
         # controller's copy of it (gateway/source.py)
         self._file_routes: RouteTable | None = RouteTable(())
+        # a routes file that could not be read is tried again (its stamp does not tell)
+        self._routes_retry = Backoff(settings.poll_interval, _RETRY_UNREADABLE_MAX)
+        self._routes_retry_at: float | None = None
         self._applied_snapshot: Snapshot = {}
         self._routes_pending: str | None = None  # why the gateway has no routes yet
         self._applied_routes = RouteTable(())  # as rendered: without refused tcp ports
@@ -128,17 +132,26 @@ class Reconciler:
         if path is None:
             return
         current = stamp(path)
-        if current == self._routes_stamp:
+        retry = self._routes_retry_at
+        if current == self._routes_stamp and (retry is None or self.clock() < retry):
             return
         self._routes_stamp = current
         try:
             table = load_for_gateway(path, self.settings)
         except RoutesError as exc:
+            # not read at all (no descriptor left, a moment without the file): read it again
+            # then, not only when it changes
+            unreadable = isinstance(exc, RoutesUnreadable)
+            delay = self._routes_retry.failed() if unreadable else 0.0
+            self._routes_retry_at = self.clock() + delay if unreadable else None
             self.state.routes_error = str(exc)
             self.metrics.routes_loads.labels("invalid").inc()
-            log.error("routes_refused file=%s errors=%d keeping=%d detail=%r", path,
-                      len(exc.errors), len(self.state.routes.routes), str(exc))
+            log.error("routes_refused file=%s errors=%d keeping=%d detail=%r%s", path,
+                      len(exc.errors), len(self.state.routes.routes), str(exc),
+                      f" retry_in={delay:.0f}s" if unreadable else "")
             return
+        self._routes_retry.reset()
+        self._routes_retry_at = None
         self.state.routes_error = None
         self.metrics.routes_loads.labels("success").inc()
         if table != self._file_routes:

@@ -33,10 +33,11 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.core.aio import Backoff
-from agent.core.files import write_atomic
+from agent.core.files import TooLarge, read_bounded, write_atomic
 from agent.core.merge import FILE_SOURCE, Merged, merge_sources
 from agent.core.routes import RouteTable
 from agent.core.wire import (
+    MAX_DOCUMENT,
     Certificate,
     Received,
     parse_document,
@@ -51,6 +52,19 @@ log = logging.getLogger("agent.gateway.source")
 __all__ = ["FILE_SOURCE", "ControllerRoutes", "SourceMetrics"]
 _BACKOFF_MAX = 5.0
 START_WAIT = 3.0  # at start, how long the first request to the controller may take
+
+
+async def _body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, read no further than `limit` bytes: TooLarge (a ValueError) past it,
+    however long the peer goes on sending."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TooLarge(f"the routes document is larger than {limit // 1024**2} MiB")
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise TooLarge(f"the routes document is larger than {limit // 1024**2} MiB")
+    return bytes(data)
 
 
 class SourceMetrics:
@@ -140,7 +154,7 @@ class ControllerRoutes:
                 if resp.status != 200:
                     body = (await resp.text(errors="replace"))[:200]
                     raise ValueError(f"HTTP {resp.status}: {' '.join(body.split())}")
-                received = parse_document(await resp.json(content_type=None))
+                received = parse_document(json.loads(await _body(resp, MAX_DOCUMENT)))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self._failed(exc)
             return False
@@ -236,7 +250,8 @@ class ControllerRoutes:
         if self.state_file is None:
             return
         try:
-            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+            # (written indented: room for the whitespace)
+            doc = json.loads(read_bounded(self.state_file, 2 * MAX_DOCUMENT))
             if doc.get("url") != self.url or doc.get("zone") != self.zone:
                 log.info("routes_source_saved_ignored file=%s reason='another url or zone'",
                          self.state_file)

@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.routes import RoutesError, Target, load_routes, parse_routes, parse_routes_text
+from agent.core.routes import (
+    MAX_ROUTES_FILE,
+    RoutesError,
+    RoutesUnreadable,
+    Target,
+    load_routes,
+    parse_routes,
+    parse_routes_text,
+)
+from agent.core.yamlfile import ALIAS_NODES
 
 EXAMPLE = """
 routes:
@@ -144,6 +153,49 @@ def test_yaml_problems_name_the_line() -> None:
     with pytest.raises(RoutesError) as info:
         parse_routes_text("routes: !!python/object/apply:os.system ['true']\n")
     assert "invalid YAML" in info.value.errors[0]
+
+
+def test_aliases_may_repeat_what_the_file_holds_but_not_multiply_it() -> None:
+    """A routes file may name a list once and repeat it; nested aliases that would expand to
+    more than the file writes (plus ALIAS_NODES) are refused while the text is read, and so is
+    a structure that contains itself. Either costs no more than the text."""
+    hosts = ", ".join(f"h{i}.example.com" for i in range(50))
+    table = parse_routes_text(
+        f"routes:\n  - {{hosts: &hosts [{hosts}], service: s, port: 80}}\n" + "".join(
+            f"  - {{hosts: *hosts, path: /p{i}, service: s{i}, port: 80}}\n"
+            for i in range(40)))
+    assert len(table.routes) == 41
+    assert table.routes[40].hosts == table.routes[0].hosts
+    levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 30)]
+    bomb = "\n".join(levels) + "\nroutes: [{hosts: [a], service: a, port: *l29}]\n"
+    (error,) = errors_of_text(bomb)
+    assert error.startswith("line 4 column 5: invalid YAML: aliases repeat more than the file "
+                            "holds (18 nodes written, 15670 more through aliases, at most "
+                            f"{ALIAS_NODES} more than written)"), error
+    (error,) = errors_of_text("routes: &r [{hosts: [a], service: a, port: 1, x: *r}]\n")
+    assert error == ("line 1 column 9: invalid YAML: an alias of this anchor inside it: a "
+                     "structure that contains itself")
+
+
+def errors_of_text(text: str) -> list[str]:
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text(text)
+    return info.value.errors
+
+
+def test_a_routes_file_is_read_up_to_its_bound(tmp_path: Path) -> None:
+    endless = tmp_path / "routes.yml"
+    endless.symlink_to("/dev/zero")
+    with pytest.raises(RoutesError) as info:
+        load_routes(endless)
+    assert info.value.errors == ["cannot read: larger than 4 MiB"]
+    assert info.value.source == str(endless)
+    assert MAX_ROUTES_FILE == 4 * 1024 * 1024
+    # what cannot be read at all is told apart: a reader tries it again (a changed file is
+    # read anew anyway)
+    with pytest.raises(RoutesUnreadable):
+        load_routes(tmp_path)
 
 
 def test_an_empty_route_list_is_valid() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 from agent.core.routes import parse_routes
@@ -285,3 +286,27 @@ async def wait_for_async(condition: Callable[[], bool], what: str, within: float
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_routes_file_that_cannot_be_read_is_tried_again_with_backoff(
+        tmp_path: Path) -> None:
+    """Unreadable (here a directory where the file was: its stamp stays the same while it is
+    one): read again after 1, 2, 4, 8 s... not every cycle, and at once when it changes."""
+    routes = tmp_path / "routes.yml"
+    routes.write_text("routes: [{hosts: [app.example], service: app, port: 80}]\n")
+    rig = Rig()
+    rig.settings = rig.reconciler.settings = Settings(upstream_mode="static", routes=routes)
+    rig.reconciler.load_initial_routes()
+    await started(rig)
+    routes.unlink()
+    routes.mkdir()
+    for second in range(1, 21):
+        status = await rig.cycle(float(second))
+        assert "routes file refused: " in status, status
+        assert "Is a directory" in status, status
+    # read at 1, then retried at 2, 4, 8 and 16
+    assert rig.sample("gateway_routes_loads_total", result="invalid") == 5
+    routes.rmdir()
+    routes.write_text("routes: [{hosts: [app.example, b.example], service: app, port: 80}]\n")
+    assert (await rig.cycle(20.5)).startswith("reloaded")
+    assert rig.reconciler.state.routes_error is None

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from agent.core.merge import merge
 from agent.core.routes import Route, parse_routes
 from agent.core.tcp import TcpRoute
-from agent.core.wire import parse_document, route_item, tcp_item
+from agent.core.wire import MAX_DOCUMENT, parse_document, route_item, tcp_item
 from agent.gateway.source import FILE_SOURCE, ControllerRoutes, SourceMetrics
 from tests.support.tlsca import TestCA
 
@@ -287,6 +287,38 @@ async def test_certificates_received_are_written_where_tls_reads_them(
     controller.document = {**doc(), "version": "v4", "certificates": [a]}
     assert await fetch(source)
     assert sorted(p.name for p in acme.iterdir()) == ["a.example.com.crt", "a.example.com.key"]
+
+
+async def test_a_document_past_the_bound_is_refused_however_it_is_sent(tmp_path: Path) -> None:
+    """A peer may send a valid document behind any amount of whitespace, with or without a
+    Content-Length: the gateway reads MAX_DOCUMENT bytes and refuses it, keeping its routes."""
+    item = route_item("service a", route(["a.example.com"], "a"))
+    body = json.dumps(doc(item)).encode()
+
+    async def padded(request: web.Request) -> web.StreamResponse:
+        pad = b" " * (MAX_DOCUMENT + 1 - len(body) + int(request.query.get("short", "0")))
+        if "chunked" not in request.query:
+            return web.Response(body=pad + body, content_type="application/json")
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(pad), 1024 * 1024):
+            await response.write(pad[start:start + 1024 * 1024])
+        await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/routes", padded)
+    async with TestServer(app) as server:
+        for query in ("", "?chunked=1"):
+            source = gateway(str(server.make_url("/routes" + query)), tmp_path, token=TOKEN)
+            assert not await fetch(source), query
+            assert source.status()["last_error"] == (
+                "TooLarge: the routes document is larger than 32 MiB"), query
+        # one byte less: the same document is taken
+        source = gateway(str(server.make_url("/routes?short=-1")), tmp_path)
+        assert await fetch(source)
+        assert [r.service for r in source.merge(parse_routes({"routes": []})).routes] == ["a"]
 
 
 async def test_without_the_token_nothing_is_received(controller: FakeController,
