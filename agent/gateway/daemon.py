@@ -23,7 +23,8 @@ from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.drain import wait_for_handover
 from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
 from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
+from agent.gateway.nginx import ApplyError, Nginx, NginxDied
+from agent.gateway.nginxversion import NginxTooOld, nginx_version
 from agent.gateway.ports import reserved_ports
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.render import Renderer

@@ -17,10 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
-import re
-import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -56,38 +53,6 @@ class ApplyError(RuntimeError):
 
 class NginxDied(RuntimeError):
     """The nginx master exited while the agent was running (fatal: the task restarts)."""
-
-
-# `server NAME resolve` in upstreams (1.27.3) and keepalive_min_timeout (1.27.4)
-MINIMUM_VERSION = (1, 27, 4)
-
-
-class NginxTooOld(RuntimeError):
-    """The nginx binary is missing or older than MINIMUM_VERSION (fatal, with what was found)."""
-
-
-def nginx_version(binary: str) -> tuple[int, int, int]:
-    """The version `binary -v` reports; NginxTooOld when it is older than the gateway needs."""
-    need = ".".join(map(str, MINIMUM_VERSION))
-    try:
-        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10,
-                             check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NginxTooOld(f"cannot run {binary}: {exc}; the gateway needs nginx {need} or "
-                          "newer") from None
-    said = (out.stderr + out.stdout).strip()
-    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", said)
-    if m is None:
-        raise NginxTooOld(f"{binary} -v said {said[:120]!r}, not a version; the gateway needs "
-                          f"nginx {need} or newer")
-    found = (int(m[1]), int(m[2]), int(m[3]))
-    if found < MINIMUM_VERSION:
-        where = shutil.which(binary) or binary
-        raise NginxTooOld(f"{where} is nginx {'.'.join(map(str, found))}; the gateway needs "
-                          f"nginx {need} or newer (upstream `server ... resolve` and "
-                          "keepalive_min_timeout); scripts/setup.sh installs one, the image "
-                          "has one")
-    return found
 
 
 @dataclass(frozen=True)
