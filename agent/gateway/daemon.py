@@ -24,7 +24,7 @@ from agent.gateway.metrics import Metrics
 from agent.gateway.nginx import ApplyError, Nginx, NginxDied, NginxTooOld, nginx_version
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.render import Renderer
-from agent.gateway.routefiles import RouteFiles, copies_dir
+from agent.gateway.routefiles import copies_dir, for_gateway
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from agent.gateway.state import State
@@ -87,8 +87,8 @@ def build(settings: GatewaySettings, access_log: str | None = None,
         sources = ControllerRoutes(settings.routes_url, SourceMetrics(metrics.registry),
                                    zone=settings.zone, state_dir=settings.state_dir,
                                    token=token, acme_dir=acme_dir)
-    route_files = RouteFiles(settings.certs_dir,
-                              copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
+    route_files = for_gateway(settings, copies_dir(settings.nginx_prefix,
+                                                   settings.nginx_conf_dir))
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
                             certificates=certificates, sources=sources, route_files=route_files)
     if sources is not None:
