@@ -102,9 +102,8 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
         else None
     with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
         tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
+        # (a refused file is logged as `run` logs it: the event line on stderr)
         files = for_gateway(s, Path(tmp, "files")).plan(table)
-        for refused in files.errors if files is not None else ():  # as `run` would log them
-            print(f"warning: {refused.name} refused: {refused.error}", file=sys.stderr)
         return make_renderer(s, access_log).render(
             table, snapshot, tls=tls, acme=acme_target(s.routes_url, table), files=files)
 

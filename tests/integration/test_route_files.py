@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,3 +110,32 @@ def test_no_route_serves_a_secret_of_the_gateway(
     copies = [p for p in (workdir / "nginx" / "route-files").rglob("*") if p.is_file()]
     assert len(copies) == 2
     assert {p.stat().st_mode & 0o777 for p in copies} == {0o400 if os.geteuid() == 0 else 0o600}
+
+
+def test_render_reads_route_files_as_run_does(tmp_path: Path) -> None:
+    """`gateway-agent render` goes through the same reading: the page of --route-files-dir is in
+    the configuration, a link to a secret is refused and said on stderr, and --certs-dir is
+    never read for a route's file."""
+    certs, files = tmp_path / "secrets", tmp_path / "route-files"
+    certs.mkdir()
+    files.mkdir()
+    (certs / "admin-token").write_text(TOKEN)
+    (files / "page.html").write_text(PAGE)
+    (files / "link.html").symlink_to(certs / "admin-token")
+    routes = write_routes(tmp_path / "routes.yaml", [
+        route("page", 80, maintenance=True, error_page="page.html"),
+        route("link", 80, maintenance=True, error_page="link.html")])
+    done = subprocess.run([sys.executable, "-m", "agent", "render", "--routes", str(routes),
+                           "--certs-dir", str(certs), "--route-files-dir", str(files)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"error_page_refused file=link.html error=\"link.html: a symbolic "
+                           f"link: a route's file is read only as a file of {files} itself, "
+                           "never through a link (error_page of link/)\" effect=\"its routes "
+                           "answer nginx's own error text\"\n")
+    assert done.stdout.count("error_page 502 503 504 /.gateway-error-pages/") == 1
+    same = subprocess.run([sys.executable, "-m", "agent", "render", "--routes", str(routes),
+                           "--certs-dir", str(files), "--route-files-dir", str(files)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "is (or is inside)" in same.stderr
+    assert "error_page 502" not in same.stdout
