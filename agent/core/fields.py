@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -156,6 +157,25 @@ def _cert_file(value: str) -> str:
     return value
 
 
+# A file a route names (gateway/routefiles.py): a plain file name in --route-files-dir, never
+# in --certs-dir, whose ending says what it is for. A page is served to anyone; a password file
+# never is: a page cannot name a password file, nor a password file a page.
+ROUTE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+ROUTE_FILE_ENDINGS = {"error_page": ".html", "basic_auth": ".htpasswd"}
+
+
+def _route_file(field: str) -> Callable[[str], str]:
+    ending = ROUTE_FILE_ENDINGS[field]
+
+    def check(value: str) -> str:
+        if not ROUTE_FILE_RE.fullmatch(value) or ".." in value or not value.endswith(ending):
+            raise ValueError(f"{_shown(value)} is not a file name {field} takes (a file of "
+                             "--route-files-dir: letters, digits, '_', '.', '-', starting "
+                             f"alphanumeric, ending in {ending}; no '/' or '..')")
+        return value
+    return check
+
+
 def _hsts(value: object) -> int:
     if value is True:
         return HSTS_DEFAULT
@@ -215,6 +235,9 @@ def _realm(value: str) -> str:
 
 
 CertFile = Annotated[str, BeforeValidator(strict_str), AfterValidator(_cert_file)]
+PageFile = Annotated[str, BeforeValidator(strict_str), AfterValidator(_route_file("error_page"))]
+HtpasswdFile = Annotated[str, BeforeValidator(strict_str),
+                         AfterValidator(_route_file("basic_auth"))]
 Realm = Annotated[str, BeforeValidator(strict_str), AfterValidator(_realm)]
 Network = Annotated[str, BeforeValidator(_network)]
 HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]

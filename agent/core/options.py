@@ -17,15 +17,16 @@ from pydantic import (
 )
 
 from agent.core.errors import shown as _shown
-from agent.core.fields import HOST_RE, CertFile, Realm, check_path, strict_str
+from agent.core.fields import HOST_RE, HtpasswdFile, Realm, check_path, strict_str
 
 
 class BasicAuth(BaseModel):
-    """HTTP basic authentication against an htpasswd file in --certs-dir (gateway/routefiles.py)."""
+    """HTTP basic authentication against an htpasswd file in --route-files-dir
+    (gateway/routefiles.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    file: CertFile
+    file: HtpasswdFile
     realm: Realm = "restricted"
 
 

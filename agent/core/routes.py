@@ -34,10 +34,10 @@ from agent.core.fields import (
     ERROR_PAGES_PATH,
     Balance,
     Bytes,
-    CertFile,
     DnsName,
     HostName,
     Network,
+    PageFile,
     PathPrefix,
     Seconds,
     ServiceName,
@@ -132,8 +132,8 @@ class Route(BaseModel):
     headers: Headers | None = None
     compress: bool = Field(default=False, strict=True)  # gzip text answers for clients that ask
     sticky: Annotated[Sticky | None, BeforeValidator(as_sticky)] = None
-    # an HTML page in --certs-dir for the 502, 503 and 504 nginx answers on this route
-    error_page: CertFile | None = None
+    # an HTML page in --route-files-dir for the 502, 503 and 504 nginx answers on this route
+    error_page: PageFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
     protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"

@@ -93,19 +93,21 @@ def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
 def _render(s: settings.GatewaySettings, table: RouteTable,
             snapshot: dict[str, Endpoints]) -> Rendered:
     """What `run` would serve for this snapshot: the HTTPS servers of the certificates in
-    --certs-dir that pass the checks, the files routes name, the ACME challenges' location, the
-    access log. The checked copies go to a temporary folder (`run` keeps its own store)."""
+    --certs-dir that pass the checks, the files routes name (from --route-files-dir, refused as
+    `run` refuses them, each refusal said on stderr), the ACME challenges' location, the access
+    log. The checked copies go to a temporary folder (`run` keeps its own store)."""
     from agent.gateway.daemon import make_renderer
     from agent.gateway.logfile import log_path
     from agent.gateway.reconciler import acme_target
-    from agent.gateway.routefiles import RouteFiles
+    from agent.gateway.routefiles import for_gateway
     from agent.gateway.tls import Certificates
 
     access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
         else None
     with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
         tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
-        files = RouteFiles(s.certs_dir, Path(tmp, "files")).plan(table)
+        # (a refused file is logged as `run` logs it: the event line on stderr)
+        files = for_gateway(s, Path(tmp, "files")).plan(table)
         return make_renderer(s, access_log).render(
             table, snapshot, tls=tls, acme=acme_target(s.routes_url, table), files=files)
 
@@ -151,8 +153,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     settings.add_arguments(render, only=(
         "routes", "routes_url", "zone", "listen", "status_listen", "admin_listen",
         "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
-        "https_redirect_port", "certs_dir", "tls_ca_bundle", "access_log_metrics",
-        "nginx_prefix", "nginx_conf_dir", "resolver_listen"))
+        "https_redirect_port", "certs_dir", "route_files_dir", "tls_ca_bundle",
+        "access_log_metrics", "nginx_prefix", "nginx_conf_dir", "resolver_listen", "state_dir",
+        "admin_token_file", "controller_token_file"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

@@ -28,7 +28,7 @@ from agent.gateway.nginxversion import NginxTooOld, nginx_version
 from agent.gateway.ports import reserved_ports
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.render import Renderer
-from agent.gateway.routefiles import RouteFiles, copies_dir
+from agent.gateway.routefiles import copies_dir, for_gateway
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.source import ControllerRoutes, SourceMetrics
 from agent.gateway.state import State
@@ -93,8 +93,8 @@ def build(settings: GatewaySettings, access_log: str | None = None,
                                    zone=settings.zone, state_dir=settings.state_dir,
                                    token=token, acme_dir=acme_dir,
                                    reserved=reserved_ports(settings))
-    route_files = RouteFiles(settings.certs_dir,
-                              copies_dir(settings.nginx_prefix, settings.nginx_conf_dir))
+    route_files = for_gateway(settings, copies_dir(settings.nginx_prefix,
+                                                   settings.nginx_conf_dir))
     resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,
                              settings.dns_timeout, metrics.registry, state.first_lookups.discard)
     reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,

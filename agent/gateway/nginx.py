@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import aiohttp
 from agent.core import logs
 from agent.core.files import write_atomic
 from agent.gateway import modules
+from agent.gateway.child import dies_with
 from agent.gateway.metrics import StubStatus
 from agent.gateway.modules import Modules
 from agent.gateway.render import render_main_conf
@@ -77,28 +76,6 @@ class Layout:
         conf_dir = settings.nginx_conf_dir
         return cls(conf_dir / "nginx.conf", conf_dir / "conf.d" / "default.conf", None,
                    include_line=f"include {conf_dir}/conf.d/*.conf;")
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """What the child runs before exec: the kernel sends it SIGTERM when `parent` dies (a
-    SIGKILLed agent would otherwise leave nginx serving, holding the ports: its own session
-    keeps it from the agent's signals). SIGTERM is nginx's fast shutdown: the master ends its
-    workers, which no signal of the kernel reaches. Linux only; elsewhere None. The function
-    only calls prctl and getppid: safe between fork and exec."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != parent:  # the agent died before that: stop at once
-            os._exit(1)
-
-    return set_death_signal
 
 
 def _accepting(workers: set[int]) -> list[int]:
@@ -254,8 +231,8 @@ class Nginx:
     # -- the process -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """nginx as the agent's child, in a session of its own, told by the kernel to stop
-        (SIGTERM: its workers with it) when the agent dies, even killed outright."""
+        """nginx as the agent's child, in a session of its own; it stops when the agent dies,
+        even killed outright (child.dies_with)."""
         # with JSON logs nginx's own lines go through the log too (agent.core.logs.relay_nginx);
         # with text logs nginx writes to the agent's stderr itself, as it always did
         read_end, write_end = os.pipe() if self.settings.log_format == "json" else (-1, -1)
@@ -264,7 +241,7 @@ class Nginx:
             self.process = await asyncio.create_subprocess_exec(
                 *self._base_args(), "-g", "daemon off; master_process on;",
                 start_new_session=True, stderr=write_end if write_end >= 0 else None,
-                preexec_fn=_dies_with(os.getpid()))
+                preexec_fn=dies_with(os.getpid()))
         except OSError as exc:
             if read_end >= 0:
                 os.close(read_end)

@@ -342,10 +342,11 @@ class Reconciler:
             status += "; certificate refused for " + ", ".join(
                 h.host for h in self.state.tls.errors)
         for kind, what in (("htpasswd", "password file"), ("page", "error page")):
-            refused = [f.name for f in (self.state.files.errors if self.state.files else ())
+            refused = [f.error or f.name for f in (self.state.files.errors
+                                                    if self.state.files else ())
                        if f.kind == kind]
             if refused:
-                status += f"; {what} refused: " + ", ".join(refused)
+                status += f"; {what} refused: " + "; ".join(refused)
         stub = await self.nginx.stub_status()
         self.metrics.stub_status.last = stub
         return status

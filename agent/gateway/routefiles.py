@@ -1,158 +1,52 @@
-"""Files routes name in --certs-dir: htpasswd files (`basic_auth`) and error pages (`error_page`),
-read, checked and copied where nginx reads them.
+"""The files routes name: htpasswd files (`basic_auth`) and error pages (`error_page`), read from
+--route-files-dir, checked, and copied where nginx reads them.
 
-A route's `basic_auth: users.htpasswd` names an htpasswd file in --certs-dir (in a swarm a docker
-secret). Before nginx sees it, every line is checked: `user:hash`, a user named once, and a hash
-nginx can check. nginx checks `{SHA}`, `{SSHA}` and `$apr1$` (the default of Apache's `htpasswd`)
-itself and hands everything else to the system's crypt(3); the scheme of every other hash is
-therefore tried with the crypt(3) of this machine, which is the library nginx uses beside the
-agent. bcrypt (`htpasswd -B`) works with Debian's libcrypt; where crypt(3) cannot check it, the
-file is refused with a message that says so instead of nginx answering 500 to every login.
+A route, also one from a service's labels, names a file; a label's owner must not be able to make
+the gateway read a file they could not read themselves. So a route's file comes only from the
+folder meant for them, --route-files-dir (in a swarm, docker configs and secrets the operator
+mounts there for routes), never from --certs-dir, where the TLS keys and the tokens are:
 
-nginx checks the password inside its worker, which waits meanwhile: a hash that costs seconds
-would stall every request of that worker, so the cost is bounded (bcrypt at most 12, SHA-crypt at
-most 100000 rounds). Plain-text passwords (`{PLAIN}`) are refused.
+- the name is a plain file name (core/fields.py: no '/', no '..', no dot-file), ending in .html
+  for a page and .htpasswd for a password file, so a page never names a password file;
+- it is opened in that folder without following a link (O_NOFOLLOW, relative to the folder's
+  own descriptor), and must be a regular file;
+- it must not be a file the gateway holds as a secret: the folder must not be --certs-dir or
+  --state-dir or inside them, and the file must not be (same device and inode: a hard link, a
+  second mount of one docker secret) a file of those folders or a token file.
 
 A file that passes is copied under a name made from its content into a directory the agent owns,
-as certificates are (gateway/tls.py): nginx reads exactly the bytes that were checked, and a changed
-file is a new configuration. A file that fails keeps its last good copy serving; a file that was
-never good locks its route (503), so a route that asks for a password is never open.
+as certificates are (gateway/tls.py): nginx reads exactly the bytes that were checked, and a
+changed file is a new configuration. The copies are readable by nginx's workers only. A file
+that fails keeps its last good copy serving; a password file that was never good locks its
+route (503), so a route that asks for a password is never open. A refusal of the file as it is
+(its content, a link, a secret) holds until the file changes; a read that failed (no descriptor
+left, a moment without the folder) is tried again the next cycle.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import ctypes
-import ctypes.util
-import functools
+import errno
 import hashlib
 import logging
+import os
+import pwd
 import re
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.core.files import FileStamp, stamp, write_atomic
-from agent.core.routes import RouteTable
+from agent.core.fields import ROUTE_FILE_RE
+from agent.core.files import FileStamp, write_atomic
+from agent.core.routes import Route, RouteTable
+from agent.gateway.htpasswd import check_file
+from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.routefiles")
 
-MAX_BCRYPT_COST = 12
-MAX_SHA_ROUNDS = 100_000
 MAX_FILE_SIZE = 1024 * 1024
-_B64 = r"[./A-Za-z0-9]"
-_APR1 = re.compile(rf"\$apr1\${_B64}{{1,8}}\${_B64}{{22}}")
-_BCRYPT = re.compile(rf"\$2[aby]\$(\d\d)\${_B64}{{53}}")
-_SHA_CRYPT = re.compile(rf"\$([56])\$(?:rounds=(\d{{1,9}})\$)?[^$:]{{1,16}}\${_B64}{{43,86}}")
-# a cheap setting per scheme, to ask crypt(3) whether it knows the scheme at all
-_PROBES = {"bcrypt": b"$2y$04$abcdefghijklmnopqrstuu", "sha256-crypt": b"$5$abcdefgh$",
-           "sha512-crypt": b"$6$abcdefgh$"}
-_HOW = "(htpasswd -B for bcrypt, -5 for SHA-512, or the default $apr1$)"
-
-
-@functools.cache
-def _crypt() -> Callable[[bytes, bytes], bytes | None] | None:
-    """The system's crypt(3), as nginx calls it; None when there is none."""
-    for name in (ctypes.util.find_library("crypt"), None):  # libcrypt, or in libc (musl)
-        try:
-            lib = ctypes.CDLL(name)
-            func = lib.crypt
-        except (OSError, AttributeError):
-            continue
-        func.restype = ctypes.c_char_p
-        func.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-        return lambda key, setting: func(key, setting)
-    return None
-
-
-@functools.cache
-def crypt_checks(scheme: str) -> bool:
-    """Whether this machine's crypt(3) checks passwords of `scheme` (a key of _PROBES)."""
-    crypt = _crypt()
-    if crypt is None:
-        return False
-    setting = _PROBES[scheme]
-    result = crypt(b"probe", setting)
-    return result is not None and result.startswith(setting) and len(result) > len(setting)
-
-
-def check_hash(text: str) -> str | None:
-    """Why nginx could not check a password against `text` (None: it can)."""
-    if text.startswith("{PLAIN}"):
-        return "a password in plain text ({PLAIN}): store a hash " + _HOW
-    if text.startswith(("{SHA}", "{SSHA}")):
-        encoded = text.partition("}")[2]
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            return "a {SHA} hash that is not base64"
-        if len(raw) < 20 or (text.startswith("{SHA}") and len(raw) != 20):
-            return "a {SHA} hash of the wrong length"
-        return None
-    if text.startswith("$apr1$"):
-        return None if _APR1.fullmatch(text) else "a malformed $apr1$ hash"
-    if text.startswith("$2"):
-        m = _BCRYPT.fullmatch(text)
-        if m is None:
-            return "a malformed bcrypt hash"
-        if int(m.group(1)) > MAX_BCRYPT_COST:
-            return (f"bcrypt cost {int(m.group(1))} is above {MAX_BCRYPT_COST}: nginx checks "
-                    "passwords in its worker, which would stall every request meanwhile")
-        if not crypt_checks("bcrypt"):
-            return ("bcrypt: the crypt(3) nginx uses here cannot check it; use -5 (SHA-512) "
-                    "or the default $apr1$ of htpasswd")
-        return None
-    if text.startswith(("$5$", "$6$")):
-        m = _SHA_CRYPT.fullmatch(text)
-        if m is None:
-            return "a malformed SHA-crypt hash"
-        if m.group(2) is not None and int(m.group(2)) > MAX_SHA_ROUNDS:
-            return (f"{int(m.group(2))} rounds is above {MAX_SHA_ROUNDS}: nginx checks "
-                    "passwords in its worker, which would stall every request meanwhile")
-        scheme = "sha256-crypt" if m.group(1) == "5" else "sha512-crypt"
-        if not crypt_checks(scheme):
-            return f"{scheme}: the crypt(3) nginx uses here cannot check it"
-        return None
-    return "not a hash the gateway accepts " + _HOW
-
-
-def check_file(data: bytes) -> tuple[int, list[str]]:
-    """(users, problems) of an htpasswd file, read as nginx reads it. A problem names its line
-    and the user, never the hash."""
-    problems: list[str] = []
-    seen: dict[bytes, int] = {}
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        line = raw.removesuffix(b"\r")
-        if not line or line.startswith(b"#"):
-            continue  # nginx skips empty lines and comments
-        user, sep, rest = line.partition(b":")
-        hashed = rest.partition(b":")[0]  # nginx ends the password at ':' (a comment follows)
-        if not sep or not user or not hashed:
-            problems.append(f"line {number}: not 'user:hash'")
-            continue
-        shown = repr(user.decode(errors="replace"))[:40]
-        if b"\r" in line or b"\0" in line:
-            problems.append(f"line {number} (user {shown}): a control character")
-            continue
-        if user in seen:
-            problems.append(f"line {number}: user {shown} again (nginx would use line "
-                            f"{seen[user]} only)")
-            continue
-        seen[user] = number
-        try:
-            why = check_hash(hashed.decode("ascii"))
-        except UnicodeDecodeError:
-            why = "a hash with a non-ASCII character"
-        if why is not None:
-            problems.append(f"line {number} (user {shown}): {why}")
-    if not seen and not problems:
-        problems.append("no user in the file")
-    return len(seen), problems
-
-
 MAX_PAGE_SIZE = 64 * 1024
 
 
@@ -167,20 +61,22 @@ def check_page(data: bytes) -> list[str]:
     return []
 
 
-# kind of file: (what checks it, the copy's suffix, its log event, what a refusal means)
+# kind of file: (its field, what checks it, the copies' folder, its log event, what a refusal
+# means)
 Kind = Literal["htpasswd", "page"]
-_KINDS: dict[str, tuple[Callable[[bytes], list[str]], str, str, str]] = {
-    "htpasswd": (lambda data: check_file(data)[1], ".htpasswd", "password_file",
+_KINDS: dict[str, tuple[str, Callable[[bytes], list[str]], str, str, str]] = {
+    "htpasswd": ("basic_auth", lambda data: check_file(data)[1], "htpasswd", "password_file",
                  "its routes answer 503"),
-    "page": (check_page, ".html", "error_page", "its routes answer nginx's own error text"),
+    "page": ("error_page", check_page, "pages", "error_page",
+             "its routes answer nginx's own error text"),
 }
 
 
 @dataclass(frozen=True)
 class RouteFile:
-    name: str  # the file in --certs-dir
+    name: str  # the file in --route-files-dir
     path: Path | None  # the checked copy nginx reads (the last good one); None: never good
-    error: str | None  # why the current file is refused
+    error: str | None  # why the current file is refused, naming the routes that name it
     kind: Kind = "htpasswd"
 
 
@@ -196,6 +92,33 @@ class FilesPlan:
         return tuple(f for f in self.files if f.error is not None)
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """What a route's file must never be: the folders of the gateway's secrets (--certs-dir,
+    --state-dir) and its token files, compared by path and by device and inode."""
+
+    dirs: tuple[Path, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def holding(self, folder: Path) -> Path | None:
+        """The secrets' folder that `folder` is, or is inside (links resolved)."""
+        real = Path(os.path.realpath(folder))
+        return next((d for d in self.dirs if real.is_relative_to(os.path.realpath(d))), None)
+
+    def named(self, st: os.stat_result) -> Path | None:
+        """The secret that is the file of `st` (its device and inode), if any."""
+        candidates: list[Path] = list(self.files)
+        for folder in self.dirs:
+            with contextlib.suppress(OSError):
+                candidates += sorted(folder.iterdir())
+        for path in candidates:
+            with contextlib.suppress(OSError):
+                other = path.stat()
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return path
+        return None
+
+
 def copies_dir(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
     """Where the checked copies live: beside the configuration nginx reads."""
     if nginx_prefix is not None:
@@ -203,71 +126,156 @@ def copies_dir(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
     return nginx_conf_dir / "gateway-route-files"
 
 
+def workers_uid(main_conf: Path) -> int | None:
+    """The user nginx's workers run as, who alone (and root) may read the copies: when the agent
+    runs as root, the `user` of nginx's main configuration (nginx's default: nobody); else the
+    agent's own user (nginx cannot change it): None."""
+    if os.geteuid() != 0:
+        return None
+    name = "nobody"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        m = re.search(r"^\s*user\s+([^\s;]+)", main_conf.read_text(encoding="utf-8"), re.M)
+        name = m.group(1) if m else name
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def for_gateway(settings: GatewaySettings, store_dir: Path) -> RouteFiles:
+    """The route files of a gateway with these settings (`run`, and `render` with a store of
+    its own): the secrets it holds are what its settings name."""
+    secrets = Secrets(
+        dirs=tuple(d for d in (settings.certs_dir, settings.state_dir) if d is not None),
+        files=tuple(f for f in (settings.admin_token_file, settings.controller_token_file)
+                    if f is not None))
+    main_conf = (settings.nginx_prefix.absolute() if settings.nginx_prefix is not None
+                 else settings.nginx_conf_dir) / "nginx.conf"
+    return RouteFiles(settings.route_files_dir, store_dir, secrets, workers_uid(main_conf))
+
+
+class _Refused(Exception):
+    """The file as it is cannot be used (until it changes)."""
+
+
 class RouteFiles:
     """Reads, checks and stores the files routes name (htpasswd files, error pages);
     `plan()` once per cycle, `applied()` after."""
 
-    def __init__(self, certs_dir: Path, store_dir: Path) -> None:
-        self.certs_dir = certs_dir
+    def __init__(self, files_dir: Path, store_dir: Path, secrets: Secrets = Secrets(),
+                 owner: int | None = None) -> None:
+        self.files_dir = files_dir
         self.store_dir = store_dir
-        self._read: dict[tuple[Kind, str], tuple[FileStamp | None, Path | str]] = {}
+        self.secrets = secrets
+        self.owner = owner  # the uid the copies belong to (nginx's workers); None: ours
+        self._read: dict[tuple[Kind, str], tuple[FileStamp, Path | str]] = {}
         self._good: dict[tuple[Kind, str], Path] = {}
         self._logged: dict[tuple[Kind, str], tuple[Path | None, str | None]] = {}
 
     def _load(self, kind: Kind, name: str) -> Path | str:
-        path = self.certs_dir / name
-        current = stamp(path)
-        cached = self._read.get((kind, name))
-        if cached is not None and current is not None and cached[0] == current and \
-                (isinstance(cached[1], str) or cached[1].exists()):
-            return cached[1]
-        result = self._check(kind, path)
-        self._read[(kind, name)] = (current, result)
-        return result
-
-    def _check(self, kind: Kind, path: Path) -> Path | str:
-        check, suffix, _, _ = _KINDS[kind]
+        """The checked copy, or why not. A refusal of the file as it is, and a copy, are kept
+        while the file's stamp stays the same; a read that failed is tried again next time."""
         try:
-            if path.stat().st_size > MAX_FILE_SIZE:
-                return f"{path.name}: larger than {MAX_FILE_SIZE // 1024} KiB"
-            data = path.read_bytes()
+            folder = self.secrets.holding(self.files_dir)
+            if folder is not None:
+                raise _Refused(f"--route-files-dir {self.files_dir} is (or is inside) "
+                               f"{folder}, where the gateway's secrets are: no route reads a "
+                               "file there")
+            if not ROUTE_FILE_RE.fullmatch(name) or ".." in name:
+                raise _Refused("not a plain file name")
+            dir_fd = os.open(self.files_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except _Refused as exc:
+            return f"{name}: {exc}"
         except FileNotFoundError:
-            return f"{path.name}: not found in {path.parent}"
+            return f"{name}: not found: --route-files-dir {self.files_dir} does not exist"
         except OSError as exc:
-            return f"{path.name}: cannot read: {exc.strerror}"
+            return f"{name}: cannot open --route-files-dir {self.files_dir}: {exc.strerror}"
+        try:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return f"{name}: not found in {self.files_dir}"
+            current = FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+            cached = self._read.get((kind, name))
+            if cached is not None and cached[0] == current and \
+                    (isinstance(cached[1], str) or cached[1].exists()):
+                return cached[1]
+            try:
+                result: Path | str = self._check(kind, self._open(name, dir_fd))
+            except _Refused as exc:
+                result = f"{name}: {exc}"
+            except OSError as exc:  # not cached: tried again next time
+                return f"{name}: cannot read: {exc.strerror}"
+            self._read[(kind, name)] = (current, result)
+            return result
+        finally:
+            os.close(dir_fd)
+
+    def _open(self, name: str, dir_fd: int) -> bytes:
+        """The file's bytes: a regular file of the folder itself (no link), not a secret."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Refused("a symbolic link: a route's file is read only as a file of "
+                               f"{self.files_dir} itself, never through a link") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Refused("not a regular file")
+            secret = self.secrets.named(st)
+            if secret is not None:
+                raise _Refused(f"the same file as {secret}, a secret of the gateway: no route "
+                               "reads it")
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+        if len(data) > MAX_FILE_SIZE:
+            raise _Refused(f"larger than {MAX_FILE_SIZE // 1024} KiB")
+        return data
+
+    def _check(self, kind: Kind, data: bytes) -> Path:
+        _, check, folder, _, _ = _KINDS[kind]
         problems = check(data)
         if problems:
-            return f"{path.name}: " + "; ".join(problems)
-        copy = self.store_dir / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-        try:
-            # nginx's workers (not its master) read the file at each request, as whatever
-            # user they run as: they can open the copy, nobody can list the directory
-            self.store_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-            self.store_dir.chmod(0o711)
-            if not copy.exists():
-                write_atomic(copy, data, 0o644)
-        except OSError as exc:
-            return f"{path.name}: cannot store a copy in {self.store_dir}: {exc}"
+            raise _Refused("; ".join(problems))
+        store = self.store_dir / folder
+        suffix = ".htpasswd" if kind == "htpasswd" else ".html"
+        copy = store / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+        # nginx's workers (not its master) read the file at each request, as whatever user
+        # they run as: they alone can read the copy, nobody can list the directories
+        for directory in (self.store_dir, store):
+            directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+            directory.chmod(0o711)
+        if not copy.exists():
+            write_atomic(copy, data, 0o400 if self.owner is not None else 0o600)
+        if self.owner is not None:
+            os.chown(copy, self.owner, -1)
         return copy
 
     def plan(self, table: RouteTable) -> FilesPlan | None:
         """The copy nginx reads for each file a route names; None when no route names one."""
-        wanted: set[tuple[Kind, str]] = set()
+        wanted: dict[tuple[Kind, str], list[Route]] = {}
         for r in table.routes:
             if r.basic_auth is not None:
-                wanted.add(("htpasswd", r.basic_auth.file))
+                wanted.setdefault(("htpasswd", r.basic_auth.file), []).append(r)
             if r.error_page is not None:
-                wanted.add(("page", r.error_page))
+                wanted.setdefault(("page", r.error_page), []).append(r)
         if not wanted:
             return None
         files = []
-        for kind, name in sorted(wanted):
+        for (kind, name), routes in sorted(wanted.items()):
             result = self._load(kind, name)
             if isinstance(result, Path):
                 self._good[(kind, name)] = result
                 entry = RouteFile(name, result, None, kind)
             else:
-                entry = RouteFile(name, self._good.get((kind, name)), result, kind)
+                entry = RouteFile(name, self._good.get((kind, name)),
+                                  f"{result} ({_places(_KINDS[kind][0], routes)})", kind)
             files.append(entry)
             self._log(entry)
         return FilesPlan(tuple(files))
@@ -277,7 +285,7 @@ class RouteFiles:
         if self._logged.get((entry.kind, entry.name)) == now:
             return
         self._logged[(entry.kind, entry.name)] = now
-        _, _, event, effect = _KINDS[entry.kind]
+        _, _, _, event, effect = _KINDS[entry.kind]
         if entry.error is None:
             log.info("%s_in_use file=%s", event, entry.name)
         elif entry.path is not None:
@@ -291,11 +299,19 @@ class RouteFiles:
         """After `plan` serves: remove the copies no configuration refers to any more."""
         keep = {f.path for f in (plan.files if plan else ()) if f.path is not None}
         self._good = {k: v for k, v in self._good.items() if v in keep}
-        try:
-            entries = list(self.store_dir.iterdir())
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry not in keep:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        for _, _, folder, _, _ in _KINDS.values():
+            try:
+                entries = list((self.store_dir / folder).iterdir())
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry not in keep:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+
+
+def _places(field: str, routes: Iterable[Route]) -> str:
+    """`error_page of shop.example.com/, www.example.com/blog`: the routes naming a file."""
+    named = sorted({f"{r.hosts[0]}{r.path}" for r in routes})
+    more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+    return f"{field} of {', '.join(named[:3])}{more}"

@@ -46,6 +46,8 @@ class GatewaySettings:
     https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
     https_redirect_port: int = 443
     certs_dir: Path = Path("/run/secrets")
+    # the files routes name (error pages, htpasswd files): never the secrets of --certs-dir
+    route_files_dir: Path = Path("/etc/gateway/files")
     tls_ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     admin_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 9180))
     admin_token_file: Path | None = None  # /status and /metrics need it (a docker secret)
@@ -108,6 +110,10 @@ OPTIONS: tuple[Option, ...] = (
            "(443)"),
     Option("--certs-dir", "certs_dir", Path,
            "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
+    Option("--route-files-dir", "route_files_dir", Path,
+           "directory of the files routes name: error pages (NAME.html) and htpasswd files "
+           "(NAME.htpasswd), which labels may name too; never --certs-dir, whose secrets no "
+           "route reads (/etc/gateway/files: docker configs or secrets mounted there)"),
     Option("--tls-ca-bundle", "tls_ca_bundle", Path,
            "root certificates a certificate chain must lead to, unless it ends in a root itself "
            "(/etc/ssl/certs/ca-certificates.crt)"),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -47,6 +49,17 @@ def write_routes(path: Path, routes: Sequence[dict[str, object]],
 
 
 @pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A work directory nginx's workers can reach: they read a password file or an error page
+    at each request, and when the tests run as root they run as nobody, whom the tests' own
+    temporary directories keep out. (The gateway's image runs nginx as one unprivileged user.)"""
+    path = Path(tempfile.mkdtemp(prefix="gateway-reachable-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     """Start agents against any nameserver (`start_agent` is this with dnsmasq); each is stopped
     at the end of the test."""
@@ -57,13 +70,14 @@ def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
               admin_address: str = "127.0.0.1",
               task_networks: str | None = "127.0.0.0/8",
               admin_token: str | None = None,
-              tcp: Sequence[dict[str, object]] = ()) -> Agent:
+              tcp: Sequence[dict[str, object]] = (),
+              env: dict[str, str] | None = None) -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
         routes_file = write_routes(wd / "routes.yaml", routes, tcp)
         agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
                       admin_address=admin_address, task_networks=task_networks,
-                      admin_token=admin_token)
+                      admin_token=admin_token, env=env)
         agents.append(agent)
         agent.start(wait_ready=wait_ready)
         return agent

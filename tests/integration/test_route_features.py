@@ -12,9 +12,7 @@ import gzip
 import hashlib
 import http.client
 import json
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -100,17 +98,6 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-@pytest.fixture
-def reachable(tmp_path: Path) -> Iterator[Path]:
-    """A work directory nginx's workers can reach: they read a password file at each request,
-    and when the tests run as root they run as nobody, whom the tests' own temporary
-    directories keep out. (The gateway's image runs nginx as one unprivileged user.)"""
-    path = Path(tempfile.mkdtemp(prefix="gateway-auth-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def openssl_passwd(scheme: str, password: str) -> str:
     """A hash as `htpasswd` or `openssl passwd` writes it (-apr1, -6)."""
     return subprocess.run([require_programs("openssl")["openssl"], "passwd", scheme, "-stdin"],
@@ -123,19 +110,19 @@ def test_basic_auth_lets_in_only_users_with_their_password(
         start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
     dns.set("tasks.web", [T1])
     dns.set("tasks.admin", [T2])
-    certs = tmp_path / "secrets"
-    certs.mkdir()
+    files = tmp_path / "route-files"
+    files.mkdir()
     sha = base64.b64encode(hashlib.sha1(b"alice-pw").digest()).decode()
-    users = certs / "users.htpasswd"
+    users = files / "users.htpasswd"
     users.write_text(f"# the shop's admins\nalice:{{SHA}}{sha}\n"
                      f"bob:{openssl_passwd('-apr1', 'bob-pw')}\n"
                      f"carol:{openssl_passwd('-6', 'carol-pw')}:a comment nginx ignores\n")
-    (certs / "plain.htpasswd").write_text("dave:{PLAIN}dave-pw\n")
+    (files / "plain.htpasswd").write_text("dave:{PLAIN}dave-pw\n")
     agent = start_agent([web(upstream_port, basic_auth={"file": "users.htpasswd",
                                                         "realm": "Shop admin"}),
                          {"hosts": ["admin"], "service": "admin", "port": upstream_port,
                           "basic_auth": "plain.htpasswd"}],
-                        "--certs-dir", str(certs), workdir=reachable)
+                        "--route-files-dir", str(files), workdir=reachable)
 
     status, body, headers = http_get(agent.port, "web")
     assert status == 401
@@ -156,8 +143,9 @@ def test_basic_auth_lets_in_only_users_with_their_password(
 
     # a file replaced by a broken one: the last good copy keeps serving
     users.write_text("alice:not-a-hash\n")
-    wait_until(lambda: "password file refused: plain.htpasswd, users.htpasswd" in
-               agent.status()["status"], 10, "the broken file to be refused")
+    wait_until(lambda: "password file refused: plain.htpasswd: " in agent.status()["status"]
+               and "; users.htpasswd: line 1 (user 'alice')" in agent.status()["status"], 10,
+               "the broken file to be refused")
     assert http_get(agent.port, "web", headers=basic("bob", "bob-pw"))[0] == 200
     # and a good one replaces it
     users.write_text(f"erin:{openssl_passwd('-6', 'erin-pw')}\n")
@@ -171,15 +159,15 @@ def test_basic_auth_with_bcrypt_works_where_crypt_checks_it_and_is_refused_where
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
     dns.set("tasks.web", [T1])
-    certs = tmp_path / "secrets"
-    certs.mkdir()
+    files = tmp_path / "route-files"
+    files.mkdir()
     crypt = ctypes.CDLL(ctypes.util.find_library("crypt"))
     crypt.crypt.restype = ctypes.c_char_p
     # `htpasswd -B` with cost 5; the salt is fixed here, any would do
     hashed = crypt.crypt(b"frank-pw", b"$2y$05$saltsaltsaltsaltsalt.u").decode()
-    (certs / "bcrypt.htpasswd").write_text(f"frank:{hashed}\n")
+    (files / "bcrypt.htpasswd").write_text(f"frank:{hashed}\n")
     agent = start_agent([web(upstream_port, basic_auth="bcrypt.htpasswd")],
-                        "--certs-dir", str(certs), workdir=reachable)
+                        "--route-files-dir", str(files), workdir=reachable)
     if hashed.startswith("$2y$05$"):  # this machine's crypt(3), nginx's too, knows bcrypt
         assert http_get(agent.port, "web", headers=basic("frank", "frank-pw"))[:2] == \
             (200, "task1")
@@ -421,9 +409,9 @@ def test_a_route_answers_its_own_error_page_and_can_be_switched_to_maintenance(
         start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
     dns.set("tasks.web", [T1])
     dns.set("tasks.gone", ["127.0.10.99"])  # an address where nothing listens
-    certs = tmp_path / "secrets"
-    certs.mkdir()
-    (certs / "shop.html").write_text(PAGE)
+    files = tmp_path / "route-files"
+    files.mkdir()
+    (files / "shop.html").write_text(PAGE)
     agent = start_agent([
         {"hosts": ["web"], "service": "empty", "port": upstream_port, "error_page": "shop.html"},
         {"hosts": ["gone"], "service": "gone", "port": upstream_port, "error_page": "shop.html",
@@ -431,7 +419,7 @@ def test_a_route_answers_its_own_error_page_and_can_be_switched_to_maintenance(
         web(upstream_port, path="/shop", maintenance=True),
         web(upstream_port, path="/blog", maintenance=True, error_page="shop.html"),
         web(upstream_port, path="/plain"),
-    ], "--certs-dir", str(certs), workdir=reachable)
+    ], "--route-files-dir", str(files), workdir=reachable)
 
     # no task: 503 with the route's page (also for a POST: the page is sent whatever the method)
     for method in ("GET", "POST"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.integration.conftest import TASK_ADDRESSES, write_routes
 from tests.support import wait_until
@@ -54,3 +55,37 @@ def test_a_routes_file_that_could_not_be_read_is_read_again(
                f"the new route to serve once the file can be read; log:\n{agent.log_tail()}")
     assert agent.status()["routes_error"] is None
     assert agent.get("web") == (200, "task1")
+
+
+PAGE = "<!doctype html><h1>Back soon</h1>\n"
+
+
+def test_a_route_file_that_could_not_be_read_is_read_again(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent, tmp_path: Path, reachable: Path) -> None:
+    dns.set("tasks.web", [T1])
+    files = tmp_path / "route-files"
+    files.mkdir()
+    page = files / "page.html"
+    page.write_text(PAGE)
+    agent = start_agent([{"hosts": ["web"], "service": "web", "port": upstream_port,
+                          "maintenance": True, "error_page": "page.html"}],
+                        "--route-files-dir", str(files), workdir=reachable)
+    assert agent.proc is not None
+    assert agent.get("web") == (503, PAGE)
+    log_size = agent.log_file.stat().st_size
+    limit = out_of_descriptors(agent)
+    try:
+        page.write_text(PAGE.replace("Back soon", "Back at noon"))
+        wait_until(lambda: "error_page_refused file=page.html" in
+                   agent.log_file.read_text()[log_size:], 15,
+                   "the agent to fail to read the changed page")
+        assert "Too many open files" in agent.log_file.read_text()[log_size:]
+    finally:
+        resource.prlimit(agent.proc.pid, resource.RLIMIT_NOFILE, limit)
+    wait_until(lambda: agent.get("web") == (503, PAGE.replace("Back soon", "Back at noon")),
+               15, f"the changed page to serve once it can be read; log:\n{agent.log_tail()}")
+    # (the cycle that reloaded says so once nginx's old workers are gone)
+    wait_until(lambda: "error page refused" not in agent.status()["status"], 10,
+               "the refusal to be over")
+

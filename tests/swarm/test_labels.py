@@ -24,6 +24,7 @@ from tests.swarm.stacks import (
     DMZ_GATEWAY_PORT,
     GATEWAY_PORT,
     IMAGES,
+    ROOT,
     Swarm,
     admin_headers,
     measured,
@@ -272,3 +273,42 @@ def test_the_docker_proxy_passes_only_reads(labelled: Swarm) -> None:
     got = {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in out.splitlines()}
     assert {k: v for k, v in got.items() if v != 403} == {
         "GET /v1.41/services": 200, "GET /v1.41/tasks": 200, "GET /_ping": 200}, got
+
+
+def test_a_label_cannot_make_the_gateway_serve_its_secrets(labelled: Swarm) -> None:
+    """`gateway.maintenance=true` with `gateway.error_page=<a secret>` (or `basic_auth`): the
+    gateways read a route's files from --route-files-dir only, never /run/secrets. The
+    controller refuses the labels, naming service and label, and no answer carries a secret;
+    the page the stack publishes for routes (stacks/route-files/maintenance.html) works."""
+    swarm = labelled
+    assert swarm.certs is not None
+    token = admin_headers()["Authorization"].removeprefix("Bearer ")
+    key = (swarm.certs / "demo.key").read_text().splitlines()[1]  # a line of the private key
+    secrets = {"gateway-admin-token": "error_page", "demo_key": "error_page",
+               "gateway-controller-token": "basic_auth"}
+    for i, (secret, label) in enumerate(secrets.items()):
+        create(f"{PREFIX}leak{i}", {"gateway.hosts": f"leak{i}.example.com",
+                                    "gateway.port": "8888", "gateway.maintenance": "true",
+                                    f"gateway.{label}": secret})
+    create(f"{PREFIX}down", {"gateway.hosts": "down.example.com", "gateway.port": "8888",
+                             "gateway.maintenance": "true",
+                             "gateway.error_page": "maintenance.html"})
+    page = (ROOT / "stacks" / "route-files" / "maintenance.html").read_text().strip()
+    wait_until(lambda: swarm.get("down.example.com") == (503, page), 30,
+               "the published maintenance page to be served", interval=0.2)
+    wait_until(lambda: len(routes_source()["errors"]) == 3, 30,
+               "the gateway to report the three refused services", interval=0.2)
+    assert sorted(routes_source()["errors"]) == [
+        f"service {PREFIX}leak{i}: label gateway.{label}: '{secret}' is not a file name "
+        f"{label} takes (a file of --route-files-dir: letters, digits, '_', '.', '-', starting "
+        f"alphanumeric, ending in {'.html' if label == 'error_page' else '.htpasswd'}; no '/' "
+        "or '..')" for i, (secret, label) in enumerate(secrets.items())]
+    answers = [swarm.get(f"leak{i}.example.com", port=port)
+               for i in range(len(secrets)) for port in (GATEWAY_PORT, DMZ_GATEWAY_PORT)]
+    assert {status for status, _ in answers} == {404}
+    for _, body in [*answers, swarm.get("down.example.com")]:
+        assert token not in body
+        assert key not in body
+    remove(*(f"{PREFIX}leak{i}" for i in range(len(secrets))), f"{PREFIX}down")
+    wait_until(lambda: not routes_source()["errors"], 30, "the refused services to go",
+               interval=0.2)

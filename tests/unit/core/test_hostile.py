@@ -603,7 +603,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
-        _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).filter(lambda s: ".." not in s),
+        _word(_ALNUM + "ABC", _ALNUM + "ABC_.-", 40).map(lambda s: s + ".htpasswd").filter(
+            lambda s: ".." not in s),
         st.fixed_dictionaries({"file": st.just("users.htpasswd")}, optional={
             "realm": st.text(st.sampled_from(_ALNUM + "ABZ _.,:()/@+-"), min_size=1,
                              max_size=64).filter(lambda s: s == s.strip(" "))})),

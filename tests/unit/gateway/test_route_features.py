@@ -20,15 +20,9 @@ from agent.core.options import BasicAuth, Headers, RateLimit, Redirect, Sticky
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes
 from agent.core.wire import route_item
 from agent.gateway.discovery import Endpoints
+from agent.gateway.htpasswd import check_file, check_hash, crypt_checks
 from agent.gateway.render import Renderer, RenderError, nginx_quoted, sticky_var
-from agent.gateway.routefiles import (
-    FilesPlan,
-    RouteFile,
-    RouteFiles,
-    check_file,
-    check_hash,
-    crypt_checks,
-)
+from agent.gateway.routefiles import FilesPlan, RouteFile, RouteFiles
 from agent.gateway.tls import Certificates
 from tests.support.tlsca import TestCA
 from tests.unit.core.test_hostile import NginxTest
@@ -150,12 +144,19 @@ def test_basic_auth_is_a_file_name_or_a_file_and_a_realm() -> None:
 
 
 @pytest.mark.parametrize(("value", "place", "message"), [
-    ("../etc/shadow", "routes[0].basic_auth.file", "is not a valid file name in --certs-dir"),
+    ("../etc/shadow", "routes[0].basic_auth.file",
+     "is not a file name basic_auth takes (a file of --route-files-dir"),
+    ("gateway-admin-token", "routes[0].basic_auth.file", "ending in .htpasswd"),
+    (".x.htpasswd", "routes[0].basic_auth.file", "starting alphanumeric"),
+    ("shop.html", "routes[0].basic_auth.file", "ending in .htpasswd"),
     ({"realm": "x"}, "routes[0].basic_auth.file", "required field is missing"),
-    ({"file": "u", "realm": 'a" ; b'}, "routes[0].basic_auth.realm", "is not a valid realm"),
-    ({"file": "u", "realm": "$host"}, "routes[0].basic_auth.realm", "is not a valid realm"),
-    ({"file": "u", "realm": " padded"}, "routes[0].basic_auth.realm", "is not a valid realm"),
-    ({"file": "u", "user": "x"}, "routes[0].basic_auth.user", "unknown field"),
+    ({"file": "u.htpasswd", "realm": 'a" ; b'}, "routes[0].basic_auth.realm",
+     "is not a valid realm"),
+    ({"file": "u.htpasswd", "realm": "$host"}, "routes[0].basic_auth.realm",
+     "is not a valid realm"),
+    ({"file": "u.htpasswd", "realm": " padded"}, "routes[0].basic_auth.realm",
+     "is not a valid realm"),
+    ({"file": "u.htpasswd", "user": "x"}, "routes[0].basic_auth.user", "unknown field"),
     (5, "routes[0].basic_auth", "give the htpasswd file's name"),
 ])
 def test_basic_auth_refuses_with_the_place(value: object, place: str, message: str) -> None:
@@ -170,8 +171,9 @@ def test_basic_auth_labels() -> None:
     assert labelled is not None
     assert labelled.basic_auth == BasicAuth(file="u.htpasswd", realm="Shop admin")
     assert label_errors(**{"basic_auth": "../x", "basic_auth.realm": "a;b"}) == [
-        "service svc: label gateway.basic_auth: '../x' is not a valid file name in --certs-dir "
-        "(letters, digits, '_', '.', '-', starting alphanumeric; no '/' or '..')",
+        "service svc: label gateway.basic_auth: '../x' is not a file name basic_auth takes (a "
+        "file of --route-files-dir: letters, digits, '_', '.', '-', starting alphanumeric, "
+        "ending in .htpasswd; no '/' or '..')",
         "service svc: label gateway.basic_auth.realm: 'a;b' is not a valid realm (1 to 64 "
         "letters, digits, spaces inside, and _ . , : ( ) / @ + -)"]
     assert label_errors(**{"basic_auth.realm": "x"}) == [
@@ -241,23 +243,27 @@ def test_bcrypt_is_refused_exactly_when_this_crypt_cannot_check_it() -> None:
 
 
 def test_password_files_are_copied_checked_and_the_last_good_one_kept(tmp_path: Path) -> None:
-    certs, store = tmp_path / "certs", tmp_path / "store"
-    certs.mkdir()
-    files = RouteFiles(certs, store)
+    files_dir, store = tmp_path / "files", tmp_path / "store"
+    files_dir.mkdir()
+    files = RouteFiles(files_dir, store)
     table = RouteTable((route(basic_auth="u.htpasswd"),))
     first = files.plan(table)
     assert first is not None
-    assert first.files == (RouteFile("u.htpasswd", None, f"u.htpasswd: not found in {certs}"),)
-    (certs / "u.htpasswd").write_text(f"alice:{SHA_ALICE}\n")
+    assert first.files == (RouteFile("u.htpasswd", None, f"u.htpasswd: not found in {files_dir}"
+                                     " (basic_auth of a.example.com/)"),)
+    (files_dir / "u.htpasswd").write_text(f"alice:{SHA_ALICE}\n")
     good = files.plan(table)
     assert good is not None
     (entry,) = good.files
     assert entry.error is None
     assert entry.path is not None
     assert entry.path.read_text() == f"alice:{SHA_ALICE}\n"
-    assert entry.path.parent == store
+    assert entry.path.parent == store / "htpasswd"
+    # readable by nginx's workers only (here the test's user), the folders not listable
+    assert entry.path.stat().st_mode & 0o777 == 0o600
+    assert {store.stat().st_mode & 0o777, entry.path.parent.stat().st_mode & 0o777} == {0o711}
     files.applied(good)
-    (certs / "u.htpasswd").write_text("alice:{PLAIN}x\n")
+    (files_dir / "u.htpasswd").write_text("alice:{PLAIN}x\n")
     kept = files.plan(table)
     assert kept is not None
     assert kept.files[0].path == entry.path
@@ -607,7 +613,11 @@ def test_error_page_and_maintenance_fields() -> None:
     assert route(error_page="shop.html").error_page == "shop.html"
     assert route(maintenance=True).maintenance is True
     (error,) = errors(error_page="../shop.html")
-    assert error.startswith("routes[0].error_page: '../shop.html' is not a valid file name")
+    assert error.startswith("routes[0].error_page: '../shop.html' is not a file name "
+                            "error_page takes (a file of --route-files-dir")
+    for name in ("gateway-admin-token", "demo.key", "users.htpasswd", ".hidden.html", "a/b.html"):
+        (error,) = errors(error_page=name)
+        assert error.startswith(f"routes[0].error_page: {name!r} is not a file name"), error
     assert errors(maintenance="yes") == [
         "routes[0].maintenance: 'yes': Input should be a valid boolean"]
     assert errors(path="/.gateway-error-pages") == [
@@ -619,22 +629,22 @@ def test_error_page_and_maintenance_fields() -> None:
 
 
 def test_error_pages_are_checked_and_copied_like_password_files(tmp_path: Path) -> None:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = RouteFiles(certs, tmp_path / "store")
-    table = RouteTable((route(error_page="p.html", basic_auth="p.html"),))
-    (certs / "p.html").write_bytes(b"\xff not utf-8")
+    files_dir = tmp_path / "files"
+    files_dir.mkdir()
+    files = RouteFiles(files_dir, tmp_path / "store")
+    table = RouteTable((route(error_page="p.html"),))
+    (files_dir / "p.html").write_bytes(b"\xff not utf-8")
     plan = files.plan(table)
     assert plan is not None
-    kinds = {f.kind: f for f in plan.files}
-    assert kinds["page"].error == "p.html: not UTF-8 text (byte 0)"
-    assert kinds["htpasswd"].error is not None  # the same name, checked as what it is used for
-    (certs / "p.html").write_text("<h1>back soon</h1>")
+    (refused,) = plan.files
+    assert refused.error == "p.html: not UTF-8 text (byte 0) (error_page of a.example.com/)"
+    (files_dir / "p.html").write_text("<h1>back soon</h1>")
     plan = files.plan(table)
     assert plan is not None
     page = plan.path("p.html", "page")
     assert page is not None
     assert page.suffix == ".html"
+    assert page.parent == tmp_path / "store" / "pages"  # apart from the password files
     assert page.read_text() == "<h1>back soon</h1>"
 
 
