@@ -13,6 +13,7 @@ it leaves, which had no chance to drain.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +27,7 @@ from tests.support.cluster import (
     node,
     wait_for,
 )
+from tests.support.cluster_failover import bring_back
 from tests.support.strict import StrictLoad
 
 HOST = "managerhttp"
@@ -127,3 +129,52 @@ def test_a_certificate_rotated_loses_nothing(nopreempt: Cluster) -> None:
         finish(load, "certificate rotated (a new secret, service update)")
     status, _ = cluster.client_get(VIP, GATEWAY_PORT, HOST)
     assert status == 200
+
+
+def test_a_routes_change_restarts_no_gateway_and_loses_nothing(nopreempt: Cluster) -> None:
+    """docs/swarm.md's command: the controller stack deployed again with the edited routes file
+    under a new config name; only the controller restarts, each gateway reloads."""
+    cluster = nopreempt
+    before = gateway_tasks(cluster)
+    version = int(time.time())  # a new config name each run (a cluster may be reused)
+    added = f"lifecycle-{version}"
+    assert cluster.client_get(VIP, GATEWAY_PORT, added)[0] == 404
+    load = under_load(cluster, "the routes change")
+    try:
+        cluster.manager_shell(f"printf '  - hosts: [{added}]\\n    service: managerhttp\\n"
+                              f"    port: 8888\\n' >> stacks/routes.yml")
+        cluster.manager_shell(f"ROUTES_VERSION={version} docker stack deploy --resolve-image "
+                              "never -c stacks/controller.yml controller")
+        wait_for(lambda: all(cluster.client_get(node(n).address, GATEWAY_PORT, added)[0] == 200
+                             for n in ("gw1", "gw2")), 120, "both gateways to serve the new route")
+    finally:
+        finish(load, "routes changed (ROUTES_VERSION=2 docker stack deploy -c "
+                     "stacks/controller.yml controller)")
+    assert gateway_tasks(cluster) == before, "a gateway task was replaced"
+
+
+def test_a_node_that_dies_loses_only_what_was_on_it(nopreempt: Cluster) -> None:
+    """No chance to drain: the VIP holder loses its power. Clients opening new connections lose
+    nothing (their SYN is sent again, and reaches the next holder); a kept-alive client loses
+    the request it had in flight, or its next one on a connection the dead node held."""
+    cluster = nopreempt
+    holder = node(wait_for(cluster.vip_holder, 30, "a node to hold the VIP"))
+    load = under_load(cluster, "the power cut")
+    try:
+        cluster.cut_power(holder)
+        dead = time.monotonic()  # its link is down: nothing it had can answer any more
+        wait_for(lambda: (h := cluster.vip_holder()) is not None and h != holder.name, 30,
+                 "the VIP on another node")
+        time.sleep(SETTLE)
+    finally:
+        tally = load.stop()
+        measured(load.summary(f"{holder.name} lost its power (VIP to {cluster.vip_holder()})"))
+    bring_back(cluster, holder, "node")
+    # a connection opened once the node is dead never fails: its SYN is sent again, and
+    # reaches the next holder
+    assert [f for f in tally.failures if f.kind == "new" and f.at >= dead] == [], \
+        load.summary("the power cut")
+    # each client loses at most one request: the one in flight, or the next one on a kept-alive
+    # connection of the dead node; after that it connects to the next holder
+    per_client = Counter(f.client for f in tally.failures)
+    assert all(n <= 1 for n in per_client.values()), (per_client, load.summary("the power cut"))

@@ -611,6 +611,14 @@ class Cluster:
         """What a dead machine looks like: the node container and everything in it, SIGKILL."""
         run("docker", "kill", n.container)
 
+    def cut_power(self, n: Node) -> None:
+        """A machine that loses its power sends nothing more: its link goes down first, then
+        everything on it dies (kill_node alone lets the dying node's kernel refuse and reset
+        connections for a moment while its namespace is torn down)."""
+        pid = run("docker", "inspect", "-f", "{{.State.Pid}}", n.container).strip()
+        run("nsenter", "-t", pid, "-n", "ip", "link", "set", INTERFACE, "down")
+        self.kill_node(n)
+
     def kill_gateway(self, n: Node, service: str = "http-gateway") -> None:
         """What a crashed gateway looks like: its container on that node, SIGKILL; swarm starts
         a new one (restart_policy: any)."""

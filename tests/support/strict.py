@@ -24,8 +24,12 @@ PAUSE = 0.005  # between two requests of one client: about 150 requests/s each a
 @dataclass(frozen=True)
 class Failure:
     at: float  # time.monotonic() the request was sent
-    client: str
+    client: str  # its kind and number: get1, post1, new2...
     what: str
+
+    @property
+    def kind(self) -> str:
+        return self.client.rstrip("0123456789")
 
 
 @dataclass
@@ -40,8 +44,9 @@ class Tally:
         return self.ok + len(self.failures)
 
 
-def _client(kind: str, address: str, port: int, host: str, stop: threading.Event,
+def _client(name: str, address: str, port: int, host: str, stop: threading.Event,
             tally: Tally) -> None:
+    kind = name.rstrip("0123456789")
     conn: http.client.HTTPConnection | None = None
     n = 0
     while not stop.is_set():
@@ -67,7 +72,7 @@ def _client(kind: str, address: str, port: int, host: str, stop: threading.Event
                 tally.longest = max(tally.longest, took)
         except (OSError, http.client.HTTPException) as exc:
             with tally.lock:
-                tally.failures.append(Failure(sent, kind, f"{type(exc).__name__}: {exc}"))
+                tally.failures.append(Failure(sent, name, f"{type(exc).__name__}: {exc}"))
             conn.close()
             conn = None
         time.sleep(PAUSE)
@@ -85,8 +90,9 @@ class StrictLoad:
         self.tally = Tally()
         self._stop = threading.Event()
         self._threads = [Namespace(namespace.name, namespace.path) for _ in self.KINDS]
-        self._futures = [t.submit(_client, kind, address, port, host, self._stop, self.tally)
-                         for t, kind in zip(self._threads, self.KINDS, strict=True)]
+        names = [f"{kind}{self.KINDS[:i + 1].count(kind)}" for i, kind in enumerate(self.KINDS)]
+        self._futures = [t.submit(_client, name, address, port, host, self._stop, self.tally)
+                         for t, name in zip(self._threads, names, strict=True)]
 
     def stop(self) -> Tally:
         self._stop.set()
@@ -100,7 +106,7 @@ class StrictLoad:
 
     def summary(self, what: str) -> str:
         t = self.tally
-        kinds = Counter(f"{f.client}: {f.what}" for f in t.failures)
+        kinds = Counter(f"{f.kind}: {f.what}" for f in t.failures)
         words = [f"{n} x {what}" for what, n in kinds.most_common(6)]
         return (f"{what}: {len(t.failures)} failed of {t.requests} (strict clients on the VIP), "
                 f"longest answer {t.longest:.3f} s" + (f"; {words}" if words else ""))
