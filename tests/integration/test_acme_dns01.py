@@ -10,11 +10,13 @@ for it, DNS-01 (`--acme-challenge dns-01`) validates it all the same.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from tests.integration.conftest import TASK_ADDRESSES
 from tests.integration.test_acme import TOKEN, Gateway, controller_metrics, free_on_all
@@ -24,6 +26,7 @@ from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 from tests.support.pebble import Pebble
+from tests.support.powerdns import PowerDns
 
 ZONE = "shop.test"
 ADDRESS_A, ADDRESS_B = "127.0.22.1", "127.0.22.2"
@@ -189,3 +192,56 @@ def test_an_update_the_dns_server_refuses_is_reported_naming_the_host_and_no_sec
                          "the gateway to know the wildcard host")
         assert tls["serving"] is False
         assert "no certificate from the controller's ACME client yet" in tls["error"]
+
+
+def test_a_wildcard_certificate_through_a_dns_provider_s_api_with_lexicon(
+        tmp_path: Path) -> None:
+    """dns-lexicon's `powerdns` provider against a real PowerDNS: the records go through its
+    HTTP API with the key from a credentials file (a swarm secret), Pebble reads them over
+    DNS; the certificate reaches the routes document, and the key is in no log."""
+    zone = "example.com"  # lexicon's zone logic wants a public suffix; nothing leaves loopback
+    pdns = PowerDns(tmp_path / "pdns", zone)
+    pdns.start()
+    pebble = Pebble(tmp_path / "pebble", pdns.nameserver, free_port())
+    docker = FakeDocker()
+    controller = None
+    try:
+        pebble.start()
+        docker.create("shop", {"gateway.hosts": f"*.shop.{zone}", "gateway.port": "8080",
+                               "gateway.tls": "acme"})
+        (tmp_path / "token").write_text(TOKEN)
+        credentials = tmp_path / "powerdns.env"
+        credentials.write_text(f"# lexicon's options of the powerdns provider\n"
+                               f"auth_token={pdns.api_key}\npdns_server={pdns.api_url}\n")
+        credentials.chmod(0o600)
+        (tmp_path / "controller").mkdir()
+        controller = ControllerProcess(tmp_path / "controller", docker, [
+            "--controller-token-file", str(tmp_path / "token"),
+            "--acme-directory", pebble.directory_url, "--acme-ca-bundle", str(pebble.ca_bundle),
+            "--acme-state-dir", str(tmp_path / "controller" / "acme"),
+            "--new-service-wait", "0", "--acme-dns-provider", "lexicon:powerdns",
+            "--acme-dns-credentials-file", str(credentials),
+            "--acme-dns-server", pdns.nameserver], token=TOKEN)
+        controller.start()
+
+        def certificate() -> dict[str, str] | None:
+            status, body = controller.get("/routes")  # as a gateway: the host may be ordered
+            doc = json.loads(body) if status == 200 else {}
+            return next(iter(doc.get("certificates", [])), None)
+
+        cert = wait_until(certificate, 30, "the wildcard's certificate in /routes",
+                          interval=0.3)
+        assert cert["host"] == f"*.shop.{zone}"
+        leaf = x509.load_pem_x509_certificate(cert["chain"].encode())
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [f"*.shop.{zone}"]
+        assert controller.status()["acme"]["hosts"][f"*.shop.{zone}"]["challenge"] == "dns-01"
+        assert "/chalZ/" in pebble.log_file.read_text()
+        assert pdns.txt(f"_acme-challenge.shop.{zone}") == []  # removed through the API
+        assert pdns.api_key not in controller.log_file.read_text()
+    finally:
+        if controller is not None:
+            controller.stop()
+        docker.stop()
+        pebble.stop()
+        pdns.stop()
