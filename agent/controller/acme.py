@@ -5,7 +5,10 @@ The controller is the only ACME client of the swarm. It orders one certificate p
 proxies to it whatever node the ACME server's request reaches, and hands the certificates to the
 gateways in the routes document (app, agent.gateway.source), which only gateways that show
 the shared token get. No gateway needs a shared filesystem, and none is the one that must be
-reached.
+reached. A wildcard host (`*.shop.example.com`), and every host with `--acme-challenge dns-01`,
+is validated by DNS-01 instead (controller/dns01.py): a TXT record in the zone, written through
+RFC 2136 or a DNS provider's API; a wildcard without a DNS provider is never ordered, and
+/status says why.
 
 The protocol is the `acme` package's (certbot's); this module decides what to order and when:
 
@@ -245,6 +248,8 @@ class AcmeManager:
 
     def due(self, host: str, now: float) -> float:
         """When the host's next order is due (now or earlier: due)."""
+        if self.client.unorderable(host):
+            return float("inf")  # never with these settings: /status says why
         st = self.hosts.get(host) or HostState()
         if st.forced:
             return st.next_try if st.failures else now
@@ -371,18 +376,21 @@ class AcmeManager:
                            if zone is None or zones == {zone}):
             st = self.hosts.get(host) or HostState()
             issued = st.issued
+            refused = self.client.unorderable(host)
             hosts[host] = {
                 "certificate": issued is not None,
                 "not_after": _iso(issued.not_after) if issued else None,
                 "renew_at": _iso(issued.renew_at(self.renew_before)) if issued else None,
-                "next_order": "ordering" if self.ordering == host else _next(self.due(host, now)),
+                "next_order": "ordering" if self.ordering == host else
+                None if refused else _next(self.due(host, now)),
+                "challenge": self.client.challenge(host),
                 "failures": st.failures,
-                "last_error": st.last_error,
+                "last_error": refused or st.last_error,
                 "last_attempt_at": _iso(st.last_attempt_at),
                 "last_success_at": _iso(st.last_success_at),
             }
-        problems = [f"{h}: {st.last_error}" for h, st in sorted(self.hosts.items())
-                    if h in hosts and st.last_error is not None]
+        problems = [f"{h}: {item['last_error']}" for h, item in hosts.items()
+                    if item["last_error"] is not None]
         return {"directory": self.client.directory_url, "account": self.client.account_uri,
                 "renew_before_days": self.renew_before / 86400, "problems": problems,
                 "loop_seconds_ago": round(time.monotonic() - self.heartbeat, 1),

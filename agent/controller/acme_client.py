@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agent import __version__
+from agent.controller.dns01 import Dns01, Record
+from agent.controller.dnsproviders import DnsError
 from agent.core.files import write_atomic
 from agent.core.wire import Certificate
 from agent.core.x509 import check_key, check_names, parse_chain, parse_key
@@ -64,6 +66,8 @@ def describe_error(exc: BaseException) -> str:
         text = "validation failed: " + ("; ".join(parts) or "no detail")
     elif isinstance(exc, messages.Error):
         text = f"{exc.typ}: {exc.detail}"
+    elif isinstance(exc, DnsError):
+        text = str(exc)  # names its place, holds no secret
     elif isinstance(exc, errors.TimeoutError):
         text = f"the order did not complete within {ORDER_TIMEOUT:g}s"
     else:
@@ -76,12 +80,15 @@ class Client:
     """The blocking ACME protocol (the `acme` package), used from a thread, one call at a time.
 
     `challenges` is shared with the HTTP handler: token -> key authorization, while an order
-    waits for validation.
+    waits for validation. With `dns`, wildcard hosts (and every host with `dns_all`) are
+    validated by DNS-01 instead: TXT records written through `dns`.
     """
 
     def __init__(self, directory_url: str, state_dir: Path, email: str | None,
-                 ca_bundle: Path | None, challenges: dict[str, str]) -> None:
+                 ca_bundle: Path | None, challenges: dict[str, str],
+                 dns: Dns01 | None = None, dns_all: bool = False) -> None:
         self.directory_url = directory_url
+        self.dns, self.dns_all = dns, dns_all
         self.state_dir = state_dir
         self.email = email
         self.ca_bundle = ca_bundle
@@ -142,33 +149,62 @@ class Client:
         """After a failure: connect again next time (the server may have restarted)."""
         self._client = None
 
+    def challenge(self, host: str) -> str:
+        """The challenge `host` is validated with: dns-01 for a wildcard (the only one a CA
+        allows for it) and, with `dns_all`, for every host; http-01 otherwise."""
+        return "dns-01" if host.startswith("*.") or (self.dns and self.dns_all) else "http-01"
+
+    def unorderable(self, host: str) -> str | None:
+        """Why `host` cannot be ordered with these settings (None: it can), before any order
+        spends the CA's limits."""
+        if self.challenge(host) == "dns-01" and self.dns is None:
+            return ("a wildcard certificate needs a DNS-01 challenge: give the controller "
+                    "--acme-dns-provider (docs/acme.md)")
+        return None
+
     def order(self, host: str) -> Issued:
         """Order a certificate for `host` with a new key; raises on any failure."""
         from acme import challenges, crypto_util, messages
 
+        kind = challenges.DNS01 if self.challenge(host) == "dns-01" else challenges.HTTP01
+        dns = self.dns
+        if kind is challenges.DNS01 and dns is None:
+            raise ValueError(self.unorderable(host))
         acme = self.connect()
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         order = acme.new_order(crypto_util.make_csr(key_pem, [host]))
-        tokens = []
+        tokens: list[str] = []
+        records: list[Record] = []
         try:
+            answers = []
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue  # validated recently: the server reuses it
                 chall = next((c for c in authz.body.challenges
-                              if isinstance(c.chall, challenges.HTTP01)), None)
+                              if isinstance(c.chall, kind)), None)
                 if chall is None:
-                    raise ValueError(f"the ACME server offers no http-01 challenge for {host}")
+                    raise ValueError(f"the ACME server offers no {kind.typ} challenge for {host}")
                 response, validation = chall.response_and_validation(acme.net.key)
-                token = chall.chall.encode("token")
-                self.challenges[token] = validation
-                tokens.append(token)
+                if dns is not None and kind is challenges.DNS01:
+                    name = chall.chall.validation_domain_name(authz.body.identifier.value)
+                    records.append(dns.present(host, name, validation))
+                else:
+                    token = chall.chall.encode("token")
+                    self.challenges[token] = validation
+                    tokens.append(token)
+                answers.append((chall, response))
+            if dns is not None and records:
+                dns.wait_visible(records)
+            for chall, response in answers:
                 acme.answer_challenge(chall, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
             done = acme.poll_and_finalize(order, deadline)
         finally:
             for token in tokens:
                 self.challenges.pop(token, None)
+            if dns is not None and records:
+                dns.remove(records)
         return issued_from_pem(host, done.fullchain_pem, key_pem.decode())

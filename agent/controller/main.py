@@ -11,6 +11,14 @@ import threading
 from agent.controller.acme import AcmeManager
 from agent.controller.acme_client import Client
 from agent.controller.app import make_app
+from agent.controller.dns01 import Dns01
+from agent.controller.dnsproviders import (
+    Lexicon,
+    Provider,
+    Rfc2136,
+    read_credentials,
+    read_tsig_key,
+)
 from agent.controller.docker import Docker
 from agent.controller.metrics import ControllerMetrics
 from agent.controller.routesfile import RoutesFile
@@ -22,11 +30,59 @@ from agent.core.settings import SettingsError, read_token
 log = logging.getLogger("agent.controller")
 
 
+def _dns01(settings: ControllerSettings) -> Dns01 | None:
+    """The DNS provider of DNS-01, its secrets read (and checked) now: a wrong file stops the
+    start with a message naming it, never at the first order."""
+    s = settings
+    kind = s.acme_dns_provider
+    errors = []
+    if kind is None:
+        if s.acme_challenge == "dns-01":
+            errors.append("--acme-challenge dns-01 needs --acme-dns-provider")
+        for flag, value in (("--acme-dns-server", s.acme_dns_server),
+                            ("--acme-dns-tsig-key-file", s.acme_dns_tsig_key_file),
+                            ("--acme-dns-credentials-file", s.acme_dns_credentials_file)):
+            if value is not None:
+                errors.append(f"{flag} needs --acme-dns-provider")
+    elif kind == "rfc2136" and s.acme_dns_server is None:
+        errors.append("--acme-dns-provider rfc2136 needs --acme-dns-server (the primary "
+                      "server that takes the updates)")
+    elif kind == "rfc2136" and s.acme_dns_credentials_file is not None:
+        errors.append("--acme-dns-credentials-file is for lexicon providers; rfc2136 takes "
+                      "--acme-dns-tsig-key-file")
+    elif kind != "rfc2136" and s.acme_dns_tsig_key_file is not None:
+        errors.append("--acme-dns-tsig-key-file is for rfc2136; a lexicon provider takes "
+                      "--acme-dns-credentials-file")
+    if errors:
+        raise SettingsError("; ".join(errors))
+    if kind is None:
+        return None
+    provider: Provider
+    try:
+        if kind == "rfc2136":
+            assert s.acme_dns_server is not None
+            key = read_tsig_key(s.acme_dns_tsig_key_file) if s.acme_dns_tsig_key_file else None
+            provider = Rfc2136(s.acme_dns_server, key, s.acme_dns_zone)
+        else:
+            options = read_credentials(s.acme_dns_credentials_file) \
+                if s.acme_dns_credentials_file else {}
+            lexicon = Lexicon(kind.partition(":")[2], options, s.acme_dns_zone,
+                              s.acme_dns_server)
+            lexicon.check()
+            provider = lexicon
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    log.info("acme_dns_on provider=%r challenge_for_names=%s zones=%s", provider.description,
+             s.acme_challenge, ",".join(s.acme_dns_zone) or "from the DNS")
+    return Dns01(provider, s.acme_dns_propagation_timeout)
+
+
 def _acme(settings: ControllerSettings, metrics: ControllerMetrics) -> AcmeManager | None:
     if settings.acme_directory is None:
         return None
     client = Client(settings.acme_directory, settings.acme_state_dir, settings.acme_email,
-                    settings.acme_ca_bundle, challenges={})
+                    settings.acme_ca_bundle, challenges={}, dns=_dns01(settings),
+                    dns_all=settings.acme_challenge == "dns-01")
     return AcmeManager(client, settings.acme_state_dir, metrics.registry,
                        renew_before=settings.acme_renew_before * 86400,
                        retry_min=settings.acme_retry_min)

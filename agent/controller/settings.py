@@ -4,11 +4,13 @@ GATEWAY_* environment variables and flags (core/settings.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.core import settings as core
+from agent.core.fields import DNS_NAME_RE
 from agent.core.settings import (
     CONTROLLER_TOKEN_FILE,
     LOG_FORMAT,
@@ -20,6 +22,7 @@ from agent.core.settings import (
     http_url,
     label_prefix,
     non_negative_float,
+    parse_host_port,
     parse_ip_host_port,
     positive_float,
     zone_token_files,
@@ -42,8 +45,37 @@ class ControllerSettings:
     acme_state_dir: Path = Path("/var/lib/gateway-controller")
     acme_renew_before: float = 30.0  # days before notAfter
     acme_retry_min: float = 300.0  # seconds; doubles after each failure, to 6 hours
+    acme_challenge: str = "http-01"  # for hosts that are not wildcards (those are dns-01)
+    acme_dns_provider: str | None = None  # rfc2136 or lexicon:NAME: DNS-01 is possible
+    acme_dns_server: HostPort | None = None  # rfc2136: the primary; lexicon: where to check
+    acme_dns_tsig_key_file: Path | None = None  # rfc2136 (a swarm secret)
+    acme_dns_credentials_file: Path | None = None  # lexicon: the provider's options (a secret)
+    acme_dns_zone: tuple[str, ...] = ()  # the zones the records go in (default: SOA lookup)
+    acme_dns_propagation_timeout: float = 120.0  # seconds to wait for the TXT to show
     log_format: str = "text"
     log_level: str = "info"
+
+
+def acme_challenge(value: str) -> str:
+    if value not in ("http-01", "dns-01"):
+        raise ValueError(f"{value!r} is not http-01 or dns-01")
+    return value
+
+
+def dns_provider(value: str) -> str:
+    kind, colon, name = value.partition(":")
+    if value == "rfc2136" or (kind == "lexicon" and colon and re.fullmatch(r"[a-z0-9_]+", name)):
+        return value
+    raise ValueError(f"{value!r} is not rfc2136 or lexicon:NAME (a dns-lexicon provider, "
+                     "e.g. lexicon:cloudflare)")
+
+
+def dns_zones(value: str) -> tuple[str, ...]:
+    zones = tuple(z.strip().rstrip(".").lower() for z in value.split(",") if z.strip())
+    bad = [z for z in zones if not DNS_NAME_RE.fullmatch(z)]
+    if bad or not zones:
+        raise ValueError(f"{value!r}: expected DNS zone names, comma-separated")
+    return zones
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -81,6 +113,27 @@ OPTIONS: tuple[Option, ...] = (
            "twice that, when a third of its lifetime is left (30)"),
     Option("--acme-retry-min", "acme_retry_min", positive_float,
            "seconds before the first retry of a failed order; doubles up to 6 hours (300)"),
+    Option("--acme-challenge", "acme_challenge", acme_challenge,
+           "http-01 or dns-01: how hosts that are not wildcards are validated; wildcards are "
+           "always dns-01 (http-01)"),
+    Option("--acme-dns-provider", "acme_dns_provider", dns_provider,
+           "rfc2136 (dynamic updates, TSIG) or lexicon:NAME (a DNS provider's API through "
+           "dns-lexicon, e.g. lexicon:cloudflare): turns DNS-01 on (docs/acme.md)"),
+    Option("--acme-dns-server", "acme_dns_server",
+           lambda v: parse_host_port(v, default_port=53),
+           "HOST[:PORT]: rfc2136: the primary server taking the updates; lexicon: the server "
+           "the TXT records are checked on (default: the zone's NS)"),
+    Option("--acme-dns-tsig-key-file", "acme_dns_tsig_key_file", Path,
+           "rfc2136: the TSIG key in BIND's format, as tsig-keygen writes it (a swarm secret)"),
+    Option("--acme-dns-credentials-file", "acme_dns_credentials_file", Path,
+           "lexicon: the provider's options, one name=value a line, e.g. auth_token=... "
+           "(a swarm secret)"),
+    Option("--acme-dns-zone", "acme_dns_zone", dns_zones,
+           "ZONE,...: the zones the TXT records go in (default: the zone the DNS answers for "
+           "each name)"),
+    Option("--acme-dns-propagation-timeout", "acme_dns_propagation_timeout", positive_float,
+           "seconds to wait for every authoritative server to show a TXT record before the CA "
+           "is told to look (120)"),
     LOG_FORMAT,
     LOG_LEVEL,
 )

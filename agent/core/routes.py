@@ -187,12 +187,8 @@ class Route(BaseModel):
             if (self.path + "/").startswith(ACME_CHALLENGE_PATH):
                 raise ValueError(f"path {self.path!r}: with tls: acme the gateway sends "
                                  f"{ACME_CHALLENGE_PATH} to the controller; route another path")
-            wildcards = [h for h in self.hosts if h.startswith("*.")]
-            if wildcards:
-                raise ValueError(f"tls: acme cannot cover {', '.join(wildcards)}: a wildcard "
-                                 "certificate needs a DNS-01 challenge, and the gateway answers "
-                                 "HTTP-01 only; name each host, or give a certificate")
-            # a CA issues for public DNS names only: an order for anything else fails, and
+            # a wildcard is ordered with DNS-01 (the controller's --acme-dns-provider); a
+            # CA issues for public DNS names only: an order for anything else fails, and
             # failures count against the account's limits, for every host
             unfit = [h for h in self.hosts if "." not in h or "_" in h or is_address(h)]
             if unfit:

@@ -128,7 +128,8 @@ def valid_until(cert: Certificate) -> float:
 
 def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
     """`[{"host": H, "chain": PEM, "key": PEM}]`; an item that is not that is refused alone.
-    The host becomes a file name: only a plain host name (no wildcard) is taken."""
+    The host becomes a file name: a host name, or a wildcard (`*.shop.example.com.crt`: the
+    `*` is a plain character there, which nothing expands), never a path."""
     if not isinstance(items, list):
         raise ValueError("'certificates' must be a list")
     out: dict[str, Certificate] = {}
@@ -136,10 +137,10 @@ def _certificates(items: Any, errors: list[str]) -> tuple[Certificate, ...]:
         host = item.get("host") if isinstance(item, dict) else None
         chain = item.get("chain") if isinstance(item, dict) else None
         key = item.get("key") if isinstance(item, dict) else None
-        if not isinstance(host, str) or not HOST_RE.fullmatch(host) or host.startswith("*") \
-                or len(host) > 253 or host in out:
+        if not isinstance(host, str) or not HOST_RE.fullmatch(host) or len(host) > 253 \
+                or host in out:
             errors.append(f"controller certificates[{i}]: refused by the gateway: the host is "
-                          "not a plain host name, or comes twice")
+                          "not a host name, or comes twice")
         elif not all(isinstance(v, str) and v.isascii() and len(v) <= _PEM_MAX and
                      "-----BEGIN " in v for v in (chain, key)):
             errors.append(f"controller certificates[{i}] ({host}): refused by the gateway: "

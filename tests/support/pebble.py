@@ -21,8 +21,10 @@ from tests.support.tlsca import TestCA
 
 class Pebble:
     def __init__(self, workdir: Path, dns_server: str, http_port: int,
-                 address: str = "127.0.0.1", names: tuple[str, ...] = ("localhost",)) -> None:
-        """Pebble on `address`, its HTTPS certificate for `names` (and the address)."""
+                 address: str = "127.0.0.1", names: tuple[str, ...] = ("localhost",),
+                 validity: int | None = None) -> None:
+        """Pebble on `address`, its HTTPS certificate for `names` (and the address); the
+        certificates it issues valid for `validity` seconds (Pebble's default: 5 years)."""
         self.paths = require_programs("pebble")
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -40,7 +42,8 @@ class Pebble:
             "managementListenAddress": f"{address}:{self.management_port}",
             "certificate": str(crt), "privateKey": str(key),
             "httpPort": http_port, "tlsPort": free_port(),
-            "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity} if validity else {})}}))
         self.dns_server = dns_server
         self.log_file = workdir / "pebble.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -57,6 +57,7 @@ class FakeClient:
         self.orders: list[str] = []
         self.failing: BaseException | None = None
         self.lifetime = 90 * DAY
+        self.refused: dict[str, str] = {}  # host -> why these settings cannot order it
 
     def order(self, host: str) -> Issued:
         self.orders.append(host)
@@ -69,6 +70,12 @@ class FakeClient:
 
     def forget(self) -> None:
         pass
+
+    def challenge(self, host: str) -> str:
+        return "dns-01" if host in self.refused else "http-01"
+
+    def unorderable(self, host: str) -> str | None:
+        return self.refused.get(host)
 
 
 @pytest.fixture
@@ -378,9 +385,31 @@ def test_status_before_any_gateway(manager: AcmeManager) -> None:
         "problems": [],
         "hosts": {"a.test": {
             "certificate": False, "not_after": None, "renew_at": None,
-            "next_order": "when a gateway has the route", "failures": 0, "last_error": None,
-            "last_attempt_at": None, "last_success_at": None}},
+            "next_order": "when a gateway has the route", "challenge": "http-01",
+            "failures": 0, "last_error": None, "last_attempt_at": None,
+            "last_success_at": None}},
     }
+
+
+async def test_a_host_these_settings_cannot_order_is_never_ordered_and_status_says_why(
+        manager: AcmeManager, client: FakeClient, clock: Clock) -> None:
+    """A wildcard without a DNS provider: no order spends the CA's limits, /status says why,
+    and the other hosts are ordered as usual."""
+    client.refused["*.shop.test"] = "a wildcard certificate needs a DNS-01 challenge: ..."
+    manager.want({"a.test": EVERYWHERE, "*.shop.test": EVERYWHERE})
+    manager.gateway_seen()
+    clock.now += SETTLE
+    await manager._pass(asyncio.Event())
+    manager.renew()  # not even forced
+    await manager._pass(asyncio.Event())
+    assert client.orders == ["a.test", "a.test"]
+    status = manager.status()
+    assert status["hosts"]["*.shop.test"] | {"last_error": "x"} == {
+        "certificate": False, "not_after": None, "renew_at": None, "next_order": None,
+        "challenge": "dns-01", "failures": 0, "last_error": "x", "last_attempt_at": None,
+        "last_success_at": None}
+    assert status["problems"] == [
+        "*.shop.test: a wildcard certificate needs a DNS-01 challenge: ..."]
 
 
 # -- errors as a user reads them -----------------------------------------------------------------

@@ -207,11 +207,15 @@ def test_tls_acme_labels_refused() -> None:
     assert errors_of({**BASE, "gateway.tls": "acme", "gateway.tls.certificate": "a.crt"}) == [
         "service shop_web: label gateway.tls: 'acme' gets the certificate from the "
         "controller's ACME client: give either 'acme' or 'certificate', not both"]
-    errors = errors_of({**BASE, "gateway.hosts": "a.example.com,*.example.com",
+    errors = errors_of({**BASE, "gateway.hosts": "a.example.com,localhost",
                         "gateway.tls": "acme"})
     assert len(errors) == 1
-    assert errors[0].startswith("service shop_web: labels: tls: acme cannot cover "
-                                "*.example.com")
+    assert errors[0].startswith("service shop_web: labels: tls: acme cannot cover localhost")
+    # a wildcard is ordered by DNS-01 (the controller's --acme-dns-provider)
+    route = route_from_labels("web", {**BASE, "gateway.hosts": "*.shop.example.com",
+                                      "gateway.tls": "acme"})
+    assert route is not None
+    assert route.hosts == ("*.shop.example.com",)
 
 
 def test_a_bad_tls_value_with_tls_labels_says_true_or_acme() -> None:

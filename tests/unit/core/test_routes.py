@@ -237,16 +237,17 @@ def test_acme_and_a_certificate_are_refused_together(tls: dict[str, object]) -> 
         "either 'acme' or 'certificate', not both"]
 
 
-def test_acme_cannot_cover_a_wildcard_host() -> None:
-    errors = errors_of({"routes": [
-        {"hosts": ["ok.example.com"], "service": "svc", "port": 80, "tls": "acme"},
-        {"hosts": ["a.example.com", "*.example.com"], "service": "svc", "port": 80,
-         "tls": "acme"}]})
-    assert len(errors) == 1
-    assert errors[0].startswith("routes[1]: tls: acme cannot cover *.example.com: ")
-    assert "DNS-01" in errors[0]
-    # a wildcard host with a certificate of its own is fine
-    parse_routes(one(hosts=["*.example.com"], tls=True))
+def test_acme_covers_a_wildcard_host_which_the_controller_orders_by_dns_01() -> None:
+    (route,) = parse_routes({"routes": [
+        {"hosts": ["a.example.com", "*.shop.example.com"], "service": "svc", "port": 80,
+         "tls": "acme"}]}).routes
+    assert route.hosts == ("a.example.com", "*.shop.example.com")
+    assert route.tls is not None
+    assert route.tls.acme
+    # what a CA never issues stays refused under a wildcard too
+    assert errors_of(one(hosts=["*.shop_1.example.com"], tls="acme")) == [
+        "routes[0]: tls: acme cannot cover *.shop_1.example.com: an ACME CA issues for DNS "
+        "names with a dot and no '_' only"]
 
 
 @pytest.mark.parametrize("host", ["localhost", "10.0.0.1", "shop_1.example.com"])

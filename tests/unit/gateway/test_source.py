@@ -158,8 +158,18 @@ def test_certificates_from_the_controller_are_kept_sorted_by_host(ca: TestCA) ->
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
+def test_a_wildcard_host_s_certificate_is_taken(ca: TestCA) -> None:
+    """DNS-01 gives wildcard certificates (*.shop.example.com.crt: a file name, no path)."""
+    item = cert_item(ca, "*.shop.example.com")
+    received = parse_document({**doc(), "certificates": [item]})
+    assert [c.host for c in received.certificates] == ["*.shop.example.com"]
+    assert received.errors == ()
+
+
 @pytest.mark.parametrize("bad", [
-    {"host": "*.example.com"},
+    {"host": "a.*.example.com"},
+    {"host": "*"},
+    {"host": "*/x.example.com"},
     {"host": "a/b.example.com"},
     {"host": "../etc/passwd"},
     {"host": "a..b.example.com"},
@@ -192,11 +202,11 @@ def test_a_host_sent_twice_keeps_its_first_certificate(ca: TestCA) -> None:
 
 def test_a_refused_certificate_is_reported(ca: TestCA) -> None:
     received = parse_document({**doc(), "certificates": [
-        cert_item(ca, "good.example.com"), {**cert_item(ca, "a.example.com"), "host": "*.x"},
+        cert_item(ca, "good.example.com"), {**cert_item(ca, "a.example.com"), "host": "a.*.x"},
         {**cert_item(ca, "b.example.com"), "key": "nonsense"}]})
     assert received.errors == (
-        "controller certificates[1]: refused by the gateway: the host is not a plain host "
-        "name, or comes twice",
+        "controller certificates[1]: refused by the gateway: the host is not a host name, or "
+        "comes twice",
         "controller certificates[2] (b.example.com): refused by the gateway: 'chain' and 'key' "
         "must be PEM text")
 
