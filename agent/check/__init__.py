@@ -71,7 +71,8 @@ usage: gateway-check [-h] [--http URL] [--tcp HOST:PORT]
                      [--docker-service NAME] [--docker-socket PATH]
                      [--timeout SECONDS] [-q] [--watch] [--track-file PATH]
                      [--interval SECONDS] [--fall N] [--rise N]
-                     [--fail-value N] [--keep-on-exit]
+                     [--fail-value N] [--keep-on-exit] [--hold-syn ADDRESS]
+                     [--hold-ports PORTS] [--hold-seconds S]
 """
 
 HELP = USAGE + f"""
@@ -105,6 +106,13 @@ watcher:
   --keep-on-exit        on SIGTERM leave the file as it is instead of writing
                         the failure value (a planned restart of the watcher
                         then does not move the VIP)
+  --hold-syn ADDRESS    a VIP: when the gateway says it drains (/readyz 503
+                        Draining) and this node holds ADDRESS, drop new
+                        connections to it (iptables, SYNs only: clients send
+                        them again) for --hold-seconds before giving the VIP
+                        up, so that no connection is cut (repeatable)
+  --hold-ports PORTS    comma-separated ports of --hold-syn (default 8080,443)
+  --hold-seconds S      how long the connections in flight get (default 0.3)
 """
 
 
@@ -143,6 +151,13 @@ def _str(text: str) -> str:
     return text
 
 
+def _ports(text: str) -> list[int]:
+    parts = text.split(",")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in parts):
+        raise UsageError(f"{text!r} is not a comma-separated list of ports")
+    return [int(p) for p in parts]
+
+
 class Options:
     """The parsed command line, with the defaults of every option."""
 
@@ -161,6 +176,9 @@ class Options:
         self.rise = 3
         self.fail_value = 1
         self.keep_on_exit = False
+        self.hold_syn: list[str] = []
+        self.hold_ports: list[int] = [8080, 443]
+        self.hold_seconds = 0.3
 
 
 # long option -> (short option, how to read its value or None for a flag, repeatable)
@@ -179,6 +197,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str], object] | None, bool]] = {
     "--rise": (None, _count, False),
     "--fail-value": (None, _int, False),
     "--keep-on-exit": (None, None, False),
+    "--hold-syn": (None, _str, True),
+    "--hold-ports": (None, _ports, False),
+    "--hold-seconds": (None, _positive, False),
 }
 SHORT = {short: name for name, (short, _, _) in OPTIONS.items() if short}
 
@@ -303,8 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert opts.track_file is not None
         log(f"watching every {opts.interval:g}s, writing {opts.track_file}: "
             + ", ".join(c.label for c in checks))
+        hold = None
+        if opts.hold_syn:
+            from agent.check.hold import SynHold
+
+            hold = SynHold(opts.hold_syn, opts.hold_ports, opts.hold_seconds, log)
+            hold.clear()
         return Watcher(checks, opts.track_file, opts.interval, opts.timeout, opts.rise,
-                       opts.fall, opts.fail_value, not opts.keep_on_exit).run()
+                       opts.fall, opts.fail_value, not opts.keep_on_exit, hold).run()
     try:
         verdict = run_checks(checks, opts.timeout)
     except Stopped as stop:

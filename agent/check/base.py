@@ -22,6 +22,11 @@ class CheckFailed(Exception):
     """A check's own verdict: the message says why, in a few words."""
 
 
+class Draining(CheckFailed):
+    """The gateway answered that it is draining (told to stop: agent/gateway/drain.py), not
+    that it is broken: the watcher hands the VIP over without cutting connections (hold.py)."""
+
+
 class BadAnswer(Exception):
     """What came back is not the HTTP answer a check can read."""
 
@@ -48,11 +53,12 @@ class Check:
 
 
 class Verdict:
-    __slots__ = ("line", "ok")
+    __slots__ = ("draining", "line", "ok")
 
-    def __init__(self, ok: bool, line: str) -> None:
+    def __init__(self, ok: bool, line: str, draining: bool = False) -> None:
         self.ok = ok
         self.line = line
+        self.draining = draining  # every failed check said the gateway drains
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Verdict):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import socket
 
-from agent.check.base import BadAnswer, Check, CheckFailed, remaining
+from agent.check.base import BadAnswer, Check, CheckFailed, Draining, remaining
 from agent.check.http import connect, http_exchange
+
+# what the gateway's /readyz answers while it drains (agent/gateway/admin.py says the same)
+DRAINING_STATUS, DRAINING_REASON = 503, "Draining"
 
 
 def split_url(url: str) -> tuple[str, str, int, str]:
@@ -57,6 +60,8 @@ def http_check(url: str) -> Check:
             status, reason, _ = http_exchange(sock, host_header, target, deadline)
         finally:
             sock.close()
+        if status == DRAINING_STATUS and reason == DRAINING_REASON:
+            raise Draining(f"HTTP {status} {reason}")
         if not 200 <= status < 300:
             raise CheckFailed(f"HTTP {status} {reason}".rstrip())
 

@@ -10,17 +10,20 @@ import tempfile
 import threading
 import time
 
-from agent.check.base import STOP_SIGNALS, Check, Stopped, Verdict, describe
+from agent.check.base import STOP_SIGNALS, Check, Draining, Stopped, Verdict, describe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing collections.abc or types costs at run time
     from collections.abc import Sequence
     from types import FrameType
 
+    from agent.check.hold import SynHold
+
 def run_checks(checks: Sequence[Check], timeout: float) -> Verdict:
     """Run every check at once; answer when all have finished or `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
     failures: list[str | None] = [None] * len(checks)
+    draining = [False] * len(checks)
     finished = [False] * len(checks)
     cond = threading.Condition()
     started = time.monotonic()
@@ -31,6 +34,7 @@ def run_checks(checks: Sequence[Check], timeout: float) -> Verdict:
             check.run(deadline)
         except Exception as exc:
             reason = describe(exc)
+            draining[index] = isinstance(exc, Draining)
         with cond:
             failures[index] = reason
             finished[index] = True
@@ -48,7 +52,8 @@ def run_checks(checks: Sequence[Check], timeout: float) -> Verdict:
               if reason is not None]
     elapsed_ms = (time.monotonic() - started) * 1000
     if failed:
-        return Verdict(False, "FAIL " + "; ".join(failed))
+        said = [draining[i] for i, reason in enumerate(snapshot) if reason is not None]
+        return Verdict(False, "FAIL " + "; ".join(failed), draining=all(said))
     return Verdict(True, f"OK {', '.join(c.label for c in checks)} ({elapsed_ms:.0f} ms)")
 
 
@@ -109,7 +114,7 @@ class Watcher:
 
     def __init__(self, checks: Sequence[Check], track_file: str, interval: float,
                  timeout: float, rise: int, fall: int, fail_value: int,
-                 fail_on_exit: bool) -> None:
+                 fail_on_exit: bool, hold: SynHold | None = None) -> None:
         self.checks = checks
         self.track_file = track_file
         self.interval = interval
@@ -118,6 +123,7 @@ class Watcher:
         self.fall = fall
         self.fail_value = fail_value
         self.fail_on_exit = fail_on_exit
+        self.hold = hold  # a draining gateway's VIP handed over without cutting connections
 
     def value(self, ok: bool) -> int:
         return 0 if ok else self.fail_value
@@ -149,7 +155,12 @@ class Watcher:
                     streak = 0
                 else:
                     streak += 1
-                if state is None or streak >= (self.rise if verdict.ok else self.fall):
+                # a gateway that drains gives the VIP up at once (it was told to: no flapping)
+                handover = state is True and not verdict.ok and verdict.draining
+                if handover or state is None or \
+                        streak >= (self.rise if verdict.ok else self.fall):
+                    if handover and self.hold is not None:
+                        self.hold.start()
                     if state != verdict.ok:
                         log(f"{'OK' if verdict.ok else 'FAIL'} -> {self.track_file}="
                             f"{self.value(verdict.ok)}: {verdict.line}")
@@ -157,12 +168,16 @@ class Watcher:
                 wanted = str(self.value(verdict.ok if state is None else state))
                 if read_track_file(self.track_file) != wanted:
                     write_error = self._write(int(wanted), write_error)
+                if self.hold is not None:
+                    self.hold.release_when_done()
                 next_run += self.interval
                 now = time.monotonic()
                 if next_run < now:  # a slow round: start the next one now, keep the cadence after
                     next_run = now
                 time.sleep(next_run - now)
         except Stopped as stop:
+            if self.hold is not None:
+                self.hold.clear()
             if self.fail_on_exit:
                 if self._write(self.fail_value, None) is None:
                     log(f"stopped by {stop.signame}: wrote {self.fail_value} to "

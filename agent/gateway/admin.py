@@ -144,7 +144,10 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
     async def readyz(_: web.Request) -> web.Response:
         ok, problems = readiness(state, nginx, clock())
         text = "ready\n" if ok else "not ready: " + "; ".join(problems) + "\n"
-        return web.Response(status=200 if ok else 503, text=text)
+        # gateway-check's watcher tells a drain from a failure by the reason phrase: it hands
+        # the VIP over without cutting connections (agent/check/hold.py)
+        reason = "Draining" if state.draining else None
+        return web.Response(status=200 if ok else 503, text=text, reason=reason)
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_document(state, nginx, settings, clock(), sources,

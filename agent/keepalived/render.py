@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,11 @@ class CheckSpec(_Model):
     # track_file mode: the file the watcher writes, and its probing interval
     track_file: AbsolutePath = "/run/gateway-check/state"
     watch_interval: Annotated[float, Field(gt=0, le=10)] = 0.1
+    # track_file mode: a draining gateway's VIP is handed over without cutting connections:
+    # new ones to these ports are dropped (the clients send them again) for hold_seconds
+    # first (agent/check/hold.py); [] turns it off
+    hold_ports: list[Annotated[int, Field(gt=0, lt=65536)]] = [8080, 443]
+    hold_seconds: Annotated[float, Field(gt=0, le=5)] = 0.3
 
     def argv(self) -> list[str]:
         """The gateway-check arguments that name the checks (shared by both modes)."""
@@ -128,12 +134,18 @@ class CheckSpec(_Model):
             args += ["--docker-service", service]
         return [*args, "--timeout", f"{self.timeout:g}"]
 
-    def watcher_args(self) -> list[str]:
+    def watcher_args(self, vips: Sequence[str] = ()) -> list[str]:
         """The watcher's arguments (after the command): keepalived/gateway-check-watch.service
-        reads them as GATEWAY_CHECK_ARGS."""
+        reads them as GATEWAY_CHECK_ARGS. `vips`: the cluster's, held for a drain."""
+        hold: list[str] = []
+        if self.hold_ports and vips:
+            for vip in vips:
+                hold += ["--hold-syn", vip.split("/")[0]]
+            hold += ["--hold-ports", ",".join(map(str, self.hold_ports)),
+                     "--hold-seconds", f"{self.hold_seconds:g}"]
         return ["--watch", "--track-file", self.track_file, "--interval",
                 f"{self.watch_interval:g}", "--fall", str(self.fall), "--rise", str(self.rise),
-                *self.argv()]
+                *hold, *self.argv()]
 
 
 class Cluster(_Model):
@@ -241,7 +253,7 @@ def render_node(cluster: Cluster, node_name: str, source: str = "the cluster fil
         "# change the cluster file and render again.",
     ]
     if check.mode == "track_file":
-        watcher = _script_line(check.watcher_args()).replace(NODE, node.name)
+        watcher = _script_line(check.watcher_args(cluster.vips)).replace(NODE, node.name)
         out += ["# The gateway-check watcher writes the track file: run it next to keepalived",
                 "# (keepalived/gateway-check-watch.service) with, in /etc/default/gateway-check:",
                 f"#   GATEWAY_CHECK_ARGS={watcher}"]

@@ -567,7 +567,7 @@ class Cluster:
         conf = render_node(spec, n.name, source="the cluster's keepalived description")
         self.stop_keepalived(n)
         self.exec(n, "sh", "-c", "cat >/etc/keepalived/keepalived.conf", input=conf)
-        watcher = " ".join(["gateway-check", *spec.check.watcher_args()])
+        watcher = " ".join(["gateway-check", *spec.check.watcher_args(spec.vips)])
         self.exec(n, "sh", "-c", f"mkdir -p {Path(TRACK_FILE).parent} && "
                   f"setsid {watcher} >>/var/log/gateway-check.log 2>&1 &")
         self.exec(n, "sh", "-c", "setsid keepalived --dont-fork --log-console --log-detail "

@@ -69,8 +69,8 @@ def test_track_file_mode(tmp_path: Path) -> None:
     assert [e.name for e in config.instances[0].tracked("track_file")] == ["gateway_check"]
     text = (tmp_path / "node1.conf").read_text()
     assert ("#   GATEWAY_CHECK_ARGS=--watch --track-file /run/gateway-check/state --interval 0.1 "
-            "--fall 1 --rise 2 --http http://127.0.0.1:9180/readyz --tcp 127.0.0.1:8080 "
-            "--timeout 1\n") in text
+            "--fall 1 --rise 2 --hold-syn 192.0.2.100 --hold-ports 8080,443 --hold-seconds 0.3 "
+            "--http http://127.0.0.1:9180/readyz --tcp 127.0.0.1:8080 --timeout 1\n") in text
 
 
 def test_script_mode(tmp_path: Path) -> None:
