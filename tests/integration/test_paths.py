@@ -14,11 +14,7 @@ import socket
 from pathlib import Path
 
 from tests.integration.conftest import TASK_ADDRESSES
-from tests.integration.test_route_features import (  # noqa: F401 (a fixture)
-    StartAgent,
-    basic,
-    reachable,
-)
+from tests.integration.test_route_features import StartAgent, basic
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
 
 T1 = TASK_ADDRESSES[0]
@@ -67,7 +63,7 @@ def raw_get(port: int, target: str, host: str = "web", source: str = OUTSIDE,
 
 def _agent(dns: Dnsmasq, start_agent: StartAgent, port: int, workdir: Path) -> Agent:
     dns.set("tasks.app", [T1])
-    certs = workdir / "secrets"
+    certs = workdir / "route-files"
     certs.mkdir()
     sha = base64.b64encode(hashlib.sha1(b"alice-pw").digest()).decode()
     (certs / "users.htpasswd").write_text(f"alice:{{SHA}}{sha}\n")
@@ -79,12 +75,12 @@ def _agent(dns: Dnsmasq, start_agent: StartAgent, port: int, workdir: Path) -> A
                          **app},
                         {"hosts": ["open"], **app},
                         {"hosts": ["open"], "path": "/admin", **app}],
-                       "--certs-dir", str(certs), workdir=workdir)
+                       "--route-files-dir", str(certs), workdir=workdir)
 
 
 def test_no_path_an_application_reads_as_a_checked_route_passes_the_check(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
-        start_agent: StartAgent, reachable: Path) -> None:  # noqa: F811
+        start_agent: StartAgent, reachable: Path) -> None:
     agent = _agent(dns, start_agent, upstream_port, reachable)
     task = tasks["task1"].server
     # what may reach the task does: the open route, the checked ones for whom they let in
@@ -105,7 +101,7 @@ def test_no_path_an_application_reads_as_a_checked_route_passes_the_check(
 
 def test_normal_paths_and_queries_and_hosts_without_checked_routes_are_as_before(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
-        start_agent: StartAgent, reachable: Path) -> None:  # noqa: F811
+        start_agent: StartAgent, reachable: Path) -> None:
     agent = _agent(dns, start_agent, upstream_port, reachable)
     alice = basic("alice", "alice-pw")
     for target, headers in [
