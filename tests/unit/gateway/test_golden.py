@@ -21,11 +21,14 @@ GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "routes.yml").is_file())
 # the temporary folder `render` copies certificates and route files into
 _RENDER_TMP = re.compile(r"/[^\s;'\"]*/gateway-render-[A-Za-z0-9_]+")
+# nginx serves the generation, a digest of the configuration: of that folder's name too
+_GENERATION = re.compile(r'(location = /generation \{\n\s*return 200 ")([0-9a-f]{16})')
 
 
 def render_case(case: Path, capsys: pytest.CaptureFixture[str],
                 monkeypatch: pytest.MonkeyPatch) -> str:
-    """What `gateway-agent render` prints for this case, its own paths written as @CASE@."""
+    """What `gateway-agent render` prints for this case, its own paths written as @CASE@ (and
+    where it copied files to, @RENDER_TMP@; then the generation too, which digests that)."""
     import os
 
     for name in list(os.environ):
@@ -36,7 +39,8 @@ def render_case(case: Path, capsys: pytest.CaptureFixture[str],
                  "--endpoints", str(case / "endpoints.json"), *args])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return _RENDER_TMP.sub("@RENDER_TMP@", out.replace(str(case), "@CASE@"))
+    text, copies = _RENDER_TMP.subn("@RENDER_TMP@", out.replace(str(case), "@CASE@"))
+    return _GENERATION.sub(r"\1@GENERATION@", text) if copies else text
 
 
 def test_every_case_has_its_expected_configuration(request: pytest.FixtureRequest) -> None:
