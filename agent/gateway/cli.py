@@ -16,8 +16,8 @@ from agent.core.routes import RoutesError, RouteTable
 from agent.gateway import settings
 
 if TYPE_CHECKING:
-    from agent.gateway.discovery import Endpoints
-    from agent.gateway.render import Rendered
+    from agent.gateway.drivers.discovery import Endpoints
+    from agent.gateway.plan.http import Rendered
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -30,7 +30,7 @@ def _report(exc: RoutesError, suffix: str = "") -> int:
 
 def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
     """The routes of --routes (for --zone), or the exit status after saying what is wrong."""
-    from agent.gateway.ports import load_for_gateway
+    from agent.gateway.drivers.ports import load_for_gateway
 
     if s.routes is None:
         print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
@@ -43,7 +43,7 @@ def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.gateway import daemon
-    from agent.gateway.dnsserver import ResolverError
+    from agent.gateway.drivers.dnsserver import ResolverError
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
@@ -74,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
     """`{"service": ["10.0.1.3", ...]}` as the discovery snapshot the renderer takes."""
-    from agent.gateway.discovery import Endpoints, sort_addresses
+    from agent.gateway.drivers.discovery import Endpoints, sort_addresses
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict):
@@ -97,10 +97,10 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
     `run` refuses them, each refusal said on stderr), the ACME challenges' location, the access
     log. The checked copies go to a temporary folder (`run` keeps its own store)."""
     from agent.gateway.daemon import make_renderer
-    from agent.gateway.logfile import log_path
+    from agent.gateway.drivers.logfile import log_path
+    from agent.gateway.drivers.routefiles import for_gateway
+    from agent.gateway.drivers.tls import Certificates
     from agent.gateway.reconciler import acme_target
-    from agent.gateway.routefiles import for_gateway
-    from agent.gateway.tls import Certificates
 
     access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
         else None
@@ -113,7 +113,7 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from agent.gateway.render import RenderError
+    from agent.gateway.plan.http import RenderError
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s)

@@ -17,29 +17,29 @@ import time
 
 from agent.core.serve import AdminServer
 from agent.core.settings import read_token
-from agent.gateway.admin import make_app
-from agent.gateway.discovery import Discovery
-from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.drain import wait_for_handover
-from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError, Nginx, NginxDied
-from agent.gateway.nginxversion import NginxTooOld, nginx_version
-from agent.gateway.ports import reserved_ports
+from agent.gateway.drivers.discovery import Discovery
+from agent.gateway.drivers.dnsserver import LocalResolver
+from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, log_path
+from agent.gateway.drivers.nginx import ApplyError, Nginx, NginxDied
+from agent.gateway.drivers.nginxversion import NginxTooOld, nginx_version
+from agent.gateway.drivers.ports import reserved_ports
+from agent.gateway.drivers.routefiles import copies_dir, for_gateway
+from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
+from agent.gateway.drivers.tls import Certificates, store_dir
+from agent.gateway.observe.admin import make_app
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State
+from agent.gateway.plan.http import Renderer
+from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.reconciler import Reconciler
-from agent.gateway.render import Renderer
-from agent.gateway.routefiles import copies_dir, for_gateway
 from agent.gateway.settings import GatewaySettings
-from agent.gateway.source import ControllerRoutes, SourceMetrics
-from agent.gateway.state import State
-from agent.gateway.stream import StreamRenderer
-from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
 
 
 def control_name(settings: GatewaySettings) -> str | None:
-    """The name whose answer tells "the nameserver works" (see agent.gateway.discovery)."""
+    """The name whose answer tells "the nameserver works" (see agent.gateway.drivers.discovery)."""
     name = settings.dns_control_name
     if name == "none":
         return None

@@ -20,17 +20,17 @@ from agent.core.aio import Backoff, first
 from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
 from agent.core.routes import RoutesError, RoutesUnreadable, RouteTable, Target
-from agent.gateway.discovery import Discovery, Endpoints, Snapshot, sort_addresses
-from agent.gateway.dnsserver import LocalResolver
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError, Nginx
-from agent.gateway.ports import load_for_gateway, unbindable, without_ports
-from agent.gateway.render import Rendered, Renderer, RenderError
-from agent.gateway.routefiles import RouteFiles
+from agent.gateway.drivers.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.gateway.drivers.dnsserver import LocalResolver
+from agent.gateway.drivers.nginx import ApplyError, Nginx
+from agent.gateway.drivers.ports import load_for_gateway, unbindable, without_ports
+from agent.gateway.drivers.routefiles import RouteFiles
+from agent.gateway.drivers.source import ControllerRoutes
+from agent.gateway.drivers.tls import Certificates
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State, describe_change
+from agent.gateway.plan.http import Rendered, Renderer, RenderError
 from agent.gateway.settings import GatewaySettings
-from agent.gateway.source import ControllerRoutes
-from agent.gateway.state import State, describe_change
-from agent.gateway.tls import Certificates
 
 log = logging.getLogger("agent.gateway.reconciler")
 

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from agent.core.fields import is_address
 from agent.core.options import OWN_REQUEST_HEADERS, OWN_RESPONSE_HEADERS
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes, parse_routes_text
-from agent.gateway.discovery import Endpoints, sort_addresses
-from agent.gateway.render import (
+from agent.gateway.drivers.discovery import Endpoints, sort_addresses
+from agent.gateway.drivers.routefiles import FilesPlan, RouteFile
+from agent.gateway.plan.http import (
     GZIP_TYPES,
     KEEPALIVE,
     Renderer,
@@ -42,8 +43,7 @@ from agent.gateway.render import (
     upstream_key,
     zone_size,
 )
-from agent.gateway.render import upstream_name as expected_upstream_name
-from agent.gateway.routefiles import FilesPlan, RouteFile
+from agent.gateway.plan.http import upstream_name as expected_upstream_name
 from tests.support import require_programs
 
 LISTEN = "0.0.0.0:8080"

@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.core.routes import parse_routes
 from agent.core.vrrp import vrrp_status
-from agent.gateway.admin import make_app
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import Nginx
+from agent.gateway.drivers.nginx import Nginx
+from agent.gateway.observe.admin import make_app
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import HISTORY, State
+from agent.gateway.observe.traffic import Traffic
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.state import HISTORY, State
-from agent.gateway.traffic import Traffic
 from agent.keepalived.notify import record_transition
 from tests.unit.gateway.test_settings import parse
 

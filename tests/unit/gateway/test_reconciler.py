@@ -12,12 +12,12 @@ from typing import Any, cast
 
 from agent.core.routes import parse_routes
 from agent.gateway.daemon import make_renderer
-from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError
+from agent.gateway.drivers.discovery import Endpoints, Snapshot
+from agent.gateway.drivers.nginx import ApplyError
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.state import State
 
 
 class FakeDiscovery:

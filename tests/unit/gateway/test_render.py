@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 
 from agent.core.routes import RoutesError, RouteTable, Target, parse_routes, parse_routes_text
-from agent.gateway.discovery import Endpoints
-from agent.gateway.render import Renderer, RenderError, nginx_token, render_main_conf, upstream_name
-from agent.gateway.tls import Certificates, TlsPlan
+from agent.gateway.drivers.discovery import Endpoints
+from agent.gateway.drivers.tls import Certificates, TlsPlan
+from agent.gateway.plan.http import (
+    Renderer,
+    RenderError,
+    nginx_token,
+    render_main_conf,
+    upstream_name,
+)
 from tests.support import require_programs
 from tests.support.tlsca import TestCA
 
@@ -216,7 +222,7 @@ def ca() -> TestCA:
 
 def acme_plan(tmp_path: Path, ca: TestCA, routes: RouteTable = ACME_ROUTES) -> TlsPlan:
     """Certificates as a gateway has them: a.example.com and c.example.com from the controller
-    (agent.gateway.source writes them), b.example.com from --certs-dir."""
+    (agent.gateway.drivers.source writes them), b.example.com from --certs-dir."""
     certs = Certificates(tmp_path / "certs", tmp_path / "store", None,
                          acme_dir=tmp_path / "acme")
     for directory in (certs.certs_dir, tmp_path / "acme"):

@@ -19,11 +19,11 @@ from agent.controller.labels import LabelError, route_from_labels
 from agent.core.options import BasicAuth, Headers, RateLimit, Redirect, Sticky
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes
 from agent.core.wire import route_item
-from agent.gateway.discovery import Endpoints
-from agent.gateway.htpasswd import check_file, check_hash, crypt_checks
-from agent.gateway.render import Renderer, RenderError, nginx_quoted, sticky_var
-from agent.gateway.routefiles import FilesPlan, RouteFile, RouteFiles
-from agent.gateway.tls import Certificates
+from agent.gateway.drivers.discovery import Endpoints
+from agent.gateway.drivers.htpasswd import check_file, check_hash, crypt_checks
+from agent.gateway.drivers.routefiles import FilesPlan, RouteFile, RouteFiles
+from agent.gateway.drivers.tls import Certificates
+from agent.gateway.plan.http import Renderer, RenderError, nginx_quoted, sticky_var
 from tests.support.tlsca import TestCA
 from tests.unit.core.test_hostile import NginxTest
 

@@ -20,12 +20,18 @@ from hypothesis import strategies as st
 from agent.core.routes import RoutesError, RouteTable, Target, parse_routes
 from agent.core.settings import HostPort
 from agent.core.tcp import TcpRoute
-from agent.gateway import modules
-from agent.gateway.discovery import Endpoints, sort_addresses
-from agent.gateway.ports import port_conflicts, reserved_ports, unbindable, without_ports
-from agent.gateway.render import Renderer, RenderError, render_main_conf, upstream_name, zone_size
+from agent.gateway.drivers import modules
+from agent.gateway.drivers.discovery import Endpoints, sort_addresses
+from agent.gateway.drivers.ports import port_conflicts, reserved_ports, unbindable, without_ports
+from agent.gateway.plan.http import (
+    Renderer,
+    RenderError,
+    render_main_conf,
+    upstream_name,
+    zone_size,
+)
+from agent.gateway.plan.stream import REFUSED, StreamRenderer
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.stream import REFUSED, StreamRenderer
 from tests.support import require_programs
 from tests.unit.core.test_hostile import (
     _CLIENT,
@@ -539,7 +545,7 @@ def test_a_gateway_with_a_controller_keeps_the_files_tcp_routes() -> None:
     """Routes from labels are merged with the file's http routes; tcp routes are the file's."""
     from prometheus_client import CollectorRegistry
 
-    from agent.gateway.source import ControllerRoutes, SourceMetrics
+    from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
 
     table = parsed([DB], routes=[{"hosts": ["a.example.com"], "service": "a", "port": 80}])
     assert isinstance(table, RouteTable)

@@ -24,9 +24,9 @@ from agent.core.x509 import (
     parse_key,
 )
 from agent.gateway import settings as settings_mod
-from agent.gateway.discovery import Endpoints
-from agent.gateway.render import Renderer, RenderError
-from agent.gateway.tls import Certificates, TlsCollector, status
+from agent.gateway.drivers.discovery import Endpoints
+from agent.gateway.drivers.tls import Certificates, TlsCollector, status
+from agent.gateway.plan.http import Renderer, RenderError
 from tests.support.tlsca import DAY, NOW, TestCA
 
 

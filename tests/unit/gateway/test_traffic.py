@@ -16,16 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.core.routes import RouteTable, parse_routes
 from agent.core.settings import SettingsError
 from agent.gateway import settings
-from agent.gateway.discovery import Endpoints
-from agent.gateway.logfile import ROTATE_SIZE, LogFile, log_path
-from agent.gateway.render import Renderer, render_main_conf
-from agent.gateway.traffic import (
+from agent.gateway.drivers.discovery import Endpoints
+from agent.gateway.drivers.logfile import ROTATE_SIZE, LogFile, log_path
+from agent.gateway.observe.traffic import (
     LOG_FORMAT,
     UNROUTED_ROOT,
     Traffic,
     route_label,
     route_root,
 )
+from agent.gateway.plan.http import Renderer, render_main_conf
 from tests.support import require_programs
 
 ROUTES = parse_routes({"routes": [

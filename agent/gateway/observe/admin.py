@@ -25,14 +25,14 @@ from agent import __version__
 from agent.core.dashboard import PREFIX, add_page
 from agent.core.settings import bearer_matches
 from agent.core.vrrp import vrrp_status
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import Nginx
-from agent.gateway.ports import table_rows
+from agent.gateway.drivers.nginx import Nginx
+from agent.gateway.drivers.ports import table_rows
+from agent.gateway.drivers.source import FILE_SOURCE, ControllerRoutes
+from agent.gateway.drivers.tls import status as tls_status
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State
+from agent.gateway.observe.traffic import route_label
 from agent.gateway.settings import GatewaySettings
-from agent.gateway.source import FILE_SOURCE, ControllerRoutes
-from agent.gateway.state import State
-from agent.gateway.tls import status as tls_status
-from agent.gateway.traffic import route_label
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
 

@@ -167,7 +167,7 @@ class Certificates:
     def __init__(self, certs_dir: Path, store_dir: Path, ca_bundle: Path | None,
                  clock: Callable[[], float] = time.time, acme_dir: Path | None = None) -> None:
         self.certs_dir = certs_dir
-        self.acme_dir = acme_dir  # where agent.gateway.source writes the controller's certificates
+        self.acme_dir = acme_dir  # where drivers/source.py writes the controller's certificates
         self.store_dir = store_dir
         self.ca_bundle = ca_bundle
         self.clock = clock

@@ -23,15 +23,15 @@ import jinja2
 from agent import __version__
 from agent.core.fields import ERROR_PAGES_PATH, is_address
 from agent.core.routes import Route, RouteTable, Target
-from agent.gateway.clientchecks import RateZone, allow_var, rate_zone
-from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.paths import PathMap, path_map, paths_context, strict
-from agent.gateway.routefiles import FilesPlan
-from agent.gateway.tls import Served, TlsPlan
-from agent.gateway.traffic import UNROUTED_ROOT, route_root
+from agent.gateway.drivers.discovery import Endpoints, Snapshot
+from agent.gateway.drivers.routefiles import FilesPlan
+from agent.gateway.drivers.tls import Served, TlsPlan
+from agent.gateway.observe.traffic import UNROUTED_ROOT, route_root
+from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
+from agent.gateway.plan.paths import PathMap, path_map, paths_context, strict
 
 if TYPE_CHECKING:
-    from agent.gateway.stream import StreamRenderer
+    from agent.gateway.plan.stream import StreamRenderer
 
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # What may stand between double quotes: printable ASCII without '"', '\\' and '$' (which nginx
@@ -50,7 +50,7 @@ RESOLVER_VALID = 1
 # compress: what gzip is worth it for (text/html is always among them for nginx)
 GZIP_TYPES = ("text/plain", "text/css", "text/xml", "text/javascript", "application/javascript",
               "application/json", "application/xml", "application/rss+xml", "image/svg+xml")
-_TEMPLATES = Path(__file__).parent / "templates"
+_TEMPLATES = Path(__file__).parent.parent / "templates"  # agent/gateway/templates
 
 
 class RenderError(ValueError):
@@ -105,7 +105,7 @@ class Upstream:
 @dataclass(frozen=True)
 class Location:
     path: str
-    root: str  # names the route in the access log (agent.gateway.traffic.route_root)
+    root: str  # names the route in the access log (agent.gateway.observe.traffic.route_root)
     target: str
     upstream: str | None
     websocket: bool
@@ -173,7 +173,7 @@ class Server:
 
     @property
     def pages_dir(self) -> str | None:
-        """Where this server's error pages are (one directory: agent.gateway.routefiles)."""
+        """Where this server's error pages are (one directory: agent.gateway.drivers.routefiles)."""
         pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
                         if loc.error_page})
         return pages[0] + "/" if pages else None
@@ -231,7 +231,7 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
                      own_resolver: bool = False) -> tuple[tuple[str, ...], bool]:
     """The `server` entries of an upstream of `lookup`'s tasks, and whether nginx resolves the
     name itself (then the one entry is the name). With `own_resolver` nginx asks the agent
-    (agent.gateway.dnsserver), which answers the accepted and last known addresses only.
+    (agent.gateway.drivers.dnsserver), which answers the accepted and last known addresses only.
     Otherwise nginx asks the nameserver itself, and an answer with addresses outside
     --task-networks is not left to it to follow: the block gets the accepted addresses only,
     or none, until the answer is clean; nor is a stale one (nginx started while DNS is down
@@ -258,7 +258,7 @@ def _upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
     every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
     target whose lookups fail (stale) is written with its last known addresses instead: nginx
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
-    addresses outside the task networks (agent.gateway.discovery.screen): nginx would take them
+    addresses outside the task networks (drivers/discovery.py screen()): nginx would take them
     all; unless nginx asks the agent's own resolver (`own_resolver`), which answers those
     itself. And a sticky route's (see below), whose changes of tasks are reloads.
     """
@@ -373,7 +373,7 @@ class Renderer:
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
         self.https_redirect_port = https_redirect_port
         # nginx's own lookups: upstream targets (resolve) and OCSP responders (stapling);
-        # own_resolver: `resolver` is the agent's (agent.gateway.dnsserver)
+        # own_resolver: `resolver` is the agent's (agent.gateway.drivers.dnsserver)
         self.resolver = resolver
         self.own_resolver = own_resolver
         self.listen = listen

@@ -9,7 +9,7 @@ upstream or the refusal. A connection no route takes (a name no route gives, no 
 client not allowed, a service without tasks) goes to an upstream with no server nginx may use:
 nginx closes it at once and logs "no live upstreams ... upstream: gateway_tcp_refused".
 
-Upstreams follow the same rule as the HTTP side's (agent.gateway.render.upstream_servers): nginx
+Upstreams follow the same rule as the HTTP side's (agent.gateway.plan.http.upstream_servers): nginx
 resolves `tasks.NAME` itself, or the addresses found are written when the answer is stale or
 partly refused, or with --upstream-mode static. Every value passes the same `nginx` filter.
 """
@@ -25,8 +25,8 @@ import jinja2
 
 from agent import __version__
 from agent.core.tcp import PREREAD_TIMEOUT, TcpRoute
-from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.render import (
+from agent.gateway.drivers.discovery import Endpoints, Snapshot
+from agent.gateway.plan.http import (
     RESOLVER_VALID,
     RenderError,
     Upstream,
@@ -37,7 +37,7 @@ from agent.gateway.render import (
 )
 
 REFUSED = "gateway_tcp_refused"
-_TEMPLATES = Path(__file__).parent / "templates"
+_TEMPLATES = Path(__file__).parent.parent / "templates"  # agent/gateway/templates
 
 
 @dataclass(frozen=True)

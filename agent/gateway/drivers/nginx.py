@@ -27,11 +27,11 @@ import aiohttp
 
 from agent.core import logs
 from agent.core.files import write_atomic
-from agent.gateway import modules
-from agent.gateway.child import dies_with
-from agent.gateway.metrics import StubStatus
-from agent.gateway.modules import Modules
-from agent.gateway.render import render_main_conf
+from agent.gateway.drivers import modules
+from agent.gateway.drivers.child import dies_with
+from agent.gateway.drivers.modules import Modules
+from agent.gateway.observe.metrics import StubStatus
+from agent.gateway.plan.http import render_main_conf
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.nginx")

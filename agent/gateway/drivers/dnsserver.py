@@ -1,7 +1,7 @@
 """The agent's own DNS server, on loopback: nginx's `resolver` points here, not at --nameserver.
 
 nginx looks the upstreams' names up itself (`server tasks.web:8888 resolve`). Were it to ask
-Docker's DNS, the task-network filter (--task-networks, agent.gateway.discovery) would screen
+Docker's DNS, the task-network filter (--task-networks, drivers/discovery.py) would screen
 the agent's answers only, and a nameserver that answers nginx differently (nginx keeps one
 source port; the agent asks from a fresh one every round) or at random would send traffic to
 addresses the filter refuses. So nginx asks the agent, which answers from its discovery:
@@ -44,7 +44,7 @@ import dns.rrset
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.core.settings import HostPort
-from agent.gateway.discovery import Endpoints, Snapshot
+from agent.gateway.drivers.discovery import Endpoints, Snapshot
 
 log = logging.getLogger("agent.gateway.dnsserver")
 

@@ -45,7 +45,7 @@ import aiodns
 import pycares
 
 from agent.core.settings import HostPort, Network
-from agent.gateway.metrics import Metrics
+from agent.gateway.observe.metrics import Metrics
 
 log = logging.getLogger("agent.gateway.discovery")
 

@@ -41,7 +41,7 @@ from typing import Literal
 from agent.core.fields import ROUTE_FILE_RE
 from agent.core.files import FileStamp, write_atomic
 from agent.core.routes import Route, RouteTable
-from agent.gateway.htpasswd import check_file
+from agent.gateway.drivers.htpasswd import check_file
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.routefiles")

@@ -45,7 +45,7 @@ from agent.core.wire import (
     tcp_item,
     valid_until,
 )
-from agent.gateway.ports import off_reserved
+from agent.gateway.drivers.ports import off_reserved
 
 log = logging.getLogger("agent.gateway.source")
 
@@ -186,7 +186,7 @@ class ControllerRoutes:
     def _keep_certificates(self, received: Received) -> Received:
         """Certificates the controller stops sending are kept until they expire: a controller
         started with ACME off, or with a lost volume, must not take HTTPS from a host whose
-        certificate is still good (agent.gateway.tls serves one only to a `tls: acme` host)."""
+        certificate is still good (drivers/tls.py serves one only to a `tls: acme` host)."""
         if self.received is None:
             return received
         sent = {c.host for c in received.certificates}
@@ -221,7 +221,7 @@ class ControllerRoutes:
         self.on_change()
 
     def _write_certificates(self, certificates: tuple[Certificate, ...]) -> None:
-        """`H.crt` and `H.key` per host, where agent.gateway.tls reads `tls: acme` certificates; the
+        """`H.crt` and `H.key` per host, where drivers/tls.py reads `tls: acme` certificates; the
         files of hosts the controller no longer sends are removed. Unchanged files are left
         alone. A file that cannot be written is logged: the host keeps its last good copy."""
         if self.acme_dir is None:

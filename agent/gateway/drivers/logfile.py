@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from agent.gateway.traffic import Traffic
+from agent.gateway.observe.traffic import Traffic
 
 log = logging.getLogger("agent.gateway.logfile")
 
