@@ -16,8 +16,7 @@ from agent.core.routes import RoutesError, RouteTable
 from agent.gateway import settings
 
 if TYPE_CHECKING:
-    from agent.gateway.drivers.discovery import Endpoints
-    from agent.gateway.plan.http import Rendered
+    from agent.gateway.model import Endpoints, Rendered
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -74,7 +73,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
     """`{"service": ["10.0.1.3", ...]}` as the discovery snapshot the renderer takes."""
-    from agent.gateway.drivers.discovery import Endpoints, sort_addresses
+    from agent.gateway.drivers.discovery import sort_addresses
+    from agent.gateway.model import Endpoints
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict):
@@ -100,7 +100,7 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
     from agent.gateway.drivers.logfile import log_path
     from agent.gateway.drivers.routefiles import for_gateway
     from agent.gateway.drivers.tls import Certificates
-    from agent.gateway.reconciler import acme_target
+    from agent.gateway.plan.desired import acme_target
 
     access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
         else None
@@ -113,7 +113,7 @@ def _render(s: settings.GatewaySettings, table: RouteTable,
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from agent.gateway.plan.http import RenderError
+    from agent.gateway.plan.filters import RenderError
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s)

@@ -30,7 +30,7 @@ from agent.gateway.drivers.tls import Certificates, store_dir
 from agent.gateway.observe.admin import make_app
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State
-from agent.gateway.plan.http import Renderer
+from agent.gateway.plan.desired import Planner
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings
@@ -55,11 +55,11 @@ def control_name(settings: GatewaySettings) -> str | None:
     return own.reverse_pointer
 
 
-def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Renderer:
+def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Planner:
     """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
     resolve = settings.upstream_mode == "resolve"
     resolver = str(settings.resolver_listen)  # the agent's own (gateway/dnsserver.py)
-    return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
+    return Planner(listen=str(settings.listen), status_listen=str(settings.status_listen),
                     trusted_proxies=[str(n) for n in settings.trusted_proxies],
                     template=settings.template, access_log=access_log,
                     https_listen=str(settings.https_listen),

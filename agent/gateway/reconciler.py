@@ -14,22 +14,23 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from agent.core.aio import Backoff, first
 from agent.core.fields import is_address
 from agent.core.files import FileStamp, stamp, write_atomic
 from agent.core.routes import RoutesError, RoutesUnreadable, RouteTable, Target
-from agent.gateway.drivers.discovery import Discovery, Endpoints, Snapshot, sort_addresses
+from agent.gateway.drivers.discovery import Discovery, sort_addresses
 from agent.gateway.drivers.dnsserver import LocalResolver
 from agent.gateway.drivers.nginx import ApplyError, Nginx
 from agent.gateway.drivers.ports import load_for_gateway, unbindable, without_ports
 from agent.gateway.drivers.routefiles import RouteFiles
 from agent.gateway.drivers.source import ControllerRoutes
 from agent.gateway.drivers.tls import Certificates
+from agent.gateway.model import Endpoints, Rendered, Snapshot
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State, describe_change
-from agent.gateway.plan.http import Rendered, Renderer, RenderError
+from agent.gateway.plan.desired import Planner, acme_target
+from agent.gateway.plan.filters import RenderError
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.reconciler")
@@ -42,18 +43,9 @@ _RETRY_UNREADABLE_MAX = 30.0  # seconds between reads of a routes file that cann
 # most FIRST_LOOKUPS_MAX (a name nginx never asks must not keep the gateway unready for ever)
 FIRST_LOOKUPS = 1.0
 FIRST_LOOKUPS_MAX = 10.0
-def acme_target(routes_url: str | None, table: RouteTable) -> tuple[Target, int] | None:
-    """The controller, where ACME challenges go, when a route has `tls: acme`."""
-    if routes_url is None or not any(r.tls is not None and r.tls.acme for r in table.routes):
-        return None
-    url = urlsplit(routes_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return Target("host", (url.hostname or "").strip("[]")), port
-
-
 class Reconciler:
     def __init__(self, settings: GatewaySettings, nginx: Nginx, discovery: Discovery,
-                 renderer: Renderer, metrics: Metrics, state: State,
+                 renderer: Planner, metrics: Metrics, state: State,
                  clock: Callable[[], float] = time.monotonic,
                  certificates: Certificates | None = None,
                  sources: ControllerRoutes | None = None,

@@ -37,36 +37,19 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 import aiodns
 import pycares
 
 from agent.core.settings import HostPort, Network
+from agent.gateway.model import Endpoints, EndpointState, Snapshot
 from agent.gateway.observe.metrics import Metrics
 
 log = logging.getLogger("agent.gateway.discovery")
 
-State = Literal["ok", "none", "unknown"]
 MAX_NAMES_IN_FLIGHT = 64  # names looked up at once; each is an A and an AAAA query
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """What is known of one lookup name."""
-
-    addresses: tuple[str, ...] = ()
-    # ok: addresses are the running tasks; none: no running task; unknown: never answered yet.
-    state: State = "unknown"
-    stale: bool = False  # the last lookup failed; addresses are the last known ones
-    error: str | None = None
-    since: float = field(default=0.0, compare=False)  # when these addresses were first seen
-    refused: tuple[str, ...] = ()  # answered, but not addresses of the swarm's networks
-
-
-Snapshot = Mapping[str, Endpoints]
 
 
 @dataclass(frozen=True)
@@ -280,7 +263,7 @@ class Discovery:
                          len(answer.addresses))
             addresses, refused = (self._screened(name, answer.addresses) if name in screened
                                   else (answer.addresses, ()))
-            state: State = "ok" if addresses else "none"
+            state: EndpointState = "ok" if addresses else "none"
             since = before.since if before.addresses == addresses and before.since else now
             snapshot[name] = Endpoints(addresses, state, False, None, since, refused)
         for gone in set(self._failing) - set(names) - set(previous):  # no longer a target

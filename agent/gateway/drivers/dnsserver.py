@@ -44,7 +44,7 @@ import dns.rrset
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.core.settings import HostPort
-from agent.gateway.drivers.discovery import Endpoints, Snapshot
+from agent.gateway.model import Endpoints, Snapshot
 
 log = logging.getLogger("agent.gateway.dnsserver")
 

@@ -31,7 +31,7 @@ from agent.gateway.drivers import modules
 from agent.gateway.drivers.child import dies_with
 from agent.gateway.drivers.modules import Modules
 from agent.gateway.observe.metrics import StubStatus
-from agent.gateway.plan.http import render_main_conf
+from agent.gateway.plan.mainconf import render_main_conf
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.nginx")

@@ -36,12 +36,12 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from agent.core.fields import ROUTE_FILE_RE
 from agent.core.files import FileStamp, write_atomic
 from agent.core.routes import Route, RouteTable
 from agent.gateway.drivers.htpasswd import check_file
+from agent.gateway.model import FilesPlan, Kind, RouteFile
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.routefiles")
@@ -63,33 +63,12 @@ def check_page(data: bytes) -> list[str]:
 
 # kind of file: (its field, what checks it, the copies' folder, its log event, what a refusal
 # means)
-Kind = Literal["htpasswd", "page"]
 _KINDS: dict[str, tuple[str, Callable[[bytes], list[str]], str, str, str]] = {
     "htpasswd": ("basic_auth", lambda data: check_file(data)[1], "htpasswd", "password_file",
                  "its routes answer 503"),
     "page": ("error_page", check_page, "pages", "error_page",
              "its routes answer nginx's own error text"),
 }
-
-
-@dataclass(frozen=True)
-class RouteFile:
-    name: str  # the file in --route-files-dir
-    path: Path | None  # the checked copy nginx reads (the last good one); None: never good
-    error: str | None  # why the current file is refused, naming the routes that name it
-    kind: Kind = "htpasswd"
-
-
-@dataclass(frozen=True)
-class FilesPlan:
-    files: tuple[RouteFile, ...]
-
-    def path(self, name: str, kind: Kind = "htpasswd") -> Path | None:
-        return next((f.path for f in self.files if f.name == name and f.kind == kind), None)
-
-    @property
-    def errors(self) -> tuple[RouteFile, ...]:
-        return tuple(f for f in self.files if f.error is not None)
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,12 @@ import datetime
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from agent.core.fields import Tls
 from agent.core.files import FileStamp, stamp, write_atomic
@@ -59,6 +56,7 @@ from agent.core.x509 import (
     parse_key,
     when,
 )
+from agent.gateway.model import CertFiles, HostTls, Served, TlsPlan
 
 log = logging.getLogger("agent.gateway.tls")
 
@@ -66,57 +64,6 @@ WILDCARD_PREFIX = "_wildcard."  # `*.example.com` as a file name: `_wildcard.exa
 
 
 # -- values ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class CertFiles:
-    """A certificate and its key: two file names in --certs-dir, or, for `tls: acme`, in the
-    directory where the gateway keeps what the controller's ACME client sent it."""
-
-    certificate: str
-    key: str
-    acme: bool = False
-
-
-@dataclass(frozen=True)
-class Served:
-    """A certificate that passed validation, as nginx reads it (paths of the agent's copies)."""
-
-    digest: str
-    name: str  # the certificate file's name, for humans
-    chain: Path
-    key: Path
-    names: tuple[str, ...]  # its subjectAltName DNS names
-    not_after: float  # Unix time
-    stapling: bool  # the leaf names an OCSP responder and its issuer is known
-    trusted: Path | None  # issuers up to the root, to verify OCSP answers (None: no verify)
-
-
-@dataclass(frozen=True)
-class HostTls:
-    """What HTTPS does for one host name."""
-
-    host: str
-    source: CertFiles
-    redirect: bool
-    hsts: int
-    served: Served | None  # None: no certificate to serve (the handshake is refused)
-    error: str | None  # the problem with the files as they are now; None: they are in use
-
-
-@dataclass(frozen=True)
-class TlsPlan:
-    """Every host of a route with `tls`, sorted: an input of rendering (so it is hashable)."""
-
-    hosts: tuple[HostTls, ...]
-
-    @property
-    def stapling(self) -> bool:
-        return any(h.served is not None and h.served.stapling for h in self.hosts)
-
-    @property
-    def errors(self) -> tuple[HostTls, ...]:
-        return tuple(h for h in self.hosts if h.error is not None)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -351,51 +298,3 @@ def store_dir(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
     if nginx_prefix is not None:
         return nginx_prefix.absolute() / "tls"
     return nginx_conf_dir / "gateway-tls"
-
-
-# -- what a user reads -----------------------------------------------------------------------
-
-
-def status(plan: TlsPlan | None) -> dict[str, dict[str, Any]]:
-    """For /status: per host, the certificate serving it and the problem, if any."""
-    out: dict[str, dict[str, Any]] = {}
-    for h in plan.hosts if plan else ():
-        out[h.host] = {
-            "acme": h.source.acme,
-            "certificate": h.source.certificate,
-            "key": h.source.key,
-            "serving": h.served is not None,
-            "serving_certificate": h.served.name if h.served else None,
-            "not_after": datetime.datetime.fromtimestamp(
-                h.served.not_after, datetime.UTC).isoformat() if h.served else None,
-            "names": list(h.served.names) if h.served else [],
-            "ocsp_stapling": h.served.stapling if h.served else False,
-            "redirect": h.redirect,
-            "hsts": h.hsts,
-            "error": h.error,
-        }
-    return out
-
-
-class TlsCollector(Collector):
-    """gateway_tls_* from the plan of the last cycle: one series per host of a `tls` route."""
-
-    def __init__(self) -> None:
-        self.plan: TlsPlan | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        expiry = GaugeMetricFamily(
-            "gateway_tls_certificate_expiry_timestamp_seconds",
-            "When the certificate serving the host expires (notAfter), as Unix time",
-            labels=["host"])
-        valid = GaugeMetricFamily(
-            "gateway_tls_certificate_valid",
-            "1 when the host's certificate files passed validation and serve; 0 when they "
-            "were refused (the host has no HTTPS, or its last good certificate still serves)",
-            labels=["host"])
-        for h in self.plan.hosts if self.plan else ():
-            if h.served is not None:
-                expiry.add_metric([h.host], h.served.not_after)
-            valid.add_metric([h.host], 0 if h.error else 1)
-        yield expiry
-        yield valid

@@ -28,10 +28,10 @@ from agent.core.vrrp import vrrp_status
 from agent.gateway.drivers.nginx import Nginx
 from agent.gateway.drivers.ports import table_rows
 from agent.gateway.drivers.source import FILE_SOURCE, ControllerRoutes
-from agent.gateway.drivers.tls import status as tls_status
+from agent.gateway.observe.certs import status as tls_status
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State
-from agent.gateway.observe.traffic import route_label
+from agent.gateway.plan.naming import route_label
 from agent.gateway.settings import GatewaySettings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's

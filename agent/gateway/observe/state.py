@@ -8,9 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from agent.core.routes import RouteTable
-from agent.gateway.drivers.discovery import Endpoints, Snapshot
-from agent.gateway.drivers.routefiles import FilesPlan
-from agent.gateway.drivers.tls import TlsPlan
+from agent.gateway.model import Endpoints, FilesPlan, Snapshot, TlsPlan
 
 HISTORY = 20  # status lines kept for /status: the last reloads, refusals and failures
 _QUIET = ("no change", "change pending", "reload refused earlier")  # cycles that only wait

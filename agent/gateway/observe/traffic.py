@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.core.routes import Route, RouteTable
+from agent.core.routes import RouteTable
+from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
 
 log = logging.getLogger("agent.gateway.traffic")
 
@@ -47,8 +48,6 @@ FORMAT_MARKER = "g1"  # changes when the record's fields change
 LOG_FORMAT = (f"{FORMAT_MARKER}|$document_root|$status|$request_time|$upstream_response_time|"
               "$upstream_status|$upstream_header_time|$bytes_sent|$request_length")
 UNROUTED = "unrouted"
-ROUTE_ROOT = "/gateway-route/"
-UNROUTED_ROOT = "/gateway-unrouted"
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 RESULTS = ("ok", "malformed", "unknown_route")
 # nginx measures in milliseconds; loopback answers in well under one.
@@ -58,16 +57,6 @@ _MARKER = FORMAT_MARKER.encode()
 _FIELDS = 9  # the marker and the eight fields
 _CLASS_INDEX = {b"1": 0, b"2": 1, b"3": 2, b"4": 3, b"5": 4}
 _MAX_SECONDS = 1e7
-
-
-def route_label(route: Route) -> str:
-    """The `route` label: first host and path prefix, e.g. `managerhttp/`, `a.example.com/api`."""
-    return route.hosts[0] + route.path
-
-
-def route_root(route: Route) -> str:
-    """The `root` the template gives the route's locations, to name the route in its records."""
-    return ROUTE_ROOT + route_label(route)
 
 
 def _logged_root(root: str) -> bytes:

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 
 from agent.core.routes import Route
-from agent.gateway.observe.traffic import route_label
+from agent.gateway.plan.naming import route_label
 
 
 @dataclass(frozen=True)

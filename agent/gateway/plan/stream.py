@@ -9,7 +9,7 @@ upstream or the refusal. A connection no route takes (a name no route gives, no 
 client not allowed, a service without tasks) goes to an upstream with no server nginx may use:
 nginx closes it at once and logs "no live upstreams ... upstream: gateway_tcp_refused".
 
-Upstreams follow the same rule as the HTTP side's (agent.gateway.plan.http.upstream_servers): nginx
+Upstreams follow the same rule as the HTTP side's (plan/upstreams.py upstream_servers): nginx
 resolves `tasks.NAME` itself, or the addresses found are written when the answer is stale or
 partly refused, or with --upstream-mode static. Every value passes the same `nginx` filter.
 """
@@ -19,25 +19,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import jinja2
 
 from agent import __version__
 from agent.core.tcp import PREREAD_TIMEOUT, TcpRoute
-from agent.gateway.drivers.discovery import Endpoints, Snapshot
-from agent.gateway.plan.http import (
-    RESOLVER_VALID,
-    RenderError,
-    Upstream,
-    _environment,
-    upstream_name,
-    upstream_servers,
-    zone_size,
-)
+from agent.gateway.model import Endpoints, Snapshot
+from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
+from agent.gateway.plan.naming import upstream_name
+from agent.gateway.plan.upstreams import RESOLVER_VALID, Upstream, upstream_servers, zone_size
 
 REFUSED = "gateway_tcp_refused"
-_TEMPLATES = Path(__file__).parent.parent / "templates"  # agent/gateway/templates
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ class StreamRenderer:
         self.resolver = resolver
         self.resolve = resolve
         self.own_resolver = own_resolver
-        self._template = _environment(_TEMPLATES).get_template("stream.conf.j2")
+        self._template = environment(TEMPLATES).get_template("stream.conf.j2")
 
     def render(self, routes: Sequence[TcpRoute], snapshot: Snapshot,
                ) -> tuple[str, frozenset[str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.gateway.drivers import modules
-from agent.gateway.plan.http import render_main_conf
+from agent.gateway.plan.mainconf import render_main_conf
 from tests.support import require_programs
 
 OFFICIAL = """nginx version: nginx/1.28.0

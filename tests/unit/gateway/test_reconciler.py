@@ -12,8 +12,8 @@ from typing import Any, cast
 
 from agent.core.routes import parse_routes
 from agent.gateway.daemon import make_renderer
-from agent.gateway.drivers.discovery import Endpoints, Snapshot
 from agent.gateway.drivers.nginx import ApplyError
+from agent.gateway.model import Endpoints, Snapshot
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State
 from agent.gateway.reconciler import Reconciler
@@ -78,7 +78,7 @@ async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     assert r.state.snapshot["tasks.new"].addresses == ("10.0.0.2",)
 
 
-# --- cycles: a real Renderer, a fake nginx and discovery, a fake clock -------------------------
+# --- cycles: a real Planner, a fake nginx and discovery, a fake clock -------------------------
 
 
 class Clock:

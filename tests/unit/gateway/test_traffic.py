@@ -16,16 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.core.routes import RouteTable, parse_routes
 from agent.core.settings import SettingsError
 from agent.gateway import settings
-from agent.gateway.drivers.discovery import Endpoints
 from agent.gateway.drivers.logfile import ROTATE_SIZE, LogFile, log_path
-from agent.gateway.observe.traffic import (
-    LOG_FORMAT,
-    UNROUTED_ROOT,
-    Traffic,
-    route_label,
-    route_root,
-)
-from agent.gateway.plan.http import Renderer, render_main_conf
+from agent.gateway.model import Endpoints
+from agent.gateway.observe.traffic import LOG_FORMAT, Traffic
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
 from tests.support import require_programs
 
 ROUTES = parse_routes({"routes": [
@@ -66,7 +62,7 @@ def test_route_label_is_first_host_and_path() -> None:
 
 
 def test_template_writes_the_format_the_agent_reads() -> None:
-    text = Renderer(listen="8080", status_listen="127.0.0.1:9181",
+    text = Planner(listen="8080", status_listen="127.0.0.1:9181",
                     access_log="/p/logs/gateway-metrics.log").render(ROUTES, SNAPSHOT).text
     m = re.search(r"log_format gateway_metrics ((?:'[^']*'\s*)+);", text)
     assert m is not None
@@ -82,7 +78,7 @@ def test_template_writes_the_format_the_agent_reads() -> None:
 
 
 def test_without_the_feature_nothing_changes() -> None:
-    text = Renderer(listen="8080", status_listen="127.0.0.1:9181").render(ROUTES, SNAPSHOT).text
+    text = Planner(listen="8080", status_listen="127.0.0.1:9181").render(ROUTES, SNAPSHOT).text
     assert "access_log" not in text.replace("access_log off;", "")
     assert "root " not in text
     main = render_main_conf(prefix=Path("/p"), routes_conf=Path("/p/g.conf"),
@@ -99,7 +95,7 @@ def test_configuration_with_the_access_log_passes_nginx_t(tmp_path: Path) -> Non
                 "temp/scgi", "logs"):
         (prefix / sub).mkdir(parents=True)
     routes_conf = prefix / "conf.d" / "gateway.conf"
-    routes_conf.write_text(Renderer(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
+    routes_conf.write_text(Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
                                     access_log=str(prefix / "logs" / "m.log"),
                                     ).render(ROUTES, SNAPSHOT).text)
     (prefix / "nginx.conf").write_text(render_main_conf(
