@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +14,7 @@ from agent.core.routes import RoutesError, RouteTable
 from agent.gateway import settings
 
 if TYPE_CHECKING:
-    from agent.gateway.model import Endpoints, Rendered
+    from agent.gateway.model import Endpoints
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -71,48 +69,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
-    """`{"service": ["10.0.1.3", ...]}` as the discovery snapshot the renderer takes."""
-    from agent.gateway.drivers.discovery import sort_addresses
-    from agent.gateway.model import Endpoints
-
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(doc, dict):
-        raise ValueError("expected an object {\"service\": [\"10.0.1.3\", ...]}")
-    by_name = {t.name: t for t in table.targets}
-    snapshot: dict[str, Endpoints] = {}
-    for name, addresses in doc.items():
-        if not isinstance(addresses, list):
-            raise ValueError(f"{name}: expected a list of addresses")
-        target = by_name.get(name)
-        ok = sort_addresses(addresses)
-        snapshot[target.lookup_name if target else name] = Endpoints(ok, "ok" if ok else "none")
-    return snapshot
-
-
-def _render(s: settings.GatewaySettings, table: RouteTable,
-            snapshot: dict[str, Endpoints]) -> Rendered:
-    """What `run` would serve for this snapshot: the HTTPS servers of the certificates in
-    --certs-dir that pass the checks, the files routes name (from --route-files-dir, refused as
-    `run` refuses them, each refusal said on stderr), the ACME challenges' location, the access
-    log. The checked copies go to a temporary folder (`run` keeps its own store)."""
-    from agent.gateway.daemon import make_renderer
-    from agent.gateway.drivers.logfile import log_path
-    from agent.gateway.drivers.routefiles import for_gateway
-    from agent.gateway.drivers.tls import Certificates
-    from agent.gateway.plan.desired import acme_target
-
-    access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
-        else None
-    with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
-        tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
-        # (a refused file is logged as `run` logs it: the event line on stderr)
-        files = for_gateway(s, Path(tmp, "files")).plan(table)
-        return make_renderer(s, access_log).render(
-            table, snapshot, tls=tls, acme=acme_target(s.routes_url, table), files=files)
-
-
 def cmd_render(args: argparse.Namespace) -> int:
+    from agent.gateway.persist import read_snapshot
+    from agent.gateway.pipeline import render_once
     from agent.gateway.plan.filters import RenderError
 
     s = settings.from_sources(args)
@@ -122,12 +81,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     snapshot: dict[str, Endpoints] = {}
     if args.endpoints:
         try:
-            snapshot = _snapshot(args.endpoints, table)
+            snapshot = read_snapshot(Path(args.endpoints), table)
         except (OSError, ValueError) as exc:
             print(f"{args.endpoints}: {exc}", file=sys.stderr)
             return 1
     try:
-        rendered = _render(s, table, snapshot)
+        rendered = render_once(s, table, snapshot)
         sys.stdout.write(rendered.text)
         if rendered.stream:  # the second file: nginx.conf includes it in `stream {}`
             sys.stdout.write("\n# ---- the stream context (conf.d/stream.conf) ----\n")

@@ -119,3 +119,50 @@ class Rendered:
     # the names nginx looks up itself (upstreams `resolve`, both contexts)
     resolving: frozenset[str] = frozenset()
     stream: str = ""  # the stream context (tcp routes: gateway/stream.py); '' when there is none
+
+
+# -- what a cycle did (reconciler.py; put into words by observe/state.py only) ----------------
+
+OutcomeKind = Literal[
+    "started",  # nginx started with the first configuration
+    "no_change",  # the configuration serving is the one wanted, and so are the tasks
+    "followed",  # tasks changed, and nginx follows them without a reload (upstream `resolve`)
+    "pending",  # a change waits for --reload-min-interval (coalescing)
+    "retry_pending",  # this configuration was refused; it is tried again after a backoff
+    "reloaded",
+    "refused",  # nginx (or a step of applying) refused the configuration; the old one serves
+    "failed",  # the cycle itself failed
+]
+NoteKind = Literal["routes_file", "tcp_port", "certificate", "password_file", "error_page"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What differs between what nginx serves and what it is given now."""
+
+    endpoints: tuple[tuple[str, int, int], ...] = ()  # (lookup name, added, removed), sorted
+    routes: tuple[int, int] | None = None  # the number of routes before and after
+    tcp: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something refused alone while the rest serves: its kind and what was refused."""
+
+    kind: NoteKind
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    change: Change | None = None
+    notes: tuple[Note, ...] = ()
+    error: str = ""  # refused, failed: what went wrong
+    wait: float = 0.0  # pending, retry_pending: seconds until the next try
+    saved: tuple[str, ...] = ()  # started: the names served from endpoints saved by a last run
+
+    @property
+    def quiet(self) -> bool:
+        """A cycle that only waited: nothing was applied nor followed."""
+        return self.kind in ("no_change", "pending", "retry_pending")

@@ -30,7 +30,7 @@ from agent.gateway.drivers.ports import table_rows
 from agent.gateway.drivers.source import FILE_SOURCE, ControllerRoutes
 from agent.gateway.observe.certs import status as tls_status
 from agent.gateway.observe.metrics import Metrics
-from agent.gateway.observe.state import State
+from agent.gateway.observe.state import State, words
 from agent.gateway.plan.naming import route_label
 from agent.gateway.settings import GatewaySettings
 
@@ -124,7 +124,8 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
             "detail": state.last_reload_detail,
         },
         "last_error": state.last_error,
-        "history": [{"at": at, "status": line} for at, line in reversed(state.history)],
+        "history": [{"at": at, "status": words(outcome)}
+                    for at, outcome in reversed(state.history)],
         "discovery_age": round(now - state.last_discovery_ok, 1)
         if state.last_discovery_ok else None,
         "traffic": {"at": time.time(), "routes": traffic} if traffic is not None else None,

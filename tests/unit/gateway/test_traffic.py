@@ -228,7 +228,7 @@ OK = record("/gateway-route/managerhttp", "200|0.001|0.001|200|0.001|10|10") + b
 FAILED = record("/gateway-route/managerhttp", "502|0.001|0.001|502|0.001|10|10") + b"\n"
 
 
-class FakeNginx:
+class NginxWriter:
     """Appends lines to the file like nginx: its own descriptor, held open by a child process
     (nginx's worker, for the reader's "does nginx still hold it" check) until a reopen."""
 
@@ -263,14 +263,14 @@ class FakeNginx:
 
 
 @pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[FakeNginx]:
-    fake = FakeNginx(tmp_path / "gateway-metrics.log")
+def nginx(tmp_path: Path) -> Iterator[NginxWriter]:
+    fake = NginxWriter(tmp_path / "gateway-metrics.log")
     yield fake
     if fake.worker is not None:
         fake.let_go()
 
 
-def reader(nginx: FakeNginx, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:
+def reader(nginx: NginxWriter, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:
     traffic = following()
     return LogFile(nginx.path, traffic, nginx_pids=nginx.pids, reopen=nginx.reopen,
                    rotate_size=rotate_size), traffic
@@ -282,7 +282,7 @@ def counted(traffic: Traffic) -> dict[str, float]:
             for k in ("2xx", "5xx")}
 
 
-def test_each_poll_counts_what_was_appended_once(nginx: FakeNginx) -> None:
+def test_each_poll_counts_what_was_appended_once(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx)
     nginx.write(OK * 1000 + FAILED * 3)
     tail.poll()
@@ -299,7 +299,7 @@ def test_each_poll_counts_what_was_appended_once(nginx: FakeNginx) -> None:
     tail.close()
 
 
-def test_rotation_loses_nothing_and_removes_the_old_file(nginx: FakeNginx) -> None:
+def test_rotation_loses_nothing_and_removes_the_old_file(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx, rotate_size=len(OK) * 100)
     nginx.write(OK * 150)
     tail.poll()
@@ -322,7 +322,7 @@ def test_rotation_loses_nothing_and_removes_the_old_file(nginx: FakeNginx) -> No
     tail.close()
 
 
-def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: FakeNginx) -> None:
+def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx, rotate_size=len(OK) * 10)
     nginx.write(OK * 10)
     tail.poll()
@@ -347,7 +347,7 @@ def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: FakeNginx) -> Non
     tail.close()
 
 
-def test_a_deleted_file_is_read_to_its_end_and_nginx_reopens(nginx: FakeNginx) -> None:
+def test_a_deleted_file_is_read_to_its_end_and_nginx_reopens(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx)
     nginx.write(OK * 5)
     tail.poll()
