@@ -17,6 +17,11 @@ TIERS = ("integration", "keepalived", "swarm", "cluster", "soak")
 HERE = Path(__file__).resolve().parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="write the renderer's golden files (tests/unit/gateway/golden) anew")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         try:

@@ -11,60 +11,14 @@ nor any path under it (docs/labels.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
-if TYPE_CHECKING:
-    from agent.core.routes import Route, RouteTable
+from agent.core.claims import Claims
+from agent.core.route import Route
+from agent.core.routes import RouteTable
 
 FILE_SOURCE = "routes file"
-Owner = TypeVar("Owner")
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A host of a route that an earlier route claims; str() says so in words."""
-
-    kind: Literal["path", "tls"]
-    index: int  # the host's place in the route's hosts
-    host: str
-    path: str
-    owner: str  # the earlier route, as the caller names it
-
-    def __str__(self) -> str:
-        if self.kind == "path":
-            return f"{self.host!r} with path {self.path!r} is already routed by {self.owner}"
-        return f"{self.host!r} is also routed by {self.owner} with a different 'tls'"
-
-
-class Claims(Generic[Owner]):
-    """The hosts and paths claimed so far, and the `tls` each host was first routed with."""
-
-    def __init__(self) -> None:
-        self._paths: dict[tuple[str, str], Owner] = {}
-        self._tls: dict[str, tuple[object, Owner]] = {}
-
-    def conflicts(self, route: Route, name: Callable[[Owner], str]) -> Iterator[Conflict]:
-        """Each host of `route` that a claim taken before conflicts with (a host the route
-        itself names twice too); at most one `tls` conflict per route. `name` words an owner."""
-        seen: set[str] = set()
-        tls_said = False
-        for i, host in enumerate(route.hosts):
-            if (host, route.path) in self._paths:
-                yield Conflict("path", i, host, route.path, name(self._paths[host, route.path]))
-            elif host in seen:
-                yield Conflict("path", i, host, route.path, "this route")
-            seen.add(host)
-            first = self._tls.get(host)
-            if first is not None and first[0] != route.tls and not tls_said:
-                tls_said = True
-                yield Conflict("tls", i, host, route.path, name(first[1]))
-
-    def take(self, route: Route, owner: Owner) -> None:
-        for host in route.hosts:
-            self._paths.setdefault((host, route.path), owner)
-            self._tls.setdefault(host, (route.tls, owner))
 
 
 @dataclass(frozen=True)
@@ -98,8 +52,6 @@ def merge(candidates: Iterable[tuple[str, Route]]) -> Merged:
     another source that names one of them (or a name under one of its wildcards) is refused,
     whatever its path. Otherwise `gateway.path=/login` on a file's host would take that path,
     under the host's certificate, and its zone would get the host's ACME key."""
-    from agent.core.routes import RouteTable
-
     candidates = list(candidates)
     file_names = frozenset(h for source, route in candidates if source == FILE_SOURCE
                            for h in route.hosts)

@@ -47,7 +47,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
-from agent.core.routes import RouteError, Target
+from agent.core.route import RouteError, Target
 
 # a connection whose first bytes are not a TLS hello is refused at once; one that sends nothing
 # at all waits at most this long for its hello on an SNI port (nginx's preread_timeout)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +14,7 @@ from agent.core.routes import RoutesError, RouteTable
 from agent.gateway import settings
 
 if TYPE_CHECKING:
-    from agent.gateway.discovery import Endpoints
-    from agent.gateway.render import Rendered
+    from agent.gateway.model import Endpoints
 
 
 def _report(exc: RoutesError, suffix: str = "") -> int:
@@ -30,7 +27,7 @@ def _report(exc: RoutesError, suffix: str = "") -> int:
 
 def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
     """The routes of --routes (for --zone), or the exit status after saying what is wrong."""
-    from agent.gateway.ports import load_for_gateway
+    from agent.gateway.drivers.ports import load_for_gateway
 
     if s.routes is None:
         print("error: --routes FILE (or GATEWAY_ROUTES) is required", file=sys.stderr)
@@ -43,7 +40,7 @@ def _routes_or_exit(s: settings.GatewaySettings) -> RouteTable | int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.gateway import daemon
-    from agent.gateway.dnsserver import ResolverError
+    from agent.gateway.drivers.dnsserver import ResolverError
 
     s = settings.from_sources(args)
     logs.setup(s.log_format, s.log_level)
@@ -72,48 +69,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshot(path: str, table: RouteTable) -> dict[str, Endpoints]:
-    """`{"service": ["10.0.1.3", ...]}` as the discovery snapshot the renderer takes."""
-    from agent.gateway.discovery import Endpoints, sort_addresses
-
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(doc, dict):
-        raise ValueError("expected an object {\"service\": [\"10.0.1.3\", ...]}")
-    by_name = {t.name: t for t in table.targets}
-    snapshot: dict[str, Endpoints] = {}
-    for name, addresses in doc.items():
-        if not isinstance(addresses, list):
-            raise ValueError(f"{name}: expected a list of addresses")
-        target = by_name.get(name)
-        ok = sort_addresses(addresses)
-        snapshot[target.lookup_name if target else name] = Endpoints(ok, "ok" if ok else "none")
-    return snapshot
-
-
-def _render(s: settings.GatewaySettings, table: RouteTable,
-            snapshot: dict[str, Endpoints]) -> Rendered:
-    """What `run` would serve for this snapshot: the HTTPS servers of the certificates in
-    --certs-dir that pass the checks, the files routes name (from --route-files-dir, refused as
-    `run` refuses them, each refusal said on stderr), the ACME challenges' location, the access
-    log. The checked copies go to a temporary folder (`run` keeps its own store)."""
-    from agent.gateway.daemon import make_renderer
-    from agent.gateway.logfile import log_path
-    from agent.gateway.reconciler import acme_target
-    from agent.gateway.routefiles import for_gateway
-    from agent.gateway.tls import Certificates
-
-    access_log = str(log_path(s.nginx_prefix, s.nginx_conf_dir)) if s.access_log_metrics \
-        else None
-    with tempfile.TemporaryDirectory(prefix="gateway-render-") as tmp:
-        tls = Certificates(s.certs_dir, Path(tmp, "tls"), s.tls_ca_bundle).plan(table)
-        # (a refused file is logged as `run` logs it: the event line on stderr)
-        files = for_gateway(s, Path(tmp, "files")).plan(table)
-        return make_renderer(s, access_log).render(
-            table, snapshot, tls=tls, acme=acme_target(s.routes_url, table), files=files)
-
-
 def cmd_render(args: argparse.Namespace) -> int:
-    from agent.gateway.render import RenderError
+    from agent.gateway.persist import read_snapshot
+    from agent.gateway.pipeline import render_once
+    from agent.gateway.plan.filters import RenderError
 
     s = settings.from_sources(args)
     table = _routes_or_exit(s)
@@ -122,12 +81,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     snapshot: dict[str, Endpoints] = {}
     if args.endpoints:
         try:
-            snapshot = _snapshot(args.endpoints, table)
+            snapshot = read_snapshot(Path(args.endpoints), table)
         except (OSError, ValueError) as exc:
             print(f"{args.endpoints}: {exc}", file=sys.stderr)
             return 1
     try:
-        rendered = _render(s, table, snapshot)
+        rendered = render_once(s, table, snapshot)
         sys.stdout.write(rendered.text)
         if rendered.stream:  # the second file: nginx.conf includes it in `stream {}`
             sys.stdout.write("\n# ---- the stream context (conf.d/stream.conf) ----\n")

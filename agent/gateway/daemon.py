@@ -17,29 +17,29 @@ import time
 
 from agent.core.serve import AdminServer
 from agent.core.settings import read_token
-from agent.gateway.admin import make_app
-from agent.gateway.discovery import Discovery
-from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.drain import wait_for_handover
-from agent.gateway.logfile import POLL_INTERVAL, LogFile, log_path
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError, Nginx, NginxDied
-from agent.gateway.nginxversion import NginxTooOld, nginx_version
-from agent.gateway.ports import reserved_ports
+from agent.gateway.drivers.discovery import Discovery
+from agent.gateway.drivers.dnsserver import LocalResolver
+from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, log_path
+from agent.gateway.drivers.nginx import ApplyError, Nginx, NginxDied
+from agent.gateway.drivers.nginxversion import NginxTooOld, nginx_version
+from agent.gateway.drivers.ports import reserved_ports
+from agent.gateway.drivers.routefiles import copies_dir, for_gateway
+from agent.gateway.drivers.routes import RoutesInput
+from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
+from agent.gateway.drivers.tls import Certificates, store_dir
+from agent.gateway.observe.admin import make_app
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State, words
+from agent.gateway.pipeline import planner_for
 from agent.gateway.reconciler import Reconciler
-from agent.gateway.render import Renderer
-from agent.gateway.routefiles import copies_dir, for_gateway
 from agent.gateway.settings import GatewaySettings
-from agent.gateway.source import ControllerRoutes, SourceMetrics
-from agent.gateway.state import State
-from agent.gateway.stream import StreamRenderer
-from agent.gateway.tls import Certificates, store_dir
 
 log = logging.getLogger("agent")
 
 
 def control_name(settings: GatewaySettings) -> str | None:
-    """The name whose answer tells "the nameserver works" (see agent.gateway.discovery)."""
+    """The name whose answer tells "the nameserver works" (see agent.gateway.drivers.discovery)."""
     name = settings.dns_control_name
     if name == "none":
         return None
@@ -55,22 +55,8 @@ def control_name(settings: GatewaySettings) -> str | None:
     return own.reverse_pointer
 
 
-def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> Renderer:
-    """The renderer `run` uses; `gateway-agent render` prints what it would serve."""
-    resolve = settings.upstream_mode == "resolve"
-    resolver = str(settings.resolver_listen)  # the agent's own (gateway/dnsserver.py)
-    return Renderer(listen=str(settings.listen), status_listen=str(settings.status_listen),
-                    trusted_proxies=[str(n) for n in settings.trusted_proxies],
-                    template=settings.template, access_log=access_log,
-                    https_listen=str(settings.https_listen),
-                    https_redirect_port=settings.https_redirect_port,
-                    resolver=resolver, resolve=resolve, own_resolver=True,
-                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
-                                          resolve=resolve, own_resolver=True))
-
-
 def build(settings: GatewaySettings, access_log: str | None = None,
-          ) -> tuple[Reconciler, Nginx, Metrics, State]:
+          ) -> tuple[Reconciler, Nginx, Metrics, State, ControllerRoutes | None]:
     """The parts of the daemon; `access_log` is the file nginx writes its lines to."""
     metrics = Metrics()
     state = State()
@@ -80,7 +66,7 @@ def build(settings: GatewaySettings, access_log: str | None = None,
                           task_networks=settings.task_networks,
                           # nginx resolves with ipv6=off: AAAA answers would not be used
                           ipv6=settings.upstream_mode == "static")
-    renderer = make_renderer(settings, access_log)
+    planner = planner_for(settings, access_log)
     copies = store_dir(settings.nginx_prefix, settings.nginx_conf_dir)
     acme_dir = copies.parent / f"{copies.name}-acme" if settings.routes_url else None
     certificates = Certificates(settings.certs_dir, copies, settings.tls_ca_bundle,
@@ -97,12 +83,13 @@ def build(settings: GatewaySettings, access_log: str | None = None,
                                                    settings.nginx_conf_dir))
     resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,
                              settings.dns_timeout, metrics.registry, state.first_lookups.discard)
-    reconciler = Reconciler(settings, nginx, discovery, renderer, metrics, state,
-                            certificates=certificates, sources=sources, route_files=route_files,
+    reconciler = Reconciler(settings, nginx, discovery, planner, metrics, state,
+                            routes=RoutesInput(settings, metrics, sources),
+                            certificates=certificates, route_files=route_files,
                             resolver=resolver)
     if sources is not None:
         sources.on_change = reconciler.wake.set
-    return reconciler, nginx, metrics, state
+    return reconciler, nginx, metrics, state, sources
 
 
 async def read_access_log(reader: LogFile, stop: asyncio.Event) -> None:
@@ -150,15 +137,15 @@ async def run(settings: GatewaySettings) -> int:
                     "whoever reaches this address; give --admin-token-file")
     access_log = log_path(settings.nginx_prefix, settings.nginx_conf_dir) \
         if settings.access_log_metrics else None
-    reconciler, nginx, metrics, state = build(
+    reconciler, nginx, metrics, state, sources = build(
         settings, access_log=str(access_log) if access_log is not None else None)
     reader = None
     if access_log is not None:
         reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
-    if reconciler.sources is not None:  # the controller's routes: saved ones, one quick
-        await reconciler.sources.start()  # request, then a long-poll in the background
+    if sources is not None:  # the controller's routes: saved ones, one quick
+        await sources.start()  # request, then a long-poll in the background
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
     nginx.prepare()
     if reader is not None:
@@ -176,7 +163,7 @@ async def run(settings: GatewaySettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, told_to_stop)
 
-    admin = AdminServer(make_app(state, nginx, metrics, settings, sources=reconciler.sources,
+    admin = AdminServer(make_app(state, nginx, metrics, settings, sources=sources,
                                  token=admin_token),
                         settings.admin_listen.host, settings.admin_listen.port)
     await admin.start()  # with its limits (agent/core/serve.py)
@@ -186,14 +173,14 @@ async def run(settings: GatewaySettings) -> int:
     read_task: asyncio.Task[None] | None = None
     try:
         try:
-            status = await reconciler.start()
+            outcome = await reconciler.start()
         except (ApplyError, NginxDied) as exc:
             log.error("start_failed error=%r", str(exc))
             return 1
-        state.record(status)
+        state.record(outcome)
         metrics.nginx_up.set(1)
         log.info("serving listen=%s routes=%d status=%r", settings.listen,
-                 len(state.routes.routes), status)
+                 len(state.routes.routes), words(outcome))
         assert nginx.process is not None
         loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
         nginx_task = asyncio.create_task(nginx.process.wait(), name="nginx")
@@ -223,8 +210,8 @@ async def run(settings: GatewaySettings) -> int:
                 await read_task
         if nginx.running:
             await nginx.stop()
-        if reconciler.sources is not None:
-            await reconciler.sources.close()
+        if sources is not None:
+            await sources.close()
         if reconciler.resolver is not None:
             await reconciler.resolver.close()
         if reader is not None:

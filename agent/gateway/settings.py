@@ -33,7 +33,7 @@ from agent.core.settings import (
     worker_processes,
     zone_name,
 )
-from agent.gateway.logfile import ROTATE_SIZE
+from agent.gateway.drivers.logfile import ROTATE_SIZE
 
 
 @dataclass(frozen=True)

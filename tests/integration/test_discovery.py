@@ -10,9 +10,10 @@ from dns.message import make_query
 from prometheus_client import CollectorRegistry
 
 from agent.core.settings import DEFAULT_TASK_NETWORKS, HostPort, parse_host_port, task_networks
-from agent.gateway.discovery import Discovery, Endpoints
-from agent.gateway.dnsserver import LocalResolver
-from agent.gateway.metrics import Metrics
+from agent.gateway.drivers.discovery import Discovery
+from agent.gateway.drivers.dnsserver import LocalResolver
+from agent.gateway.model import Endpoints
+from agent.gateway.observe.metrics import Metrics
 from tests.support.dns import ControlledDns
 
 

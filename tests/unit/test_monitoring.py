@@ -18,7 +18,7 @@ from agent.controller.acme_client import Client, Issued
 from agent.controller.metrics import ControllerMetrics
 from agent.core.routes import parse_routes
 from agent.core.vrrp import Record
-from agent.gateway.metrics import Metrics, StubStatus
+from agent.gateway.observe.metrics import Metrics, StubStatus
 from agent.keepalived.notify import RecordsCollector
 from tests.support import require_programs
 

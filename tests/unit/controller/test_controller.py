@@ -28,7 +28,7 @@ from agent.controller.metrics import ControllerMetrics
 from agent.controller.routesfile import RoutesFile
 from agent.controller.sync import Controller
 from agent.core.routes import parse_routes
-from agent.gateway.source import ControllerRoutes, SourceMetrics
+from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
 from tests.support import until
 from tests.support.tlsca import TestCA
 from tests.unit.controller.test_acme import Clock, FakeClient

@@ -28,22 +28,15 @@ from hypothesis import strategies as st
 from agent.core.fields import is_address
 from agent.core.options import OWN_REQUEST_HEADERS, OWN_RESPONSE_HEADERS
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes, parse_routes_text
-from agent.gateway.discovery import Endpoints, sort_addresses
-from agent.gateway.render import (
-    GZIP_TYPES,
-    KEEPALIVE,
-    Renderer,
-    RenderError,
-    allow_var,
-    nginx_token,
-    rate_zone,
-    render_main_conf,
-    sticky_var,
-    upstream_key,
-    zone_size,
-)
-from agent.gateway.render import upstream_name as expected_upstream_name
-from agent.gateway.routefiles import FilesPlan, RouteFile
+from agent.gateway.drivers.discovery import sort_addresses
+from agent.gateway.model import Endpoints, FilesPlan, RouteFile
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.filters import RenderError, nginx_token
+from agent.gateway.plan.http import GZIP_TYPES, allow_var, rate_zone
+from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.naming import sticky_var
+from agent.gateway.plan.naming import upstream_name as expected_upstream_name
+from agent.gateway.plan.upstreams import KEEPALIVE, upstream_key, zone_size
 from tests.support import require_programs
 
 LISTEN = "0.0.0.0:8080"
@@ -157,8 +150,8 @@ def auth_plan(table: RouteTable) -> FilesPlan:
 RESOLVER = "127.0.0.11:53"
 
 
-def _renderer(resolve: bool = False) -> Renderer:
-    return Renderer(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED,
+def _renderer(resolve: bool = False) -> Planner:
+    return Planner(listen=LISTEN, status_listen=STATUS, trusted_proxies=TRUSTED,
                     resolver=RESOLVER, resolve=resolve)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.routes import parse_routes
-from agent.gateway.admin import readiness
-from agent.gateway.state import State
+from agent.gateway.observe.admin import readiness
+from agent.gateway.observe.state import State
 
 ROUTES = parse_routes({"routes": [{"hosts": ["a"], "service": "a", "port": 80}]})
 

@@ -9,16 +9,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.core.routes import parse_routes
 from agent.core.vrrp import vrrp_status
-from agent.gateway.admin import make_app
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import Nginx
+from agent.gateway.drivers.nginx import Nginx
+from agent.gateway.model import Change, Note, Outcome
+from agent.gateway.observe.admin import make_app
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import HISTORY, State, words
+from agent.gateway.observe.traffic import Traffic
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.state import HISTORY, State
-from agent.gateway.traffic import Traffic
 from agent.keepalived.notify import record_transition
 from tests.unit.gateway.test_settings import parse
 
@@ -28,25 +30,30 @@ ROUTES = parse_routes({"routes": [
 ]})
 
 
-# -- the history of status lines ---------------------------------------------------------------
+# -- the history of outcomes, and their words --------------------------------------------------
+
+A = Change(endpoints=(("tasks.a", 1, 0),))
+B = Change(endpoints=(("tasks.b", 1, 0),))
+REFUSED_FILE = Note("routes_file", ("routes[0].port: required field is missing",))
+
 
 def lines(state: State) -> list[str]:
-    return [line for _, line in state.history]
+    return [words(outcome) for _, outcome in state.history]
 
 
 def test_history_keeps_what_happened_once_and_only_the_last_ones() -> None:
     state = State()
-    state.record("started", at=1.0)
+    state.record(Outcome("started"), at=1.0)
     for _ in range(3):
-        state.record("no change", at=2.0)
-        state.record("change pending: applying in 1.3s", at=2.5)
-    state.record("reloaded: +1 endpoints for tasks.a", at=3.0)
-    state.record("reloaded: +1 endpoints for tasks.a", at=4.0)  # another reload: kept
-    state.record("reload refused (+1 endpoints for tasks.b): nginx -t said: boom", at=5.0)
-    state.record("reload refused earlier; retrying in 3.9s", at=5.5)
-    state.record("reload refused earlier; retrying in 2.9s", at=6.0)
-    state.record("cycle failed: disk full", at=7.0)
-    state.record("cycle failed: disk full", at=8.0)  # the same failure again: once
+        state.record(Outcome("no_change"), at=2.0)
+        state.record(Outcome("pending", wait=1.3), at=2.5)
+    state.record(Outcome("reloaded", A), at=3.0)
+    state.record(Outcome("reloaded", A), at=4.0)  # another reload: kept
+    state.record(Outcome("refused", B, error="nginx -t said: boom"), at=5.0)
+    state.record(Outcome("retry_pending", wait=3.9), at=5.5)
+    state.record(Outcome("retry_pending", wait=2.9), at=6.0)
+    state.record(Outcome("failed", error="disk full"), at=7.0)
+    state.record(Outcome("failed", error="disk full"), at=8.0)  # the same failure again: once
     assert lines(state) == [
         "started", "reloaded: +1 endpoints for tasks.a", "reloaded: +1 endpoints for tasks.a",
         "reload refused (+1 endpoints for tasks.b): nginx -t said: boom",
@@ -57,13 +64,13 @@ def test_history_keeps_what_happened_once_and_only_the_last_ones() -> None:
 
 def test_history_shows_a_refusal_that_came_with_no_change() -> None:
     state = State()
-    state.record("reloaded: x")
-    state.record("no change; routes file refused: routes[0].port: required field is missing")
-    state.record("no change; routes file refused: routes[0].port: required field is missing")
-    state.record("no change")  # fixed
-    state.record("no change")
+    state.record(Outcome("reloaded", A))
+    state.record(Outcome("no_change", notes=(REFUSED_FILE,)))
+    state.record(Outcome("no_change", notes=(REFUSED_FILE,)))
+    state.record(Outcome("no_change"))  # fixed
+    state.record(Outcome("no_change"))
     assert lines(state) == [
-        "reloaded: x",
+        "reloaded: +1 endpoints for tasks.a",
         "no change; routes file refused: routes[0].port: required field is missing",
         "no change"]
 
@@ -71,10 +78,33 @@ def test_history_shows_a_refusal_that_came_with_no_change() -> None:
 def test_history_is_bounded() -> None:
     state = State()
     for i in range(HISTORY + 5):
-        state.record(f"reloaded: change {i}")
+        state.record(Outcome("reloaded", Change(routes=(i, i + 1))))
     assert len(state.history) == HISTORY
-    assert lines(state)[0] == "reloaded: change 5"
-    assert lines(state)[-1] == f"reloaded: change {HISTORY + 4}"
+    assert lines(state)[0] == "reloaded: routes 5 -> 6"
+    assert lines(state)[-1] == f"reloaded: routes {HISTORY + 4} -> {HISTORY + 5}"
+
+
+@pytest.mark.parametrize(("outcome", "line"), [
+    (Outcome("started", saved=("tasks.a", "tasks.b")),
+     "started with saved endpoints for tasks.a, tasks.b"),
+    (Outcome("followed", Change(endpoints=(("tasks.a", 2, 1), ("tasks.b", 0, 3)))),
+     "followed without reload: +2 -1 endpoints for tasks.a, -3 endpoints for tasks.b"),
+    (Outcome("reloaded", Change(routes=(3, 4), tcp=(0, 1))),
+     "reloaded: routes 3 -> 4, tcp routes 0 -> 1"),
+    (Outcome("reloaded"), "reloaded: configuration changed"),
+    (Outcome("pending", wait=0.04), "change pending: applying in 0.0s"),
+    (Outcome("no_change", notes=(
+        Note("tcp_port", ("5432: bind() failed", "6379: bind() failed")),
+        Note("certificate", ("a.example.com", "b.example.com")),
+        Note("password_file", ("x.htpasswd: not found", "y.htpasswd: plain text")),
+        Note("error_page", ("sorry.html: too large",)))),
+     "no change; tcp port refused: 5432: bind() failed, 6379: bind() failed; certificate "
+     "refused for a.example.com, b.example.com; password file refused: x.htpasswd: not found; "
+     "y.htpasswd: plain text; error page refused: sorry.html: too large"),
+])
+def test_outcomes_in_words(outcome: Outcome, line: str) -> None:
+    """What the log and /status say of an outcome (the words made in one place only)."""
+    assert words(outcome) == line
 
 
 # -- per-route request counts ------------------------------------------------------------------
@@ -162,8 +192,8 @@ async def test_status_has_what_the_page_shows(tmp_path: Path) -> None:
     textfile = tmp_path / "keepalived.prom"
     record_transition(textfile, "INSTANCE", "gateway_vip", "MASTER", "150", now=2000.0)
     state = State(routes=ROUTES)
-    state.record("started", at=1.0)
-    state.record("reloaded: +1 endpoints for tasks.api", at=2.0)
+    state.record(Outcome("started"), at=1.0)
+    state.record(Outcome("reloaded", Change(endpoints=(("tasks.api", 1, 0),))), at=2.0)
     metrics = Metrics()
     metrics.traffic.follow(lambda: state.routes)
     settings = Settings(nginx_prefix=tmp_path, vrrp_state_file=textfile)

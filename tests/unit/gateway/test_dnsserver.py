@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.core.settings import HostPort
-from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.dnsserver import TTL, LocalResolver
+from agent.gateway.drivers.dnsserver import TTL, LocalResolver
+from agent.gateway.model import Endpoints, Snapshot
 
 
 class Fixture:

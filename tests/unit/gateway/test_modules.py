@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.gateway import modules
-from agent.gateway.render import render_main_conf
+from agent.gateway.drivers import modules
+from agent.gateway.plan.mainconf import render_main_conf
 from tests.support import require_programs
 
 OFFICIAL = """nginx version: nginx/1.28.0

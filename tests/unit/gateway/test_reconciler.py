@@ -6,41 +6,27 @@ and the real nginx in tests/integration."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
 
 from agent.core.routes import parse_routes
-from agent.gateway.daemon import make_renderer
-from agent.gateway.discovery import Endpoints, Snapshot
-from agent.gateway.metrics import Metrics
-from agent.gateway.nginx import ApplyError
+from agent.gateway.drivers.routes import RoutesInput
+from agent.gateway.model import Outcome
+from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.state import State, words
+from agent.gateway.pipeline import planner_for
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.state import State
-
-
-class FakeDiscovery:
-    """Answers every name with one address and records which names each round asked."""
-
-    def __init__(self) -> None:
-        self.rounds: list[list[str]] = []
-
-    async def resolve(self, names: Iterable[str], previous: Snapshot,
-                      screened: Iterable[str] = ()) -> dict[str, Endpoints]:
-        asked = sorted(names)
-        self.rounds.append(asked)
-        return {n: Endpoints(("10.0.0.2",), "ok", since=len(self.rounds)) for n in asked}
+from tests.unit.gateway.fakes import Clock, FakeDiscovery, FakeNginx, FakeRoutes
 
 
 def reconciler(services: int, per_second: float) -> tuple[Reconciler, FakeDiscovery]:
     table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
                                       "port": 80} for i in range(services)]}, "test")
-    state = State(routes=table)
     discovery = FakeDiscovery()
     settings = Settings(poll_interval=1.0, dns_lookups_per_second=per_second)
-    r = Reconciler(settings, cast(Any, None), cast(Any, discovery), cast(Any, None), Metrics(),
-                   state)
+    r = Reconciler(settings, FakeNginx(), discovery, planner_for(settings), Metrics(), State(),
+                   routes=FakeRoutes(table))
     return r, discovery
 
 
@@ -69,7 +55,7 @@ async def test_more_targets_than_the_budget_are_looked_up_in_turn_and_all_kept()
 async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     r, discovery = reconciler(1000, per_second=200)
     await r.discover()
-    r.state.routes = parse_routes({"routes": [
+    r.routes.table = parse_routes({"routes": [
         *({"hosts": [f"s{i}.example"], "service": f"s{i}", "port": 80} for i in range(1000)),
         {"hosts": ["new.example"], "service": "new", "port": 80}]}, "test")
     await r.discover()
@@ -78,56 +64,7 @@ async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     assert r.state.snapshot["tasks.new"].addresses == ("10.0.0.2",)
 
 
-# --- cycles: a real Renderer, a fake nginx and discovery, a fake clock -------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeNginx:
-    """Records each apply (at which time, which generation) and refuses the configurations
-    `refuse` says no to, as nginx -t would; what it serves changes only on a good apply."""
-
-    def __init__(self, clock: Clock, refuse: Callable[[str], bool] = lambda text: False) -> None:
-        self.clock = clock
-        self.refuse = refuse
-        self.generation: str | None = None
-        self.text: str | None = None
-        self.attempts: list[tuple[float, str]] = []
-        self.stub_status_asked = 0
-
-    async def apply(self, text: str, generation: str, stream: str = "") -> None:
-        self.attempts.append((self.clock(), generation))
-        if self.refuse(text):
-            raise ApplyError("validate", "nginx -t said: invalid upstream")
-        self.generation, self.text = generation, text
-
-    async def start(self) -> None:
-        pass
-
-    async def wait_serving(self, generation: str, within: float = 10.0) -> None:
-        assert generation == self.generation
-
-    async def stub_status(self) -> None:
-        self.stub_status_asked += 1
-
-
-class TasksDiscovery:
-    """Answers each name with the addresses in `tasks` (default one task)."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, tuple[str, ...]] = {}
-        self.rounds = 0
-
-    async def resolve(self, names: Iterable[str], previous: Snapshot,
-                      screened: Iterable[str] = ()) -> dict[str, Endpoints]:
-        self.rounds += 1
-        return {n: Endpoints(self.tasks.get(n, ("10.0.0.2",)), "ok") for n in names}
+# --- cycles: a real Planner, a fake nginx and discovery, a fake clock -------------------------
 
 
 class Rig:
@@ -136,17 +73,21 @@ class Rig:
         self.clock = Clock()
         self.settings = Settings(upstream_mode=mode, reload_min_interval=reload_min_interval)
         self.nginx = FakeNginx(self.clock, refuse)
-        self.discovery = TasksDiscovery()
+        self.discovery = FakeDiscovery()
         self.metrics = Metrics()
         table = parse_routes({"routes": [{"hosts": ["app.example"], "service": "app",
                                           "port": 80}]}, "test")
-        self.reconciler = Reconciler(self.settings, cast(Any, self.nginx),
-                                     cast(Any, self.discovery), make_renderer(self.settings),
-                                     self.metrics, State(routes=table), clock=self.clock)
+        self.routes = FakeRoutes(table)
+        self.reconciler = Reconciler(self.settings, self.nginx, self.discovery,
+                                     planner_for(self.settings), self.metrics, State(),
+                                     routes=self.routes, clock=self.clock)
+        self.outcomes: list[Outcome] = []
 
     async def cycle(self, at: float) -> str:
+        """The cycle's outcome in the words of the log and /status."""
         self.clock.now = at
-        return await self.reconciler.cycle()
+        self.outcomes.append(await self.reconciler.cycle())
+        return words(self.outcomes[-1])
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
@@ -155,7 +96,7 @@ class Rig:
 
 
 async def started(rig: Rig) -> Rig:
-    assert await rig.reconciler.start() == "started"
+    assert await rig.reconciler.start() == Outcome("started")
     assert len(rig.nginx.attempts) == 1
     return rig
 
@@ -164,7 +105,7 @@ async def test_a_cycle_without_a_change_does_not_apply() -> None:
     rig = await started(Rig())
     for t in range(1, 6):
         assert await rig.cycle(t) == "no change"
-    assert rig.discovery.rounds == 6, "every cycle looked the tasks up"
+    assert len(rig.discovery.rounds) == 6, "every cycle looked the tasks up"
     assert rig.nginx.stub_status_asked == 5
     assert len(rig.nginx.attempts) == 1
 
@@ -250,7 +191,7 @@ async def test_a_change_of_tasks_is_followed_without_reload_in_resolve_mode() ->
     assert rig.sample("gateway_endpoint_changes_followed_total") == 1
     assert await rig.cycle(6) == "no change"
     # a change of routes still applies
-    rig.reconciler.state.routes = parse_routes({"routes": [
+    rig.routes.table = parse_routes({"routes": [
         {"hosts": ["app.example"], "service": "app", "port": 80},
         {"hosts": ["new.example"], "service": "new", "port": 80}]}, "test")
     assert await rig.cycle(7) == "reloaded: +1 endpoints for tasks.new, routes 1 -> 2"
@@ -272,12 +213,12 @@ async def test_the_loop_wakes_early_and_stops() -> None:
     rig.settings = rig.reconciler.settings = Settings(upstream_mode="static", poll_interval=60)
     stop = asyncio.Event()
     loop = asyncio.create_task(rig.reconciler.run(stop))
-    await wait_for_async(lambda: rig.discovery.rounds == 2, "the first cycle")
+    await wait_for_async(lambda: len(rig.discovery.rounds) == 2, "the first cycle")
     rig.reconciler.wake.set()
-    await wait_for_async(lambda: rig.discovery.rounds == 3, "a cycle woken early")
+    await wait_for_async(lambda: len(rig.discovery.rounds) == 3, "a cycle woken early")
     stop.set()
     await asyncio.wait_for(loop, 10)
-    assert rig.discovery.rounds == 3
+    assert len(rig.discovery.rounds) == 3
 
 
 async def wait_for_async(condition: Callable[[], bool], what: str, within: float = 10) -> None:
@@ -296,6 +237,7 @@ async def test_a_routes_file_that_cannot_be_read_is_tried_again_with_backoff(
     routes.write_text("routes: [{hosts: [app.example], service: app, port: 80}]\n")
     rig = Rig()
     rig.settings = rig.reconciler.settings = Settings(upstream_mode="static", routes=routes)
+    rig.reconciler.routes = RoutesInput(rig.settings, rig.metrics, clock=rig.clock)
     rig.reconciler.load_initial_routes()
     await started(rig)
     routes.unlink()

@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 
 from agent.core.routes import RoutesError, RouteTable, Target, parse_routes, parse_routes_text
-from agent.gateway.discovery import Endpoints
-from agent.gateway.render import Renderer, RenderError, nginx_token, render_main_conf, upstream_name
-from agent.gateway.tls import Certificates, TlsPlan
+from agent.gateway.drivers.tls import Certificates
+from agent.gateway.model import Endpoints, TlsPlan
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.filters import RenderError, nginx_token
+from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.naming import upstream_name
 from tests.support import require_programs
 from tests.support.tlsca import TestCA
 
@@ -37,10 +40,10 @@ SNAPSHOT = {
 }
 
 
-def renderer(**kw: object) -> Renderer:
+def renderer(**kw: object) -> Planner:
     args: dict[str, object] = {"listen": "0.0.0.0:8080", "status_listen": "127.0.0.1:9181"}
     args.update(kw)
-    return Renderer(**args)  # type: ignore[arg-type]
+    return Planner(**args)  # type: ignore[arg-type]
 
 
 def test_rendering_is_deterministic_whatever_the_order() -> None:
@@ -216,7 +219,7 @@ def ca() -> TestCA:
 
 def acme_plan(tmp_path: Path, ca: TestCA, routes: RouteTable = ACME_ROUTES) -> TlsPlan:
     """Certificates as a gateway has them: a.example.com and c.example.com from the controller
-    (agent.gateway.source writes them), b.example.com from --certs-dir."""
+    (agent.gateway.drivers.source writes them), b.example.com from --certs-dir."""
     certs = Certificates(tmp_path / "certs", tmp_path / "store", None,
                          acme_dir=tmp_path / "acme")
     for directory in (certs.certs_dir, tmp_path / "acme"):
@@ -230,7 +233,7 @@ def acme_plan(tmp_path: Path, ca: TestCA, routes: RouteTable = ACME_ROUTES) -> T
     return plan
 
 
-def https_renderer() -> Renderer:
+def https_renderer() -> Planner:
     return renderer(https_listen="0.0.0.0:8443")
 
 

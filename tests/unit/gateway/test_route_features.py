@@ -19,11 +19,13 @@ from agent.controller.labels import LabelError, route_from_labels
 from agent.core.options import BasicAuth, Headers, RateLimit, Redirect, Sticky
 from agent.core.routes import Route, RoutesError, RouteTable, parse_routes
 from agent.core.wire import route_item
-from agent.gateway.discovery import Endpoints
-from agent.gateway.htpasswd import check_file, check_hash, crypt_checks
-from agent.gateway.render import Renderer, RenderError, nginx_quoted, sticky_var
-from agent.gateway.routefiles import FilesPlan, RouteFile, RouteFiles
-from agent.gateway.tls import Certificates
+from agent.gateway.drivers.htpasswd import check_file, check_hash, crypt_checks
+from agent.gateway.drivers.routefiles import RouteFiles
+from agent.gateway.drivers.tls import Certificates
+from agent.gateway.model import Endpoints, FilesPlan, RouteFile
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.filters import RenderError, nginx_quoted
+from agent.gateway.plan.naming import sticky_var
 from tests.support.tlsca import TestCA
 from tests.unit.core.test_hostile import NginxTest
 
@@ -50,7 +52,7 @@ def label_errors(**labels: str) -> list[str]:
 
 
 def rendered(*routes: Route, trusted: tuple[str, ...] = ()) -> str:
-    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
+    renderer = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
                         trusted_proxies=trusted)
     return renderer.render(RouteTable(routes), SNAPSHOT).text
 
@@ -183,7 +185,7 @@ def test_basic_auth_labels() -> None:
 def test_basic_auth_renders_the_checked_copy_and_locks_the_route_without_one() -> None:
     protected = route(basic_auth={"file": "u.htpasswd", "realm": "Shop admin"})
     plan = FilesPlan((RouteFile("u.htpasswd", Path("/run/gw/htpasswd/abc.htpasswd"), None),))
-    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
+    renderer = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
     text = renderer.render(RouteTable((protected, route(hosts=["b.example.com"]))), SNAPSHOT,
                            files=plan).text
     a, b = text.split("server_name b.example.com;")
@@ -437,7 +439,7 @@ def test_response_headers_on_https_keep_hsts(tmp_path: Path) -> None:
     certs.mkdir()
     ca.issue("a.example.com").write(certs, "a.example.com")
     with_headers = route(tls={"hsts": 600}, headers={"response": {"X-Frame-Options": "DENY"}})
-    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
+    renderer = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
                         https_listen="0.0.0.0:8443")
     table = RouteTable((with_headers,))
     plan = Certificates(certs, tmp_path / "store", None).plan(table)
@@ -651,7 +653,7 @@ def test_error_pages_are_checked_and_copied_like_password_files(tmp_path: Path) 
 def test_error_page_renders_an_internal_location_and_the_error_page_directive() -> None:
     page = Path("/run/gw/route-files/abc.html")
     plan = FilesPlan((RouteFile("p.html", page, None, "page"),))
-    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
+    renderer = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
     table = RouteTable((route(error_page="p.html"), route(hosts=["b.example.com"]),
                         route(path="/m", maintenance=True)))
     text = renderer.render(table, SNAPSHOT, files=plan).text
@@ -700,7 +702,7 @@ def test_grpc_renders_grpc_pass_on_https_and_nginx_accepts_it(tmp_path: Path) ->
     table = RouteTable((route(protocol="grpc", tls=True, allow=["10.0.0.0/8"],
                               rate_limit="100r/s"),))
     plan = Certificates(certs, tmp_path / "store", None).plan(table)
-    renderer = Renderer(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
+    renderer = Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
                         https_listen="127.0.0.1:8443", trusted_proxies=("192.0.2.0/24",))
     text = renderer.render(table, SNAPSHOT, tls=plan).text
     https = text[text.index("listen 127.0.0.1:8443 ssl http2;"):]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.core.routes import RouteTable, parse_routes
-from agent.gateway.routefiles import FilesPlan, RouteFiles, Secrets, for_gateway
+from agent.gateway.drivers.routefiles import RouteFiles, Secrets, for_gateway
+from agent.gateway.model import FilesPlan
 from agent.gateway.settings import GatewaySettings
 
 PAGE = "<h1>back soon</h1>\n"

@@ -18,7 +18,7 @@ from agent.core.merge import merge
 from agent.core.routes import Route, parse_routes
 from agent.core.tcp import TcpRoute
 from agent.core.wire import MAX_DOCUMENT, parse_document, route_item, tcp_item
-from agent.gateway.source import FILE_SOURCE, ControllerRoutes, SourceMetrics
+from agent.gateway.drivers.source import FILE_SOURCE, ControllerRoutes, SourceMetrics
 from tests.support.tlsca import TestCA
 
 

@@ -20,12 +20,17 @@ from hypothesis import strategies as st
 from agent.core.routes import RoutesError, RouteTable, Target, parse_routes
 from agent.core.settings import HostPort
 from agent.core.tcp import TcpRoute
-from agent.gateway import modules
-from agent.gateway.discovery import Endpoints, sort_addresses
-from agent.gateway.ports import port_conflicts, reserved_ports, unbindable, without_ports
-from agent.gateway.render import Renderer, RenderError, render_main_conf, upstream_name, zone_size
+from agent.gateway.drivers import modules
+from agent.gateway.drivers.discovery import sort_addresses
+from agent.gateway.drivers.ports import port_conflicts, reserved_ports, unbindable, without_ports
+from agent.gateway.model import Endpoints
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.filters import RenderError
+from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.naming import upstream_name
+from agent.gateway.plan.stream import REFUSED, StreamRenderer
+from agent.gateway.plan.upstreams import zone_size
 from agent.gateway.settings import GatewaySettings as Settings
-from agent.gateway.stream import REFUSED, StreamRenderer
 from tests.support import require_programs
 from tests.unit.core.test_hostile import (
     _CLIENT,
@@ -186,7 +191,7 @@ def test_a_port_another_program_holds_is_refused_in_nginxs_words_and_alone() -> 
 
 def test_without_tcp_routes_there_is_no_stream_context() -> None:
     assert STREAM.render((), {}) == ("", frozenset())
-    rendered = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
+    rendered = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181",
                         stream=STREAM).render(RouteTable(()), {})
     assert rendered.stream == ""
 
@@ -195,8 +200,8 @@ def test_a_table_with_tcp_routes_needs_a_stream_renderer_and_the_generation_cove
     table = parsed([DB])
     assert isinstance(table, RouteTable)
     with pytest.raises(RenderError, match="no stream context"):
-        Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181").render(table, {})
-    renderer = Renderer(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181", stream=STREAM)
+        Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181").render(table, {})
+    renderer = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181", stream=STREAM)
     one = renderer.render(table, {"tasks.db": Endpoints(("10.0.0.1",), "ok")})
     two = renderer.render(table, {"tasks.db": Endpoints(("10.0.0.2",), "ok")})
     assert one.stream != two.stream
@@ -539,7 +544,7 @@ def test_a_gateway_with_a_controller_keeps_the_files_tcp_routes() -> None:
     """Routes from labels are merged with the file's http routes; tcp routes are the file's."""
     from prometheus_client import CollectorRegistry
 
-    from agent.gateway.source import ControllerRoutes, SourceMetrics
+    from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
 
     table = parsed([DB], routes=[{"hosts": ["a.example.com"], "service": "a", "port": 80}])
     assert isinstance(table, RouteTable)

@@ -24,9 +24,11 @@ from agent.core.x509 import (
     parse_key,
 )
 from agent.gateway import settings as settings_mod
-from agent.gateway.discovery import Endpoints
-from agent.gateway.render import Renderer, RenderError
-from agent.gateway.tls import Certificates, TlsCollector, status
+from agent.gateway.drivers.tls import Certificates
+from agent.gateway.model import Endpoints
+from agent.gateway.observe.certs import TlsCollector, status
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.filters import RenderError
 from tests.support.tlsca import DAY, NOW, TestCA
 
 
@@ -293,11 +295,11 @@ def test_at_start_a_bad_certificate_serves_nothing(tmp_path: Path, ca: TestCA) -
 # -- rendering -------------------------------------------------------------------------------
 
 
-def renderer(**kw: object) -> Renderer:
+def renderer(**kw: object) -> Planner:
     args: dict[str, object] = {"listen": "0.0.0.0:8080", "status_listen": "127.0.0.1:9181",
                                "https_listen": "0.0.0.0:8443", "resolver": "127.0.0.11:53"}
     args.update(kw)
-    return Renderer(**args)  # type: ignore[arg-type]
+    return Planner(**args)  # type: ignore[arg-type]
 
 
 SNAPSHOT = {"tasks.app": Endpoints(("10.0.1.3",), "ok")}

@@ -16,16 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.core.routes import RouteTable, parse_routes
 from agent.core.settings import SettingsError
 from agent.gateway import settings
-from agent.gateway.discovery import Endpoints
-from agent.gateway.logfile import ROTATE_SIZE, LogFile, log_path
-from agent.gateway.render import Renderer, render_main_conf
-from agent.gateway.traffic import (
-    LOG_FORMAT,
-    UNROUTED_ROOT,
-    Traffic,
-    route_label,
-    route_root,
-)
+from agent.gateway.drivers.logfile import ROTATE_SIZE, LogFile, log_path
+from agent.gateway.model import Endpoints
+from agent.gateway.observe.traffic import LOG_FORMAT, Traffic
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
 from tests.support import require_programs
 
 ROUTES = parse_routes({"routes": [
@@ -66,7 +62,7 @@ def test_route_label_is_first_host_and_path() -> None:
 
 
 def test_template_writes_the_format_the_agent_reads() -> None:
-    text = Renderer(listen="8080", status_listen="127.0.0.1:9181",
+    text = Planner(listen="8080", status_listen="127.0.0.1:9181",
                     access_log="/p/logs/gateway-metrics.log").render(ROUTES, SNAPSHOT).text
     m = re.search(r"log_format gateway_metrics ((?:'[^']*'\s*)+);", text)
     assert m is not None
@@ -82,7 +78,7 @@ def test_template_writes_the_format_the_agent_reads() -> None:
 
 
 def test_without_the_feature_nothing_changes() -> None:
-    text = Renderer(listen="8080", status_listen="127.0.0.1:9181").render(ROUTES, SNAPSHOT).text
+    text = Planner(listen="8080", status_listen="127.0.0.1:9181").render(ROUTES, SNAPSHOT).text
     assert "access_log" not in text.replace("access_log off;", "")
     assert "root " not in text
     main = render_main_conf(prefix=Path("/p"), routes_conf=Path("/p/g.conf"),
@@ -99,7 +95,7 @@ def test_configuration_with_the_access_log_passes_nginx_t(tmp_path: Path) -> Non
                 "temp/scgi", "logs"):
         (prefix / sub).mkdir(parents=True)
     routes_conf = prefix / "conf.d" / "gateway.conf"
-    routes_conf.write_text(Renderer(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
+    routes_conf.write_text(Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
                                     access_log=str(prefix / "logs" / "m.log"),
                                     ).render(ROUTES, SNAPSHOT).text)
     (prefix / "nginx.conf").write_text(render_main_conf(
@@ -232,7 +228,7 @@ OK = record("/gateway-route/managerhttp", "200|0.001|0.001|200|0.001|10|10") + b
 FAILED = record("/gateway-route/managerhttp", "502|0.001|0.001|502|0.001|10|10") + b"\n"
 
 
-class FakeNginx:
+class NginxWriter:
     """Appends lines to the file like nginx: its own descriptor, held open by a child process
     (nginx's worker, for the reader's "does nginx still hold it" check) until a reopen."""
 
@@ -267,14 +263,14 @@ class FakeNginx:
 
 
 @pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[FakeNginx]:
-    fake = FakeNginx(tmp_path / "gateway-metrics.log")
+def nginx(tmp_path: Path) -> Iterator[NginxWriter]:
+    fake = NginxWriter(tmp_path / "gateway-metrics.log")
     yield fake
     if fake.worker is not None:
         fake.let_go()
 
 
-def reader(nginx: FakeNginx, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:
+def reader(nginx: NginxWriter, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:
     traffic = following()
     return LogFile(nginx.path, traffic, nginx_pids=nginx.pids, reopen=nginx.reopen,
                    rotate_size=rotate_size), traffic
@@ -286,7 +282,7 @@ def counted(traffic: Traffic) -> dict[str, float]:
             for k in ("2xx", "5xx")}
 
 
-def test_each_poll_counts_what_was_appended_once(nginx: FakeNginx) -> None:
+def test_each_poll_counts_what_was_appended_once(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx)
     nginx.write(OK * 1000 + FAILED * 3)
     tail.poll()
@@ -303,7 +299,7 @@ def test_each_poll_counts_what_was_appended_once(nginx: FakeNginx) -> None:
     tail.close()
 
 
-def test_rotation_loses_nothing_and_removes_the_old_file(nginx: FakeNginx) -> None:
+def test_rotation_loses_nothing_and_removes_the_old_file(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx, rotate_size=len(OK) * 100)
     nginx.write(OK * 150)
     tail.poll()
@@ -326,7 +322,7 @@ def test_rotation_loses_nothing_and_removes_the_old_file(nginx: FakeNginx) -> No
     tail.close()
 
 
-def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: FakeNginx) -> None:
+def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx, rotate_size=len(OK) * 10)
     nginx.write(OK * 10)
     tail.poll()
@@ -351,7 +347,7 @@ def test_the_old_file_is_read_until_nginx_lets_go_of_it(nginx: FakeNginx) -> Non
     tail.close()
 
 
-def test_a_deleted_file_is_read_to_its_end_and_nginx_reopens(nginx: FakeNginx) -> None:
+def test_a_deleted_file_is_read_to_its_end_and_nginx_reopens(nginx: NginxWriter) -> None:
     tail, traffic = reader(nginx)
     nginx.write(OK * 5)
     tail.poll()

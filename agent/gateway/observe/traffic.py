@@ -1,0 +1,242 @@
+"""Per-route traffic metrics from nginx's access log: one compact line per request.
+
+nginx appends the lines to a file (`access_log FILE gateway_metrics buffer=64k flush=1s`, see
+the template) and agent/gateway/logfile.py reads what was appended, in bulk. A line looks like:
+
+    g1|/gateway-route/managerhttp|200|0.003|0.002|200|0.002|312|96
+
+a format marker, then ROUTE|STATUS|REQUEST_TIME|UPSTREAM_RESPONSE_TIME|UPSTREAM_STATUS|
+UPSTREAM_HEADER_TIME|BYTES_SENT|REQUEST_LENGTH (nginx's own variables; the upstream ones list
+every try, "0.000, 0.002", and are "-" when no upstream was asked).
+
+ROUTE is $document_root. No location of the gateway serves files, so the template gives each
+route's locations `root /gateway-route/<label>` and each server `root /gateway-unrouted`: a
+value fixed in the configuration, known for every request (also one nginx answers before its
+rewrite phase, such as a 413), and free to compute.
+
+The `route` label is the route's first host and its path prefix (`managerhttp/`,
+`manager.example.com/api`): the routes model refuses two routes with the same host and path, so
+it names one route, it is what a user wrote, and it stays the same when routes are reordered.
+Requests that no route matched (an unknown Host, a path no route of that host covers, a request
+nginx refused before choosing a location) are `unrouted`. Labels come only from the routes in
+use: a line naming any other route is counted as `unknown_route` and creates no series, so
+cardinality stays at routes x status classes whatever the clients send.
+
+Most lines repeat (same route, status and times to the millisecond), so the reader counts
+distinct lines and `feed` counts one line N times: the parsing cost is per distinct line.
+Counts are kept in plain Python objects and turned into metric families only when /metrics is
+scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.core.routes import RouteTable
+from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
+
+log = logging.getLogger("agent.gateway.traffic")
+
+FORMAT_MARKER = "g1"  # changes when the record's fields change
+# The log_format of the template, for reference and for the test that keeps the two in step.
+LOG_FORMAT = (f"{FORMAT_MARKER}|$document_root|$status|$request_time|$upstream_response_time|"
+              "$upstream_status|$upstream_header_time|$bytes_sent|$request_length")
+UNROUTED = "unrouted"
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+RESULTS = ("ok", "malformed", "unknown_route")
+# nginx measures in milliseconds; loopback answers in well under one.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0)
+_MARKER = FORMAT_MARKER.encode()
+_FIELDS = 9  # the marker and the eight fields
+_CLASS_INDEX = {b"1": 0, b"2": 1, b"3": 2, b"4": 3, b"5": 4}
+_MAX_SECONDS = 1e7
+
+
+def _logged_root(root: str) -> bytes:
+    """$document_root as nginx logs it: without the trailing '/' that `root` drops."""
+    return root.removesuffix("/").encode()
+
+
+def _try_list(value: bytes) -> list[bytes]:
+    """nginx separates tries with ", " and upstream groups (internal redirects) with " : "."""
+    return value.replace(b" : ", b", ").split(b", ")
+
+
+class _Route:
+    """What one route's records add up to. Plain attributes: this is the hot path."""
+
+    __slots__ = ("bytes_in", "bytes_out", "classes", "duration", "duration_sum", "errors",
+                 "retries", "upstream", "upstream_sum")
+
+    def __init__(self) -> None:
+        self.classes = [0] * len(STATUS_CLASSES)
+        self.duration = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.duration_sum = 0.0
+        self.upstream = [0] * (len(DURATION_BUCKETS) + 1)
+        self.upstream_sum = 0.0
+        self.retries = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def add(self, f: list[bytes], n: int = 1) -> None:
+        """Count `n` requests with these fields (from the route on); ValueError if any does
+        not parse.
+
+        Everything is parsed before anything is counted, so a bad record changes nothing.
+        """
+        status = f[1]
+        if len(status) != 3 or not status.isdigit():
+            raise ValueError("status")
+        klass = _CLASS_INDEX.get(status[:1], -1)
+        seconds = float(f[2])
+        sent, received = int(f[6]), int(f[7])
+        if klass < 0 or not 0.0 <= seconds < _MAX_SECONDS or sent < 0 or received < 0:
+            raise ValueError("range")
+        upstream_times = f[3]
+        upstream = -1.0
+        tries = errors = 0
+        if upstream_times != b"-":
+            if b"," in upstream_times or b":" in upstream_times:
+                times = _try_list(upstream_times)
+                upstream = math.fsum(float(t) for t in times if t != b"-")
+                tries = len(times)
+                errors = _try_list(f[5]).count(b"-")
+            else:
+                upstream = float(upstream_times)
+                tries = 1
+                errors = 1 if f[5] == b"-" else 0
+            if not 0.0 <= upstream < _MAX_SECONDS:
+                raise ValueError("range")
+        self.classes[klass] += n
+        self.duration[bisect_left(DURATION_BUCKETS, seconds)] += n
+        self.duration_sum += seconds * n
+        self.bytes_out += sent * n
+        self.bytes_in += received * n
+        if tries:
+            self.upstream[bisect_left(DURATION_BUCKETS, upstream)] += n
+            self.upstream_sum += upstream * n
+            self.retries += (tries - 1) * n
+            self.errors += errors * n
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound, count in zip((*DURATION_BUCKETS, math.inf), counts, strict=True):
+        total += count
+        out.append(("+Inf" if bound == math.inf else repr(bound), float(total)))
+    return out
+
+
+class Traffic(Collector):
+    """Per-route request metrics, fed access-log lines, exported when scraped.
+
+    It exports nothing until `follow()` is called, so a gateway with the feature off shows no
+    empty per-route series.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[bytes, _Route] = {}
+        self._labels: dict[bytes, str] = {}
+        self._source: Callable[[], RouteTable] | None = None
+        self._table: RouteTable | None = None
+        self.results = dict.fromkeys(RESULTS, 0)
+
+    def follow(self, routes: Callable[[], RouteTable]) -> None:
+        """Take the route labels from `routes()` (the routes in use), checked on each read."""
+        self._source = routes
+        self.sync()
+
+    def sync(self) -> None:
+        """Match the series to the routes in use: new routes start at 0, removed ones go."""
+        if self._source is None:
+            return
+        table = self._source()
+        if table is self._table:
+            return
+        self._table = table
+        keep = {_logged_root(route_root(r)): route_label(r) for r in table.routes}
+        keep[_logged_root(UNROUTED_ROOT)] = UNROUTED
+        keep = dict(sorted(keep.items(), key=lambda kv: kv[1]))
+        self._routes = {key: self._routes.get(key) or _Route() for key in keep}
+        self._labels = keep
+
+    def feed(self, line: bytes, n: int = 1) -> None:
+        """Count one access-log line (without its newline) `n` times: `n` requests."""
+        fields = line.split(b"|")
+        if len(fields) != _FIELDS or fields[0] != _MARKER:
+            self.results["malformed"] += n
+            return
+        stats = self._routes.get(fields[1])
+        if stats is None:
+            self.results["unknown_route"] += n
+            return
+        try:
+            stats.add(fields[1:], n)
+        except (ValueError, OverflowError):
+            self.results["malformed"] += n
+            return
+        self.results["ok"] += n
+
+    def totals(self) -> dict[str, dict[str, int]] | None:
+        """For /status (the dashboard): per route label, requests by status class and upstream
+        errors so far; None while the feature is off. Rates are differences of two of these."""
+        if self._source is None:
+            return None
+        self.sync()
+        return {self._labels[key]: {**dict(zip(STATUS_CLASSES, stats.classes, strict=True)),
+                                    "upstream_errors": stats.errors}
+                for key, stats in self._routes.items()}
+
+    def collect(self) -> Iterator[Metric]:
+        if self._source is None:
+            return
+        self.sync()
+        requests = CounterMetricFamily(
+            "gateway_http_requests", "Requests by route and status class, from nginx's access "
+            "log (route: first host + path prefix, or 'unrouted')", labels=["route",
+                                                                            "status_class"])
+        duration = HistogramMetricFamily(
+            "gateway_http_request_duration_seconds", "Time nginx took for a request, from the "
+            "first byte read from the client to the last byte sent ($request_time)",
+            labels=["route"])
+        upstream = HistogramMetricFamily(
+            "gateway_upstream_response_duration_seconds", "Time spent on upstream servers for "
+            "a request that reached one, all tries added up ($upstream_response_time)",
+            labels=["route"])
+        retries = CounterMetricFamily(
+            "gateway_upstream_retries", "Tries on another upstream server after the first "
+            "(proxy_next_upstream)", labels=["route"])
+        errors = CounterMetricFamily(
+            "gateway_upstream_errors", "Upstream tries that got no response header (refused, "
+            "reset, timed out)", labels=["route"])
+        bytes_in = CounterMetricFamily(
+            "gateway_http_request_bytes", "Bytes received from clients: request line, headers "
+            "and body ($request_length)", labels=["route"])
+        bytes_out = CounterMetricFamily(
+            "gateway_http_response_bytes", "Bytes sent to clients, headers included "
+            "($bytes_sent)", labels=["route"])
+        for key, stats in self._routes.items():
+            route = self._labels[key]
+            for klass, count in zip(STATUS_CLASSES, stats.classes, strict=True):
+                requests.add_metric([route, klass], count)
+            duration.add_metric([route], _buckets(stats.duration), stats.duration_sum)
+            upstream.add_metric([route], _buckets(stats.upstream), stats.upstream_sum)
+            retries.add_metric([route], stats.retries)
+            errors.add_metric([route], stats.errors)
+            bytes_in.add_metric([route], stats.bytes_in)
+            bytes_out.add_metric([route], stats.bytes_out)
+        yield from (requests, duration, upstream, retries, errors, bytes_in, bytes_out)
+        records = CounterMetricFamily(
+            "gateway_access_log_records", "Access-log lines by result: ok (counted), "
+            "malformed, unknown_route (names no route in use)", labels=["result"])
+        for result, count in self.results.items():
+            records.add_metric([result], count)
+        yield records

@@ -1,0 +1,79 @@
+"""How fast the gateway acts: the DNS lookup budget (--dns-lookups-per-second), and reloads
+coalesced (--reload-min-interval) and backed off after a refusal, with the one Backoff
+(core/aio.py). Pure bookkeeping on a clock the caller gives: no I/O, no sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from agent.core.aio import Backoff
+
+RETRY_FAILED_MAX = 60.0  # seconds at most between tries of a refused configuration
+
+
+class LookupBudget:
+    """The names to look up each cycle: all of them when they fit the budget; else names never
+    looked up, then the next ones in turn, so that each is looked up again every
+    len(names) / budget cycles."""
+
+    def __init__(self, per_second: float, interval: float) -> None:
+        self.budget = max(1, int(per_second * interval))
+        self._cursor = 0
+
+    def due(self, names: Sequence[str], known: Collection[str]) -> list[str]:
+        if len(names) <= self.budget:
+            return list(names)
+        due = [n for n in names if n not in known]
+        rest = sorted(n for n in names if n in known)
+        take = max(0, self.budget - len(due))
+        if rest and take:
+            start = self._cursor % len(rest)
+            due += (rest[start:] + rest[:start])[:take]
+            self._cursor = start + take
+        return due
+
+
+class ReloadPacer:
+    """When a configuration may be applied: after a reload, the next one waits until
+    `min_interval` has passed (and then applies the latest state); a configuration nginx
+    refused is tried again after a backoff (doubling from max(min_interval, 2 s) to 60 s),
+    while a different one is tried at once."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self._last_reload: float | None = None
+        self._refused: str | None = None  # the generation refused last
+        self._backoff = Backoff(max(min_interval, 2.0), RETRY_FAILED_MAX)
+        self._retry_at = 0.0
+
+    @property
+    def refused(self) -> str | None:
+        return self._refused
+
+    def reloaded(self, now: float) -> None:
+        self._last_reload = now
+        self.cleared()
+
+    def failed(self, generation: str, now: float) -> float:
+        """nginx refused `generation`: the delay before it is tried again."""
+        if generation != self._refused:
+            self._backoff.reset()
+        self._refused = generation
+        delay = self._backoff.failed()
+        self._retry_at = now + delay
+        return delay
+
+    def cleared(self) -> None:
+        """The refused configuration is no longer wanted (or it was applied)."""
+        self._refused = None
+        self._backoff.reset()
+
+    def due(self, generation: str, now: float) -> float | None:
+        """When a configuration of this generation may be applied (None: now)."""
+        if self._refused == generation and self._retry_at > now:
+            return self._retry_at
+        if self._last_reload is not None:
+            due = self._last_reload + self.min_interval
+            if due > now:
+                return due
+        return None

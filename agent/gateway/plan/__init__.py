@@ -1,0 +1,1 @@
+"""What the gateway decides, made from values only: no I/O (tests/unit/test_layout.py)."""

@@ -1,0 +1,24 @@
+"""nginx.conf of a private nginx (--nginx-prefix): what the nginx driver writes once at start
+and again to drain (drivers/nginx.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.gateway.plan.filters import TEMPLATES, environment
+
+
+def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
+                     access_log: bool = False, modules: Sequence[Path] = (),
+                     stream_conf: Path | None = None, closing: bool = False) -> str:
+    """nginx.conf for a private nginx under `prefix` (--nginx-prefix). With `access_log` the
+    routes file sets the http-level access log (lines for the agent), else this file turns it
+    off. `modules`: dynamic modules' files (gateway/modules.py); `stream_conf`: the stream
+    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py)."""
+    template = environment(TEMPLATES).get_template("nginx.conf.j2")
+    return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
+                           worker_processes=worker_processes, access_log=access_log,
+                           modules=[str(m) for m in modules], closing=closing,
+                           stream_conf=str(stream_conf) if stream_conf else None)

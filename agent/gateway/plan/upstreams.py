@@ -1,0 +1,118 @@
+"""Upstreams: one per (target, port, balance or sticky cookie) that has tasks, and the `server`
+entries nginx gets for it (the name nginx resolves itself, or the addresses found). The http
+context's (plan/http.py) and the stream context's (plan/stream.py) follow the same rule."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.core.fields import is_address
+from agent.core.routes import Route, Target
+from agent.gateway.model import Endpoints, Snapshot
+from agent.gateway.plan.filters import RenderError
+from agent.gateway.plan.naming import sticky_var, upstream_name
+
+KEEPALIVE = 64
+# nginx's resolver keeps answers this long (whole seconds); a name is looked up again about every
+# valid + 1 s. Docker answers with a TTL of 600 s, which must not be used.
+RESOLVER_VALID = 1
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    kind: str
+    target: str
+    port: int
+    balance: str
+    servers: tuple[str, ...]
+    # resolve mode: nginx looks the name up itself (`server NAME:PORT resolve`); `servers` is
+    # then that one entry, and the addresses the agent found decide only whether it exists
+    resolve: bool = False
+    zone: str = ""  # resolve: the size of its shared memory zone
+    sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
+    lookup: str = ""  # resolve: the name nginx looks up
+
+
+def server_address(lookup: str, address: str, port: int) -> str:
+    """An upstream server written from the address as parsed, never from the text as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise RenderError(f"endpoints of {lookup}: {str(address)[:80]!r} is not an IP address",
+                          ) from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise RenderError(f"endpoints of {lookup}: {str(address)[:80]!r} has a scope")
+        return f"[{ip.compressed}]:{port}"
+    return f"{ip.compressed}:{port}"
+
+
+def zone_size(tasks: int) -> str:
+    """Shared memory for an upstream that nginx resolves: room for twice `tasks` peers (about
+    1.4 KiB each), in powers of two from 256 KiB, so the size changes (a reload) only when a
+    service grows past a step."""
+    size = 256
+    while size * 1024 < tasks * 2 * 1400:
+        size *= 2
+    return f"{size}k"
+
+
+def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool,
+                     own_resolver: bool = False) -> tuple[tuple[str, ...], bool]:
+    """The `server` entries of an upstream of `lookup`'s tasks, and whether nginx resolves the
+    name itself (then the one entry is the name). With `own_resolver` nginx asks the agent
+    (agent.gateway.drivers.dnsserver), which answers the accepted and last known addresses only.
+    Otherwise nginx asks the nameserver itself, and an answer with addresses outside
+    --task-networks is not left to it to follow: the block gets the accepted addresses only,
+    or none, until the answer is clean; nor is a stale one (nginx started while DNS is down
+    has no addresses of its own to keep)."""
+    screened = own_resolver or (not endpoints.stale and not endpoints.refused)
+    if resolve and screened and not is_address(lookup):
+        return (f"{lookup}:{port}",), True
+    return tuple(server_address(lookup, a, port) for a in endpoints.addresses), False
+
+
+def upstream_key(route: Route) -> tuple[Target, int, str]:
+    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    assert route.port is not None
+    return (route.target, route.port,
+            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
+            if route.sticky is not None else route.balance)
+
+
+def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
+               own_resolver: bool = False) -> dict[tuple[Target, int, str], Upstream]:
+    """One upstream per (target, port, balance or sticky cookie) that has tasks.
+
+    With `resolve`, the upstream names the target and nginx follows its addresses (re-resolved
+    every `valid=` + 1 s): the text changes only when a target goes to or from no tasks. A
+    target whose lookups fail (stale) is written with its last known addresses instead: nginx
+    started while DNS is down has no addresses of its own to keep. So is one whose answer had
+    addresses outside the task networks (drivers/discovery.py screen()): nginx would take them
+    all; unless nginx asks the agent's own resolver (`own_resolver`), which answers those
+    itself. And a sticky route's (see below), whose changes of tasks are reloads.
+    """
+    out = {}
+    for route in routes:
+        if not route.proxies:
+            continue
+        key = upstream_key(route)
+        if key in out:
+            continue
+        endpoints = snapshot.get(route.target.lookup_name, Endpoints())
+        if not endpoints.addresses:
+            continue
+        # A sticky route's upstream lists its tasks: nginx's consistent hash tells servers
+        # apart by the name written, the same for every task resolved from one name, and would
+        # stick to none.
+        servers, by_name = upstream_servers(route.target.lookup_name, key[1], endpoints,
+                                            resolve and route.sticky is None, own_resolver)
+        out[key] = Upstream(
+            upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
+            servers, resolve=by_name,
+            zone=zone_size(len(endpoints.addresses)) if by_name else "",
+            sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
+            lookup=route.target.lookup_name if by_name else "")
+    return dict(sorted(out.items(), key=lambda kv: kv[1].name))
