@@ -124,15 +124,13 @@ host_wheels() {
   local into=$1 py=.venv/bin/python
   [ -x "$py" ] || py=python3
   log "making wheels on the host for an offline build"
-  # the project's dependencies (with the lexicon extra the image installs) and its build
-  # backend, as pyproject.toml names them; the project's own wheel is built in the image
+  # the project's dependencies and its build backend, as pyproject.toml names them; the
+  # project's own wheel is built in the image
   "$py" - >"$into.txt" <<'PY'
 import tomllib
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)
-print("\n".join(project["project"]["dependencies"]
-                + project["project"]["optional-dependencies"]["lexicon"]
-                + project["build-system"]["requires"]))
+print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"]))
 PY
   "$py" -m pip wheel -q --wheel-dir "$into" -r "$into.txt" >"$into.log" 2>&1 \
     || { cat "$into.log" >&2; exit 1; }
