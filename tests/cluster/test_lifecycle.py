@@ -41,6 +41,7 @@ def test_an_operators_change_loses_nothing(nopreempt: Cluster, name: str) -> Non
     else:
         assert event.replaced, event.what
         assert event.vip_moved_s is not None, event.what  # the drain handed the VIP over
+        assert event.holds >= 1, event.what  # ...holding new connections while it did
 
 
 def test_a_node_that_dies_loses_only_what_was_on_it(nopreempt: Cluster) -> None:

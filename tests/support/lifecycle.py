@@ -39,6 +39,7 @@ class Event:
     dead: float | None = None  # power: when the node's link went down
     holders: list[tuple[float, str | None]] = field(default_factory=list)  # (seconds, holder)
     replaced: bool = False  # a gateway task was replaced
+    holds: int = 0  # hand-overs the watchers held new connections for (agent/check/hold.py)
 
     @property
     def vip_moved_s(self) -> float | None:
@@ -75,6 +76,13 @@ def both_serving(cluster: Cluster, before: dict[str, str] | None = None) -> bool
     if before is not None and set(now.values()) & set(before.values()):
         return False
     return all(cluster.client_get(node(n).address, GATEWAY_PORT, HOST)[0] == 200 for n in now)
+
+
+def holds(cluster: Cluster) -> int:
+    """How often the gateway nodes' watchers held new connections for a hand-over."""
+    return sum(int(cluster.exec(n, "sh", "-c", "grep -c 'hold: new connections' "
+                                "/var/log/gateway-check.log || true").strip() or 0)
+               for n in (node("gw1"), node("gw2")))
 
 
 def set_preempt(cluster: Cluster, preempt: bool) -> None:
@@ -162,6 +170,7 @@ def run_event(cluster: Cluster, name: str) -> Event:
     wait_for(lambda: cluster.client_get(VIP, GATEWAY_PORT, HOST)[0] == 200, 60,
              "the VIP to answer")
     before = gateway_tasks(cluster)
+    held = holds(cluster)
     load = StrictLoad(cluster.client_namespace(), VIP, GATEWAY_PORT, HOST)
     stop_watch = threading.Event()
 
@@ -185,6 +194,7 @@ def run_event(cluster: Cluster, name: str) -> Event:
         if watcher.is_alive():
             watcher.join(5)
     event.replaced = gateway_tasks(cluster) != before
+    event.holds = holds(cluster) - held
     moved, back = event.vip_moved_s, event.vip_back_s
     vip = "the VIP stayed" if moved is None else (
         f"the VIP moved after {moved:.1f} s" + (f", back after {back:.1f} s" if back else ""))
