@@ -18,6 +18,7 @@ import time
 from agent.core.serve import AdminServer
 from agent.core.settings import read_token
 from agent.gateway.admin import make_app
+from agent.gateway.capacity import listen_backlog
 from agent.gateway.discovery import Discovery
 from agent.gateway.dnsserver import LocalResolver
 from agent.gateway.drain import wait_for_handover
@@ -65,6 +66,7 @@ def make_renderer(settings: GatewaySettings, access_log: str | None = None) -> R
                     https_listen=str(settings.https_listen),
                     https_redirect_port=settings.https_redirect_port,
                     resolver=resolver, resolve=resolve, own_resolver=True,
+                    backlog=listen_backlog(),
                     stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
                                           resolve=resolve, own_resolver=True))
 

@@ -367,7 +367,9 @@ class Renderer:
                  template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
-                 stream: StreamRenderer | None = None, own_resolver: bool = False) -> None:
+                 stream: StreamRenderer | None = None, own_resolver: bool = False,
+                 backlog: int | None = None) -> None:
+        self.backlog = backlog  # of the HTTP and HTTPS listeners (gateway/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
@@ -420,6 +422,7 @@ class Renderer:
             "routes_count": len(routes),
             "listen": self.listen,
             "status_listen": self.status_listen,
+            "backlog": self.backlog,
             "trusted_proxies": self.trusted_proxies,
             "access_log": self.access_log,
             "unrouted_root": UNROUTED_ROOT,
@@ -462,13 +465,16 @@ class Renderer:
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
                      access_log: bool = False, modules: Sequence[Path] = (),
-                     stream_conf: Path | None = None, closing: bool = False) -> str:
+                     stream_conf: Path | None = None, closing: bool = False,
+                     open_files: int = 4096, worker_connections: int = 4096) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix). With `access_log` the
     routes file sets the http-level access log (lines for the agent), else this file turns it
     off. `modules`: dynamic modules' files (gateway/modules.py); `stream_conf`: the stream
-    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py)."""
+    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py);
+    `open_files`, `worker_connections`: per worker (gateway/capacity.py)."""
     template = _environment(_TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
                            worker_processes=worker_processes, access_log=access_log,
                            modules=[str(m) for m in modules], closing=closing,
+                           open_files=open_files, worker_connections=worker_connections,
                            stream_conf=str(stream_conf) if stream_conf else None)
