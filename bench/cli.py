@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    capacity,
     cluster,
     convergence,
     datapath,
@@ -50,6 +51,7 @@ SECTIONS: dict[str, Callable[[Options, Path], dict[str, Any]]] = {
     "scale": scale.run,
     "check": healthcheck.run,
     "cluster": cluster.run,
+    "capacity": capacity.run,
 }
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,6 +109,10 @@ def parser() -> argparse.ArgumentParser:
         ("--check-runs", "check_runs", int, "gateway-check runs"),
         ("--cluster-trials", "cluster_trials", int,
          "VIP failover trials per kind of failure on the multi-node cluster"),
+        ("--capacity-websockets", "capacity_websockets", int,
+         "WebSockets held through each gateway at once"),
+        ("--capacity-idle", "capacity_idle", int, "idle kept-alive clients per gateway"),
+        ("--capacity-burst", "capacity_burst", int, "new TLS connections per burst"),
     ):
         g.add_argument(flag, dest=dest, type=kind, help=text)
     return p
@@ -117,7 +123,8 @@ def options_from(args: argparse.Namespace) -> Options:
     changes = {f: getattr(args, f) for f in (
         "duration", "warmup", "rounds", "threads", "connections", "changes", "article_changes",
         "reload_changes", "failover_trials", "route_counts", "scale_cycles", "idle_seconds",
-        "check_runs", "cluster_trials") if getattr(args, f) is not None}
+        "check_runs", "cluster_trials", "capacity_websockets", "capacity_idle",
+        "capacity_burst") if getattr(args, f) is not None}
     if args.out is not None:
         changes["out"] = args.out
     changes["keep"] = args.keep

@@ -31,6 +31,11 @@ class Options:
     check_runs: int = 100
     # 7. cluster (VIP failover on the multi-node swarm): trials per kind of failure
     cluster_trials: int = 5
+    # 8. capacity: WebSockets held, idle kept-alive clients, new TLS connections per burst
+    capacity_websockets: int = 15_000
+    capacity_idle: int = 10_000
+    capacity_burst: int = 3000
+    capacity_bursts: int = 3
     # where to write
     out: Path = field(default_factory=lambda: Path(__file__).parent / "results")
     keep: bool = False  # keep the working directory (logs, configurations) after the run
@@ -40,6 +45,8 @@ QUICK = {
     "duration": 2.0, "warmup": 0.5, "rounds": 2, "changes": 3, "article_changes": 2,
     "reload_changes": 20, "failover_trials": 2, "scale_cycles": 2, "idle_seconds": 5.0,
     "check_runs": 20, "cluster_trials": 2,
+    "capacity_websockets": 3000, "capacity_idle": 2000, "capacity_burst": 1000,
+    "capacity_bursts": 1,
 }
 
 

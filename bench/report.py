@@ -19,7 +19,7 @@ CLUSTER_END = "<!-- bench:cluster:end -->"
 TITLES = {"datapath": "1. Data path", "convergence": "2. Convergence",
           "reloads": "3. Reloads under load", "failover": "4. Failover",
           "scale": "5. Scale and footprint", "check": "6. The health check",
-          "cluster": "7. Failover on a multi-node swarm"}
+          "cluster": "7. Failover on a multi-node swarm", "capacity": "8. Capacity"}
 
 
 def _n(x: float | None, digits: int = 0) -> str:
@@ -271,9 +271,31 @@ def cluster_table(sec: dict[str, Any]) -> list[str]:
                    "lost requests (median)", "VIP back (median)", "lost while back"], rows)
 
 
+def capacity(sec: dict[str, Any]) -> list[str]:
+    p = sec["params"]
+    lines = [f"One gateway at a time, two workers or threads, one echo task. {p['websockets']} "
+             f"WebSockets opened one after the other and held, then each echoes; "
+             f"{p['idle']} kept-alive clients send a request, stay idle, send another; "
+             f"{p['bursts']} bursts of {p['burst']} new TLS connections (`h2load --h1`). "
+             "Memory: PSS of all the gateway's processes with the WebSockets open, less "
+             "before, per WebSocket (each holds a client and a task connection).", ""]
+
+    def counts(c: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
+
+    rows = [[name, counts(g["websockets"]["opened"]), counts(g["websockets"]["echoed"]),
+             _n(g["kib_per_websocket"], 1), _n(g["memory_held_mib"], 0),
+             counts(g["idle"]["second"]), ", ".join(map(str, g["burst_failed"]))]
+            for name, g in sec["gateways"].items()]
+    return [*lines, *_table(["gateway", "WebSockets opened", "echoed", "KiB per WebSocket",
+                             "MiB held", "idle clients' second request", "burst failures"],
+                            rows), ""]
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "datapath": datapath, "convergence": convergence, "reloads": reloads,
-    "failover": failover, "scale": scale, "check": healthcheck, "cluster": cluster}
+    "failover": failover, "scale": scale, "check": healthcheck, "cluster": cluster,
+    "capacity": capacity}
 
 
 def body(results: dict[str, Any], images: dict[str, Path] | None = None,

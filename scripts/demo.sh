@@ -16,6 +16,11 @@ cd "$(dirname "$0")/.."
 state=${DEMO_STATE_DIR:-.work/demo}
 export SWARM_STATE_DIR=${SWARM_STATE_DIR:-.work/swarm}
 export GATEWAY_IMAGE=${GATEWAY_IMAGE:-swarm-gateway/http-gateway:latest}
+# the gateways' open files (stacks/gateway.yml `ulimits`): 65536, or less where dockerd's own hard
+# limit is lower (a container cannot be given more)
+hard_nofile=$(ulimit -Hn)
+if [ "$hard_nofile" = unlimited ] || [ "$hard_nofile" -gt 65536 ]; then hard_nofile=65536; fi
+export GATEWAY_NOFILE=${GATEWAY_NOFILE:-$hard_nofile}
 LOCAL_APP_IMAGE=swarm-gateway/hostname-httpd:latest
 LOCAL_BASE_IMAGE=swarm-gateway/nginx-python:bookworm
 APPS=(controller manager intra dmz)

@@ -16,9 +16,9 @@ base_pkgs=(nginx-light dnsmasq-base keepalived iproute2 curl procps patchelf gpg
            debian-archive-keyring)
 swarm_pkgs=(docker.io debootstrap busybox-static openssl)  # openssl: the demo's CA, htpasswd hashes
 case "$what" in
-  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble chromium bind9 pdns-server pdns-backend-sqlite3); extras=test ;;  # pebble: ACME; chromium: the dashboard's tests; bind9 (+ tsig-keygen) and PowerDNS: DNS-01
+  test)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" prometheus pebble chromium bind9 pdns-server pdns-backend-sqlite3 nghttp2-client); extras=test ;;  # pebble: ACME; chromium: the dashboard's tests; nghttp2-client: h2load (bursts of TLS clients); bind9 (+ tsig-keygen) and PowerDNS: DNS-01
   demo)  pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}"); extras=test ;;
-  bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus); extras=test,bench ;;
+  bench) pkgs=("${base_pkgs[@]}" "${swarm_pkgs[@]}" wrk haproxy caddy prometheus nghttp2-client); extras=test,bench ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;
 esac
 

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from agent.core.routes import RouteTable
+from agent.gateway.drivers.capacity import listen_backlog
 from agent.gateway.drivers.logfile import log_path
 from agent.gateway.drivers.routefiles import for_gateway
 from agent.gateway.drivers.tls import Certificates
@@ -28,6 +29,7 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    https_listen=str(settings.https_listen),
                    https_redirect_port=settings.https_redirect_port,
                    resolver=resolver, resolve=resolve, own_resolver=True,
+                   backlog=listen_backlog(),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
                                          resolve=resolve, own_resolver=True))
 

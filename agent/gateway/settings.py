@@ -33,6 +33,7 @@ from agent.core.settings import (
     worker_processes,
     zone_name,
 )
+from agent.gateway.drivers.capacity import open_files
 from agent.gateway.drivers.logfile import ROTATE_SIZE
 
 
@@ -68,6 +69,7 @@ class GatewaySettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     task_networks: tuple[Network, ...] = DEFAULT_TASK_NETWORKS
     worker_processes: str = "auto"
+    open_files: str = "auto"  # per nginx worker; auto: the hard limit (agent/gateway/capacity.py)
     log_format: str = "text"
     log_level: str = "info"
     access_log_metrics: bool = True
@@ -168,6 +170,10 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
     Option("--worker-processes", "worker_processes", worker_processes,
            "nginx worker_processes (auto)"),
+    Option("--open-files", "open_files", open_files,
+           "open files per nginx worker (worker_rlimit_nofile; worker_connections is this less "
+           "a reserve of an eighth, at most 4096): 'auto' raises the limit to the hard one the "
+           "container gives (ulimits nofile), at most 65536 (auto)"),
     LOG_FORMAT,
     LOG_LEVEL,
     Option("--upstream-mode", "upstream_mode", upstream_mode,

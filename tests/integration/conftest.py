@@ -71,13 +71,14 @@ def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
               task_networks: str | None = "127.0.0.0/8",
               admin_token: str | None = None,
               tcp: Sequence[dict[str, object]] = (),
-              env: dict[str, str] | None = None) -> Agent:
+              env: dict[str, str] | None = None,
+              nofile: tuple[int, int] | None = None) -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
         routes_file = write_routes(wd / "routes.yaml", routes, tcp)
         agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
                       admin_address=admin_address, task_networks=task_networks,
-                      admin_token=admin_token, env=env)
+                      admin_token=admin_token, env=env, nofile=nofile)
         agents.append(agent)
         agent.start(wait_ready=wait_ready)
         return agent

@@ -493,7 +493,9 @@ class Cluster:
 
     def manager_shell(self, command: str) -> str:
         """A documented shell command, run on the manager in a copy of the repository's stacks."""
-        env = [a for k, v in IMAGES.items() for a in ("-e", f"{k}={v}")]
+        from tests.swarm.stacks import NOFILE
+
+        env = [a for k, v in {**IMAGES, **NOFILE}.items() for a in ("-e", f"{k}={v}")]
         return run("docker", "exec", "-w", REMOTE_ROOT, *env, node("manager").container,
                    "sh", "-c", command, timeout=180)
 

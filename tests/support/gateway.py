@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -212,10 +213,13 @@ class Agent:
                  extra: Sequence[str] = (), env: Mapping[str, str] | None = None,
                  admin_address: str = "127.0.0.1",
                  task_networks: str | None = "127.0.0.0/8",
-                 admin_token: str | None = None) -> None:
+                 admin_token: str | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
         """`task_networks`: the test's tasks are on loopback, which the default
         --task-networks refuses; None runs the agent with its default. `admin_token`: given
-        with --admin-token-file, and shown by admin() on every request."""
+        with --admin-token-file, and shown by admin() on every request. `nofile`: the agent's
+        (soft, hard) limit of open files, as a container's `ulimits` would give it."""
+        self.nofile = nofile
         self.admin_token = admin_token
         if admin_token is not None:
             token_file = workdir / "admin-token"
@@ -246,9 +250,12 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> None:
+        nofile = self.nofile
         self.proc = subprocess.Popen(self.args, stdout=self.log_file.open("ab"),
                                      stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=Path(__file__).resolve().parents[2])
+                                     cwd=Path(__file__).resolve().parents[2],
+                                     preexec_fn=None if nofile is None else lambda: (
+                                         resource.setrlimit(resource.RLIMIT_NOFILE, nofile)))
         if wait_ready:
             wait_until(self.ready, 20, f"the agent to be ready; log:\n{self.log_tail()}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import resource
 import socket
 import ssl
 import subprocess
@@ -24,6 +25,9 @@ IMAGES = {
     "GATEWAY_IMAGE": "swarm-gateway/http-gateway:swarm-test",
     "APP_IMAGE": "swarm-gateway/hostname-httpd:swarm-test",
 }
+# the gateways' `ulimits: nofile` (stacks/gateway.yml): no more than dockerd's own hard limit,
+# which a container here cannot raise (20,000 on these machines)
+NOFILE = {"GATEWAY_NOFILE": str(min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))}
 STACKS = ("gateway", "controller", "manager", "intra", "dmz")
 GATEWAY_PORT, ADMIN_PORT, DMZ_GATEWAY_PORT = 8080, 9180, 8081
 HTTPS_PORT, DMZ_HTTPS_PORT = 443, 8444
@@ -36,7 +40,7 @@ measured = Measurements("swarm measurements")
 
 def run(*args: str, check: bool = True, timeout: float = 300) -> str:
     """Run a command with the test images in the environment; its stdout."""
-    env = {**os.environ, **IMAGES}
+    env = {**os.environ, **IMAGES, **NOFILE}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
     if check and proc.returncode != 0:

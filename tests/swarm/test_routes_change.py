@@ -20,6 +20,7 @@ from tests.swarm.stacks import (
     DMZ_GATEWAY_PORT,
     GATEWAY_PORT,
     IMAGES,
+    NOFILE,
     ROOT,
     Swarm,
     docs_commands,
@@ -49,7 +50,7 @@ def deploy_routes(command: str, version: int, routes: list[dict[str, object]],
     spec["routes"] = routes
     (staged / "stacks" / "routes.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
     command = re.sub(r"^ROUTES_VERSION=\d+", f"ROUTES_VERSION={version}", command)
-    proc = subprocess.run(["sh", "-c", command], cwd=staged, env={**os.environ, **IMAGES},
+    proc = subprocess.run(["sh", "-c", command], cwd=staged, env={**os.environ, **IMAGES, **NOFILE},
                           capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
 

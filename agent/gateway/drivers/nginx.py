@@ -27,7 +27,8 @@ import aiohttp
 
 from agent.core import logs
 from agent.core.files import write_atomic
-from agent.gateway.drivers import modules
+from agent.gateway.drivers import capacity, modules
+from agent.gateway.drivers.capacity import Capacity
 from agent.gateway.drivers.child import dies_with
 from agent.gateway.drivers.modules import Modules
 from agent.gateway.observe.metrics import StubStatus
@@ -102,6 +103,7 @@ class Nginx:
         self._session: aiohttp.ClientSession | None = None
         self._relay: threading.Thread | None = None  # nginx's stderr to the JSON log
         self.modules: Modules | None = None  # what this nginx has (prepare(): nginx -V)
+        self.capacity: Capacity | None = None  # open files, connections (prepare())
 
     # -- files -------------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class Nginx:
         for sub in ("conf.d", "logs", *(f"temp/{d}" for d in _TEMP_DIRS)):
             (layout.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.modules = modules.find(self.binary)
+        self.capacity = capacity.choose(self.settings.open_files)
         stream = layout.stream_conf if self.modules.has("stream") else None
         if stream is not None and not stream.exists():
             write_atomic(stream, NO_STREAM)
@@ -121,11 +124,13 @@ class Nginx:
     def _main_conf(self, stream: Path | None, closing: bool = False) -> str:
         assert self.layout.prefix is not None
         assert self.modules is not None
+        assert self.capacity is not None
         return render_main_conf(
             prefix=self.layout.prefix, routes_conf=self.layout.routes_conf,
             worker_processes=self.settings.worker_processes,
             access_log=self.settings.access_log_metrics, modules=self.modules.files,
-            stream_conf=stream, closing=closing)
+            stream_conf=stream, closing=closing, open_files=self.capacity.open_files,
+            worker_connections=self.capacity.worker_connections)
 
     def _stream_include(self, main: str) -> str | None:
         """The line of the main configuration that includes the stream context, if any."""

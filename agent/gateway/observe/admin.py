@@ -111,6 +111,8 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
             "running": nginx.running,
             "pid": nginx.process.pid if nginx.process else None,
             "generation": nginx.generation,
+            # open files and connections per worker, listen backlog (gateway/capacity.py)
+            "capacity": nginx.capacity.status() if nginx.capacity is not None else None,
         },
         "routes": routes,
         "tcp": table_rows(state.routes, state.tcp_refused),

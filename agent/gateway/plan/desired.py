@@ -67,7 +67,9 @@ class Planner:
                  template: Path | None = None, access_log: str | None = None,
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
-                 stream: StreamRenderer | None = None, own_resolver: bool = False) -> None:
+                 stream: StreamRenderer | None = None, own_resolver: bool = False,
+                 backlog: int | None = None) -> None:
+        self.backlog = backlog  # of the HTTP and HTTPS listeners (drivers/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
         self.https_listen = https_listen  # None: no HTTPS listener, whatever the routes say
@@ -126,6 +128,7 @@ class Planner:
             "routes_count": len(routes),
             "listen": self.listen,
             "status_listen": self.status_listen,
+            "backlog": self.backlog,
             "trusted_proxies": self.trusted_proxies,
             "access_log": self.access_log,
             "unrouted_root": UNROUTED_ROOT,

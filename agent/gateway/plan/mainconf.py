@@ -12,13 +12,16 @@ from agent.gateway.plan.filters import TEMPLATES, environment
 
 def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
                      access_log: bool = False, modules: Sequence[Path] = (),
-                     stream_conf: Path | None = None, closing: bool = False) -> str:
+                     stream_conf: Path | None = None, closing: bool = False,
+                     open_files: int = 4096, worker_connections: int = 4096) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix). With `access_log` the
     routes file sets the http-level access log (lines for the agent), else this file turns it
     off. `modules`: dynamic modules' files (gateway/modules.py); `stream_conf`: the stream
-    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py)."""
+    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py);
+    `open_files`, `worker_connections`: per worker (drivers/capacity.py)."""
     template = environment(TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
                            worker_processes=worker_processes, access_log=access_log,
                            modules=[str(m) for m in modules], closing=closing,
+                           open_files=open_files, worker_connections=worker_connections,
                            stream_conf=str(stream_conf) if stream_conf else None)

@@ -59,7 +59,8 @@ def test_a_missing_module_says_where_it_was_looked_for(tmp_path: Path) -> None:
     plain = render_main_conf(prefix=Path("/p"), routes_conf=Path("/p/g.conf"),
                              worker_processes="1")
     assert "load_module" not in plain
-    assert "stream" not in plain
+    assert "stream {" not in plain
+    assert "ngx_stream" not in plain
     assert modules.find(str(tmp_path / "none")).detail.startswith("cannot run")
 
 
