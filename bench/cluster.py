@@ -1,5 +1,8 @@
 """7. Cluster: the VIP failover on a real multi-node swarm (six Docker-in-Docker nodes on this
-machine, tests/support/cluster.py), for a dead gateway node and for a dead gateway container.
+machine, tests/support/cluster.py), for a dead gateway node and for a dead gateway container;
+then the operator's events under strict clients on the VIP (tests/support/lifecycle.py: a routes
+change, an upgrade, a node drained and made active again, a certificate rotated, a node that
+loses its power), each once.
 
 The same meter as the cluster tests: a client container starts a request to the VIP every 10 ms
 on a new connection, for a page that names the gateway that forwarded it; the VIP holder's node
@@ -87,11 +90,22 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
                 "back": stats.summary([r["vip_back_s"] for r in returns]),
                 "lost_back": stats.summary([float(r["lost"]) for r in returns]),
             }
+        # the operator's events (tests/support/lifecycle.py), keepalived without preemption
+        from tests.support import lifecycle
+
+        lifecycle.set_preempt(made, False)
+        try:
+            events = [lifecycle.run_event(made, name).record() for name in lifecycle.EVENTS]
+        finally:
+            lifecycle.set_preempt(made, True)
     node = kinds["node"]["failover"]
     goals = [{"goal": "VIP failover, gateway node killed, under 1 s median and 2 s worst",
               "measured": f"median {node['median']:.3f} s, worst {node['max']:.3f} s",
               "met": node["median"] < GOALS["median"] and node["max"] < GOALS["worst"]}]
+    goals += [{"goal": f"0 failed requests: {e['event']}",
+               "measured": f"{e['failed']} of {e['requests']}", "met": e["failed"] == 0}
+              for e in events if e["event"] != "power"]
     return {"params": {"trials": opts.cluster_trials, "nodes": len(c.NODES),
                        "poll_every_s": 0.01, "advert_int_s": c.ADVERT_INT,
                        "meter": "tests/support/cluster_failover.py"},
-            "up_s": up_s, "kinds": kinds, "goals": goals}
+            "up_s": up_s, "kinds": kinds, "events": events, "goals": goals}

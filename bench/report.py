@@ -267,8 +267,20 @@ def cluster_table(sec: dict[str, Any]) -> list[str]:
         else:
             row += ["–", "–"]
         rows.append(row)
-    return _table(["failure", "failover median", "worst", "gap median",
-                   "lost requests (median)", "VIP back (median)", "lost while back"], rows)
+    table = _table(["failure", "failover median", "worst", "gap median",
+                    "lost requests (median)", "VIP back (median)", "lost while back"], rows)
+    events = sec.get("events") or []
+    if not events:
+        return table
+    return [*table, "", "The operator's events, once each, strict clients on the VIP "
+            "(tests/support/lifecycle.py; keepalived without preemption):", "",
+            *_table(["event", "failed requests", "longest answer", "VIP moved after",
+                     "VIP back after", "a gateway task replaced"],
+                    [[e["summary"].split(":")[0], f"{e['failed']} of {e['requests']}",
+                      _s(e["longest_s"]),
+                      "–" if e["vip_moved_s"] is None else f"{e['vip_moved_s']:.1f} s",
+                      "–" if e["vip_back_s"] is None else f"{e['vip_back_s']:.1f} s",
+                      "yes" if e["gateway_replaced"] else "no"] for e in events])]
 
 
 def capacity(sec: dict[str, Any]) -> list[str]:
