@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.support import free_port
+from tests.support.fakedocker import FakeDocker
 from tests.support.gateway import Agent, Dnsmasq, Upstream
 
 # Distinct loopback addresses, one per task, so each upstream answers with its own identity.
@@ -94,3 +95,11 @@ def start_agent(dns: Dnsmasq, agent_on: Callable[..., Agent]) -> Callable[..., A
         return agent_on(dns.nameserver, routes, *extra, **options)
 
     return start
+
+
+@pytest.fixture
+def docker() -> Iterator[FakeDocker]:
+    """A Docker API the controller reads (tests/support/fakedocker.py)."""
+    fake = FakeDocker()
+    yield fake
+    fake.stop()

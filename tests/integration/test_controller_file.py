@@ -25,13 +25,6 @@ RELOADS = 'gateway_reloads_total{result="success"}'
 
 
 @pytest.fixture
-def docker() -> Iterator[FakeDocker]:
-    fake = FakeDocker()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def controller_on(tmp_path: Path, docker: FakeDocker) -> Iterator[Callable[..., ControllerProcess]]:
     """A controller reading `routes` (and `tcp`) from its own routes file, as
     stacks/controller.yml mounts the routes config; stopped at the end."""

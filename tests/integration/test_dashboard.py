@@ -226,13 +226,6 @@ def test_names_from_dns_and_routes_are_shown_as_text_never_as_markup(
     expect(page.locator('tr[data-route="managerhttp/"] td.tasks')).to_have_text("1")
 
 
-@pytest.fixture
-def docker() -> Iterator[FakeDocker]:
-    fake = FakeDocker()
-    yield fake
-    fake.stop()
-
-
 def test_the_controller_page_and_label_routes_on_the_gateway_page(
         tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         docker: FakeDocker, start_agent: StartAgent, page: Page) -> None:

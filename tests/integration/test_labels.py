@@ -22,13 +22,6 @@ StartAgent = Callable[..., Agent]
 
 
 @pytest.fixture
-def docker() -> Iterator[FakeDocker]:
-    fake = FakeDocker()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def controller(tmp_path: Path, docker: FakeDocker) -> Iterator[ControllerProcess]:
     c = ControllerProcess(tmp_path, docker)
     yield c

@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,3 +111,19 @@ async def until(probe: Callable[[], object], within: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+class ServerProcess:
+    """A server a test started (Pebble, BIND, PowerDNS): the tail of its log, and a stop that
+    waits for it. Subclasses set `proc` when they start it and `log_file`."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

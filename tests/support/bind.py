@@ -15,7 +15,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.support import free_port, require_programs, wait_until
+from tests.support import ServerProcess, free_port, require_programs, wait_until
 
 
 def tsig_key(name: str) -> str:
@@ -25,7 +25,7 @@ def tsig_key(name: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-class Bind:
+class Bind(ServerProcess):
     """`named` with a private configuration: one zone, updates allowed with one TSIG key.
 
     `address` must be one of an interface's own (named listens on those only): 127.0.0.1,
@@ -87,11 +87,3 @@ zone "{zone}" {{
         except (OSError, dns.exception.Timeout):
             return None
         return [b"".join(rr.strings).decode() for rrset in reply.answer for rr in rrset]
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)

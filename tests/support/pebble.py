@@ -15,11 +15,11 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.support import free_port, require_programs, wait_until
+from tests.support import ServerProcess, free_port, require_programs, wait_until
 from tests.support.tlsca import TestCA
 
 
-class Pebble:
+class Pebble(ServerProcess):
     def __init__(self, workdir: Path, dns_server: str, http_port: int,
                  address: str = "127.0.0.1", names: tuple[str, ...] = ("localhost",),
                  validity: int | None = None) -> None:
@@ -76,11 +76,3 @@ class Pebble:
         pem = self._get(f"https://{self.address}:{self.management_port}/roots/0")
         assert pem, "Pebble's management interface did not give its root"
         return pem
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)

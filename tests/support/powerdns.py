@@ -17,12 +17,12 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.support import free_port, missing, require_programs, wait_until
+from tests.support import ServerProcess, free_port, missing, require_programs, wait_until
 
 SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 
 
-class PowerDns:
+class PowerDns(ServerProcess):
     """`pdns_server` with a private sqlite database, one native zone, and the API on."""
 
     def __init__(self, workdir: Path, zone: str, address: str = "127.0.0.1") -> None:
@@ -87,11 +87,3 @@ class PowerDns:
         except (OSError, dns.exception.Timeout):
             return None
         return [b"".join(rr.strings).decode() for rrset in reply.answer for rr in rrset]
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
