@@ -276,7 +276,7 @@ def cluster_table(sec: dict[str, Any]) -> list[str]:
             "(tests/support/lifecycle.py; keepalived without preemption):", "",
             *_table(["event", "failed requests", "longest answer", "VIP moved after",
                      "VIP back after", "a gateway task replaced"],
-                    [[e["summary"].split(":")[0], f"{e['failed']} of {e['requests']}",
+                    [[e.get("label", e["event"]), f"{e['failed']} of {e['requests']}",
                       _s(e["longest_s"]),
                       "–" if e["vip_moved_s"] is None else f"{e['vip_moved_s']:.1f} s",
                       "–" if e["vip_back_s"] is None else f"{e['vip_back_s']:.1f} s",

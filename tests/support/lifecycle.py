@@ -57,7 +57,7 @@ class Event:
         return next((at for at, h in self.holders if at > moved and h == first), None)
 
     def record(self) -> dict[str, object]:
-        return {"event": self.name, "requests": self.tally.requests,
+        return {"event": self.name, "label": WORDS[self.name], "requests": self.tally.requests,
                 "failed": len(self.tally.failures), "longest_s": round(self.tally.longest, 3),
                 "vip_moved_s": self.vip_moved_s, "vip_back_s": self.vip_back_s,
                 "gateway_replaced": self.replaced, "summary": self.what}
