@@ -127,3 +127,28 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class DnsServerProcess(ServerProcess):
+    """A DNS server a test started (BIND, PowerDNS) on `address`:`port`, named `program` in
+    what it says when it has died."""
+
+    program: str
+    address: str
+    port: int
+
+    def txt(self, name: str) -> list[str] | None:
+        """The TXT strings of `name` as the server answers them now; None: no answer."""
+        import dns.exception
+        import dns.message
+        import dns.query
+        import dns.rdatatype
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.program} exited {self.proc.returncode}:\n{self.log()}")
+        query = dns.message.make_query(name, dns.rdatatype.TXT)
+        try:
+            reply = dns.query.udp(query, self.address, timeout=0.5, port=self.port)
+        except (OSError, dns.exception.Timeout):
+            return None
+        return [b"".join(rr.strings).decode() for rrset in reply.answer for rr in rrset]

@@ -10,12 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
-
-from tests.support import ServerProcess, free_port, require_programs, wait_until
+from tests.support import DnsServerProcess, free_port, require_programs, wait_until
 
 
 def tsig_key(name: str) -> str:
@@ -25,11 +20,13 @@ def tsig_key(name: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-class Bind(ServerProcess):
+class Bind(DnsServerProcess):
     """`named` with a private configuration: one zone, updates allowed with one TSIG key.
 
     `address` must be one of an interface's own (named listens on those only): 127.0.0.1,
     on a port of its own."""
+
+    program = "named"
 
     def __init__(self, workdir: Path, zone: str, key_text: str, address: str,
                  records: str = "") -> None:
@@ -77,13 +74,3 @@ zone "{zone}" {{
         wait_until(lambda: self.txt("ready-check." + self.zone) == [], 20,
                    f"named to answer; log:\n{self.log()}")
 
-    def txt(self, name: str) -> list[str] | None:
-        """The TXT strings of `name` as named answers them now; None: no answer."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"named exited {self.proc.returncode}:\n{self.log()}")
-        query = dns.message.make_query(name, dns.rdatatype.TXT)
-        try:
-            reply = dns.query.udp(query, self.address, timeout=0.5, port=self.port)
-        except (OSError, dns.exception.Timeout):
-            return None
-        return [b"".join(rr.strings).decode() for rrset in reply.answer for rr in rrset]

@@ -12,18 +12,15 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
-
-from tests.support import ServerProcess, free_port, missing, require_programs, wait_until
+from tests.support import DnsServerProcess, free_port, missing, require_programs, wait_until
 
 SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 
 
-class PowerDns(ServerProcess):
+class PowerDns(DnsServerProcess):
     """`pdns_server` with a private sqlite database, one native zone, and the API on."""
+
+    program = "pdns_server"
 
     def __init__(self, workdir: Path, zone: str, address: str = "127.0.0.1") -> None:
         self.paths = require_programs("pdns_server")
@@ -77,13 +74,3 @@ class PowerDns(ServerProcess):
             return None
         return json.loads(text) if text else {}
 
-    def txt(self, name: str) -> list[str] | None:
-        """The TXT strings of `name` as PowerDNS answers them now; None: no answer."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"pdns_server exited {self.proc.returncode}:\n{self.log()}")
-        query = dns.message.make_query(name, dns.rdatatype.TXT)
-        try:
-            reply = dns.query.udp(query, self.address, timeout=0.5, port=self.port)
-        except (OSError, dns.exception.Timeout):
-            return None
-        return [b"".join(rr.strings).decode() for rrset in reply.answer for rr in rrset]
