@@ -51,11 +51,13 @@ from agent.core.options import (
     as_redirect,
     as_sticky,
 )
+from agent.core.traffic import Canary, Mirror, Speaks, as_canary, as_mirror, check_traffic
 
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky", "error_page", "maintenance", "protocol")
+                 "compress", "sticky", "error_page", "maintenance", "protocol",
+                 "canary", "mirror")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
@@ -78,7 +80,7 @@ def _protocol(value: object) -> object:
     if value == "http2":
         raise ValueError("'http2' is not a protocol of its own: every route with 'tls' speaks "
                          "HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks "
-                         "HTTP/1.1 ('http') or gRPC ('grpc'), and no other HTTP/2")
+                         "HTTP/1.1 ('http'), gRPC ('grpc') or HTTP/2 without TLS ('h2c')")
     return value
 
 
@@ -125,9 +127,13 @@ class Route(BaseModel):
     error_page: PageFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
-    protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
+    # h2c: the tasks speak HTTP/2 without TLS (nginx's proxy_http_version 2)
+    protocol: Annotated[Speaks, BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
+    # a share of the requests to a second service instead, or a copy of them (core/traffic.py)
+    canary: Annotated[Canary | None, BeforeValidator(as_canary)] = None
+    mirror: Annotated[Mirror | None, BeforeValidator(as_mirror)] = None
 
     @field_validator("port")
     @classmethod
@@ -166,6 +172,7 @@ class Route(BaseModel):
             if unfit:
                 raise FieldError("protocol", "not with grpc (yet): leave out "
                                  f"{', '.join(repr(f) for f in unfit)}")
+        check_traffic(self)
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")

@@ -29,6 +29,7 @@ from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, 
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
 from agent.gateway.plan.paths import paths_context
 from agent.gateway.plan.stream import StreamRenderer
+from agent.gateway.plan.traffic import traffic_context
 from agent.gateway.plan.upstreams import (
     KEEPALIVE,
     RESOLVER_VALID,
@@ -152,6 +153,8 @@ class Planner:
             **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
+            **traffic_context(loc.traffic for s in http_servers + https_servers
+                              for loc in s.locations),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")

@@ -6,6 +6,7 @@ Same input, same values: everything is sorted, nothing depends on time or dict o
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
+from agent.gateway.plan.traffic import NO_TRAFFIC, Traffic, traffic
 from agent.gateway.plan.upstreams import Upstream, upstream_key
 
 # A kept-alive client connection is not closed within this many seconds of its last request, not
@@ -52,12 +54,13 @@ class Location:
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
     redirect_keep_path: bool = False
+    traffic: Traffic = NO_TRAFFIC  # h2c, canary, mirror (plan/traffic.py)
 
     @property
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
         return any(value is not None for _, value in self.response_headers) or \
-            self.sticky is not None
+            self.sticky is not None or self.traffic.sets_cookie
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
@@ -133,7 +136,9 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -
         error_page=page_file,
         maintenance=route.maintenance,
         grpc=route.protocol == "grpc",
-        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
+        # (an upstream nginx resolves sets its sticky cookie itself: plan/upstreams.py)
+        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None and not (
+            upstream is not None and upstream.resolve) else None,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
@@ -146,7 +151,8 @@ def servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Up
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
         upstream = upstreams.get(upstream_key(route)) if route.proxies else None
-        loc = location(route, upstream, files)
+        loc = dataclasses.replace(location(route, upstream, files), traffic=traffic(
+            route, lambda r: u.name if (u := upstreams.get(upstream_key(r))) else None))
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)

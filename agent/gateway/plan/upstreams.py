@@ -13,6 +13,7 @@ from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
 from agent.gateway.plan.filters import RenderError
 from agent.gateway.plan.naming import sticky_var, upstream_name
+from agent.gateway.plan.traffic import side_routes
 
 KEEPALIVE = 64
 # nginx's resolver keeps answers this long (whole seconds); a name is looked up again about every
@@ -33,6 +34,8 @@ class Upstream:
     zone: str = ""  # resolve: the size of its shared memory zone
     sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
     lookup: str = ""  # resolve: the name nginx looks up
+    # resolve and sticky: nginx's own `sticky cookie` names the task (by its address) in it
+    sticky_cookie: str | None = None
 
 
 def server_address(lookup: str, address: str, port: int) -> str:
@@ -92,10 +95,11 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
     addresses outside the task networks (drivers/discovery.py screen()): nginx would take them
     all; unless nginx asks the agent's own resolver (`own_resolver`), which answers those
-    itself. And a sticky route's (see below), whose changes of tasks are reloads.
+    itself. A sticky route's upstream that nginx resolves chooses its task with nginx's own
+    `sticky cookie`, which names a task by its address: its tasks come and go without a reload.
     """
     out = {}
-    for route in routes:
+    for route in [*routes, *side_routes(routes)]:
         if not route.proxies:
             continue
         key = upstream_key(route)
@@ -104,15 +108,13 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if not endpoints.addresses:
             continue
-        # A sticky route's upstream lists its tasks: nginx's consistent hash tells servers
-        # apart by the name written, the same for every task resolved from one name, and would
-        # stick to none.
         servers, by_name = upstream_servers(route.target.lookup_name, key[1], endpoints,
-                                            resolve and route.sticky is None, own_resolver)
+                                            resolve, own_resolver)
         out[key] = Upstream(
             upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
             servers, resolve=by_name,
             zone=zone_size(len(endpoints.addresses)) if by_name else "",
             sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
-            lookup=route.target.lookup_name if by_name else "")
+            lookup=route.target.lookup_name if by_name else "",
+            sticky_cookie=route.sticky.cookie if route.sticky is not None and by_name else None)
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))

@@ -265,12 +265,17 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
                     resolve: bool) -> None:
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
-    if route.sticky is not None:
+    resolved = resolve and not endpoints.stale and not endpoints.refused \
+        and not is_address(route.target.lookup_name)
+    if route.sticky is not None and resolved:  # nginx's own sticky cookie, by task address
+        balance = ["sticky"]
+        assert block.one("sticky").args == ("cookie", route.sticky.cookie, "path=/",
+                                            "httponly", "samesite=lax")
+    elif route.sticky is not None:
         balance = ["hash"]
         assert block.one("hash").args == (f"${sticky_var(route.sticky.cookie)}", "consistent")
     addresses = endpoints.addresses
-    if resolve and not endpoints.stale and not endpoints.refused and route.sticky is None \
-            and not is_address(route.target.lookup_name):
+    if resolved:
         # nginx resolves the route's own name; the agent's answers decide only that it exists
         assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
         assert block.one("zone").args == (block.args[0], zone_size(len(addresses)))
@@ -286,7 +291,8 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
     assert block.one("keepalive").args == (str(KEEPALIVE),)
 
 
-def _check_location(loc: Directive, route: Route | None, upstream: str | None) -> None:
+def _check_location(loc: Directive, route: Route | None, upstream: str | None,
+                    resolved: bool = False) -> None:
     body = loc.block or ()
     got = Counter(d.name for d in body)
     if route is None:  # a host with paths but no route for '/'
@@ -315,6 +321,7 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
             "503", f"503 no running task of {route.target.name}\\n"))
         return
     want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0}) + page
+    assert loc.one("proxy_http_version").args == (("2",) if route.protocol == "h2c" else ("1.1",))
     allow = route.allow or ()
     want += Counter({"if": 1 if allow else 0})
     if route.basic_auth is not None:
@@ -323,7 +330,7 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         want += Counter({"proxy_set_header": len(route.headers.request),
                          "proxy_hide_header": len(route.headers.response),
                          "add_header": sum(v is not None for _, v in route.headers.response)})
-    if route.sticky is not None:  # the cookie for a client that had none
+    if route.sticky is not None and not resolved:  # the cookie for a client that had none
         want += Counter({"add_header": 1})
         assert (f"${sticky_var(route.sticky.cookie)}_set",) in [
             d.args[1:] for d in loc.children("add_header") if d.args[0] == "Set-Cookie"]
@@ -467,13 +474,16 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                         ("add_header", ("Retry-After", "5", "always"))]
                     continue
                 route = asked[host][args]
-                upstream = None
+                upstream, resolved = None, False
                 if route is not None and route.proxies and \
                         route.target.lookup_name in snapshot and \
                         snapshot[route.target.lookup_name].addresses:
                     assert route.port is not None
                     upstream = expected_upstream_name(*upstream_key(route))
-                _check_location(loc, route, upstream)
+                    e = snapshot[route.target.lookup_name]
+                    resolved = resolve and not e.stale and not e.refused \
+                        and not is_address(route.target.lookup_name)
+                _check_location(loc, route, upstream, resolved)
 
 
 # -- the real nginx --------------------------------------------------------------------------------
@@ -592,7 +602,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "compress": st.booleans(),
     "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
     "maintenance": st.booleans(),
-    "protocol": st.just("http"),
+    "protocol": st.sampled_from(["http", "h2c"]),
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
@@ -622,6 +632,12 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
                                      st.ip_addresses(v=6), st.integers(0, 128))),
                  min_size=1, max_size=4)),
 }
+
+_INVALID_SERVICE = st.one_of(poisoned(st.just("next")), st.integers(), st.none())
+_INVALID_COOKIE = st.one_of(poisoned(st.just("side")), hostile_text().filter(
+    lambda s: not re.fullmatch(r"[A-Za-z0-9_]{1,64}", s)))
+_INVALID_HEADER = st.one_of(poisoned(st.just("X-Canary")),
+                            st.sampled_from(["Host", "Content-Length", "X-Forwarded-For"]))
 
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.one_of(st.lists(st.one_of(hostile_text(), poisoned(_NAME)),
@@ -658,7 +674,26 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "error_page": st.one_of(hostile_text(), poisoned(st.just("shop.html")), st.integers()),
     "maintenance": st.one_of(hostile_text(), st.integers(), st.none()),
     "protocol": st.one_of(hostile_text(), st.just("grpc"),  # grpc: refused without tls
-                          poisoned(st.sampled_from(["http", "grpc"]))),
+                          poisoned(st.sampled_from(["http", "grpc", "h2c"]))),
+    # (never valid: the whole-file check below knows no canary or mirror; a valid one is
+    # rendered by test_canary_and_mirror_with_any_valid_names_pass_nginx_t)
+    "canary": st.one_of(
+        hostile_text(), st.integers(),
+        st.fixed_dictionaries({"service": _INVALID_SERVICE, "weight": st.integers(1, 99)}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.one_of(
+            st.integers(max_value=0), st.integers(min_value=100), hostile_text())}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.just(10),
+                               "cookie": _INVALID_COOKIE}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.just(10),
+                               "header": _INVALID_HEADER})),
+    "mirror": st.one_of(
+        poisoned(st.just("shadow")), st.integers(), st.lists(st.just("shadow"), max_size=2),
+        st.fixed_dictionaries({"service": _INVALID_SERVICE},
+                              optional={"share": st.integers(1, 100)}),
+        st.fixed_dictionaries({"service": st.just("shadow"), "share": st.one_of(
+            st.integers(max_value=0), st.integers(min_value=101), hostile_text())}),
+        st.fixed_dictionaries({"service": st.just("shadow"), "timeout": st.sampled_from(
+            ["61s", "1d", -1, "1 s;", "${x}"])})),
     "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
                         st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
                                                                    poisoned(st.just("s")))},
@@ -719,6 +754,8 @@ def generated_route(draw: st.DrawFn) -> GeneratedRoute:
             data[name] = draw(VALID[name])
     if "sticky" in data:  # sticky chooses the task itself
         data.pop("balance", None)
+    if data.get("protocol") == "h2c":  # nginx passes no upgrade over HTTP/2
+        data.pop("websocket", None)
     if data.get("path", "/") != "/" and draw(st.booleans()):  # only a path has a prefix
         data["strip_prefix"] = draw(st.booleans())
     hostile: set[str] = set()
@@ -790,6 +827,8 @@ def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) 
         elif field == "sticky" and field not in route.hostile:
             assert "balance" in route.hostile, error  # a hostile balance that was valid
             assert "leave out balance" in error
+        elif field == "protocol" and field not in route.hostile:
+            assert "websocket" in route.hostile, error  # h2c with a websocket that was valid
         elif field == "strip_prefix" and field not in route.hostile:
             assert "path" in route.hostile, error  # a hostile path that happened to be "/"
             assert "no prefix to strip" in error
@@ -972,3 +1011,49 @@ def test_refusals_found_by_generation(text: str, expected: str) -> None:
 def test_an_answer_refused_names_its_lookup(answer: str) -> None:
     with pytest.raises(RenderError, match=r"endpoints of tasks\.web: "):
         RENDERER.render(ROUTES, {"tasks.web": Endpoints(("10.0.0.2", answer), "ok")})
+
+
+# -- canary and mirror (core/traffic.py) -----------------------------------------------------------
+
+_COOKIE = _word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64)
+_HEADER = _word(_ALNUM + "XYZ", _ALNUM + "XYZ-", 64).filter(
+    lambda h: h.lower() not in OWN_REQUEST_HEADERS)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_QUIET)
+@given(VALID["service"], VALID["service"], st.integers(1, 99), st.integers(1, 100),
+       st.one_of(st.none(), _COOKIE), st.one_of(st.none(), _HEADER), st.booleans())
+def test_canary_and_mirror_with_any_valid_names_pass_nginx_t(
+        nginx_t: NginxTest, canary: str, mirror: str, weight: int, share: int,
+        cookie: str | None, header: str | None, resolve: bool) -> None:
+    """Whatever names a valid canary and mirror have, nginx accepts the configuration, and the
+    names reach it only where they belong: upstream names, variables, one cookie, one header."""
+    route: dict[str, Any] = {"hosts": ["a.example.com"], "service": "stable", "port": 80,
+                             "canary": {"service": canary, "weight": weight},
+                             "mirror": {"service": mirror, "share": share}}
+    if cookie is not None:
+        route["canary"]["cookie"] = cookie
+    if header is not None:
+        route["canary"]["header"] = header
+    table = parsed({"routes": [route]})
+    if isinstance(table, RoutesError):  # the same service as the route's: refused, by name
+        assert "stable" in (canary, mirror), table.errors
+        assert all(e.startswith(("routes[0].canary:", "routes[0].mirror:"))
+                   for e in table.errors), table.errors
+        return
+    snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
+    rendered = RENDERERS[resolve].render(table, snapshot)
+    conf = parse_conf(rendered.text)
+    assert [d.args[1:] for d in conf if d.name == "split_clients"] == [
+        (f"${v}_split",) for v in _vars(rendered.text, "canary")] + [
+        (f"${v}",) for v in _vars(rendered.text, "mirror")]
+    location = next(loc for s in conf if s.name == "server"
+                    for loc in s.children("location") if loc.args == ("/",))
+    assert location.one("proxy_pass").args == (f"http://${_vars(rendered.text, 'canary')[0]}"
+                                               "_upstream",)
+    assert location.one("mirror").args[0].startswith("/.gateway-mirror/")
+    nginx_t.check(rendered.text)
+
+
+def _vars(text: str, kind: str) -> list[str]:
+    return sorted(set(re.findall(rf"\$(gateway_{kind}_[0-9a-f]{{12}})(?![0-9a-f])", text)))

@@ -681,13 +681,13 @@ def test_grpc_needs_tls_and_leaves_out_what_only_http_proxying_does() -> None:
         "give the route 'tls'"]
     assert errors(protocol="grpc", tls=True, websocket=True, compress=True) == [
         "routes[0].protocol: not with grpc (yet): leave out 'websocket', 'compress'"]
-    assert errors(protocol="h2c") == ["routes[0].protocol: 'h2c': Input should be 'http' or "
-                                      "'grpc'"]
+    assert errors(protocol="h2", tls=True) == [
+        "routes[0].protocol: 'h2': Input should be 'http', 'grpc' or 'h2c'"]
     # HTTP/2 to clients is every HTTPS server's already; nginx passes no other HTTP/2 on
     assert errors(protocol="http2") == [
         "routes[0].protocol: 'http2' is not a protocol of its own: every route with 'tls' "
         "speaks HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks HTTP/1.1 "
-        "('http') or gRPC ('grpc'), and no other HTTP/2"]
+        "('http'), gRPC ('grpc') or HTTP/2 without TLS ('h2c')"]
     labelled = route_from_labels("svc", {**LABELS, "gateway.protocol": "grpc",
                                          "gateway.tls": "true"})
     assert labelled is not None
