@@ -80,9 +80,11 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
 def upstream_key(route: Route) -> tuple[Target, int, str]:
     """What tells a route's upstream apart: target, port, and how a task is chosen."""
     assert route.port is not None
-    return (route.target, route.port,
-            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
-            if route.sticky is not None else route.balance)
+    how = f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}" \
+        if route.sticky is not None else route.balance
+    if route.protocol == "h2c":  # its kept-alive connections speak HTTP/2: not shared
+        how = "h2c" if how == "round_robin" else f"{how}_h2c"
+    return (route.target, route.port, how)
 
 
 def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
