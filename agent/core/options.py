@@ -126,6 +126,9 @@ def _cookie_name(value: str) -> str:
     return value
 
 
+CookieName = Annotated[str, BeforeValidator(strict_str), AfterValidator(_cookie_name)]
+
+
 class Sticky(BaseModel):
     """A client stays on one task while it runs: by a cookie (hash ... consistent)."""
 

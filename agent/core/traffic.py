@@ -11,19 +11,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from agent.core.errors import FieldError
 from agent.core.errors import shown as _shown
 from agent.core.fields import Seconds, ServiceName, strict_str
-from agent.core.options import COOKIE_NAME_RE, HEADER_NAME_RE, OWN_REQUEST_HEADERS
+from agent.core.options import HEADER_NAME_RE, OWN_REQUEST_HEADERS, CookieName
 
 # the internal location of a server whose routes mirror: a route may not claim this path
 MIRROR_PATH = "/.gateway-mirror/"
 # the values of a canary's header (and cookie) that choose a side
 CANARY_SIDES = ("canary", "stable")
-
-
-def _cookie(value: str) -> str:
-    if not COOKIE_NAME_RE.fullmatch(value):
-        raise ValueError(f"{_shown(value)} is not a cookie name the gateway reads "
-                         "(1 to 64 letters, digits and '_')")
-    return value
 
 
 def _header(value: str) -> str:
@@ -34,7 +27,6 @@ def _header(value: str) -> str:
     return value
 
 
-CookieName = Annotated[str, BeforeValidator(strict_str), AfterValidator(_cookie)]
 HeaderName = Annotated[str, BeforeValidator(strict_str), AfterValidator(_header)]
 
 
