@@ -40,6 +40,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
+from agent.core.forwardauth import ForwardAuth, as_forward_auth, route_problem
 from agent.core.options import (
     BasicAuth,
     Headers,
@@ -51,16 +52,18 @@ from agent.core.options import (
     as_redirect,
     as_sticky,
 )
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT, MaxConns, Retry, as_retry
 
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky", "error_page", "maintenance", "protocol")
+                 "compress", "sticky", "error_page", "maintenance", "protocol",
+                 "auth", "retry", "max_conns", "fail_timeout")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth")
 
 
 def _tls(value: object) -> object:
@@ -128,6 +131,12 @@ class Route(BaseModel):
     protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
+    # forward auth: an auth service admits each request first (core/forwardauth.py)
+    auth: Annotated[ForwardAuth | None, BeforeValidator(as_forward_auth)] = None
+    # retries on another task, and what a task takes (core/retry.py)
+    retry: Annotated[Retry | None, BeforeValidator(as_retry)] = None
+    max_conns: MaxConns = 0
+    fail_timeout: Seconds = DEFAULT_FAIL_TIMEOUT
 
     @field_validator("port")
     @classmethod
@@ -170,6 +179,9 @@ class Route(BaseModel):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")
 
+        if (problem := route_problem(self.path, self.auth, self.headers.request
+                                     if self.headers else ())) is not None:
+            raise FieldError(*problem)
         if (self.path + "/").startswith(ERROR_PAGES_PATH):
             raise ValueError(f"path {self.path!r}: the gateway serves its error pages there")
         if self.tls is not None and self.tls.acme:

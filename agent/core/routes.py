@@ -52,7 +52,8 @@ class RouteTable:
         """Every target a route proxies to, sorted (computed once: the table is frozen, and
         each cycle asks several times)."""
         return tuple(sorted({r.target for r in self.routes if r.proxies} |
-                            {r.target for r in self.tcp}))
+                            {r.target for r in self.tcp} |
+                            {Target(r.auth.kind, r.auth.name) for r in self.routes if r.auth}))
 
 
 class RoutesError(ValueError):

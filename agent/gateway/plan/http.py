@@ -14,8 +14,11 @@ from pathlib import Path
 from agent.core.routes import Route, Target
 from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
+from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
+from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
+from agent.gateway.plan.retry import RetryPlan, retry_plan
 from agent.gateway.plan.upstreams import Upstream, upstream_key
 
 # A kept-alive client connection is not closed within this many seconds of its last request, not
@@ -52,6 +55,8 @@ class Location:
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
     redirect_keep_path: bool = False
+    auth: AuthPlan | None = None  # forward auth (plan/forwardauth.py)
+    retry: RetryPlan = DEFAULT_RETRY  # proxy_next_upstream (plan/retry.py)
 
     @property
     def adds_headers(self) -> bool:
@@ -102,8 +107,15 @@ class Server:
                         if loc.error_page})
         return pages[0] + "/" if pages else None
 
+    @property
+    def auth_locations(self) -> list[AuthPlan]:
+        """The internal locations the routes' auth subrequests go to, one per auth service."""
+        found = {a.location: a for a in (loc.auth for loc in self.locations) if a is not None}
+        return [found[name] for name in sorted(found)]
 
-def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -> Location:
+
+def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
+             auth: AuthPlan | None = None) -> Location:
     auth_file = None
     if route.basic_auth is not None and files is not None:
         path = files.path(route.basic_auth.file)
@@ -137,6 +149,8 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
+        auth=auth,
+        retry=retry_plan(route),
     )
 
 
@@ -146,7 +160,8 @@ def servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Up
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
         upstream = upstreams.get(upstream_key(route)) if route.proxies else None
-        loc = location(route, upstream, files)
+        loc = location(route, upstream, files,
+                       auth_plan(route, upstreams) if route.proxies else None)
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.core.fields import is_address
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
 from agent.gateway.plan.filters import RenderError
@@ -33,6 +34,8 @@ class Upstream:
     zone: str = ""  # resolve: the size of its shared memory zone
     sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
     lookup: str = ""  # resolve: the name nginx looks up
+    max_conns: int = 0  # requests a task takes at once (0: no limit)
+    fail_timeout: int = 5  # seconds a task that failed is left out (max_fails=1)
 
 
 def server_address(lookup: str, address: str, port: int) -> str:
@@ -77,9 +80,22 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
 def upstream_key(route: Route) -> tuple[Target, int, str]:
     """What tells a route's upstream apart: target, port, and how a task is chosen."""
     assert route.port is not None
-    return (route.target, route.port,
-            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
-            if route.sticky is not None else route.balance)
+    choice = (f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
+              if route.sticky is not None else route.balance)
+    return route.target, route.port, choice + peer_limits(route)
+
+
+def fail_seconds(route: Route) -> int:
+    """fail_timeout in the whole seconds nginx takes (at least 1)."""
+    return max(1, round(route.fail_timeout))
+
+
+def peer_limits(route: Route) -> str:
+    """What a route's max_conns and fail_timeout add to its upstream's key and name (nothing
+    for the defaults, so that existing names stay)."""
+    if route.max_conns == 0 and fail_seconds(route) == DEFAULT_FAIL_TIMEOUT:
+        return ""
+    return f"_c{route.max_conns}_f{fail_seconds(route)}"
 
 
 def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
@@ -114,5 +130,6 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
             servers, resolve=by_name,
             zone=zone_size(len(endpoints.addresses)) if by_name else "",
             sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
-            lookup=route.target.lookup_name if by_name else "")
+            lookup=route.target.lookup_name if by_name else "",
+            max_conns=route.max_conns, fail_timeout=fail_seconds(route))
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
