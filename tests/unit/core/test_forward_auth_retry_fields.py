@@ -1,0 +1,103 @@
+"""auth, retry, max_conns, fail_timeout: as the routes file and labels give them, and hostile
+values refused naming their place (core/forwardauth.py, core/retry.py, controller/labels.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.controller.labels import LabelError, route_from_labels
+from agent.core.route import RouteError, parse_route
+from agent.gateway.plan.filters import SAFE_TOKEN
+
+BASE = {"hosts": ["web"], "service": "web", "port": 80}
+LABELS = {"gateway.hosts": "web", "gateway.port": "80"}
+HOSTILE = ["x;y", "a b", "$host", "{", "}", "#c", "\"q\"", "a\nb", "\\x", "'s'", "a\x00b"]
+
+
+def refused(options: dict[str, object]) -> str:
+    with pytest.raises(RouteError) as err:
+        parse_route({**BASE, **options})
+    return str(err.value)
+
+
+@pytest.mark.parametrize(("options", "place"), [
+    ({"auth": {"url": "https://auth/check"}}, "auth.url"),
+    ({"auth": {"url": "http://auth:99999/x"}}, "auth.url"),
+    ({"auth": {"url": "http://auth/x?a=1"}}, "auth.url"),
+    ({"auth": {"service": "auth"}}, "auth"),
+    ({"auth": {"url": "http://auth", "service": "auth", "port": 1}}, "auth"),
+    ({"auth": {"url": "http://auth", "response_headers": ["Host"]}}, "auth.response_headers"),
+    ({"auth": {"url": "http://auth", "signin": "javascript:x"}}, "auth.signin"),
+    ({"auth": {"url": "http://auth", "response_headers": ["X-User"]},
+      "headers": {"request": {"x-user": "a"}}}, "auth"),
+    ({"path": "/.gateway-auth/x"}, "path"),
+    ({"retry": {"on": ["error", "sometimes"]}}, "retry.on[1]"),
+    ({"retry": {"tries": 0}}, "retry.tries"),
+    ({"retry": {"on": []}}, "retry.on"),
+    ({"max_conns": -1}, "max_conns"),
+    ({"fail_timeout": "soon"}, "fail_timeout"),
+])
+def test_a_bad_value_is_refused_at_its_place(options: dict[str, object], place: str) -> None:
+    assert refused(options).startswith(f"{place}: ") or f"; {place}: " in refused(options)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["auth.url", "auth.service", "auth.path", "auth.signin",
+                        "auth.response_headers", "retry.on"]),
+       st.sampled_from(HOSTILE), st.text(max_size=8))
+def test_a_hostile_value_is_refused(field: str, bad: str, extra: str) -> None:
+    group, key = field.split(".")
+    value = {"url": "http://auth", "signin": "https://a/in", "path": "/p",
+             "service": "auth"}.get(key, "") + bad + extra
+    given_: dict[str, object] = {key: [value] if key in ("response_headers", "on") else value}
+    if group == "auth" and key not in ("url", "service"):
+        given_["url"] = "http://auth"
+    if key == "service":
+        given_["port"] = 1
+    if key == "path":
+        given_ = {"service": "auth", "port": 1, "path": value}
+    with pytest.raises(RouteError):
+        parse_route({**BASE, group: given_})
+
+
+def test_what_renders_is_plain_tokens() -> None:
+    route = parse_route({**BASE, "auth": {"service": "auth", "port": 4180, "path": "/oauth2/auth",
+                                          "signin": "https://login.example/start"}})
+    assert route.auth is not None
+    for token in (route.auth.name, route.auth.target_path, route.auth.signin):
+        assert token is not None
+        assert SAFE_TOKEN.fullmatch(token)
+
+
+def test_labels_give_every_option() -> None:
+    route = route_from_labels("web", {
+        **LABELS, "gateway.auth": "http://auth.internal:4180/oauth2/auth",
+        "gateway.auth.response_headers": "X-Auth-Request-User, X-Auth-Request-Email",
+        "gateway.auth.signin": "https://login.example/oauth2/start",
+        "gateway.retry": "2", "gateway.retry.on": "error,http_503",
+        "gateway.retry.non_idempotent": "true", "gateway.max_conns": "10",
+        "gateway.fail_timeout": "3s"})
+    assert route is not None
+    assert route.auth is not None
+    assert route.retry is not None
+    assert (route.auth.name, route.auth.target_port, route.auth.target_path) == \
+        ("auth.internal", 4180, "/oauth2/auth")
+    assert route.auth.response_headers == ("X-Auth-Request-User", "X-Auth-Request-Email")
+    assert (route.retry.tries, route.retry.on, route.retry.non_idempotent) == \
+        (2, ("error", "http_503"), True)
+    assert (route.max_conns, route.fail_timeout) == (10, 3.0)
+
+
+@pytest.mark.parametrize(("labels", "named"), [
+    ({"gateway.auth": "http://a;b/"}, "label gateway.auth: "),
+    ({"gateway.auth.service": "auth"}, "label gateway.auth: "),
+    ({"gateway.retry.on": "error,never"}, "label gateway.retry.on[1]: "),
+    ({"gateway.retry.tries": "many"}, "label gateway.retry: "),  # the group names its field
+    ({"gateway.max_conns": "lots"}, "label gateway.max_conns: "),
+])
+def test_a_bad_label_is_named(labels: dict[str, str], named: str) -> None:
+    with pytest.raises(LabelError) as err:
+        route_from_labels("web", {**LABELS, **labels})
+    assert named in str(err.value)
