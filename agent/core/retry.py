@@ -59,6 +59,9 @@ def as_retry(value: object) -> object:
         return {"tries": 1}
     if isinstance(value, int) and not isinstance(value, bool):  # `retry: 2`: the tries
         return {"tries": value}
+    if isinstance(value, dict) and True in value and "on" not in value:
+        # YAML 1.1 (the routes file's loader) reads the key `on` as true: it is this field
+        return {("on" if key is True else key): v for key, v in value.items()}
     if value is None or isinstance(value, dict | Retry):
         return value
     raise ValueError(f"{_shown(value)}: give the number of tries, false, or a mapping with "

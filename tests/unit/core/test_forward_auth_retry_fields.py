@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from agent.controller.labels import LabelError, route_from_labels
 from agent.core.route import RouteError, parse_route
+from agent.core.routes import parse_routes_text
 from agent.gateway.plan.filters import SAFE_TOKEN
 
 BASE = {"hosts": ["web"], "service": "web", "port": 80}
@@ -101,3 +102,12 @@ def test_a_bad_label_is_named(labels: dict[str, str], named: str) -> None:
     with pytest.raises(LabelError) as err:
         route_from_labels("web", {**LABELS, **labels})
     assert named in str(err.value)
+
+
+def test_retry_on_as_a_routes_file_writes_it() -> None:
+    """YAML 1.1 reads the key `on` as true; `retry: {on: [...]}` in a file still means on."""
+    table = parse_routes_text("routes:\n  - {hosts: [web], service: web, port: 80,\n"
+                              "     retry: {on: [error, http_503], tries: 2}}\n")
+    retry = table.routes[0].retry
+    assert retry is not None
+    assert retry.on == ("error", "http_503")
