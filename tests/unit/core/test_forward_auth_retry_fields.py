@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from agent.controller.labels import LabelError, route_from_labels
 from agent.core.route import RouteError, parse_route
-from agent.core.routes import parse_routes_text
+from agent.core.routes import RoutesError, RouteTable, parse_routes, parse_routes_text
+from agent.gateway.model import Endpoints
+from agent.gateway.plan.desired import Planner
 from agent.gateway.plan.filters import SAFE_TOKEN
 
 BASE = {"hosts": ["web"], "service": "web", "port": 80}
@@ -111,3 +113,48 @@ def test_retry_on_as_a_routes_file_writes_it() -> None:
     retry = table.routes[0].retry
     assert retry is not None
     assert retry.on == ("error", "http_503")
+
+
+_NASTY = st.text(st.sampled_from(list("ab/:.;{}$#\"'\\ \n\t?&=%x-_@1")), max_size=24)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["url", "path", "signin", "response_headers", "service", "on"]), _NASTY)
+def test_a_hostile_value_is_refused_at_its_place_or_rendered_to_its_one_place(
+        key: str, value: str) -> None:
+    """Refused naming routes[0].auth or .retry, or rendered: one auth_request, one internal
+    location, the value only where it belongs (the renderer refuses any other token)."""
+    auth: dict[str, object] = {"service": "auth", "port": 4180}
+    retry: dict[str, object] = {}
+    if key == "url":
+        auth = {"url": "http://auth" + value}
+    elif key == "path":
+        auth["path"] = "/" + value
+    elif key == "signin":
+        auth["signin"] = "https://login.example" + value
+    elif key == "response_headers":
+        auth["response_headers"] = ["X-" + value]
+    elif key == "service":
+        auth["service"] = "a" + value
+    else:
+        retry["on"] = ["error", value]
+    table = parsed({"routes": [{**BASE, "auth": auth, "retry": retry}]})
+    if isinstance(table, RoutesError):
+        assert all(e.startswith(("routes[0].auth", "routes[0].retry")) for e in table.errors)
+        assert all("\n" not in e for e in table.errors)
+        return
+    snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
+    text = PLANNER.render(table, snapshot).text
+    assert text.count("\n        auth_request ") == 1
+    assert text.count("location = /.gateway-auth/") == 1
+    assert text.count("server {") == 3  # the route's, the default one, the agent's status
+
+
+def parsed(document: object) -> RouteTable | RoutesError:
+    try:
+        return parse_routes(document)
+    except RoutesError as exc:
+        return exc
+
+
+PLANNER = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
