@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.core.cors import Cors, as_cors
 from agent.core.errors import FieldError, Loc, place, problems
 from agent.core.errors import shown as _shown
 from agent.core.fields import (
@@ -58,12 +59,12 @@ from agent.core.retry import DEFAULT_FAIL_TIMEOUT, MaxConns, Retry, as_retry
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
                  "compress", "sticky", "error_page", "maintenance", "protocol",
-                 "auth", "retry", "max_conns", "fail_timeout")
+                 "auth", "retry", "max_conns", "fail_timeout", "cors")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth", "cors")
 
 
 def _tls(value: object) -> object:
@@ -137,6 +138,8 @@ class Route(BaseModel):
     retry: Annotated[Retry | None, BeforeValidator(as_retry)] = None
     max_conns: MaxConns = 0
     fail_timeout: Seconds = DEFAULT_FAIL_TIMEOUT
+    # cross-origin requests: preflights answered at the gateway (core/cors.py)
+    cors: Annotated[Cors | None, BeforeValidator(as_cors)] = None
 
     @field_validator("port")
     @classmethod

@@ -24,6 +24,7 @@ from agent.core.fields import ERROR_PAGES_PATH
 from agent.core.routes import RouteTable, Target
 from agent.gateway.model import Endpoints, FilesPlan, Rendered, Snapshot, TlsPlan
 from agent.gateway.plan.clientchecks import allow_var, rate_zone
+from agent.gateway.plan.cors import cors_maps
 from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
@@ -156,6 +157,7 @@ class Planner:
             **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
+            "cors_maps": cors_maps(routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")

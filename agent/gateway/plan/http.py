@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.core.routes import Route, Target
 from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
+from agent.gateway.plan.cors import CorsPlan, cors_plan
 from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
@@ -57,12 +58,13 @@ class Location:
     redirect_keep_path: bool = False
     auth: AuthPlan | None = None  # forward auth (plan/forwardauth.py)
     retry: RetryPlan = DEFAULT_RETRY  # proxy_next_upstream (plan/retry.py)
+    cors: CorsPlan | None = None  # plan/cors.py
 
     @property
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
         return any(value is not None for _, value in self.response_headers) or \
-            self.sticky is not None
+            self.sticky is not None or self.cors is not None
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
@@ -151,6 +153,7 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
         auth=auth,
         retry=retry_plan(route),
+        cors=cors_plan(route.cors),
     )
 
 

@@ -158,3 +158,45 @@ def parsed(document: object) -> RouteTable | RoutesError:
 
 
 PLANNER = Planner(listen="0.0.0.0:8080", status_listen="127.0.0.1:9181")
+
+
+def test_cors_from_labels_and_its_refusals() -> None:
+    route = route_from_labels("web", {
+        **LABELS, "gateway.cors": "https://app.example.com, http://localhost:3000",
+        "gateway.cors.methods": "GET,PUT", "gateway.cors.headers": "X-Token",
+        "gateway.cors.credentials": "true", "gateway.cors.max_age": "1h"})
+    assert route is not None
+    assert route.cors is not None
+    assert route.cors.origins == ("https://app.example.com", "http://localhost:3000")
+    assert (route.cors.methods, route.cors.headers, route.cors.credentials,
+            route.cors.max_age) == (("GET", "PUT"), ("X-Token",), True, 3600.0)
+    with pytest.raises(LabelError) as err:
+        route_from_labels("web", {**LABELS, "gateway.cors": "*",
+                                  "gateway.cors.credentials": "true"})
+    assert "label gateway.cors: credentials are never allowed" in str(err.value)
+
+
+@pytest.mark.parametrize("cors", [
+    {"origins": ["https://app.example.com/path"]}, {"origins": ["https://App.example.com"]},
+    {"origins": ["*", "https://a.example"]}, {"origins": []}, {"origins": ["https://a;b"]},
+    {"origins": ["https://a.example"], "methods": ["get"]},
+    {"origins": ["https://a.example"], "headers": ["X Token"]},
+    {"origins": ["https://a.example"], "credentials": "yes"},
+])
+def test_a_bad_cors_value_is_refused_at_its_place(cors: dict[str, object]) -> None:
+    assert refused({"cors": cors}).startswith("cors")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["origins", "methods", "headers"]), _NASTY)
+def test_a_hostile_cors_value_is_refused_or_rendered_to_its_place(key: str, value: str) -> None:
+    cors: dict[str, object] = {"origins": ["https://a.example"]}
+    cors[key] = [{"origins": "https://a.example", "methods": "GET",
+                  "headers": "X-A"}[key] + value]
+    table = parsed({"routes": [{**BASE, "cors": cors}]})
+    if isinstance(table, RoutesError):
+        assert all(e.startswith("routes[0].cors") for e in table.errors)
+        return
+    text = PLANNER.render(table, {"tasks.web": Endpoints(("10.0.0.1",), "ok")}).text
+    assert text.count("map $http_origin ") == 1
+    assert text.count("server {") == 3
