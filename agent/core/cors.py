@@ -19,13 +19,13 @@ ORIGIN_RE = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]{0,98}[a-z0-9])?(?::[0-9]
 METHOD_RE = re.compile(r"[A-Z]{1,16}")
 
 
-def _listed(pattern: re.Pattern[str], what: str,
-            lower: bool = False) -> Callable[[object], object]:
+def _listed(pattern: re.Pattern[str], what: str, lower: bool = False,
+            empty: bool = False) -> Callable[[object], object]:
     def check(value: object) -> object:
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list | tuple) or not value:
-            raise ValueError(f"{_shown(value)}: give a list of {what}s")
+        if not isinstance(value, list | tuple) or (not value and not empty):
+            raise ValueError(f"{_shown(value)}: give a list, each item {what}")
         problems = [f"{_shown(v)} is not {what}" for v in value
                     if not isinstance(v, str) or not pattern.fullmatch(v)
                     or (lower and v != v.lower())]
@@ -53,7 +53,7 @@ class Cors(BaseModel):
     methods: Annotated[tuple[str, ...], BeforeValidator(
         _listed(METHOD_RE, "a method (uppercase letters)"))] = ("GET", "HEAD", "POST")
     headers: Annotated[tuple[str, ...], BeforeValidator(
-        _listed(HEADER_NAME_RE, "a header name (letters, digits, '-')"))] = ()
+        _listed(HEADER_NAME_RE, "a header name (letters, digits, '-')", empty=True))] = ()
     credentials: bool = Field(default=False, strict=True)
     max_age: Seconds = 600.0
 

@@ -39,6 +39,8 @@ _URL_RE = re.compile(r"http://(?P<host>[^/:\[\]]+)(?::(?P<port>[0-9]{1,5}))?(?P<
 
 def _auth_url(value: object) -> object:
     """`http://NAME[:PORT][/PATH]` as the parts the model keeps: host, port, path."""
+    if value is None:  # (the controller's copy writes it out)
+        return value
     if not isinstance(value, str) or not (m := _URL_RE.fullmatch(value)):
         raise ValueError(f"{_shown(value)} is not an auth URL (http://, a host name or IPv4 "
                          "address, an optional port and path; no query)")
@@ -52,6 +54,10 @@ def _auth_url(value: object) -> object:
     if path != "/":
         check_path(path.rstrip("/") if path.endswith("/") else path)
     return value
+
+
+def _signin(value: object) -> object:
+    return None if value is None else _redirect_url(value)
 
 
 def _auth_path(value: str) -> str:
@@ -101,7 +107,7 @@ class ForwardAuth(BaseModel):
     # headers of the auth service's answer the task gets (X-Auth-Request-User, ...)
     response_headers: Annotated[tuple[str, ...], BeforeValidator(_identity_headers)] = ()
     # where a refused (401) client is sent, with the URL it asked for as `rd`
-    signin: Annotated[str | None, BeforeValidator(_redirect_url)] = None
+    signin: Annotated[str | None, BeforeValidator(_signin)] = None
 
     @model_validator(mode="after")
     def _one_service(self) -> ForwardAuth:

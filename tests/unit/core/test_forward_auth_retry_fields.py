@@ -200,3 +200,16 @@ def test_a_hostile_cors_value_is_refused_or_rendered_to_its_place(key: str, valu
     text = PLANNER.render(table, {"tasks.web": Endpoints(("10.0.0.1",), "ok")}).text
     assert text.count("map $http_origin ") == 1
     assert text.count("server {") == 3
+
+
+def test_the_controller_s_copy_parses_back_the_same() -> None:
+    """The controller sends routes as JSON with every default written; /status shows the same."""
+    for auth in ({"url": "http://auth.internal:9091/verify", "signin": "https://a.example/in"},
+                 {"service": "auth", "port": 4180, "path": "/oauth2/auth",
+                  "response_headers": ["X-Auth-Request-User"]}):
+        route = parse_route({**BASE, "auth": auth, "retry": {"on": ["error", "http_503"]},
+                             "max_conns": 5, "fail_timeout": "9s",
+                             "cors": {"origins": ["https://a.example"], "credentials": True}})
+        for dumped in (route.model_dump(mode="json"),
+                       route.model_dump(mode="json", exclude_none=True)):
+            assert parse_route(dumped) == route
