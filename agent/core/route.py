@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.core.cors import Cors, as_cors
 from agent.core.errors import FieldError, Loc, place, problems
 from agent.core.errors import shown as _shown
 from agent.core.fields import (
@@ -40,6 +41,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
+from agent.core.forwardauth import ForwardAuth, as_forward_auth, route_problem
 from agent.core.options import (
     BasicAuth,
     Headers,
@@ -51,18 +53,19 @@ from agent.core.options import (
     as_redirect,
     as_sticky,
 )
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT, MaxConns, Retry, as_retry
 from agent.core.traffic import Canary, Mirror, Speaks, as_canary, as_mirror, check_traffic
 
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
                  "compress", "sticky", "error_page", "maintenance", "protocol",
-                 "canary", "mirror")
+                 "canary", "mirror", "auth", "retry", "max_conns", "fail_timeout", "cors")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth", "cors")
 
 
 def _tls(value: object) -> object:
@@ -134,6 +137,14 @@ class Route(BaseModel):
     # a share of the requests to a second service instead, or a copy of them (core/traffic.py)
     canary: Annotated[Canary | None, BeforeValidator(as_canary)] = None
     mirror: Annotated[Mirror | None, BeforeValidator(as_mirror)] = None
+    # forward auth: an auth service admits each request first (core/forwardauth.py)
+    auth: Annotated[ForwardAuth | None, BeforeValidator(as_forward_auth)] = None
+    # retries on another task, and what a task takes (core/retry.py)
+    retry: Annotated[Retry | None, BeforeValidator(as_retry)] = None
+    max_conns: MaxConns = 0
+    fail_timeout: Seconds = DEFAULT_FAIL_TIMEOUT
+    # cross-origin requests: preflights answered at the gateway (core/cors.py)
+    cors: Annotated[Cors | None, BeforeValidator(as_cors)] = None
 
     @field_validator("port")
     @classmethod
@@ -177,6 +188,9 @@ class Route(BaseModel):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")
 
+        if (problem := route_problem(self.path, self.auth, self.headers.request
+                                     if self.headers else ())) is not None:
+            raise FieldError(*problem)
         if (self.path + "/").startswith(ERROR_PAGES_PATH):
             raise ValueError(f"path {self.path!r}: the gateway serves its error pages there")
         if self.tls is not None and self.tls.acme:

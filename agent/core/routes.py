@@ -55,7 +55,8 @@ class RouteTable:
         return tuple(sorted({r.target for r in self.routes if r.proxies} |
                             {Target("service", s) for r in self.routes
                              for s in side_services(r)} |
-                            {r.target for r in self.tcp}))
+                            {r.target for r in self.tcp} |
+                            {Target(r.auth.kind, r.auth.name) for r in self.routes if r.auth}))
 
 
 class RoutesError(ValueError):

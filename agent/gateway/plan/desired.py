@@ -24,7 +24,9 @@ from agent.core.fields import ERROR_PAGES_PATH
 from agent.core.routes import RouteTable, Target
 from agent.gateway.model import Endpoints, FilesPlan, Rendered, Snapshot, TlsPlan
 from agent.gateway.plan.clientchecks import allow_var, rate_zone
+from agent.gateway.plan.cors import cors_maps
 from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
+from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
 from agent.gateway.plan.paths import paths_context
@@ -104,6 +106,9 @@ class Planner:
                                              inputs.acme, inputs.files)
         routes = table.routes
         upstreams = http_upstreams(routes, snapshot, self.resolve, self.own_resolver)
+        upstreams = dict(sorted({**upstreams, **auth_upstreams(
+            routes, snapshot, self.resolve, self.own_resolver, upstreams)}.items(),
+            key=lambda kv: kv[1].name))  # and the auth services' (plan/forwardauth.py)
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
@@ -155,6 +160,7 @@ class Planner:
             "https_servers": https_servers,
             **traffic_context(loc.traffic for s in http_servers + https_servers
                               for loc in s.locations),
+            "cors_maps": cors_maps(routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")

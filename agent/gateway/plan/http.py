@@ -15,8 +15,12 @@ from pathlib import Path
 from agent.core.routes import Route, Target
 from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
+from agent.gateway.plan.cors import CorsPlan, cors_plan
+from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
+from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
+from agent.gateway.plan.retry import RetryPlan, retry_plan
 from agent.gateway.plan.traffic import NO_TRAFFIC, Traffic, traffic
 from agent.gateway.plan.upstreams import Upstream, upstream_key
 
@@ -55,12 +59,15 @@ class Location:
     redirect_to: str = ""
     redirect_keep_path: bool = False
     traffic: Traffic = NO_TRAFFIC  # h2c, canary, mirror (plan/traffic.py)
+    auth: AuthPlan | None = None  # forward auth (plan/forwardauth.py)
+    retry: RetryPlan = DEFAULT_RETRY  # proxy_next_upstream (plan/retry.py)
+    cors: CorsPlan | None = None  # plan/cors.py
 
     @property
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
         return any(value is not None for _, value in self.response_headers) or \
-            self.sticky is not None or self.traffic.sets_cookie
+            self.sticky is not None or self.traffic.sets_cookie or self.cors is not None
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
@@ -105,8 +112,15 @@ class Server:
                         if loc.error_page})
         return pages[0] + "/" if pages else None
 
+    @property
+    def auth_locations(self) -> list[AuthPlan]:
+        """The internal locations the routes' auth subrequests go to, one per auth service."""
+        found = {a.location: a for a in (loc.auth for loc in self.locations) if a is not None}
+        return [found[name] for name in sorted(found)]
 
-def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -> Location:
+
+def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
+             auth: AuthPlan | None = None) -> Location:
     auth_file = None
     if route.basic_auth is not None and files is not None:
         path = files.path(route.basic_auth.file)
@@ -142,6 +156,9 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
+        auth=auth,
+        retry=retry_plan(route),
+        cors=cors_plan(route.cors),
     )
 
 
@@ -151,7 +168,8 @@ def servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Up
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
         upstream = upstreams.get(upstream_key(route)) if route.proxies else None
-        loc = dataclasses.replace(location(route, upstream, files), traffic=traffic(
+        auth = auth_plan(route, upstreams) if route.proxies else None
+        loc = dataclasses.replace(location(route, upstream, files, auth), traffic=traffic(
             route, lambda r: u.name if (u := upstreams.get(upstream_key(r))) else None))
         for host in route.hosts:
             by_host[host].append(loc)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.core.fields import is_address
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
 from agent.gateway.plan.filters import RenderError
@@ -36,6 +37,8 @@ class Upstream:
     lookup: str = ""  # resolve: the name nginx looks up
     # resolve and sticky: nginx's own `sticky cookie` names the task (by its address) in it
     sticky_cookie: str | None = None
+    max_conns: int = 0  # requests a task takes at once (0: no limit)
+    fail_timeout: int = 5  # seconds a task that failed is left out (max_fails=1)
 
 
 def server_address(lookup: str, address: str, port: int) -> str:
@@ -84,7 +87,20 @@ def upstream_key(route: Route) -> tuple[Target, int, str]:
         if route.sticky is not None else route.balance
     if route.protocol == "h2c":  # its kept-alive connections speak HTTP/2: not shared
         how = "h2c" if how == "round_robin" else f"{how}_h2c"
-    return (route.target, route.port, how)
+    return (route.target, route.port, how + peer_limits(route))
+
+
+def fail_seconds(route: Route) -> int:
+    """fail_timeout in the whole seconds nginx takes (at least 1)."""
+    return max(1, round(route.fail_timeout))
+
+
+def peer_limits(route: Route) -> str:
+    """What a route's max_conns and fail_timeout add to its upstream's key and name (nothing
+    for the defaults, so that existing names stay)."""
+    if route.max_conns == 0 and fail_seconds(route) == DEFAULT_FAIL_TIMEOUT:
+        return ""
+    return f"_c{route.max_conns}_f{fail_seconds(route)}"
 
 
 def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
@@ -118,5 +134,6 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
             zone=zone_size(len(endpoints.addresses)) if by_name else "",
             sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
             lookup=route.target.lookup_name if by_name else "",
-            sticky_cookie=route.sticky.cookie if route.sticky is not None and by_name else None)
+            sticky_cookie=route.sticky.cookie if route.sticky is not None and by_name else None,
+            max_conns=route.max_conns, fail_timeout=fail_seconds(route))
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))
