@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.core.edgetls import UpstreamTlsField
 from agent.core.errors import FieldError, Loc, place, problems
 from agent.core.errors import shown as _shown
 from agent.core.fields import (
@@ -55,12 +56,13 @@ from agent.core.options import (
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky", "error_page", "maintenance", "protocol")
+                 "compress", "sticky", "error_page", "maintenance", "protocol",
+                 "upstream_tls")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "upstream_tls")
 
 
 def _tls(value: object) -> object:
@@ -128,6 +130,8 @@ class Route(BaseModel):
     protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
+    # the tasks speak HTTPS: verified against a CA file of --route-files-dir (core/edgetls.py)
+    upstream_tls: UpstreamTlsField = None
 
     @field_validator("port")
     @classmethod
