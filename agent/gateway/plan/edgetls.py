@@ -9,6 +9,7 @@ never good locks the route (503): a route that asks for a certificate is never o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from agent.core.routes import Route
@@ -49,6 +50,17 @@ def upstream_tls(route: Route, files: FilesPlan | None) -> UpstreamTlsPlan | Non
         return None
     return UpstreamTlsPlan(u.verify, _copy(files, u.ca) if u.ca is not None else None,
                            u.server_name or route.target.name)
+
+
+def tls_pool(route: Route, choice: str) -> str:
+    """How the route's upstream chooses a task (`choice`), told apart by its TLS to the tasks:
+    nginx keeps connections to the tasks per upstream, and a connection verified for one
+    server_name (or not verified) must never serve a route that asks for another."""
+    u = route.upstream_tls
+    if u is None:
+        return choice
+    digest = hashlib.sha256(repr((u.verify, u.ca, u.server_name)).encode()).hexdigest()[:6]
+    return ("" if choice == "round_robin" else choice + "_") + f"tls_{digest}"
 
 
 def ca_locked(client: ClientCerts | None, tls: UpstreamTlsPlan | None) -> bool:

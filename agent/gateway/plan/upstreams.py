@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from agent.core.fields import is_address
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
+from agent.gateway.plan.edgetls import tls_pool
 from agent.gateway.plan.filters import RenderError
 from agent.gateway.plan.naming import sticky_var, upstream_name
 
@@ -75,11 +76,12 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
 
 
 def upstream_key(route: Route) -> tuple[Target, int, str]:
-    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    """What tells a route's upstream apart: target, port, how a task is chosen, and the TLS
+    to its tasks (plan/edgetls.py)."""
     assert route.port is not None
-    return (route.target, route.port,
-            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
-            if route.sticky is not None else route.balance)
+    return (route.target, route.port, tls_pool(
+        route, f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
+        if route.sticky is not None else route.balance))
 
 
 def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
