@@ -23,7 +23,8 @@ DEFAULT_PREFIX = "gateway"
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
-                       "strip_prefix", "redirect.keep_path", "compress", "maintenance"})
+                       "strip_prefix", "redirect.keep_path", "compress", "maintenance",
+                       "upstream_tls.verify"})
 _INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code"})
 # These take a list in the routes file: a label gives it comma-separated.
 _LISTS = frozenset({"hosts", "allow"})
@@ -34,7 +35,8 @@ _NOT_LABELS = {
 }
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
-_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie"}
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie",
+           "upstream_tls": "ca"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 
