@@ -110,7 +110,7 @@ def test_labels_carry_the_options() -> None:
     assert r is not None
     assert r.upstream_tls is not None
     assert not r.upstream_tls.verify
-    with pytest.raises(LabelError, match="label gateway.upstream_tls: .*not a file name"):
+    with pytest.raises(LabelError, match=r"label gateway\.upstream_tls: .*not a file name"):
         route_from_labels("app", {"gateway.hosts": "a.test", "gateway.port": "80",
                                   "gateway.upstream_tls": "../../etc/ssl/key.pem"})
 
