@@ -108,6 +108,16 @@ def test_client_certificates_required_and_optional(
     assert "CN=alice" in seen["x-client-subject"]
     assert get(gw, "opt.test", mallory)[0] == 400  # a bad one is not "no certificate"
 
+    # a connection made for a host without client certificates cannot ask for one with them
+    conn = gw.connection("open.test", anonymous)
+    try:
+        conn.putrequest("GET", "/", skip_host=True)
+        conn.putheader("Host", "mtls.test")
+        conn.endheaders()
+        assert conn.getresponse().status == 421
+    finally:
+        conn.close()
+
     # a route without client certificates passes no client's claim on either
     seen = json.loads(get(gw, "open.test", anonymous, headers=FORGED)[1])
     assert seen["x-client-verify"] == "NONE"
