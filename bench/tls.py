@@ -3,8 +3,8 @@
 Each gateway in turn (two workers or threads, as in part 8) in front of one echo task, with an
 ECDSA P-256 and then an RSA 2048 certificate:
 
-- new TLS handshakes per second: h2load over HTTP/1.1, each request on a new connection
-  (`Connection: close`, h2load reconnects without resuming the session);
+- new TLS handshakes per second: h2load over HTTP/1.1, 1500 clients of one request each, each
+  on a new connection with a full handshake (h2load's clients do not share sessions);
 - kept-alive HTTPS requests per second, HTTP/1.1 and HTTP/2 (h2load, 32 clients);
 - session resumption: `openssl s_client -reconnect` counts the reused sessions;
 - the ceiling: `openssl speed` for the same key (signatures per second, one core).
@@ -71,8 +71,8 @@ def one(kind: str, opts: Options, workdir: Path, certs: Path, bundle: Path) -> d
         _h2load(https, ["--h1", "-n", "200", "-c", "8"])  # warm up
         result = {
             "detail": gw.detail,
-            "handshakes_per_s": _h2load(https, ["--h1", "-D", str(seconds), "-c", "32",
-                                                "-H", "Connection: close"]),
+            # one request per client, each on its own new connection (a full handshake)
+            "handshakes_per_s": _h2load(https, ["--h1", "-n", "1500", "-c", "1500"]),
             "h1_keepalive_req_per_s": _h2load(https, ["--h1", "-D", str(seconds), "-c", "32"]),
             "h2_req_per_s": _h2load(https, ["-D", str(seconds), "-c", "32", "-m", "10"]),
             "resumed_of_5": _resumed(https),
