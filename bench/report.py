@@ -310,8 +310,9 @@ def tls(sec: dict[str, Any]) -> list[str]:
              "P-256 and then an RSA 2048 certificate (h2load, 32 clients): new handshakes per "
              "second (HTTP/1.1, 1500 clients of one request each, no session resumption), "
              "kept-alive HTTP/1.1 and HTTP/2 (10 streams per connection) requests per "
-             "second; sessions resumed of 5 (`openssl s_client -reconnect`, TLS 1.2); the ceiling is `openssl "
-             "speed`'s signatures per second on one core (the gateways have two).", ""]
+             "second; sessions resumed of 5 (`openssl s_client -reconnect`, TLS 1.2); "
+             "the ceiling is `openssl speed`'s signatures per second on one core (the "
+             "gateways have two).", ""]
     rows = []
     for key, r in sec["keys"].items():
         ceiling = r["openssl_speed_sign_per_s"]
