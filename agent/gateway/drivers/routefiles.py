@@ -1,5 +1,6 @@
-"""The files routes name: htpasswd files (`basic_auth`) and error pages (`error_page`), read from
---route-files-dir, checked, and copied where nginx reads them.
+"""The files routes name: htpasswd files (`basic_auth`), error pages (`error_page`) and CA files
+(`tls.client_ca`, `upstream_tls.ca`), read from --route-files-dir, checked, and copied where
+nginx reads them.
 
 A route, also one from a service's labels, names a file; a label's owner must not be able to make
 the gateway read a file they could not read themselves. So a route's file comes only from the
