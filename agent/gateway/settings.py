@@ -119,7 +119,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--route-files-dir", "route_files_dir", Path,
            "directory of the files routes name: error pages (NAME.html), htpasswd files "
            "(NAME.htpasswd) and CA files (NAME.pem), which labels may name too; never "
-           "--certs-dir, whose secrets no route reads (/etc/gateway/files: docker configs or secrets mounted there)"),
+           "--certs-dir, whose secrets no route reads (/etc/gateway/files: docker configs or "
+           "secrets mounted there)"),
     Option("--tls-ca-bundle", "tls_ca_bundle", Path,
            "root certificates a certificate chain must lead to, unless it ends in a root itself "
            "(/etc/ssl/certs/ca-certificates.crt)"),
