@@ -24,7 +24,8 @@ _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
                        "strip_prefix", "redirect.keep_path", "compress", "maintenance",
-                       "retry.non_idempotent", "cors.credentials"})
+                       "retry.non_idempotent", "cors.credentials",
+                       "upstream_tls.verify"})
 _INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code", "auth.port",
                        "retry", "retry.tries", "max_conns",
                        "canary.weight", "canary.port", "mirror.share", "mirror.port"})
@@ -42,7 +43,8 @@ _NOT_LABELS = {
 # here, `gateway.basic_auth.realm=...` another one.
 _GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie",
            "canary": "service", "mirror": "service",
-           "auth": "url", "retry": "tries", "cors": "origins"}
+           "auth": "url", "retry": "tries", "cors": "origins",
+           "upstream_tls": "ca"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 

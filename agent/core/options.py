@@ -16,6 +16,7 @@ from pydantic import (
     field_serializer,
 )
 
+from agent.core.edgetls import CLIENT_HEADERS
 from agent.core.errors import shown as _shown
 from agent.core.fields import HOST_RE, HtpasswdFile, Realm, check_path, strict_str
 
@@ -49,7 +50,7 @@ HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]{1,1024
 OWN_REQUEST_HEADERS = frozenset({
     "host", "connection", "upgrade", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
     "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "forwarded", "keep-alive",
-    "te", "transfer-encoding", "content-length", "proxy-connection"})
+    "te", "transfer-encoding", "content-length", "proxy-connection"}) | CLIENT_HEADERS
 OWN_RESPONSE_HEADERS = {
     "strict-transport-security": "give it with tls.hsts",
     "server": "nginx writes it itself", "date": "nginx writes it itself",

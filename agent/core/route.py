@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent.core.cors import Cors, as_cors
+from agent.core.edgetls import UpstreamTlsField
 from agent.core.errors import FieldError, Loc, place, problems
 from agent.core.errors import shown as _shown
 from agent.core.fields import (
@@ -60,12 +61,14 @@ from agent.core.traffic import Canary, Mirror, Speaks, as_canary, as_mirror, che
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
                  "compress", "sticky", "error_page", "maintenance", "protocol",
-                 "canary", "mirror", "auth", "retry", "max_conns", "fail_timeout", "cors")
+                 "canary", "mirror", "auth", "retry", "max_conns", "fail_timeout", "cors",
+                 "upstream_tls")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth", "cors")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth", "cors",
+                  "upstream_tls")
 
 
 def _tls(value: object) -> object:
@@ -145,6 +148,8 @@ class Route(BaseModel):
     fail_timeout: Seconds = DEFAULT_FAIL_TIMEOUT
     # cross-origin requests: preflights answered at the gateway (core/cors.py)
     cors: Annotated[Cors | None, BeforeValidator(as_cors)] = None
+    # the tasks speak HTTPS: verified against a CA file of --route-files-dir (core/edgetls.py)
+    upstream_tls: UpstreamTlsField = None
 
     @field_validator("port")
     @classmethod

@@ -27,7 +27,7 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    trusted_proxies=[str(n) for n in settings.trusted_proxies],
                    template=settings.template, access_log=access_log,
                    https_listen=str(settings.https_listen),
-                   https_redirect_port=settings.https_redirect_port,
+                   https_redirect_port=settings.https_redirect_port, http3=settings.http3,
                    resolver=resolver, resolve=resolve, own_resolver=True,
                    backlog=listen_backlog(),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,

@@ -50,7 +50,7 @@ log = logging.getLogger("agent.gateway.reconciler")
 FIRST_LOOKUPS = 1.0
 FIRST_LOOKUPS_MAX = 10.0
 _FILE_NOTES: tuple[tuple[str, NoteKind], ...] = (("htpasswd", "password_file"),
-                                                 ("page", "error_page"))
+                                                 ("page", "error_page"), ("ca", "ca_file"))
 
 
 class Reconciler:

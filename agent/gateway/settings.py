@@ -46,6 +46,7 @@ class GatewaySettings:
     listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
     https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
     https_redirect_port: int = 443
+    http3: bool = True  # HTTP/3 (QUIC, UDP) on the HTTPS port too (docs/tls.md)
     certs_dir: Path = Path("/run/secrets")
     # the files routes name (error pages, htpasswd files): never the secrets of --certs-dir
     route_files_dir: Path = Path("/etc/gateway/files")
@@ -110,12 +111,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("--https-redirect-port", "https_redirect_port", port_number,
            "the port clients reach HTTPS on (the published port): HTTP redirects point there "
            "(443)"),
+    Option("--http3", "http3", on_off,
+           "on or off: HTTP/3 (QUIC) on the HTTPS port's UDP side too, advertised to clients "
+           "with Alt-Svc on --https-redirect-port; publish that UDP port (on)"),
     Option("--certs-dir", "certs_dir", Path,
            "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
     Option("--route-files-dir", "route_files_dir", Path,
-           "directory of the files routes name: error pages (NAME.html) and htpasswd files "
-           "(NAME.htpasswd), which labels may name too; never --certs-dir, whose secrets no "
-           "route reads (/etc/gateway/files: docker configs or secrets mounted there)"),
+           "directory of the files routes name: error pages (NAME.html), htpasswd files "
+           "(NAME.htpasswd) and CA files (NAME.pem), which labels may name too; never "
+           "--certs-dir, whose secrets no route reads (/etc/gateway/files: docker configs or "
+           "secrets mounted there)"),
     Option("--tls-ca-bundle", "tls_ca_bundle", Path,
            "root certificates a certificate chain must lead to, unless it ends in a root itself "
            "(/etc/ssl/certs/ca-certificates.crt)"),

@@ -71,7 +71,8 @@ class Planner:
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
                  stream: StreamRenderer | None = None, own_resolver: bool = False,
-                 backlog: int | None = None) -> None:
+                 backlog: int | None = None, http3: bool = False) -> None:
+        self.http3 = http3  # QUIC on the HTTPS port's UDP side (plan/edgetls.py)
         self.backlog = backlog  # of the HTTP and HTTPS listeners (drivers/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
@@ -125,6 +126,7 @@ class Planner:
         https = None if tls is None else {
             "listen": self.https_listen,
             "redirect_port": self.https_redirect_port,
+            "http3": self.http3,
         }
         # one resolver for the http context: nginx refuses a second one
         needs_resolver = any(u.resolve for u in upstreams.values()) or (

@@ -16,6 +16,13 @@ from agent.core.routes import Route, Target
 from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
 from agent.gateway.plan.cors import CorsPlan, cors_plan
+from agent.gateway.plan.edgetls import (
+    ClientCerts,
+    UpstreamTlsPlan,
+    ca_locked,
+    client_certs,
+    upstream_tls,
+)
 from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
@@ -62,6 +69,9 @@ class Location:
     auth: AuthPlan | None = None  # forward auth (plan/forwardauth.py)
     retry: RetryPlan = DEFAULT_RETRY  # proxy_next_upstream (plan/retry.py)
     cors: CorsPlan | None = None  # plan/cors.py
+    client_certs: ClientCerts | None = None  # tls.client_ca (plan/edgetls.py)
+    upstream_tls: UpstreamTlsPlan | None = None
+    ca_locked: bool = False  # a CA file it needs was never good: 503
 
     @property
     def adds_headers(self) -> bool:
@@ -71,7 +81,8 @@ class Location:
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
-        return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit)
+        return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit,
+                self.client_certs, self.ca_locked)
 
     @property
     def allow_var(self) -> str | None:  # set by a `geo` of its networks (one per list)
@@ -106,6 +117,12 @@ class Server:
         return path_map(self.locations)
 
     @property
+    def client_ca(self) -> str | None:
+        """The CA file client certificates are verified against (the hosts' routes share it)."""
+        return next((loc.client_certs.ca for loc in self.locations
+                     if loc.client_certs is not None and loc.client_certs.ca), None)
+
+    @property
     def pages_dir(self) -> str | None:
         """Where this server's error pages are (one directory: agent.gateway.drivers.routefiles)."""
         pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
@@ -129,6 +146,7 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
     if route.error_page is not None and files is not None:
         page = files.path(route.error_page, "page")
         page_file = str(page) if page is not None else None
+    client, to_tasks = client_certs(route, files), upstream_tls(route, files)
     return Location(
         path=route.path,
         root=route_root(route),
@@ -159,6 +177,7 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
         auth=auth,
         retry=retry_plan(route),
         cors=cors_plan(route.cors),
+        client_certs=client, upstream_tls=to_tasks, ca_locked=ca_locked(client, to_tasks),
     )
 
 

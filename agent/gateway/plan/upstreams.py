@@ -12,6 +12,7 @@ from agent.core.fields import is_address
 from agent.core.retry import DEFAULT_FAIL_TIMEOUT
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
+from agent.gateway.plan.edgetls import tls_pool
 from agent.gateway.plan.filters import RenderError
 from agent.gateway.plan.naming import sticky_var, upstream_name
 from agent.gateway.plan.traffic import side_routes
@@ -81,13 +82,14 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
 
 
 def upstream_key(route: Route) -> tuple[Target, int, str]:
-    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    """What tells a route's upstream apart: target, port, how a task is chosen, and the TLS
+    to its tasks (plan/edgetls.py)."""
     assert route.port is not None
     how = f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}" \
         if route.sticky is not None else route.balance
     if route.protocol == "h2c":  # its kept-alive connections speak HTTP/2: not shared
         how = "h2c" if how == "round_robin" else f"{how}_h2c"
-    return (route.target, route.port, how + peer_limits(route))
+    return (route.target, route.port, tls_pool(route, how) + peer_limits(route))
 
 
 def fail_seconds(route: Route) -> int:

@@ -11,10 +11,14 @@ or a server name no route asked for.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import ipaddress
 import re
+import shutil
 import subprocess
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ from agent.gateway.plan.naming import sticky_var
 from agent.gateway.plan.naming import upstream_name as expected_upstream_name
 from agent.gateway.plan.upstreams import KEEPALIVE, upstream_key, zone_size
 from tests.support import require_programs
+from tests.support.tlsca import TestCA
 
 LISTEN = "0.0.0.0:8080"
 STATUS = "127.0.0.1:9181"
@@ -118,7 +123,7 @@ def parse_conf(text: str) -> tuple[Directive, ...]:
 
 # What each kind of location holds. A directive added to the template on purpose belongs here too:
 # this list is the statement of what a route may cause to appear in nginx's configuration.
-PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 9,
+PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 11,
                             "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
                             "proxy_send_timeout": 1, "client_max_body_size": 1,
                             "proxy_next_upstream": 1, "proxy_next_upstream_tries": 1})
@@ -140,11 +145,30 @@ def page_copy(name: str) -> Path:
     return PAGES / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".html")
 
 
+@functools.cache
+def _ca_dir() -> Path:
+    """nginx reads a CA file when it loads the configuration: `nginx -t` needs a real one."""
+    directory = Path(tempfile.mkdtemp(prefix="gateway-hostile-ca-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def ca_copy(name: str) -> Path:
+    """... and of a CA file (upstream_tls.ca, tls.client_ca): a real CA certificate."""
+    path = _ca_dir() / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".pem")
+    if not path.exists():
+        path.write_bytes(TestCA().root_pem)
+    return path
+
+
 def auth_plan(table: RouteTable) -> FilesPlan:
     names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
     pages = sorted({r.error_page for r in table.routes if r.error_page is not None})
+    cas = sorted({r.upstream_tls.ca for r in table.routes
+                  if r.upstream_tls is not None and r.upstream_tls.ca is not None})
     return FilesPlan(tuple(RouteFile(n, auth_copy(n), None) for n in names) +
-                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages))
+                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages) +
+                     tuple(RouteFile(n, ca_copy(n), None, "ca") for n in cas))
 
 
 RESOLVER = "127.0.0.11:53"
@@ -334,6 +358,15 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None,
         want += Counter({"add_header": 1})
         assert (f"${sticky_var(route.sticky.cookie)}_set",) in [
             d.args[1:] for d in loc.children("add_header") if d.args[0] == "Set-Cookie"]
+    if route.upstream_tls is not None:  # HTTPS to the tasks, for the name and CA asked
+        u = route.upstream_tls
+        want += Counter({"proxy_ssl_server_name": 1, "proxy_ssl_name": 1})
+        assert loc.one("proxy_ssl_name").args == (u.server_name or route.target.name,)
+        if u.verify:
+            assert u.ca is not None
+            want += Counter({"proxy_ssl_verify": 1, "proxy_ssl_verify_depth": 1,
+                             "proxy_ssl_trusted_certificate": 1})
+            assert loc.one("proxy_ssl_trusted_certificate").args == (str(ca_copy(u.ca)),)
     if route.compress:
         want += Counter({"gzip": 1, "gzip_types": 1, "gzip_min_length": 1, "gzip_proxied": 1,
                          "gzip_vary": 1})
@@ -359,8 +392,9 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None,
     if route.basic_auth is not None:
         assert loc.one("auth_basic").args == (route.basic_auth.realm,)
         assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
-    assert loc.one("proxy_pass").args == (f"http://{upstream}/" if route.strip_prefix
-                                          else f"http://{upstream}",)
+    scheme = "https" if route.upstream_tls is not None else "http"
+    assert loc.one("proxy_pass").args == (f"{scheme}://{upstream}/" if route.strip_prefix
+                                          else f"{scheme}://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
     # the route's own headers hold exactly the route's values (removed: empty) ...
@@ -374,6 +408,9 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None,
     assert [d.args for d in loc.children("add_header") if d.args[0] != "Set-Cookie"] == [
         (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
+    # the client's certificate, always as nginx verified it (a client's own never passes)
+    assert headers["X-Client-Verify"] == ("$ssl_client_verify",)
+    assert headers["X-Client-Subject"] == ("$ssl_client_s_dn",)
     assert headers["X-Forwarded-Prefix"] == (
         "$gateway_forwarded_prefix" + (route.path if route.strip_prefix else ""),)
     ms = max(1, round(route.connect_timeout * 1000))
@@ -603,6 +640,10 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
     "maintenance": st.booleans(),
     "protocol": st.sampled_from(["http", "h2c"]),
+    "upstream_tls": st.one_of(
+        st.fixed_dictionaries({"ca": st.sampled_from(["tasks.pem", "Internal-CA_1.pem"])},
+                              optional={"verify": st.just(True), "server_name": _NAME}),
+        st.fixed_dictionaries({"verify": st.just(False)}, optional={"server_name": _NAME})),
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
@@ -699,6 +740,15 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                                                                    poisoned(st.just("s")))},
                                               optional={"other": hostile_text()})),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
+    "upstream_tls": st.one_of(
+        hostile_text(), st.integers(), st.just(True),  # true: verified, without a CA
+        st.fixed_dictionaries({"ca": st.one_of(hostile_text(), poisoned(st.just("ca.pem")),
+                                               st.sampled_from(["../ca.pem", "ca.htpasswd",
+                                                                "/etc/ca.pem", ".ca.pem"]))},
+                              optional={"verify": st.one_of(hostile_text(), st.integers()),
+                                        "server_name": st.one_of(
+                                            hostile_text(), poisoned(st.just("api.internal"))),
+                                        "other": hostile_text()})),
     "redirect": st.one_of(
         hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
         st.fixed_dictionaries({"to": st.one_of(hostile_text(), poisoned(_URL))}, optional={
@@ -727,7 +777,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
             "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky",
-            "error_page", "maintenance", "protocol"]
+            "error_page", "maintenance", "protocol", "upstream_tls"]
 
 
 @dataclass
