@@ -27,6 +27,8 @@ from agent.gateway.plan.clientchecks import allow_var, rate_zone
 from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
+from agent.gateway.plan.observe import LogPlan
+from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.plan.upstreams import (
@@ -68,7 +70,8 @@ class Planner:
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
                  stream: StreamRenderer | None = None, own_resolver: bool = False,
-                 backlog: int | None = None) -> None:
+                 backlog: int | None = None, logs: LogPlan | None = None) -> None:
+        self.logs = logs  # the JSON access log and the trace fields (plan/observe.py)
         self.backlog = backlog  # of the HTTP and HTTPS listeners (drivers/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
@@ -152,6 +155,7 @@ class Planner:
             **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
+            **observe_context(self.logs, routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")
