@@ -34,7 +34,8 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    logs=log_plan(settings.access_log, trace=settings.otlp_endpoint is not None
                                  and settings.access_log_metrics),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
-                                         resolve=resolve, own_resolver=True))
+                                         resolve=resolve, own_resolver=True,
+                                         access_log=access_log))
 
 
 def access_log_of(settings: GatewaySettings) -> str | None:
