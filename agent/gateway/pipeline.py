@@ -31,8 +31,7 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    https_redirect_port=settings.https_redirect_port,
                    resolver=resolver, resolve=resolve, own_resolver=True,
                    backlog=listen_backlog(),
-                   logs=log_plan(settings.access_log, trace=settings.otlp_endpoint is not None
-                                 and settings.access_log_metrics),
+                   logs=log_plan(settings.access_log),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
                                          resolve=resolve, own_resolver=True,
                                          access_log=access_log))

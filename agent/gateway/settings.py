@@ -35,7 +35,7 @@ from agent.core.settings import (
 )
 from agent.gateway.drivers.capacity import open_files
 from agent.gateway.drivers.logfile import ROTATE_SIZE
-from agent.gateway.plan.observe import access_log_option, sample_ratio
+from agent.gateway.plan.observe import access_log_option
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,6 @@ class GatewaySettings:
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
     drain_delay: float = 5.0  # seconds nginx keeps serving after SIGTERM (agent/gateway/drain.py)
     access_log: str = "stdout"  # the JSON access log: stdout, off or a file (plan/observe.py)
-    otlp_endpoint: str | None = None  # OTLP/HTTP traces URL; None: no spans (observe/spans.py)
-    trace_sample_ratio: float = 1.0
 
 
 def rotate_size(value: str) -> int:
@@ -200,11 +198,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("--access-log", "access_log", access_log_option,
            "stdout, off or an absolute FILE: where nginx writes one JSON line per request (route,"
            " service, task, status, timings, request and trace ids; docs/logs.md) (stdout)"),
-    Option("--otlp-endpoint", "otlp_endpoint", http_url,
-           "an OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces: the agent sends "
-           "a server span per request, made from the metrics access log (default: none, off)"),
-    Option("--trace-sample-ratio", "trace_sample_ratio", sample_ratio,
-           "the share of traces sent to --otlp-endpoint, chosen by trace id (1)"),
 )
 
 

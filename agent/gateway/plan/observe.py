@@ -6,9 +6,10 @@ chooses the log's destination and names each route's `root` (naming.route_root) 
 JSON line carries `$gateway_route` and `$gateway_service`, looked up from $document_root by one
 map in the http context, so that no location needs a line of its own for them.
 
-The per-route metrics keep their compact line (observe/traffic.py); with tracing on
-(`--otlp-endpoint`) that line carries the trace fields too (TRACE_FIELDS), and the agent turns
-it into a span (observe/spans.py).
+The per-route metrics keep their compact line (observe/traffic.py). For spans made by the agent
+(OpenTelemetry, not built yet: issue 29), `LogPlan.trace` makes that line carry the trace
+fields too (the `g2` line, TRACE_FIELDS), which observe/traffic.py already reads and hands to
+its `spans` hook; no option turns it on yet.
 """
 
 from __future__ import annotations
@@ -89,10 +90,3 @@ def access_log_option(value: str) -> str:
                          "digits and '._/-'")
     return text
 
-
-def sample_ratio(value: str) -> float:
-    """--trace-sample-ratio: a share of the traces, 0 to 1."""
-    ratio = float(value)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"{value!r} is not a ratio from 0 to 1")
-    return ratio

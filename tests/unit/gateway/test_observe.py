@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.core.settings import SettingsError
-from agent.gateway.plan.observe import LogPlan, access_log_option, log_plan, sample_ratio
+from agent.gateway.plan.observe import LogPlan, access_log_option, log_plan
 from agent.gateway.settings import GatewaySettings
 from tests.unit.gateway.test_settings import parse as settings_from
 
@@ -33,13 +33,24 @@ def test_hostile_access_log_values_are_refused_naming_the_option(value: str) -> 
         settings_from(["--access-log", value])
 
 
-@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "x", "inf"])
-def test_sample_ratios_outside_0_to_1_are_refused(value: str) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 (float() or the range says why)
-        sample_ratio(value)
-
-
 def test_defaults_log_json_to_stdout_and_trace_nothing() -> None:
     settings = GatewaySettings()
     assert settings.access_log == "stdout"
-    assert settings.otlp_endpoint is None
+
+
+def test_a_traced_metrics_line_counts_and_reaches_the_spans_hook() -> None:
+    """The g2 line (LogPlan.trace): the same counts as g1, its trace fields handed on."""
+    from agent.core.routes import parse_routes
+    from agent.gateway.observe.traffic import Traffic
+
+    table = parse_routes({"routes": [{"hosts": ["a"], "service": "a", "port": 80}]})
+    traffic = Traffic()
+    traffic.follow(lambda: table)
+    got: list[tuple[list[bytes], str]] = []
+    traffic.spans = lambda fields, label: got.append((fields, label))
+    traffic.feed(b"g2|/gateway-route/a|200|0.002|0.001|200|0.001|10|10|1765000000.123|"
+                 + b"a" * 32 + b"|" + b"b" * 16 + b"||GET|10.0.1.7:80")
+    traffic.feed(b"g2|/gateway-route/a|200|0.002")  # cut short: malformed, no span
+    assert traffic.totals()["a/"]["2xx"] == 1  # type: ignore[index]
+    assert traffic.results["malformed"] == 1
+    assert [(f[10], label) for f, label in got] == [(b"a" * 32, "a/")]
