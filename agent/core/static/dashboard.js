@@ -151,6 +151,12 @@ function spark(points, key, format, kind) {
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("points", xy.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" "));
     svg.append(line);
+    const dot = document.createElementNS(SVG, "circle"); // the latest point, also when alone
+    const [x, y] = xy[xy.length - 1];
+    dot.setAttribute("cx", x.toFixed(1));
+    dot.setAttribute("cy", y.toFixed(1));
+    dot.setAttribute("r", "2");
+    svg.append(dot);
   }
   return el("span", {class: "chart"}, svg,
             el("span", {class: "now num"}, last === null ? "–" : format(last)));
