@@ -12,10 +12,10 @@ from tests.unit.gateway.test_settings import parse as settings_from
 
 
 @pytest.mark.parametrize(("value", "plan"), [
-    ("stdout", LogPlan("/dev/stdout")),
-    ("STDOUT", LogPlan("/dev/stdout")),
+    ("stdout", LogPlan("/dev/stdout", buffer="4k")),
+    ("STDOUT", LogPlan("/dev/stdout", buffer="4k")),
     ("off", LogPlan(None)),
-    ("/var/log/gateway/access.json", LogPlan("/var/log/gateway/access.json", buffered=True)),
+    ("/var/log/gateway/access.json", LogPlan("/var/log/gateway/access.json", buffer="64k")),
 ])
 def test_access_log_destinations(value: str, plan: LogPlan) -> None:
     assert log_plan(access_log_option(value)) == plan
