@@ -144,7 +144,7 @@ class Reconciler:
         self.metrics.set_endpoints({
             t.name: (len(snapshot[t.lookup_name].addresses), snapshot[t.lookup_name].stale)
             for t in table.targets})
-        self.metrics.routes.set(len(table.routes))
+        self.metrics.routes.set(len(table.routes) + len(table.tcp))  # http and tcp
         return snapshot
 
     def _servable(self, table: RouteTable) -> RouteTable:

@@ -35,6 +35,7 @@ from agent.core.settings import (
 )
 from agent.gateway.drivers.capacity import open_files
 from agent.gateway.drivers.logfile import ROTATE_SIZE
+from agent.gateway.plan.observe import access_log_option
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class GatewaySettings:
     access_log_rotate_size: int = ROTATE_SIZE  # bytes; the access-log file is rotated past it
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
     drain_delay: float = 5.0  # seconds nginx keeps serving after SIGTERM (agent/gateway/drain.py)
+    access_log: str = "stdout"  # the JSON access log: stdout, off or a file (plan/observe.py)
 
 
 def rotate_size(value: str) -> int:
@@ -198,6 +200,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds nginx keeps serving after SIGTERM while /readyz says draining, so that "
            "keepalived moves the VIP (or a load balancer its traffic) first; with "
            "--vrrp-state-file the drain ends once this node holds no VIP, at most this long (5)"),
+    Option("--access-log", "access_log", access_log_option,
+           "stdout, off or an absolute FILE: where nginx writes one JSON line per request (route,"
+           " service, task, status, timings, request and trace ids; docs/logs.md) (stdout)"),
 )
 
 

@@ -29,6 +29,8 @@ from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
+from agent.gateway.plan.observe import LogPlan
+from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.plan.traffic import traffic_context
@@ -71,8 +73,10 @@ class Planner:
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
                  stream: StreamRenderer | None = None, own_resolver: bool = False,
-                 backlog: int | None = None, http3: bool = False) -> None:
+                 backlog: int | None = None, http3: bool = False,
+                 logs: LogPlan | None = None) -> None:
         self.http3 = http3  # QUIC on the HTTPS port's UDP side (plan/edgetls.py)
+        self.logs = logs  # the JSON access log and the trace fields (plan/observe.py)
         self.backlog = backlog  # of the HTTP and HTTPS listeners (drivers/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
@@ -163,6 +167,7 @@ class Planner:
             **traffic_context(loc.traffic for s in http_servers + https_servers
                               for loc in s.locations),
             "cors_maps": cors_maps(routes),
+            **observe_context(self.logs, routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")

@@ -77,7 +77,8 @@ class Location:
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
         return any(value is not None for _, value in self.response_headers) or \
-            self.sticky is not None or self.traffic.sets_cookie or self.cors is not None
+            self.sticky is not None or self.traffic.sets_cookie or self.cors is not None or \
+            self.upstream is not None  # X-Request-Id (observe.py)
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)

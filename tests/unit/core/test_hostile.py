@@ -123,7 +123,8 @@ def parse_conf(text: str) -> tuple[Directive, ...]:
 
 # What each kind of location holds. A directive added to the template on purpose belongs here too:
 # this list is the statement of what a route may cause to appear in nginx's configuration.
-PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 11,
+PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 13,
+                            "proxy_hide_header": 1, "add_header": 1,  # X-Request-Id
                             "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
                             "proxy_send_timeout": 1, "client_max_body_size": 1,
                             "proxy_next_upstream": 1, "proxy_next_upstream_tries": 1})
@@ -401,11 +402,16 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None,
     asked = dict(route.headers.request) if route.headers else {}
     for name, value in asked.items():
         assert headers.pop(name) == (value or "",)
+    # ... the trace is made of the gateway's own maps (plan/observe.py) ...
+    assert headers.pop("traceparent") == (
+        "00-$gateway_trace_id-$gateway_span_id-$gateway_trace_flags",)
     # ... and every other header value is nginx's own variable or empty: nothing from a client
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
     answered = route.headers.response if route.headers else ()
-    assert [d.args for d in loc.children("proxy_hide_header")] == [(n,) for n, _ in answered]
+    assert [d.args for d in loc.children("proxy_hide_header")] == [("X-Request-Id",)] + [
+        (n,) for n, _ in answered]
     assert [d.args for d in loc.children("add_header") if d.args[0] != "Set-Cookie"] == [
+        ("X-Request-Id", "$gateway_request_id", "always")] + [
         (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
     # the client's certificate, always as nginx verified it (a client's own never passes)
