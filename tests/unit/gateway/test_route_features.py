@@ -708,7 +708,7 @@ def test_grpc_renders_grpc_pass_on_https_and_nginx_accepts_it(tmp_path: Path) ->
     renderer = Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
                         https_listen="127.0.0.1:8443", trusted_proxies=("192.0.2.0/24",))
     text = renderer.render(table, SNAPSHOT, tls=plan).text
-    https = text[text.index("listen 127.0.0.1:8443 ssl http2;"):]
+    https = text[text.index("listen 127.0.0.1:8443 ssl;"):]
     body = location(https)
     assert "        grpc_pass grpc://service_svc_80;\n" in body
     assert "proxy_pass" not in body
