@@ -242,4 +242,7 @@ def otlp_spans(endpoint: str, count: Callable[[str, int], None]) -> Spans:
     may take EXPORT_TIMEOUT at most."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    # it says each failed batch (about one a second while a collector is down): this module
+    # says when exports start and stop failing, gateway_trace_spans_total counts them
+    logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)
     return Spans(OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT), count)
