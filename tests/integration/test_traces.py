@@ -195,7 +195,9 @@ def test_each_request_is_a_span_joined_with_the_tasks_and_sampled_as_told(
     assert receiver.spans(unsampled) == []
     metrics = agent.metrics()
     assert metrics['gateway_trace_spans_total{result="exported"}'] == 3
-    assert metrics['gateway_trace_spans_total{result="unsampled"}'] == 1
+    # the per-route metrics count every request, sampled or not
+    assert metrics['gateway_http_requests_total{route="managerhttp/",status_class="2xx"}'] == 3
+    assert metrics['gateway_http_requests_total{route="broken/",status_class="5xx"}'] == 1
     agent.stop()
 
     # the same at ratio 0: no trace started here is sampled, the task is told so; a client's
@@ -212,7 +214,9 @@ def test_each_request_is_a_span_joined_with_the_tasks_and_sampled_as_told(
     seen(agent, f"00-{late}-{CLIENT_SPAN}-01")
     receiver.span(late)
     assert [t for t in traces if receiver.spans(t)] == []
-    assert agent.metrics()['gateway_trace_spans_total{result="unsampled"}'] == 20
+    metrics = agent.metrics()
+    assert metrics['gateway_http_requests_total{route="managerhttp/",status_class="2xx"}'] == 21
+    assert metrics['gateway_trace_spans_total{result="exported"}'] == 1
 
 
 def served(agent: Agent, count: int) -> None:

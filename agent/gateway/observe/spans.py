@@ -11,11 +11,13 @@ exporter.
 
 Sampling is decided by nginx, where the task's traceparent is made (plan/traces.py): a client's
 sampled flag is followed (parent-based), a trace that starts here is sampled by
---trace-sample-ratio; the agent sends the spans whose traceparent says "sampled".
+--trace-sample-ratio. nginx writes the trace fields (the `g2` line) only for the requests
+sampled; the others keep the short line the per-route metrics read, which the agent counts once
+per distinct line.
 
-Nothing here may slow the agent's loop: the loop only checks the flag and puts the line's fields
-in a bounded queue (a full queue drops, counted); a thread of its own turns them into spans and
-exports them in batches, each export bounded by a short timeout (retries included).
+Nothing here may slow the agent's loop: the loop only puts the line's fields in a bounded
+queue (a full queue drops, counted); a thread of its own turns them into spans and exports them
+in batches, each export bounded by a short timeout (retries included).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = logging.getLogger("agent.gateway.spans")
  BYTES_SENT, REQUEST_LENGTH, MSEC, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, METHOD, UPSTREAM_ADDR,
  FLAGS, REQUEST_ID, HOST, PATH) = range(19)
 LINE_FIELDS = 19
-RESULTS = ("exported", "failed", "dropped", "unsampled", "malformed")
+RESULTS = ("exported", "failed", "dropped", "malformed")
 QUEUE_SIZE = 4096  # spans waiting for the exporter; more are dropped (counted)
 BATCH_SIZE = 512  # spans per export request
 EXPORT_TIMEOUT = 2.0  # seconds one export may take, the exporter's retries included
@@ -144,7 +146,7 @@ class Spans:
 
     `count(result, n)` is told what became of each line: `exported`, `failed` (the receiver
     refused it, was down or slower than the timeout), `dropped` (the queue was full),
-    `unsampled`, `malformed`; it is called from both threads (a prometheus Counter is safe).
+    `malformed`; it is called from both threads (a prometheus Counter is safe).
     """
 
     def __init__(self, exporter: SpanExporter, count: Callable[[str, int], None], *,
@@ -174,8 +176,7 @@ class Spans:
 
     def offer(self, fields: list[bytes], route: str) -> None:
         """observe/traffic.py's hook, on the loop: never blocks."""
-        if not sampled(fields):
-            self.count("unsampled", 1)
+        if not sampled(fields):  # nginx writes no such line (a template of one's own might)
             return
         try:
             self._queue.put_nowait(_Line(fields, route, self._service(route)))

@@ -7,8 +7,9 @@ JSON line carries `$gateway_route` and `$gateway_service`, looked up from $docum
 map in the http context, so that no location needs a line of its own for them.
 
 The per-route metrics keep their compact line (observe/traffic.py). For spans made by the agent
-(OpenTelemetry, --otlp-endpoint), `LogPlan.trace` makes that line carry the trace fields too
-(the `g2` line, TRACE_FIELDS), which observe/traffic.py reads and hands to observe/spans.py;
+(OpenTelemetry, --otlp-endpoint), `LogPlan.trace` makes the line of a sampled request carry
+the trace fields too (the `g2` line, TRACE_FIELDS), which observe/traffic.py reads and hands to
+observe/spans.py;
 `LogPlan.sample` is --trace-sample-ratio (plan/traces.py).
 """
 

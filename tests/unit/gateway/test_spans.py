@@ -5,6 +5,7 @@ tests/integration/test_traces.py."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections import Counter
 
 import pytest
@@ -20,6 +21,8 @@ from agent.core.settings import SettingsError
 from agent.gateway import settings
 from agent.gateway.observe.spans import LINE_FIELDS, Spans, sampled, span_of
 from agent.gateway.observe.traffic import Traffic
+from agent.gateway.plan.desired import Planner
+from agent.gateway.plan.observe import TRACE_FIELDS, log_plan
 from agent.gateway.plan.traces import sample_percent, sample_ratio, sampling
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -135,7 +138,7 @@ def test_spans_are_queued_exported_and_counted() -> None:
     spans.close()
     [span] = exporter.get_finished_spans()
     assert dict(span.attributes or {})["gateway.service"] == "shop"
-    assert counts == {"exported": 1, "unsampled": 1, "malformed": 1}
+    assert counts == {"exported": 1, "malformed": 1}
 
 
 def test_a_full_queue_drops_and_a_failed_export_is_counted() -> None:
@@ -177,3 +180,21 @@ def test_tracing_flags_are_off_by_default_and_validated_naming_the_flag() -> Non
             parse(["--otlp-endpoint", bad])
     with pytest.raises(SettingsError, match="--trace-sample-ratio"):
         parse(["--trace-sample-ratio", "2"])
+
+
+def test_the_template_writes_the_trace_fields_for_sampled_requests_only() -> None:
+    text = Planner(listen="8080", status_listen="127.0.0.1:9181", access_log="/p/m.log",
+                   logs=log_plan("off", trace=True, sample=0.5)).render(ROUTES, {}).text
+    formats = {name: "".join(re.findall(r"'([^']*)'", body)) for name, body in
+               re.findall(r"log_format (gateway_\w+) ((?:'[^']*'\s*)+);", text)}
+    assert formats["gateway_traced"] == formats["gateway_metrics"].replace("g1|", "g2|", 1) \
+        + "|" + TRACE_FIELDS
+    assert "access_log /p/m.log gateway_metrics buffer=64k flush=1s if=$gateway_untraced;" in text
+    assert "access_log /p/m.log gateway_traced buffer=64k flush=1s if=$gateway_traced;" in text
+    assert "50.00% 01;" in text
+    # the line the agent reads is the line nginx writes: as many fields as span_of reads
+    assert formats["gateway_traced"].count("|") == LINE_FIELDS - 1
+    off = Planner(listen="8080", status_listen="127.0.0.1:9181", access_log="/p/m.log",
+                  logs=log_plan("off")).render(ROUTES, {}).text
+    assert "gateway_traced" not in off
+    assert "gateway_trace_sampled" not in off
