@@ -198,3 +198,13 @@ def test_the_template_writes_the_trace_fields_for_sampled_requests_only() -> Non
                   logs=log_plan("off")).render(ROUTES, {}).text
     assert "gateway_traced" not in off
     assert "gateway_trace_sampled" not in off
+
+
+def test_run_refuses_traces_without_the_lines_they_are_made_of(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    code = main(["run", "--routes", "/nonexistent/routes.yml", "--otlp-endpoint",
+                 "http://otel-collector:4318/v1/traces", "--access-log-metrics", "off"])
+    assert code == 2
+    assert "--otlp-endpoint needs --access-log-metrics on" in capsys.readouterr().err
