@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
 from agent.core.routes import RouteTable
+from agent.gateway.observe.traffic import UNROUTED
 from agent.gateway.plan.observe import route_names
 
 log = logging.getLogger("agent.gateway.spans")
@@ -127,7 +128,8 @@ def span_of(fields: Sequence[bytes], route: str, service: str,
         if fields[index] != b"-":
             attributes[key] = _text(fields[index])
     return ReadableSpan(
-        name=f"{method} {route}" if service else method,
+        # semantic conventions: the method and the route; "HTTP" for a request without one
+        name=(method or "HTTP") if route == UNROUTED else f"{method or 'HTTP'} {route}",
         context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags),
         parent=parent, resource=res, attributes=attributes, kind=SpanKind.SERVER,
         status=Status(StatusCode.ERROR) if code >= 500 else Status(StatusCode.UNSET),

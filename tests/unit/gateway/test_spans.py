@@ -83,6 +83,8 @@ def test_an_unrouted_request_is_named_by_its_method_and_keeps_a_path_with_bars()
     assert "server.address" not in attributes
     assert "gateway.upstream.address" not in attributes
     assert "gateway.service" not in attributes
+    # a route that proxies to no service (a redirect) is still named by its route
+    assert span_of(fields(line()), "old.example/", "").name == "POST old.example/"
 
 
 @pytest.mark.parametrize("bad", [
