@@ -28,6 +28,7 @@ from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
 from agent.gateway.plan.paths import paths_context
+from agent.gateway.plan.scale import GENERATION_PLACEHOLDER, scale_context, share_zone
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.plan.upstreams import (
     KEEPALIVE,
@@ -102,7 +103,8 @@ class Planner:
         table, snapshot, tls, acme, files = (inputs.table, inputs.snapshot, inputs.tls,
                                              inputs.acme, inputs.files)
         routes = table.routes
-        upstreams = http_upstreams(routes, snapshot, self.resolve, self.own_resolver)
+        upstreams = share_zone(http_upstreams(routes, snapshot, self.resolve, self.own_resolver),
+                               {n: len(e.addresses) for n, e in snapshot.items()})
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
@@ -152,6 +154,7 @@ class Planner:
             **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
+            **scale_context(http_servers + https_servers),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")
@@ -160,11 +163,20 @@ class Planner:
         # The generation is a digest of the configuration without it (and of the stream
         # context, which nginx reads in the same reload), then written into it.
         try:
-            body = self._template.render(context, generation="0")
-            generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
-            text = self._template.render(context, generation=generation)
+            body = self._template.render(context, generation=GENERATION_PLACEHOLDER)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
+        generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
+        # Rendered once (at 10,000 routes a render takes seconds): the generation replaces the
+        # placeholder, where it is written once; a template that writes it more than once, or a
+        # value that holds the placeholder, is rendered again with the generation instead.
+        if body.count(GENERATION_PLACEHOLDER) == 1:
+            text = body.replace(GENERATION_PLACEHOLDER, generation)
+        else:
+            try:
+                text = self._template.render(context, generation=generation)
+            except jinja2.TemplateError as exc:
+                raise RenderError(f"template: {exc}") from exc
         return Rendered(text, generation, frozenset(
             u.lookup for u in upstreams.values() if u.resolve) | stream_resolving, stream)
 

@@ -60,6 +60,12 @@ class Location:
             self.sticky is not None
 
     @property
+    def own_headers(self) -> bool:
+        """Request headers of its own: the http level's common set (plan/scale.py) does not
+        apply, so the location says the whole set again."""
+        return self.websocket or self.strip_prefix or bool(self.request_headers)
+
+    @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
         return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit)
 
