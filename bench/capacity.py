@@ -47,7 +47,7 @@ defaults
 
 frontend fe
     bind {address}:{port}
-    bind {address}:{https} ssl crt {pem} alpn http/1.1
+    bind {address}:{https} ssl crt {pem} alpn {alpn}
     default_backend be
 
 backend be
@@ -97,8 +97,10 @@ def _memory_kib(gw: Gateway) -> int:
     return sum(pss_kib(pid) or 0 for proc in gw.procs for pid in _tree(proc.pid))
 
 
-def _start(kind: str, procs: Procs, certs: Path, bundle: Path) -> tuple[Gateway, int]:
-    """The gateway `kind` on a plain and an HTTPS port; (it, its HTTPS port)."""
+def start_gateway(kind: str, procs: Procs, certs: Path, bundle: Path,
+                  alpn: str = "http/1.1") -> tuple[Gateway, int]:
+    """The gateway `kind` on a plain and an HTTPS port; (it, its HTTPS port). `alpn`: what
+    HAProxy offers (the agent and Caddy offer h2 and http/1.1)."""
     https = free_port(net.GATEWAY)
     crt, key = certs / f"{net.HOST_HEADER}.crt", certs / f"{net.HOST_HEADER}.key"
     if kind == "agent":
@@ -115,7 +117,7 @@ def _start(kind: str, procs: Procs, certs: Path, bundle: Path) -> tuple[Gateway,
         pem.write_bytes(crt.read_bytes() + key.read_bytes())
         cfg = procs.workdir / "haproxy-capacity.cfg"
         cfg.write_text(HAPROXY.format(workdir=procs.workdir, address=net.GATEWAY, port=port,
-                                      https=https, pem=pem, task=TASK,
+                                      https=https, pem=pem, task=TASK, alpn=alpn,
                                       task_port=net.UPSTREAM_PORT))
         proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
         detail = "HAProxy, nbthread 2, maxconn from its file limit"
@@ -168,7 +170,7 @@ def one(kind: str, opts: Options, workdir: Path, certs: Path, bundle: Path) -> d
         if kind == "agent":
             Dnsmasq(procs, net.DNS_MAIN).set({f"tasks.{SERVICE}": [TASK]},
                                              confirm=f"tasks.{SERVICE}")
-        gw, https = _start(kind, procs, certs, bundle)
+        gw, https = start_gateway(kind, procs, certs, bundle)
         before = _memory_kib(gw)
         with Clients("ws", gw.port, opts.capacity_websockets, net.HOST_HEADER, processes=4,
                      address=net.GATEWAY) as clients:

@@ -39,6 +39,7 @@ from bench import (
     reloads,
     report,
     scale,
+    tls,
 )
 from bench.options import Options, quick
 from bench.sysinfo import loadavg, machine, machine_busy
@@ -52,6 +53,7 @@ SECTIONS: dict[str, Callable[[Options, Path], dict[str, Any]]] = {
     "check": healthcheck.run,
     "cluster": cluster.run,
     "capacity": capacity.run,
+    "tls": tls.run,
 }
 REPO = Path(__file__).resolve().parent.parent
 

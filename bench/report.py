@@ -19,7 +19,8 @@ CLUSTER_END = "<!-- bench:cluster:end -->"
 TITLES = {"datapath": "1. Data path", "convergence": "2. Convergence",
           "reloads": "3. Reloads under load", "failover": "4. Failover",
           "scale": "5. Scale and footprint", "check": "6. The health check",
-          "cluster": "7. Failover on a multi-node swarm", "capacity": "8. Capacity"}
+          "cluster": "7. Failover on a multi-node swarm", "capacity": "8. Capacity",
+          "tls": "9. TLS"}
 
 
 def _n(x: float | None, digits: int = 0) -> str:
@@ -304,10 +305,40 @@ def capacity(sec: dict[str, Any]) -> list[str]:
                             rows), ""]
 
 
+def tls(sec: dict[str, Any]) -> list[str]:
+    lines = ["One gateway at a time, two workers or threads, one echo task, HTTPS with an ECDSA "
+             "P-256 and then an RSA 2048 certificate (h2load, 32 clients): new handshakes per "
+             "second (HTTP/1.1, 1500 clients of one request each, no session resumption), "
+             "kept-alive HTTP/1.1 and HTTP/2 (10 streams per connection) requests per "
+             "second; sessions resumed of 5 (`openssl s_client -reconnect`, TLS 1.2); "
+             "the ceiling is `openssl speed`'s signatures per second on one core (the "
+             "gateways have two).", ""]
+    rows = []
+    for key, r in sec["keys"].items():
+        ceiling = r["openssl_speed_sign_per_s"]
+        haproxy = r["haproxy"]
+        for name in ("agent", "haproxy", "caddy"):
+            g = r[name]
+
+            def ratio(figure: str, g: dict[str, Any] = g, haproxy: dict[str, Any] = haproxy,
+                      ) -> str:
+                return f"{g[figure] / haproxy[figure]:.2f}" if haproxy[figure] else "–"
+
+            rows.append([key, name, _n(g["handshakes_per_s"]), ratio("handshakes_per_s"),
+                         f"{g['handshakes_per_s'] / ceiling:.0%}",
+                         _n(g["h1_keepalive_req_per_s"]), ratio("h1_keepalive_req_per_s"),
+                         _n(g["h2_req_per_s"]), ratio("h2_req_per_s"),
+                         f"{g['resumed_of_5']} of 5"])
+        rows.append([key, "openssl speed (1 core)", _n(ceiling), "", "", "", "", "", "", ""])
+    return [*lines, *_table(["key", "gateway", "handshakes/s", "/ HAProxy", "of openssl speed",
+                             "HTTP/1.1 req/s", "/ HAProxy", "HTTP/2 req/s", "/ HAProxy",
+                             "resumed"], rows), ""]
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "datapath": datapath, "convergence": convergence, "reloads": reloads,
     "failover": failover, "scale": scale, "check": healthcheck, "cluster": cluster,
-    "capacity": capacity}
+    "capacity": capacity, "tls": tls}
 
 
 def body(results: dict[str, Any], images: dict[str, Path] | None = None,

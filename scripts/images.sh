@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 GATEWAY_IMAGE=${GATEWAY_IMAGE:-swarm-gateway/http-gateway:latest}
 APP_IMAGE=${APP_IMAGE:-swarm-gateway/hostname-httpd:latest}
-# nginx 1.27.4 or newer, from Debian sid (scripts/nginx-sid.py), in the local base; its version
+# nginx 1.29.6 or newer, from Debian sid (scripts/nginx-sid.py), in the local base; its version
 # is in the tag, so that a base cached with another nginx is not reused
 NGINX_ROOT=${NGINX_ROOT:-/opt/swarm-gateway/nginx}
 nginx_version() { python3 scripts/nginx-sid.py version --root "$NGINX_ROOT"; }

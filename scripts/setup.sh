@@ -39,7 +39,7 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# nginx 1.27.4 or newer (bookworm has 1.22): Debian sid's binary packages in a private root,
+# nginx 1.29.6 or newer (bookworm has 1.22): Debian sid's binary packages in a private root,
 # their signatures and checksums checked, cached outside the clone; `nginx` on PATH is that one
 if [ "$(id -u)" -eq 0 ]; then
   python3 scripts/nginx-sid.py install

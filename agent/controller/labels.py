@@ -23,10 +23,17 @@ DEFAULT_PREFIX = "gateway"
 _OPTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?:\.[a-z][a-z0-9_]{0,63})?")
 # Label values are strings; these options take a boolean or a number in the routes file.
 _BOOLEANS = frozenset({"websocket", "tls", "tls.acme", "tls.redirect", "tls.hsts",
-                       "strip_prefix", "redirect.keep_path", "compress", "maintenance"})
-_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code"})
+                       "strip_prefix", "redirect.keep_path", "compress", "maintenance",
+                       "retry.non_idempotent", "cors.credentials",
+                       "upstream_tls.verify"})
+_INTEGERS = frozenset({"port", "tls.hsts", "rate_limit.burst", "redirect.code", "auth.port",
+                       "retry", "retry.tries", "max_conns",
+                       "canary.weight", "canary.port", "mirror.share", "mirror.port"})
 # These take a list in the routes file: a label gives it comma-separated.
 _LISTS = frozenset({"hosts", "allow"})
+# and these, fields of a group (`gateway.auth.response_headers=X-Auth-Request-User,...`)
+_GROUP_LISTS = frozenset({"auth.response_headers", "retry.on", "cors", "cors.origins",
+                          "cors.methods", "cors.headers"})
 # The target is the service itself: a label cannot send traffic anywhere else.
 _NOT_LABELS = {
     "service": "a labelled service routes to its own tasks; the service is not a label",
@@ -34,7 +41,10 @@ _NOT_LABELS = {
 }
 # Options with fields of their own besides tls: `gateway.basic_auth=FILE` gives the field named
 # here, `gateway.basic_auth.realm=...` another one.
-_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie"}
+_GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky": "cookie",
+           "canary": "service", "mirror": "service",
+           "auth": "url", "retry": "tries", "cors": "origins",
+           "upstream_tls": "ca"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 
@@ -135,7 +145,8 @@ def route_from_labels(service: str, labels: Mapping[str, str],
         elif option.partition(".")[0] in _GROUPS:
             group, _, key = option.partition(".")
             given = data.setdefault(group, {})
-            given[key or _GROUPS[group]] = _value(option, text)
+            given[key or _GROUPS[group]] = _list(text) if option in _GROUP_LISTS \
+                else _value(option, text)
         elif "." in option:  # `gateway.headers.request`, `gateway.port.x`: no such option
             errors.append(f"label {start}{option}: not a gateway option "
                           "(docs/labels.md lists them)")

@@ -161,7 +161,8 @@ def _cert_file(value: str) -> str:
 # in --certs-dir, whose ending says what it is for. A page is served to anyone; a password file
 # never is: a page cannot name a password file, nor a password file a page.
 ROUTE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-ROUTE_FILE_ENDINGS = {"error_page": ".html", "basic_auth": ".htpasswd"}
+ROUTE_FILE_ENDINGS = {"error_page": ".html", "basic_auth": ".htpasswd",
+                      "ca": ".pem"}  # tls.client_ca, upstream_tls.ca (core/edgetls.py)
 
 
 def _route_file(field: str) -> Callable[[str], str]:
@@ -239,6 +240,7 @@ PageFile = Annotated[str, BeforeValidator(strict_str), AfterValidator(_route_fil
 HtpasswdFile = Annotated[str, BeforeValidator(strict_str),
                          AfterValidator(_route_file("basic_auth"))]
 Realm = Annotated[str, BeforeValidator(strict_str), AfterValidator(_realm)]
+CaFile = Annotated[str, BeforeValidator(strict_str), AfterValidator(_route_file("ca"))]
 Network = Annotated[str, BeforeValidator(_network)]
 HstsMaxAge = Annotated[int, BeforeValidator(_hsts)]
 
@@ -253,9 +255,15 @@ class Tls(BaseModel):
     acme: bool = Field(default=False, strict=True)  # from the controller's ACME client
     redirect: bool = Field(default=False, strict=True)
     hsts: HstsMaxAge = 0
+    # client certificates, verified against this CA file of --route-files-dir (core/edgetls.py)
+    client_ca: CaFile | None = None
+    client_verify: Literal["required", "optional"] | None = None  # default: required
 
     @model_validator(mode="after")
     def _key_with_certificate(self) -> Tls:
+        if self.client_verify is not None and self.client_ca is None:
+            raise ValueError("'client_verify' needs 'client_ca', the CA file that client "
+                             "certificates are verified against")
         if self.acme and (self.certificate is not None or self.key is not None):
             raise ValueError("'acme' gets the certificate from the controller's ACME client: "
                              "give either 'acme' or 'certificate', not both")
@@ -267,6 +275,11 @@ class Tls(BaseModel):
             raise ValueError(f"give 'key' for certificate {self.certificate!r} (it is "
                              "<name>.key by default only for a certificate named <name>.crt)")
         return self
+
+    @property
+    def client_mode(self) -> Literal["required", "optional"] | None:
+        """What a client's certificate must be: None when the hosts ask for none."""
+        return None if self.client_ca is None else self.client_verify or "required"
 
     @property
     def key_name(self) -> str:

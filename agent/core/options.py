@@ -16,6 +16,7 @@ from pydantic import (
     field_serializer,
 )
 
+from agent.core.edgetls import CLIENT_HEADERS
 from agent.core.errors import shown as _shown
 from agent.core.fields import HOST_RE, HtpasswdFile, Realm, check_path, strict_str
 
@@ -49,10 +50,12 @@ HEADER_VALUE_RE = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]{1,1024
 OWN_REQUEST_HEADERS = frozenset({
     "host", "connection", "upgrade", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
     "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "forwarded", "keep-alive",
-    "te", "transfer-encoding", "content-length", "proxy-connection"})
+    "te", "transfer-encoding", "content-length", "proxy-connection",
+    "x-request-id", "traceparent"}) | CLIENT_HEADERS
 OWN_RESPONSE_HEADERS = {
     "strict-transport-security": "give it with tls.hsts",
     "server": "nginx writes it itself", "date": "nginx writes it itself",
+    "x-request-id": "the gateway gives each request's id",
     "connection": "HTTP decides it", "keep-alive": "HTTP decides it",
     "transfer-encoding": "HTTP decides it", "content-length": "HTTP decides it"}
 
@@ -124,6 +127,9 @@ def _cookie_name(value: str) -> str:
         raise ValueError(f"{_shown(value)} is not a cookie name the gateway reads "
                          "(1 to 64 letters, digits and '_')")
     return value
+
+
+CookieName = Annotated[str, BeforeValidator(strict_str), AfterValidator(_cookie_name)]
 
 
 class Sticky(BaseModel):

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.core.cors import Cors, as_cors
+from agent.core.edgetls import UpstreamTlsField
 from agent.core.errors import FieldError, Loc, place, problems
 from agent.core.errors import shown as _shown
 from agent.core.fields import (
@@ -40,6 +42,7 @@ from agent.core.fields import (
     as_allow,
     is_address,
 )
+from agent.core.forwardauth import ForwardAuth, as_forward_auth, route_problem
 from agent.core.options import (
     BasicAuth,
     Headers,
@@ -51,16 +54,21 @@ from agent.core.options import (
     as_redirect,
     as_sticky,
 )
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT, MaxConns, Retry, as_retry
+from agent.core.traffic import Canary, Mirror, Speaks, as_canary, as_mirror, check_traffic
 
 # What a route that only redirects has no use for: the request never goes anywhere else.
 _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_timeout",
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
-                 "compress", "sticky", "error_page", "maintenance", "protocol")
+                 "compress", "sticky", "error_page", "maintenance", "protocol",
+                 "canary", "mirror", "auth", "retry", "max_conns", "fail_timeout", "cors",
+                 "upstream_tls")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
 # the answers, headers set per request (grpc_set_header), a sticky cookie
-_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky")
+_NOT_WITH_GRPC = ("websocket", "strip_prefix", "compress", "headers", "sticky", "auth", "cors",
+                  "upstream_tls")
 
 
 def _tls(value: object) -> object:
@@ -78,7 +86,7 @@ def _protocol(value: object) -> object:
     if value == "http2":
         raise ValueError("'http2' is not a protocol of its own: every route with 'tls' speaks "
                          "HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks "
-                         "HTTP/1.1 ('http') or gRPC ('grpc'), and no other HTTP/2")
+                         "HTTP/1.1 ('http'), gRPC ('grpc') or HTTP/2 without TLS ('h2c')")
     return value
 
 
@@ -125,9 +133,23 @@ class Route(BaseModel):
     error_page: PageFile | None = None
     maintenance: bool = Field(default=False, strict=True)  # 503 for every request; no task
     # grpc: the tasks speak gRPC (HTTP/2 without TLS); clients reach it over HTTPS (HTTP/2)
-    protocol: Annotated[Literal["http", "grpc"], BeforeValidator(_protocol)] = "http"
+    # h2c: the tasks speak HTTP/2 without TLS (nginx's proxy_http_version 2)
+    protocol: Annotated[Speaks, BeforeValidator(_protocol)] = "http"
     # the task sees the path without the route's prefix (and the prefix in X-Forwarded-Prefix)
     strip_prefix: bool = Field(default=False, strict=True)
+    # a share of the requests to a second service instead, or a copy of them (core/traffic.py)
+    canary: Annotated[Canary | None, BeforeValidator(as_canary)] = None
+    mirror: Annotated[Mirror | None, BeforeValidator(as_mirror)] = None
+    # forward auth: an auth service admits each request first (core/forwardauth.py)
+    auth: Annotated[ForwardAuth | None, BeforeValidator(as_forward_auth)] = None
+    # retries on another task, and what a task takes (core/retry.py)
+    retry: Annotated[Retry | None, BeforeValidator(as_retry)] = None
+    max_conns: MaxConns = 0
+    fail_timeout: Seconds = DEFAULT_FAIL_TIMEOUT
+    # cross-origin requests: preflights answered at the gateway (core/cors.py)
+    cors: Annotated[Cors | None, BeforeValidator(as_cors)] = None
+    # the tasks speak HTTPS: verified against a CA file of --route-files-dir (core/edgetls.py)
+    upstream_tls: UpstreamTlsField = None
 
     @field_validator("port")
     @classmethod
@@ -166,10 +188,14 @@ class Route(BaseModel):
             if unfit:
                 raise FieldError("protocol", "not with grpc (yet): leave out "
                                  f"{', '.join(repr(f) for f in unfit)}")
+        check_traffic(self)
         if (self.service is None) == (self.host is None):
             raise ValueError("give exactly one of 'service' (a swarm service) "
                              "or 'host' (a DNS name resolved as it is), or 'redirect'")
 
+        if (problem := route_problem(self.path, self.auth, self.headers.request
+                                     if self.headers else ())) is not None:
+            raise FieldError(*problem)
         if (self.path + "/").startswith(ERROR_PAGES_PATH):
             raise ValueError(f"path {self.path!r}: the gateway serves its error pages there")
         if self.tls is not None and self.tls.acme:

@@ -28,6 +28,7 @@ from agent.core.route import Target as Target
 from agent.core.route import parse_route as parse_route
 from agent.core.route import without_echoes
 from agent.core.tcp import TcpRoute, parse_tcp
+from agent.core.traffic import side_services
 from agent.core.yamlfile import YamlError, load_yaml
 
 
@@ -52,7 +53,10 @@ class RouteTable:
         """Every target a route proxies to, sorted (computed once: the table is frozen, and
         each cycle asks several times)."""
         return tuple(sorted({r.target for r in self.routes if r.proxies} |
-                            {r.target for r in self.tcp}))
+                            {Target("service", s) for r in self.routes
+                             for s in side_services(r)} |
+                            {r.target for r in self.tcp} |
+                            {Target(r.auth.kind, r.auth.name) for r in self.routes if r.auth}))
 
 
 class RoutesError(ValueError):

@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     settings.add_arguments(render, only=(
         "routes", "routes_url", "zone", "listen", "status_listen", "admin_listen",
         "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
-        "https_redirect_port", "certs_dir", "route_files_dir", "tls_ca_bundle",
+        "https_redirect_port", "http3", "certs_dir", "route_files_dir", "tls_ca_bundle",
         "access_log_metrics", "nginx_prefix", "nginx_conf_dir", "resolver_listen", "state_dir",
-        "admin_token_file", "controller_token_file"))
+        "admin_token_file", "controller_token_file", "access_log"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

@@ -82,7 +82,8 @@ def build(settings: GatewaySettings, access_log: str | None = None,
     route_files = for_gateway(settings, copies_dir(settings.nginx_prefix,
                                                    settings.nginx_conf_dir))
     resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,
-                             settings.dns_timeout, metrics.registry, state.first_lookups.discard)
+                             settings.dns_timeout, metrics.registry, state.first_lookups.discard,
+                             avoid=reserved_ports(settings))
     reconciler = Reconciler(settings, nginx, discovery, planner, metrics, state,
                             routes=RoutesInput(settings, metrics, sources),
                             certificates=certificates, route_files=route_files,

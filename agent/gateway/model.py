@@ -86,7 +86,7 @@ class TlsPlan:
 
 # -- the files routes name (drivers/routefiles.py) -------------------------------------------
 
-Kind = Literal["htpasswd", "page"]
+Kind = Literal["htpasswd", "page", "ca"]
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ OutcomeKind = Literal[
     "refused",  # nginx (or a step of applying) refused the configuration; the old one serves
     "failed",  # the cycle itself failed
 ]
-NoteKind = Literal["routes_file", "tcp_port", "certificate", "password_file", "error_page"]
+NoteKind = Literal["routes_file", "tcp_port", "certificate", "password_file", "error_page",
+                   "ca_file"]
 
 
 @dataclass(frozen=True)

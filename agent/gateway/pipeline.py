@@ -14,6 +14,7 @@ from agent.gateway.drivers.routefiles import for_gateway
 from agent.gateway.drivers.tls import Certificates
 from agent.gateway.model import Rendered, Snapshot
 from agent.gateway.plan.desired import Inputs, Planner, acme_target
+from agent.gateway.plan.observe import log_plan
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.protocols import CertificateStore, FileStore
 from agent.gateway.settings import GatewaySettings
@@ -27,11 +28,13 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    trusted_proxies=[str(n) for n in settings.trusted_proxies],
                    template=settings.template, access_log=access_log,
                    https_listen=str(settings.https_listen),
-                   https_redirect_port=settings.https_redirect_port,
+                   https_redirect_port=settings.https_redirect_port, http3=settings.http3,
                    resolver=resolver, resolve=resolve, own_resolver=True,
                    backlog=listen_backlog(),
+                   logs=log_plan(settings.access_log),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
-                                         resolve=resolve, own_resolver=True))
+                                         resolve=resolve, own_resolver=True,
+                                         access_log=access_log))
 
 
 def access_log_of(settings: GatewaySettings) -> str | None:

@@ -50,7 +50,7 @@ log = logging.getLogger("agent.gateway.reconciler")
 FIRST_LOOKUPS = 1.0
 FIRST_LOOKUPS_MAX = 10.0
 _FILE_NOTES: tuple[tuple[str, NoteKind], ...] = (("htpasswd", "password_file"),
-                                                 ("page", "error_page"))
+                                                 ("page", "error_page"), ("ca", "ca_file"))
 
 
 class Reconciler:
@@ -144,7 +144,7 @@ class Reconciler:
         self.metrics.set_endpoints({
             t.name: (len(snapshot[t.lookup_name].addresses), snapshot[t.lookup_name].stale)
             for t in table.targets})
-        self.metrics.routes.set(len(table.routes))
+        self.metrics.routes.set(len(table.routes) + len(table.tcp))  # http and tcp
         return snapshot
 
     def _servable(self, table: RouteTable) -> RouteTable:

@@ -35,6 +35,7 @@ from agent.core.settings import (
 )
 from agent.gateway.drivers.capacity import open_files
 from agent.gateway.drivers.logfile import ROTATE_SIZE
+from agent.gateway.plan.observe import access_log_option
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class GatewaySettings:
     listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
     https_listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8443))
     https_redirect_port: int = 443
+    http3: bool = True  # HTTP/3 (QUIC, UDP) on the HTTPS port too (docs/tls.md)
     certs_dir: Path = Path("/run/secrets")
     # the files routes name (error pages, htpasswd files): never the secrets of --certs-dir
     route_files_dir: Path = Path("/etc/gateway/files")
@@ -77,6 +79,7 @@ class GatewaySettings:
     access_log_rotate_size: int = ROTATE_SIZE  # bytes; the access-log file is rotated past it
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
     drain_delay: float = 5.0  # seconds nginx keeps serving after SIGTERM (agent/gateway/drain.py)
+    access_log: str = "stdout"  # the JSON access log: stdout, off or a file (plan/observe.py)
 
 
 def rotate_size(value: str) -> int:
@@ -110,12 +113,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("--https-redirect-port", "https_redirect_port", port_number,
            "the port clients reach HTTPS on (the published port): HTTP redirects point there "
            "(443)"),
+    Option("--http3", "http3", on_off,
+           "on or off: HTTP/3 (QUIC) on the HTTPS port's UDP side too, advertised to clients "
+           "with Alt-Svc on --https-redirect-port; publish that UDP port (on)"),
     Option("--certs-dir", "certs_dir", Path,
            "directory of the certificates and keys routes name (/run/secrets: docker secrets)"),
     Option("--route-files-dir", "route_files_dir", Path,
-           "directory of the files routes name: error pages (NAME.html) and htpasswd files "
-           "(NAME.htpasswd), which labels may name too; never --certs-dir, whose secrets no "
-           "route reads (/etc/gateway/files: docker configs or secrets mounted there)"),
+           "directory of the files routes name: error pages (NAME.html), htpasswd files "
+           "(NAME.htpasswd) and CA files (NAME.pem), which labels may name too; never "
+           "--certs-dir, whose secrets no route reads (/etc/gateway/files: docker configs or "
+           "secrets mounted there)"),
     Option("--tls-ca-bundle", "tls_ca_bundle", Path,
            "root certificates a certificate chain must lead to, unless it ends in a root itself "
            "(/etc/ssl/certs/ca-certificates.crt)"),
@@ -193,6 +200,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds nginx keeps serving after SIGTERM while /readyz says draining, so that "
            "keepalived moves the VIP (or a load balancer its traffic) first; with "
            "--vrrp-state-file the drain ends once this node holds no VIP, at most this long (5)"),
+    Option("--access-log", "access_log", access_log_option,
+           "stdout, off or an absolute FILE: where nginx writes one JSON line per request (route,"
+           " service, task, status, timings, request and trace ids; docs/logs.md) (stdout)"),
 )
 
 

@@ -25,7 +25,7 @@ from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, missing, require_programs, wait_until
 from tests.support.controller import ControllerProcess
 from tests.support.fakedocker import FakeDocker
-from tests.support.gateway import Agent, Dnsmasq, Upstream, nginx_wrapper
+from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_wrapper
 from tests.support.tlsca import DAY, NOW, TestCA
 
 if TYPE_CHECKING:
@@ -119,10 +119,12 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
         {"hosts": ["dmzhttp"], "service": "dmzhttp", "port": p, "zone": "dmz"},
     ]
     https_port = free_port()
+    tcp_port = free_port()  # a tcp route to the same tasks: its connections on the page
     agent = start_agent(routes, "--https-listen", f"127.0.0.1:{https_port}",
                         "--certs-dir", str(certs),
                         "--tls-ca-bundle", str(ca.write_bundle(tmp_path / "roots.pem")),
-                        "--access-log-metrics", "on", "--vrrp-state-file", str(vrrp))
+                        "--access-log-metrics", "on", "--vrrp-state-file", str(vrrp),
+                        tcp=[{"listen": tcp_port, "service": "managerhttp", "port": p}])
     assert agent.backends_seen("managerhttp", 4) == {"task1", "task2"}
 
     navigations: list[str] = []
@@ -170,6 +172,16 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
     expect(manager.locator("td.rate")).to_have_text(re.compile(r"^(?!0\.00)[\d.]+ req/s$"))
     expect(manager.locator("td.ratio")).to_have_text("0% 5xx")
     page.evaluate("window.notReloaded = true")
+    # the tcp route: its connections counted from nginx's stream log
+    for _ in range(3):
+        assert http_get(tcp_port, "managerhttp")[0] == 200
+    tcp = page.locator(f'tr[data-tcp=":{tcp_port}"]')
+    expect(tcp.locator("td.tasks")).to_have_text("2")
+    expect(tcp.locator("td.connections")).to_have_text("3")
+    # the last 15 minutes: a line in the route's charts once two samples are 10 s apart
+    chart = page.locator('tr[data-chart="managerhttp/"]')
+    expect(chart.locator("td.chart").first.locator("polyline")).to_have_count(1)
+    expect(chart.locator("td.chart").last).to_contain_text("ms")  # its p95
 
     # scaled up: the page follows, without a reload
     dns.set("tasks.managerhttp", [T1, T2, T3])

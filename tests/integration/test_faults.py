@@ -388,7 +388,7 @@ def test_nginx_binary_missing_at_start_is_one_clear_error(
     lines = log_lines(agent, r"nginx_unusable")
     assert len(lines) == 1
     assert str(missing) in lines[0]
-    assert "the gateway needs nginx 1.27.4 or newer" in lines[0]
+    assert "the gateway needs nginx 1.29.6 or newer" in lines[0]
 
 
 def test_an_nginx_too_old_is_refused_naming_both_versions(
@@ -402,7 +402,7 @@ def test_an_nginx_too_old_is_refused_naming_both_versions(
     assert agent.proc.wait(30) == 1
     lines = log_lines(agent, r"nginx_unusable")
     assert len(lines) == 1
-    assert f"{old} is nginx 1.22.1; the gateway needs nginx 1.27.4 or newer" in lines[0]
+    assert f"{old} is nginx 1.22.1; the gateway needs nginx 1.29.6 or newer" in lines[0]
 
 
 def nginx_children(master: int) -> list[int]:

@@ -351,11 +351,13 @@ def test_compress_gzips_text_for_clients_that_accept_it(
 # -- sticky ----------------------------------------------------------------------------------------
 
 
-def test_a_sticky_client_stays_on_one_task_while_others_spread(
+def test_a_sticky_client_stays_on_one_task_while_others_spread_static(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:
     dns.set("tasks.web", [T1, T2, T3, T4])
-    agent = start_agent([web(upstream_port, sticky={"cookie": "gateway_task"})])
+    # static: the consistent hash of the cookie (on resolve: tests/integration/test_traffic.py)
+    agent = start_agent([web(upstream_port, sticky={"cookie": "gateway_task"})],
+                        "--upstream-mode", "static")
 
     # a first visit: the gateway picks a task and hands the client a cookie for it
     status, first, headers = http_get(agent.port, "web")

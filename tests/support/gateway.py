@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -189,11 +190,15 @@ class _Upstream(ThreadingHTTPServer):
 
 
 class Upstream:
-    """An HTTP server on its own loopback address that answers with its name."""
+    """An HTTP server on its own loopback address that answers with its name (over HTTPS with
+    `tls`, a server context with its certificate)."""
 
-    def __init__(self, name: str, address: str, port: int) -> None:
+    def __init__(self, name: str, address: str, port: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.name, self.address, self.port = name, address, port
         self.server = _Upstream((address, port), _Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.name = name
         self.server.hits = 0
         self.server.in_flight = 0

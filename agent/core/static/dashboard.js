@@ -5,10 +5,13 @@
 
 const POLL_MS = 2000;
 const RATE_WINDOW_S = 60; // request rates are averaged over the samples of the last minute
+const HISTORY_S = 900; // the charts: the last 15 minutes, kept in this page's memory only
+const STEP_S = 10; // one chart point per 10 s (differences of samples at least this far apart)
+const SVG = "http://www.w3.org/2000/svg";
 const TOKEN_KEY = "swarm-gateway-admin-token";
 let timer = null; // the next poll
 let inFlight = false; // one poll at a time
-const samples = []; // [{at, routes: {label: {1xx.., upstream_errors}}}] for request rates
+const samples = []; // [{at, routes: {label: {1xx.., duration}}, tcp}]: rates and charts
 
 // el("td", {class: "num", "data-label": "Tasks"}, "2", child, ...): strings become text nodes
 function el(tag, attrs, ...children) {
@@ -83,6 +86,138 @@ function rates(label) {
           upstreamErrors: b.upstream_errors - a.upstream_errors};
 }
 
+// -- charts: request rate, 5xx share and p95 latency per route over the last 15 minutes ------
+
+const totalOf = (r) => r["1xx"] + r["2xx"] + r["3xx"] + r["4xx"] + r["5xx"];
+
+// the upper bound of the bucket holding the q-th quantile of these (non-cumulative) counts
+function quantile(counts, bounds, q) {
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (!total) return null;
+  let seen = 0;
+  for (let i = 0; i < counts.length; i++) {
+    seen += counts[i];
+    if (seen >= q * total) return i < bounds.length ? bounds[i] : Infinity;
+  }
+  return null;
+}
+
+// [{at, rate, errors, p95}] of one route: differences of samples STEP_S apart
+function series(label, bounds) {
+  const out = [];
+  let prev = null;
+  for (const s of samples) {
+    const b = s.routes[label];
+    if (!b) { prev = null; continue; }
+    if (!prev) { prev = s; continue; }
+    const dt = s.at - prev.at;
+    if (dt < STEP_S) continue;
+    const a = prev.routes[label];
+    const n = totalOf(b) - totalOf(a);
+    prev = s;
+    if (n < 0) continue; // the agent restarted
+    const counts = (b.duration || []).map((c, i) => c - ((a.duration || [])[i] || 0));
+    out.push({at: s.at, rate: n / dt, errors: n ? (b["5xx"] - a["5xx"]) / n : null,
+              p95: n ? quantile(counts, bounds, 0.95) : null});
+  }
+  return out;
+}
+
+// a sparkline: the points' values over the last HISTORY_S, scaled to their own maximum
+function spark(points, key, format, kind) {
+  const w = 150, h = 28, end = samples.length ? samples[samples.length - 1].at : 0;
+  const values = points.filter((p) => p[key] !== null && isFinite(p[key]));
+  const max = Math.max(...values.map((p) => p[key]), 0);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "spark " + (kind || ""));
+  svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+  svg.setAttribute("width", String(w));
+  svg.setAttribute("height", String(h));
+  svg.setAttribute("role", "img");
+  const last = values.length ? values[values.length - 1][key] : null;
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = values.length ? "now " + format(last) + ", 15 min max " + format(max)
+    : "no requests yet";
+  svg.append(title);
+  const base = document.createElementNS(SVG, "line");
+  for (const [k, v] of [["x1", 0], ["x2", w], ["y1", h - 1], ["y2", h - 1]]) {
+    base.setAttribute(k, String(v));
+  }
+  base.setAttribute("class", "base");
+  svg.append(base);
+  if (values.length) {
+    const xy = values.map((p) => [w - (end - p.at) / HISTORY_S * w,
+                                  h - 2 - (max ? p[key] / max : 0) * (h - 4)]);
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", xy.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" "));
+    svg.append(line);
+    const dot = document.createElementNS(SVG, "circle"); // the latest point, also when alone
+    const [x, y] = xy[xy.length - 1];
+    dot.setAttribute("cx", x.toFixed(1));
+    dot.setAttribute("cy", y.toFixed(1));
+    dot.setAttribute("r", "2");
+    svg.append(dot);
+  }
+  return el("span", {class: "chart"}, svg,
+            el("span", {class: "now num"}, last === null ? "–" : format(last)));
+}
+
+const fmtRate = (v) => v.toFixed(v < 10 ? 2 : 0) + "/s";
+const fmtShare = (v) => (100 * v).toFixed(v && v < 0.1 ? 1 : 0) + "%";
+const fmtSeconds = (v) => !isFinite(v) ? "> 60 s" : v < 1 ? "≤ " + Math.round(v * 1000) + " ms"
+  : "≤ " + v + " s";
+
+function historySection(doc) {
+  if (doc.traffic === null) return null;
+  const bounds = doc.traffic.buckets || [];
+  const labels = [...doc.routes.map((r) => r.label), "unrouted"];
+  const rows = labels.map((label) => {
+    const pts = series(label, bounds);
+    return [[label, "mono"], [spark(pts, "rate", fmtRate), "chart"],
+            [spark(pts, "errors", fmtShare, "bad"), "chart"],
+            [spark(pts, "p95", fmtSeconds, "warn"), "chart"]];
+  });
+  return section("history-charts", "Last 15 minutes", table(
+    ["Route", "Requests/s", "5xx share", "p95 latency"], rows, "No routes.",
+    labels.map((l) => ({"data-chart": l}))),
+  el("p", {class: "muted"}, "Kept by this page since it was opened (one point per " + STEP_S +
+     " s); p95 is the upper bound of nginx's latency bucket."));
+}
+
+function tcpSection(doc) {
+  const rows = doc.tcp || [];
+  if (!rows.length) return null;
+  const on = doc.traffic !== null;
+  const last = samples.length ? samples[samples.length - 1] : null;
+  const first = last ? samples.find((s) => last.at - s.at <= RATE_WINDOW_S) : null;
+  return section("tcp", "TCP routes", table(
+    ["Route", "Target", "Tasks", "State", "Connections", "Per second", "Bytes in / out",
+     "Problems"],
+    rows.map((r) => {
+      const e = doc.endpoints[r.service || r.host];
+      const [state, kind, why] = serviceState(e);
+      const now = on && last ? last.tcp[r.label] : null;
+      const then = on && first ? first.tcp[r.label] : null;
+      const dt = last && first ? last.at - first.at : 0;
+      const rate = now && then && dt > 0 ? (now.connections - then.connections) / dt : null;
+      return [[r.label, "mono"], (r.service ? "tasks." + r.service : r.host) + ":" + r.port,
+              [e ? String(e.addresses.length) : "0", "num tasks"],
+              [el("span", {title: why}, badge(state, kind)), "state"],
+              [now ? String(now.connections) + (now.failed ? " (" + now.failed + " refused)" : "")
+                : "–", "num connections"],
+              [rate === null ? "–" : rate.toFixed(2), "num"],
+              [now ? bytes(now.bytes_in) + " / " + bytes(now.bytes_out) : "–", "num"],
+              [r.refused ? list(["port refused: " + r.refused], "error") : "", "errors"]];
+    }), "", rows.map((r) => ({"data-tcp": r.label}))));
+}
+
+function bytes(n) {
+  if (n < 1024) return n + " B";
+  if (n < 1048576) return (n / 1024).toFixed(1) + " KiB";
+  if (n < 1073741824) return (n / 1048576).toFixed(1) + " MiB";
+  return (n / 1073741824).toFixed(2) + " GiB";
+}
+
 function trafficCell(label, on) {
   if (!on) return "–";
   const r = rates(label);
@@ -112,8 +247,8 @@ function renderGateway(doc) {
   const t = now();
   const on = doc.traffic !== null;
   if (on) {
-    samples.push({at: doc.traffic.at, routes: doc.traffic.routes});
-    while (samples.length > 2 && samples[samples.length - 1].at - samples[0].at > RATE_WINDOW_S) {
+    samples.push({at: doc.traffic.at, routes: doc.traffic.routes, tcp: doc.traffic.tcp || {}});
+    while (samples.length > 2 && samples[samples.length - 1].at - samples[0].at > HISTORY_S) {
       samples.shift();
     }
   }
@@ -207,8 +342,8 @@ function renderGateway(doc) {
       [h.status, /^(reload refused|cycle failed)/.test(h.status) ? "error" : ""]]),
     "Nothing yet."));
 
-  return [section("overview", "Overview", overview, problems), routes, servicesSection,
-          certs, errorsSection, history];
+  return [section("overview", "Overview", overview, problems), routes, historySection(doc),
+          tcpSection(doc), servicesSection, certs, errorsSection, history];
 }
 
 // -- the controller's /status ----------------------------------------------------------------

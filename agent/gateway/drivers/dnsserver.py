@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 
 import dns.asyncquery
@@ -134,11 +135,14 @@ class LocalResolver:
 
     The sockets are bound at once (so the address, port 0 included, is known before the first
     configuration is rendered) and served from start(). `looked_up` is told each name answered
-    from discovery (readiness: nginx has asked for its upstreams)."""
+    from discovery (readiness: nginx has asked for its upstreams). A free port is none of
+    `avoid`: nginx binds the HTTPS port for UDP too (HTTP/3), and the kernel may hand that very
+    number out as a free UDP port when it lies in the ephemeral range."""
 
     def __init__(self, listen: HostPort, snapshot: Callable[[], Snapshot],
                  nameserver: HostPort, timeout: float, registry: CollectorRegistry,
-                 looked_up: Callable[[str], None] | None = None) -> None:
+                 looked_up: Callable[[str], None] | None = None,
+                 avoid: Collection[int] = ()) -> None:
         self.snapshot = snapshot
         self.nameserver = nameserver
         self.timeout = timeout
@@ -148,7 +152,7 @@ class LocalResolver:
         self.looked_up = looked_up
         self._kept: dict[bytes, _Kept] = {}
         self._forwards = 0
-        self._udp_sock, self._tcp_sock = _bind(listen)
+        self._udp_sock, self._tcp_sock = _bind(listen, avoid)
         host = listen.host
         self.address = HostPort(host, self._udp_sock.getsockname()[1])
         self._udp: asyncio.DatagramTransport | None = None
@@ -296,8 +300,8 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(out, addr)
 
 
-def _bind(listen: HostPort) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a TCP socket on one port (port 0: a free one)."""
+def _bind(listen: HostPort, avoid: Collection[int] = ()) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on one port (port 0: a free one, none of `avoid`)."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     error: OSError | None = None
     for _ in range(1 if listen.port else 20):  # port 0: the UDP port may be taken for TCP
@@ -305,6 +309,8 @@ def _bind(listen: HostPort) -> tuple[socket.socket, socket.socket]:
         tcp = socket.socket(family, socket.SOCK_STREAM)
         try:
             udp.bind((listen.host, listen.port))
+            if not listen.port and udp.getsockname()[1] in avoid:
+                raise OSError(errno.EADDRINUSE, "a port nginx listens on")
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((listen.host, udp.getsockname()[1]))
             tcp.listen(128)

@@ -6,8 +6,11 @@ import re
 import shutil
 import subprocess
 
-# `server NAME resolve` in upstreams (1.27.3) and keepalive_min_timeout (1.27.4)
-MINIMUM_VERSION = (1, 27, 4)
+# `server NAME resolve` in upstreams (1.27.3), keepalive_min_timeout (1.27.4),
+# `proxy_http_version 2` (1.29.4) and `sticky` in upstreams that resolve (1.29.6)
+MINIMUM_VERSION = (1, 29, 6)
+NEEDED_FOR = ("upstream `server ... resolve`, keepalive_min_timeout, proxy_http_version 2 and "
+              "sticky on resolved upstreams")
 
 
 class NginxTooOld(RuntimeError):
@@ -32,7 +35,6 @@ def nginx_version(binary: str) -> tuple[int, int, int]:
     if found < MINIMUM_VERSION:
         where = shutil.which(binary) or binary
         raise NginxTooOld(f"{where} is nginx {'.'.join(map(str, found))}; the gateway needs "
-                          f"nginx {need} or newer (upstream `server ... resolve` and "
-                          "keepalive_min_timeout); scripts/setup.sh installs one, the image "
-                          "has one")
+                          f"nginx {need} or newer ({NEEDED_FOR}); scripts/setup.sh installs "
+                          "one, the image has one")
     return found

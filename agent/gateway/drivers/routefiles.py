@@ -1,5 +1,6 @@
-"""The files routes name: htpasswd files (`basic_auth`) and error pages (`error_page`), read from
---route-files-dir, checked, and copied where nginx reads them.
+"""The files routes name: htpasswd files (`basic_auth`), error pages (`error_page`) and CA files
+(`tls.client_ca`, `upstream_tls.ca`), read from --route-files-dir, checked, and copied where
+nginx reads them.
 
 A route, also one from a service's labels, names a file; a label's owner must not be able to make
 the gateway read a file they could not read themselves. So a route's file comes only from the
@@ -37,6 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from agent.core.fields import ROUTE_FILE_RE
 from agent.core.files import FileStamp, write_atomic
 from agent.core.routes import Route, RouteTable
@@ -61,6 +64,25 @@ def check_page(data: bytes) -> list[str]:
     return []
 
 
+def check_ca(data: bytes) -> list[str]:
+    """A CA file (tls.client_ca, upstream_tls.ca): PEM certificates and nothing secret."""
+    if b"PRIVATE KEY" in data:
+        return ["holds a private key: a CA file holds certificates only"]
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return ["not PEM certificates"]
+    not_ca = [c.subject.rfc4514_string() for c in certs if not _is_ca(c)]
+    return [f"not a CA certificate: {not_ca[0][:120]}"] if not_ca else []
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 # kind of file: (its field, what checks it, the copies' folder, its log event, what a refusal
 # means)
 _KINDS: dict[str, tuple[str, Callable[[bytes], list[str]], str, str, str]] = {
@@ -68,6 +90,7 @@ _KINDS: dict[str, tuple[str, Callable[[bytes], list[str]], str, str, str]] = {
                  "its routes answer 503"),
     "page": ("error_page", check_page, "pages", "error_page",
              "its routes answer nginx's own error text"),
+    "ca": ("client_ca or upstream_tls.ca", check_ca, "ca", "ca_file", "its routes answer 503"),
 }
 
 
@@ -223,7 +246,7 @@ class RouteFiles:
         if problems:
             raise _Refused("; ".join(problems))
         store = self.store_dir / folder
-        suffix = ".htpasswd" if kind == "htpasswd" else ".html"
+        suffix = {"htpasswd": ".htpasswd", "page": ".html", "ca": ".pem"}[kind]
         copy = store / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
         # nginx's workers (not its master) read the file at each request, as whatever user
         # they run as: they alone can read the copy, nobody can list the directories
@@ -244,6 +267,10 @@ class RouteFiles:
                 wanted.setdefault(("htpasswd", r.basic_auth.file), []).append(r)
             if r.error_page is not None:
                 wanted.setdefault(("page", r.error_page), []).append(r)
+            for ca in (r.tls.client_ca if r.tls else None,
+                       r.upstream_tls.ca if r.upstream_tls else None):
+                if ca is not None:
+                    wanted.setdefault(("ca", ca), []).append(r)
         if not wanted:
             return None
         files = []

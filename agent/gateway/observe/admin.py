@@ -77,8 +77,8 @@ def readiness(state: State, nginx: Nginx, now: float) -> tuple[bool, list[str]]:
 
 def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: float,
                     sources: ControllerRoutes | None = None,
-                    traffic: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
-    """/status. `traffic`: per-route request counts (Traffic.totals) when they are on."""
+                    traffic: dict[str, Any] | None = None) -> dict[str, Any]:
+    """/status. `traffic`: per-route request counts (Traffic.status) when they are on."""
     ready, problems = readiness(state, nginx, now)
     endpoints = {}
     for target in state.routes.targets:
@@ -130,7 +130,7 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
                     for at, outcome in reversed(state.history)],
         "discovery_age": round(now - state.last_discovery_ok, 1)
         if state.last_discovery_ok else None,
-        "traffic": {"at": time.time(), "routes": traffic} if traffic is not None else None,
+        "traffic": {"at": time.time(), **traffic} if traffic is not None else None,
         "vrrp": vrrp_status(settings.vrrp_state_file),
     }
 
@@ -154,7 +154,7 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_document(state, nginx, settings, clock(), sources,
-                                                 metrics.traffic.totals()),
+                                                 metrics.traffic.status()),
                                  dumps=lambda o: json.dumps(o, indent=2) + "\n")
 
     @web.middleware

@@ -111,7 +111,8 @@ class Metrics:
             "Duration of one discover-render-apply cycle", buckets=_CYCLE_BUCKETS, registry=r)
         self.cycles = Counter("gateway_reconcile_cycles", "Reconcile cycles by result "
                               "(ok, error)", ["result"], registry=r)
-        self.routes = Gauge("gateway_routes", "Routes being served", registry=r)
+        self.routes = Gauge("gateway_routes", "Routes being served, HTTP and TCP",
+                            registry=r)
         self.routes_loads = Counter(
             "gateway_routes_loads", "Loads of a changed routes file by result "
             "(success, invalid)", ["result"], registry=r)

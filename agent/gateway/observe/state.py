@@ -16,7 +16,8 @@ _NOTE_WORDS = {"routes_file": ("routes file refused: ", "; "),
                "tcp_port": ("tcp port refused: ", ", "),
                "certificate": ("certificate refused for ", ", "),
                "password_file": ("password file refused: ", "; "),
-               "error_page": ("error page refused: ", "; ")}
+               "error_page": ("error page refused: ", "; "),
+               "ca_file": ("CA file refused: ", "; ")}
 
 
 def change_words(change: Change | None) -> str:

@@ -34,11 +34,14 @@ import logging
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.core.routes import RouteTable
+from agent.gateway.observe.tcptraffic import MARKER as TCP_MARKER
+from agent.gateway.observe.tcptraffic import TcpTraffic
 from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
 
 log = logging.getLogger("agent.gateway.traffic")
@@ -55,6 +58,9 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     10.0, 30.0, 60.0)
 _MARKER = FORMAT_MARKER.encode()
 _FIELDS = 9  # the marker and the eight fields
+# tracing on (--otlp-endpoint): the same fields, then plan/observe.py's TRACE_FIELDS
+TRACE_MARKER = b"g2"
+_TRACE_FIELDS = _FIELDS + 6
 _CLASS_INDEX = {b"1": 0, b"2": 1, b"3": 2, b"4": 3, b"5": 4}
 _MAX_SECONDS = 1e7
 
@@ -148,6 +154,9 @@ class Traffic(Collector):
         self._source: Callable[[], RouteTable] | None = None
         self._table: RouteTable | None = None
         self.results = dict.fromkeys(RESULTS, 0)
+        self.tcp = TcpTraffic()  # the stream context's lines (observe/tcptraffic.py)
+        # with tracing on, each `g2` line's fields and route label (observe/spans.py)
+        self.spans: Callable[[list[bytes], str], None] | None = None
 
     def follow(self, routes: Callable[[], RouteTable]) -> None:
         """Take the route labels from `routes()` (the routes in use), checked on each read."""
@@ -162,6 +171,7 @@ class Traffic(Collector):
         if table is self._table:
             return
         self._table = table
+        self.tcp.follow(table.tcp)
         keep = {_logged_root(route_root(r)): route_label(r) for r in table.routes}
         keep[_logged_root(UNROUTED_ROOT)] = UNROUTED
         keep = dict(sorted(keep.items(), key=lambda kv: kv[1]))
@@ -171,9 +181,19 @@ class Traffic(Collector):
     def feed(self, line: bytes, n: int = 1) -> None:
         """Count one access-log line (without its newline) `n` times: `n` requests."""
         fields = line.split(b"|")
-        if len(fields) != _FIELDS or fields[0] != _MARKER:
-            self.results["malformed"] += n
-            return
+        if fields[0] != _MARKER:
+            if fields[0] == TCP_MARKER:
+                self.results[self.tcp.feed(fields, n)] += n
+                return
+            if fields[0] != TRACE_MARKER or len(fields) != _TRACE_FIELDS:
+                self.results["malformed"] += n
+                return
+            traced, fields = fields, fields[:_FIELDS]
+        else:
+            traced = None
+            if len(fields) != _FIELDS:
+                self.results["malformed"] += n
+                return
         stats = self._routes.get(fields[1])
         if stats is None:
             self.results["unknown_route"] += n
@@ -184,16 +204,29 @@ class Traffic(Collector):
             self.results["malformed"] += n
             return
         self.results["ok"] += n
+        if traced is not None and self.spans is not None:
+            self.spans(traced, self._labels[traced[1]])
 
-    def totals(self) -> dict[str, dict[str, int]] | None:
+    def totals(self) -> dict[str, dict[str, Any]] | None:
         """For /status (the dashboard): per route label, requests by status class and upstream
         errors so far; None while the feature is off. Rates are differences of two of these."""
         if self._source is None:
             return None
         self.sync()
         return {self._labels[key]: {**dict(zip(STATUS_CLASSES, stats.classes, strict=True)),
-                                    "upstream_errors": stats.errors}
+                                    "upstream_errors": stats.errors,
+                                    # per DURATION_BUCKETS (and +Inf), not cumulative: p95
+                                    "duration": list(stats.duration)}
                 for key, stats in self._routes.items()}
+
+    def status(self) -> dict[str, Any] | None:
+        """For /status (the dashboard): `routes` (totals()), `buckets`, the upper bounds of
+        their `duration` counts (the last is +Inf), and `tcp`, per tcp route its connections
+        and bytes so far; None while the feature is off."""
+        routes = self.totals()
+        if routes is None:
+            return None
+        return {"routes": routes, "buckets": list(DURATION_BUCKETS), "tcp": self.tcp.totals()}
 
     def collect(self) -> Iterator[Metric]:
         if self._source is None:
@@ -234,6 +267,7 @@ class Traffic(Collector):
             bytes_in.add_metric([route], stats.bytes_in)
             bytes_out.add_metric([route], stats.bytes_out)
         yield from (requests, duration, upstream, retries, errors, bytes_in, bytes_out)
+        yield from self.tcp.collect()
         records = CounterMetricFamily(
             "gateway_access_log_records", "Access-log lines by result: ok (counted), "
             "malformed, unknown_route (names no route in use)", labels=["result"])

@@ -24,12 +24,17 @@ from agent.core.fields import ERROR_PAGES_PATH
 from agent.core.routes import RouteTable, Target
 from agent.gateway.model import Endpoints, FilesPlan, Rendered, Snapshot, TlsPlan
 from agent.gateway.plan.clientchecks import allow_var, rate_zone
+from agent.gateway.plan.cors import cors_maps
 from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
+from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
+from agent.gateway.plan.observe import LogPlan
+from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
 from agent.gateway.plan.scale import GENERATION_PLACEHOLDER, scale_context, share_zone
 from agent.gateway.plan.stream import StreamRenderer
+from agent.gateway.plan.traffic import traffic_context
 from agent.gateway.plan.upstreams import (
     KEEPALIVE,
     RESOLVER_VALID,
@@ -69,7 +74,10 @@ class Planner:
                  https_listen: str | None = None, https_redirect_port: int = 443,
                  resolver: str | None = None, resolve: bool = False,
                  stream: StreamRenderer | None = None, own_resolver: bool = False,
-                 backlog: int | None = None) -> None:
+                 backlog: int | None = None, http3: bool = False,
+                 logs: LogPlan | None = None) -> None:
+        self.http3 = http3  # QUIC on the HTTPS port's UDP side (plan/edgetls.py)
+        self.logs = logs  # the JSON access log and the trace fields (plan/observe.py)
         self.backlog = backlog  # of the HTTP and HTTPS listeners (drivers/capacity.py)
         self.stream = stream  # tcp routes; without it a table with tcp routes is refused
         self.resolve = resolve  # upstreams name their targets; nginx resolves them (resolver)
@@ -103,8 +111,12 @@ class Planner:
         table, snapshot, tls, acme, files = (inputs.table, inputs.snapshot, inputs.tls,
                                              inputs.acme, inputs.files)
         routes = table.routes
-        upstreams = share_zone(http_upstreams(routes, snapshot, self.resolve, self.own_resolver),
-                               {n: len(e.addresses) for n, e in snapshot.items()})
+        upstreams = http_upstreams(routes, snapshot, self.resolve, self.own_resolver)
+        upstreams = dict(sorted({**upstreams, **auth_upstreams(
+            routes, snapshot, self.resolve, self.own_resolver, upstreams)}.items(),
+            key=lambda kv: kv[1].name))  # and the auth services' (plan/forwardauth.py)
+        # the resolved ones in one shared zone (plan/scale.py)
+        upstreams = share_zone(upstreams, {n: len(e.addresses) for n, e in snapshot.items()})
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
@@ -121,6 +133,7 @@ class Planner:
         https = None if tls is None else {
             "listen": self.https_listen,
             "redirect_port": self.https_redirect_port,
+            "http3": self.http3,
         }
         # one resolver for the http context: nginx refuses a second one
         needs_resolver = any(u.resolve for u in upstreams.values()) or (
@@ -154,6 +167,10 @@ class Planner:
             **paths_context([s.locations for s in http_servers + https_servers]),
             "https": https,
             "https_servers": https_servers,
+            **traffic_context(loc.traffic for s in http_servers + https_servers
+                              for loc in s.locations),
+            "cors_maps": cors_maps(routes),
+            **observe_context(self.logs, routes),
             **scale_context(http_servers + https_servers),
         }
         if table.tcp and self.stream is None:

@@ -6,6 +6,7 @@ Same input, same values: everything is sorted, nothing depends on time or dict o
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +15,20 @@ from pathlib import Path
 from agent.core.routes import Route, Target
 from agent.gateway.model import FilesPlan, Served, TlsPlan
 from agent.gateway.plan.clientchecks import RateZone, allow_var, rate_zone
+from agent.gateway.plan.cors import CorsPlan, cors_plan
+from agent.gateway.plan.edgetls import (
+    ClientCerts,
+    UpstreamTlsPlan,
+    ca_locked,
+    client_certs,
+    upstream_tls,
+)
+from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
+from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
+from agent.gateway.plan.retry import RetryPlan, retry_plan
+from agent.gateway.plan.traffic import NO_TRAFFIC, Traffic, traffic
 from agent.gateway.plan.upstreams import Upstream, upstream_key
 
 # A kept-alive client connection is not closed within this many seconds of its last request, not
@@ -52,22 +65,38 @@ class Location:
     redirect_code: int | None = None  # a route that only redirects: `return CODE URL`
     redirect_to: str = ""
     redirect_keep_path: bool = False
+    traffic: Traffic = NO_TRAFFIC  # h2c, canary, mirror (plan/traffic.py)
+    auth: AuthPlan | None = None  # forward auth (plan/forwardauth.py)
+    retry: RetryPlan = DEFAULT_RETRY  # proxy_next_upstream (plan/retry.py)
+    cors: CorsPlan | None = None  # plan/cors.py
+    client_certs: ClientCerts | None = None  # tls.client_ca (plan/edgetls.py)
+    upstream_tls: UpstreamTlsPlan | None = None
+    ca_locked: bool = False  # a CA file it needs was never good: 503
 
     @property
     def adds_headers(self) -> bool:
         """An add_header here hides the server's (HSTS), which must then be said again."""
         return any(value is not None for _, value in self.response_headers) or \
-            self.sticky is not None
+            self.sticky is not None or self.traffic.sets_cookie or self.cors is not None or \
+            self.upstream is not None  # X-Request-Id (observe.py)
 
     @property
     def own_headers(self) -> bool:
         """Request headers of its own: the http level's common set (plan/scale.py) does not
         apply, so the location says the whole set again."""
-        return self.websocket or self.strip_prefix or bool(self.request_headers)
+        return self.websocket or self.strip_prefix or bool(self.request_headers) or \
+            bool(self.auth and self.auth.headers)  # forward auth's identity headers
+
+    @property
+    def own_hidden(self) -> bool:
+        """Answer headers hidden of its own: the http level's proxy_hide_header (X-Request-Id,
+        plan/scale.py) does not apply, so the location says it again."""
+        return bool(self.response_headers) or self.cors is not None
 
     @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
-        return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit)
+        return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit,
+                self.client_certs, self.ca_locked)
 
     @property
     def allow_var(self) -> str | None:  # set by a `geo` of its networks (one per list)
@@ -102,14 +131,27 @@ class Server:
         return path_map(self.locations)
 
     @property
+    def client_ca(self) -> str | None:
+        """The CA file client certificates are verified against (the hosts' routes share it)."""
+        return next((loc.client_certs.ca for loc in self.locations
+                     if loc.client_certs is not None and loc.client_certs.ca), None)
+
+    @property
     def pages_dir(self) -> str | None:
         """Where this server's error pages are (one directory: agent.gateway.drivers.routefiles)."""
         pages = sorted({str(Path(loc.error_page).parent) for loc in self.locations
                         if loc.error_page})
         return pages[0] + "/" if pages else None
 
+    @property
+    def auth_locations(self) -> list[AuthPlan]:
+        """The internal locations the routes' auth subrequests go to, one per auth service."""
+        found = {a.location: a for a in (loc.auth for loc in self.locations) if a is not None}
+        return [found[name] for name in sorted(found)]
 
-def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -> Location:
+
+def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
+             auth: AuthPlan | None = None) -> Location:
     auth_file = None
     if route.basic_auth is not None and files is not None:
         path = files.path(route.basic_auth.file)
@@ -118,6 +160,7 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -
     if route.error_page is not None and files is not None:
         page = files.path(route.error_page, "page")
         page_file = str(page) if page is not None else None
+    client, to_tasks = client_certs(route, files), upstream_tls(route, files)
     return Location(
         path=route.path,
         root=route_root(route),
@@ -139,10 +182,16 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None) -
         error_page=page_file,
         maintenance=route.maintenance,
         grpc=route.protocol == "grpc",
-        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
+        # (an upstream nginx resolves sets its sticky cookie itself: plan/upstreams.py)
+        sticky=sticky_var(route.sticky.cookie) if route.sticky is not None and not (
+            upstream is not None and upstream.resolve) else None,
         redirect_code=route.redirect.code if route.redirect else None,
         redirect_to=route.redirect.target if route.redirect else "",
         redirect_keep_path=route.redirect.keep_path if route.redirect else False,
+        auth=auth,
+        retry=retry_plan(route),
+        cors=cors_plan(route.cors),
+        client_certs=client, upstream_tls=to_tasks, ca_locked=ca_locked(client, to_tasks),
     )
 
 
@@ -152,7 +201,9 @@ def servers(routes: Sequence[Route], upstreams: dict[tuple[Target, int, str], Up
     by_host: dict[str, list[Location]] = defaultdict(list)
     for route in routes:
         upstream = upstreams.get(upstream_key(route)) if route.proxies else None
-        loc = location(route, upstream, files)
+        auth = auth_plan(route, upstreams) if route.proxies else None
+        loc = dataclasses.replace(location(route, upstream, files, auth), traffic=traffic(
+            route, lambda r: u.name if (u := upstreams.get(upstream_key(r))) else None))
         for host in route.hosts:
             by_host[host].append(loc)
     grouped: dict[tuple[Location, ...], list[str]] = defaultdict(list)

@@ -4,7 +4,12 @@
 - Proxy settings said once, at the http level: nginx builds a table of request headers for
   every location that sets one (`proxy_set_header`), and inherits the http level's table
   where a location sets none. A location says its own only where it differs from a plain
-  route's (websocket, strip_prefix, request headers, timeouts, body size).
+  route's (websocket, strip_prefix, request headers, forward auth's identity headers, timeouts,
+  body size, retries), and one that sets a request header of its own says the whole set again
+  (the client-certificate, request id and traceparent headers among them, so that a forged
+  one never reaches a task). Likewise `proxy_hide_header X-Request-Id` (the gateway's own id
+  answers the client): nginx builds a hash of hidden headers for each location that hides one,
+  so a location says it again only where it hides one of its own.
 - One shared memory zone for the upstreams that nginx resolves: nginx looks each new zone up
   among all others (at parse time and again at a reload), which is quadratic in the zones; and
   a zone of its own per upstream costs at least a page table's worth of memory each. nginx
@@ -24,6 +29,8 @@ from typing import Any, TypeVar
 
 from agent.core.route import Route
 from agent.gateway.plan.http import Server
+from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
+from agent.gateway.plan.retry import RetryPlan
 from agent.gateway.plan.upstreams import Upstream
 
 K = TypeVar("K")
@@ -49,6 +56,7 @@ class ProxyDefaults:
     connect_timeout_ms: int
     read_timeout_ms: int
     max_body_size: int
+    retry: RetryPlan  # proxy_next_upstream, _tries: the gateway's policy (plan/retry.py)
 
 
 def proxy_defaults() -> ProxyDefaults:
@@ -57,7 +65,8 @@ def proxy_defaults() -> ProxyDefaults:
     return ProxyDefaults(
         connect_timeout_ms=ms(float(fields["connect_timeout"].default)),
         read_timeout_ms=ms(float(fields["read_timeout"].default)),
-        max_body_size=int(fields["max_body_size"].default))
+        max_body_size=int(fields["max_body_size"].default),
+        retry=DEFAULT_RETRY)
 
 
 def ms(seconds: float) -> int:

@@ -131,8 +131,10 @@ class StreamRenderer:
     """The stream context of a gateway: tcp routes listen on `address` (--listen's)."""
 
     def __init__(self, *, address: str, resolver: str | None = None,
-                 resolve: bool = False, own_resolver: bool = False) -> None:
+                 resolve: bool = False, own_resolver: bool = False,
+                 access_log: str | None = None) -> None:
         self.address = address
+        self.access_log = access_log  # the metrics file, as the http context's (tcptraffic.py)
         # nginx's own lookups of tasks (resolve); own_resolver: the agent's (gateway/dnsserver.py)
         self.resolver = resolver
         self.resolve = resolve
@@ -164,6 +166,7 @@ class StreamRenderer:
             "upstreams": list(upstreams.values()),
             "servers": servers,
             "any_sni": any(s.map_var is not None for s in servers),
+            "access_log": self.access_log,
         }
         try:
             text = self._template.render(context)

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.core.fields import is_address
+from agent.core.retry import DEFAULT_FAIL_TIMEOUT
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
+from agent.gateway.plan.edgetls import tls_pool
 from agent.gateway.plan.filters import RenderError
 from agent.gateway.plan.naming import sticky_var, upstream_name
+from agent.gateway.plan.traffic import side_routes
 
 KEEPALIVE = 64
 # nginx's resolver keeps answers this long (whole seconds); a name is looked up again about every
@@ -33,6 +36,10 @@ class Upstream:
     zone: str = ""  # resolve: the size of its shared memory zone
     sticky: str | None = None  # the variable the task is chosen by (gateway/render.py.sticky_var)
     lookup: str = ""  # resolve: the name nginx looks up
+    # resolve and sticky: nginx's own `sticky cookie` names the task (by its address) in it
+    sticky_cookie: str | None = None
+    max_conns: int = 0  # requests a task takes at once (0: no limit)
+    fail_timeout: int = 5  # seconds a task that failed is left out (max_fails=1)
 
 
 def server_address(lookup: str, address: str, port: int) -> str:
@@ -75,11 +82,27 @@ def upstream_servers(lookup: str, port: int, endpoints: Endpoints, resolve: bool
 
 
 def upstream_key(route: Route) -> tuple[Target, int, str]:
-    """What tells a route's upstream apart: target, port, and how a task is chosen."""
+    """What tells a route's upstream apart: target, port, how a task is chosen, and the TLS
+    to its tasks (plan/edgetls.py)."""
     assert route.port is not None
-    return (route.target, route.port,
-            f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}"
-            if route.sticky is not None else route.balance)
+    how = f"sticky_{route.sticky.cookie.lower()}_{sticky_var(route.sticky.cookie)[-6:]}" \
+        if route.sticky is not None else route.balance
+    if route.protocol == "h2c":  # its kept-alive connections speak HTTP/2: not shared
+        how = "h2c" if how == "round_robin" else f"{how}_h2c"
+    return (route.target, route.port, tls_pool(route, how) + peer_limits(route))
+
+
+def fail_seconds(route: Route) -> int:
+    """fail_timeout in the whole seconds nginx takes (at least 1)."""
+    return max(1, round(route.fail_timeout))
+
+
+def peer_limits(route: Route) -> str:
+    """What a route's max_conns and fail_timeout add to its upstream's key and name (nothing
+    for the defaults, so that existing names stay)."""
+    if route.max_conns == 0 and fail_seconds(route) == DEFAULT_FAIL_TIMEOUT:
+        return ""
+    return f"_c{route.max_conns}_f{fail_seconds(route)}"
 
 
 def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
@@ -92,10 +115,11 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
     started while DNS is down has no addresses of its own to keep. So is one whose answer had
     addresses outside the task networks (drivers/discovery.py screen()): nginx would take them
     all; unless nginx asks the agent's own resolver (`own_resolver`), which answers those
-    itself. And a sticky route's (see below), whose changes of tasks are reloads.
+    itself. A sticky route's upstream that nginx resolves chooses its task with nginx's own
+    `sticky cookie`, which names a task by its address: its tasks come and go without a reload.
     """
     out = {}
-    for route in routes:
+    for route in [*routes, *side_routes(routes)]:
         if not route.proxies:
             continue
         key = upstream_key(route)
@@ -104,15 +128,14 @@ def http_upstreams(routes: Sequence[Route], snapshot: Snapshot, resolve: bool,
         endpoints = snapshot.get(route.target.lookup_name, Endpoints())
         if not endpoints.addresses:
             continue
-        # A sticky route's upstream lists its tasks: nginx's consistent hash tells servers
-        # apart by the name written, the same for every task resolved from one name, and would
-        # stick to none.
         servers, by_name = upstream_servers(route.target.lookup_name, key[1], endpoints,
-                                            resolve and route.sticky is None, own_resolver)
+                                            resolve, own_resolver)
         out[key] = Upstream(
             upstream_name(*key), route.target.kind, route.target.name, key[1], route.balance,
             servers, resolve=by_name,
             zone=zone_size(len(endpoints.addresses)) if by_name else "",
             sticky=sticky_var(route.sticky.cookie) if route.sticky is not None else None,
-            lookup=route.target.lookup_name if by_name else "")
+            lookup=route.target.lookup_name if by_name else "",
+            sticky_cookie=route.sticky.cookie if route.sticky is not None and by_name else None,
+            max_conns=route.max_conns, fail_timeout=fail_seconds(route))
     return dict(sorted(out.items(), key=lambda kv: kv[1].name))

@@ -11,10 +11,14 @@ or a server name no route asked for.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import ipaddress
 import re
+import shutil
 import subprocess
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from agent.gateway.plan.naming import upstream_name as expected_upstream_name
 from agent.gateway.plan.scale import PEER_BYTES, SHARED_ZONE
 from agent.gateway.plan.upstreams import KEEPALIVE, upstream_key
 from tests.support import require_programs
+from tests.support.tlsca import TestCA
 
 LISTEN = "0.0.0.0:8080"
 STATUS = "127.0.0.1:9181"
@@ -119,7 +124,8 @@ def parse_conf(text: str) -> tuple[Directive, ...]:
 
 # What each kind of location holds. A directive added to the template on purpose belongs here too:
 # this list is the statement of what a route may cause to appear in nginx's configuration.
-PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 9,
+PROXY_DIRECTIVES = Counter({"proxy_pass": 1, "proxy_http_version": 1, "proxy_set_header": 13,
+                            "proxy_hide_header": 1, "add_header": 1,  # X-Request-Id
                             "proxy_connect_timeout": 1, "proxy_read_timeout": 1,
                             "proxy_send_timeout": 1, "client_max_body_size": 1,
                             "proxy_next_upstream": 1, "proxy_next_upstream_tries": 1})
@@ -141,11 +147,30 @@ def page_copy(name: str) -> Path:
     return PAGES / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".html")
 
 
+@functools.cache
+def _ca_dir() -> Path:
+    """nginx reads a CA file when it loads the configuration: `nginx -t` needs a real one."""
+    directory = Path(tempfile.mkdtemp(prefix="gateway-hostile-ca-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def ca_copy(name: str) -> Path:
+    """... and of a CA file (upstream_tls.ca, tls.client_ca): a real CA certificate."""
+    path = _ca_dir() / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".pem")
+    if not path.exists():
+        path.write_bytes(TestCA().root_pem)
+    return path
+
+
 def auth_plan(table: RouteTable) -> FilesPlan:
     names = sorted({r.basic_auth.file for r in table.routes if r.basic_auth is not None})
     pages = sorted({r.error_page for r in table.routes if r.error_page is not None})
+    cas = sorted({r.upstream_tls.ca for r in table.routes
+                  if r.upstream_tls is not None and r.upstream_tls.ca is not None})
     return FilesPlan(tuple(RouteFile(n, auth_copy(n), None) for n in names) +
-                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages))
+                     tuple(RouteFile(n, page_copy(n), None, "page") for n in pages) +
+                     tuple(RouteFile(n, ca_copy(n), None, "ca") for n in cas))
 
 
 RESOLVER = "127.0.0.11:53"
@@ -266,12 +291,17 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
                     resolve: bool) -> None:
     names = [d.name for d in block.block or ()]
     balance = [] if route.balance == "round_robin" else [route.balance]
-    if route.sticky is not None:
+    resolved = resolve and not endpoints.stale and not endpoints.refused \
+        and not is_address(route.target.lookup_name)
+    if route.sticky is not None and resolved:  # nginx's own sticky cookie, by task address
+        balance = ["sticky"]
+        assert block.one("sticky").args == ("cookie", route.sticky.cookie, "path=/",
+                                            "httponly", "samesite=lax")
+    elif route.sticky is not None:
         balance = ["hash"]
         assert block.one("hash").args == (f"${sticky_var(route.sticky.cookie)}", "consistent")
     addresses = endpoints.addresses
-    if resolve and not endpoints.stale and not endpoints.refused and route.sticky is None \
-            and not is_address(route.target.lookup_name):
+    if resolved:
         # nginx resolves the route's own name; the agent's answers decide only that it exists
         assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
         # one zone shared by every resolved upstream, with room for twice their tasks
@@ -292,10 +322,11 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
 
 
 # said once at the http level (plan/scale.py); a location inherits each unless it says its own
-# (proxy_set_header: all of them, unless it says any)
-HTTP_LEVEL = ("proxy_http_version", "proxy_set_header", "proxy_connect_timeout",
-              "proxy_read_timeout", "proxy_send_timeout", "client_max_body_size",
-              "proxy_next_upstream", "proxy_next_upstream_tries")
+# (proxy_set_header, proxy_hide_header: all of them, unless it says any)
+HTTP_LEVEL = ("proxy_http_version", "proxy_set_header", "proxy_hide_header",
+              "proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout",
+              "client_max_body_size", "proxy_next_upstream", "proxy_next_upstream_tries")
+LISTS = ("proxy_set_header", "proxy_hide_header")  # a location that says one says all again
 
 
 def _inherited(loc: Directive, conf: tuple[Directive, ...]) -> Directive:
@@ -307,12 +338,13 @@ def _inherited(loc: Directive, conf: tuple[Directive, ...]) -> Directive:
     own = {d.name for d in body}
     http = [d for d in conf if d.name in HTTP_LEVEL and d.name not in own]
     for d in body:
-        if d.name in HTTP_LEVEL and d.name != "proxy_set_header":
+        if d.name in HTTP_LEVEL and d.name not in LISTS:
             assert d not in conf, f"{d} is said at the http level already"
     return Directive(loc.name, loc.args, body + tuple(http))
 
 
-def _check_location(loc: Directive, route: Route | None, upstream: str | None) -> None:
+def _check_location(loc: Directive, route: Route | None, upstream: str | None,
+                    resolved: bool = False) -> None:
     body = loc.block or ()
     got = Counter(d.name for d in body)
     if route is None:  # a host with paths but no route for '/'
@@ -341,6 +373,7 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
             "503", f"503 no running task of {route.target.name}\\n"))
         return
     want = PROXY_DIRECTIVES + Counter({"proxy_set_header": 1 if route.websocket else 0}) + page
+    assert loc.one("proxy_http_version").args == (("2",) if route.protocol == "h2c" else ("1.1",))
     allow = route.allow or ()
     want += Counter({"if": 1 if allow else 0})
     if route.basic_auth is not None:
@@ -349,10 +382,19 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
         want += Counter({"proxy_set_header": len(route.headers.request),
                          "proxy_hide_header": len(route.headers.response),
                          "add_header": sum(v is not None for _, v in route.headers.response)})
-    if route.sticky is not None:  # the cookie for a client that had none
+    if route.sticky is not None and not resolved:  # the cookie for a client that had none
         want += Counter({"add_header": 1})
         assert (f"${sticky_var(route.sticky.cookie)}_set",) in [
             d.args[1:] for d in loc.children("add_header") if d.args[0] == "Set-Cookie"]
+    if route.upstream_tls is not None:  # HTTPS to the tasks, for the name and CA asked
+        u = route.upstream_tls
+        want += Counter({"proxy_ssl_server_name": 1, "proxy_ssl_name": 1})
+        assert loc.one("proxy_ssl_name").args == (u.server_name or route.target.name,)
+        if u.verify:
+            assert u.ca is not None
+            want += Counter({"proxy_ssl_verify": 1, "proxy_ssl_verify_depth": 1,
+                             "proxy_ssl_trusted_certificate": 1})
+            assert loc.one("proxy_ssl_trusted_certificate").args == (str(ca_copy(u.ca)),)
     if route.compress:
         want += Counter({"gzip": 1, "gzip_types": 1, "gzip_min_length": 1, "gzip_proxied": 1,
                          "gzip_vary": 1})
@@ -378,21 +420,30 @@ def _check_location(loc: Directive, route: Route | None, upstream: str | None) -
     if route.basic_auth is not None:
         assert loc.one("auth_basic").args == (route.basic_auth.realm,)
         assert loc.one("auth_basic_user_file").args == (str(auth_copy(route.basic_auth.file)),)
-    assert loc.one("proxy_pass").args == (f"http://{upstream}/" if route.strip_prefix
-                                          else f"http://{upstream}",)
+    scheme = "https" if route.upstream_tls is not None else "http"
+    assert loc.one("proxy_pass").args == (f"{scheme}://{upstream}/" if route.strip_prefix
+                                          else f"{scheme}://{upstream}",)
     headers = {d.args[0]: d.args[1:] for d in loc.children("proxy_set_header")}
     assert len(headers) == want["proxy_set_header"], "a header set twice"
     # the route's own headers hold exactly the route's values (removed: empty) ...
     asked = dict(route.headers.request) if route.headers else {}
     for name, value in asked.items():
         assert headers.pop(name) == (value or "",)
+    # ... the trace is made of the gateway's own maps (plan/observe.py) ...
+    assert headers.pop("traceparent") == (
+        "00-$gateway_trace_id-$gateway_span_id-$gateway_trace_flags",)
     # ... and every other header value is nginx's own variable or empty: nothing from a client
     assert all(len(v) == 1 and (v[0] == "" or v[0].startswith("$")) for v in headers.values())
     answered = route.headers.response if route.headers else ()
-    assert [d.args for d in loc.children("proxy_hide_header")] == [(n,) for n, _ in answered]
+    assert [d.args for d in loc.children("proxy_hide_header")] == [("X-Request-Id",)] + [
+        (n,) for n, _ in answered]
     assert [d.args for d in loc.children("add_header") if d.args[0] != "Set-Cookie"] == [
+        ("X-Request-Id", "$gateway_request_id", "always")] + [
         (n, v, "always") for n, v in answered if v is not None]
     assert ("Upgrade" in headers) is route.websocket
+    # the client's certificate, always as nginx verified it (a client's own never passes)
+    assert headers["X-Client-Verify"] == ("$ssl_client_verify",)
+    assert headers["X-Client-Subject"] == ("$ssl_client_s_dn",)
     assert headers["X-Forwarded-Prefix"] == (
         "$gateway_forwarded_prefix" + (route.path if route.strip_prefix else ""),)
     ms = max(1, round(route.connect_timeout * 1000))
@@ -411,7 +462,7 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
     assert [d.name for d in conf if d.name not in (
         "map", "geo", "upstream", "server", "resolver", "resolver_timeout",
-        "limit_req_zone")] == ["keepalive_min_timeout", *HTTP_LEVEL[:1], *HTTP_LEVEL[1:2] * 9,
+        "limit_req_zone")] == ["keepalive_min_timeout", *HTTP_LEVEL[:1], *HTTP_LEVEL[1:2] * 13,
                                *HTTP_LEVEL[2:], "server_names_hash_max_size",
                                "server_names_hash_bucket_size"]
     # nginx's resolver, when upstreams name their targets: the agent's nameserver, never a TTL
@@ -497,16 +548,22 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                         ("add_header", ("Retry-After", "5", "always"))]
                     continue
                 route = asked[host][args]
-                upstream = None
+                upstream, resolved = None, False
                 if route is not None and route.proxies and \
                         route.target.lookup_name in snapshot and \
                         snapshot[route.target.lookup_name].addresses:
                     assert route.port is not None
                     upstream = expected_upstream_name(*upstream_key(route))
+                    e = snapshot[route.target.lookup_name]
+                    resolved = resolve and not e.stale and not e.refused \
+                        and not is_address(route.target.lookup_name)
                 if route is not None and not (route.websocket or route.strip_prefix or (
-                        route.headers is not None and route.headers.request)):
+                        route.headers is not None and route.headers.request) or (
+                        route.auth is not None and route.auth.response_headers)):
                     assert loc.children("proxy_set_header") == [], "a location's own headers"
-                _check_location(_inherited(loc, conf), route, upstream)
+                if route is not None and not (route.headers is not None and route.headers.response):
+                    assert loc.children("proxy_hide_header") == [], "a location's own hidden"
+                _check_location(_inherited(loc, conf), route, upstream, resolved)
 
 
 # -- the real nginx --------------------------------------------------------------------------------
@@ -625,7 +682,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "compress": st.booleans(),
     "error_page": st.sampled_from(["shop.html", "Oops-1.html"]),
     "maintenance": st.booleans(),
-    "protocol": st.just("http"),
+    "protocol": st.sampled_from(["http", "h2c"]),
+    "upstream_tls": st.one_of(
+        st.fixed_dictionaries({"ca": st.sampled_from(["tasks.pem", "Internal-CA_1.pem"])},
+                              optional={"verify": st.just(True), "server_name": _NAME}),
+        st.fixed_dictionaries({"verify": st.just(False)}, optional={"server_name": _NAME})),
     "sticky": st.one_of(_word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64),
                         st.fixed_dictionaries({"cookie": st.sampled_from(["sid", "SID"])})),
     "basic_auth": st.one_of(
@@ -655,6 +716,12 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
                                      st.ip_addresses(v=6), st.integers(0, 128))),
                  min_size=1, max_size=4)),
 }
+
+_INVALID_SERVICE = st.one_of(poisoned(st.just("next")), st.integers(), st.none())
+_INVALID_COOKIE = st.one_of(poisoned(st.just("side")), hostile_text().filter(
+    lambda s: not re.fullmatch(r"[A-Za-z0-9_]{1,64}", s)))
+_INVALID_HEADER = st.one_of(poisoned(st.just("X-Canary")),
+                            st.sampled_from(["Host", "Content-Length", "X-Forwarded-For"]))
 
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "hosts": st.one_of(st.lists(st.one_of(hostile_text(), poisoned(_NAME)),
@@ -691,12 +758,40 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "error_page": st.one_of(hostile_text(), poisoned(st.just("shop.html")), st.integers()),
     "maintenance": st.one_of(hostile_text(), st.integers(), st.none()),
     "protocol": st.one_of(hostile_text(), st.just("grpc"),  # grpc: refused without tls
-                          poisoned(st.sampled_from(["http", "grpc"]))),
+                          poisoned(st.sampled_from(["http", "grpc", "h2c"]))),
+    # (never valid: the whole-file check below knows no canary or mirror; a valid one is
+    # rendered by test_canary_and_mirror_with_any_valid_names_pass_nginx_t)
+    "canary": st.one_of(
+        hostile_text(), st.integers(),
+        st.fixed_dictionaries({"service": _INVALID_SERVICE, "weight": st.integers(1, 99)}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.one_of(
+            st.integers(max_value=0), st.integers(min_value=100), hostile_text())}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.just(10),
+                               "cookie": _INVALID_COOKIE}),
+        st.fixed_dictionaries({"service": st.just("next"), "weight": st.just(10),
+                               "header": _INVALID_HEADER})),
+    "mirror": st.one_of(
+        poisoned(st.just("shadow")), st.integers(), st.lists(st.just("shadow"), max_size=2),
+        st.fixed_dictionaries({"service": _INVALID_SERVICE},
+                              optional={"share": st.integers(1, 100)}),
+        st.fixed_dictionaries({"service": st.just("shadow"), "share": st.one_of(
+            st.integers(max_value=0), st.integers(min_value=101), hostile_text())}),
+        st.fixed_dictionaries({"service": st.just("shadow"), "timeout": st.sampled_from(
+            ["61s", "1d", -1, "1 s;", "${x}"])})),
     "sticky": st.one_of(hostile_text(), poisoned(st.just("sid")), st.integers(),
                         st.fixed_dictionaries({"cookie": st.one_of(hostile_text(),
                                                                    poisoned(st.just("s")))},
                                               optional={"other": hostile_text()})),
     "strip_prefix": st.one_of(hostile_text(), st.integers(), st.none(), st.just(True)),
+    "upstream_tls": st.one_of(
+        hostile_text(), st.integers(), st.just(True),  # true: verified, without a CA
+        st.fixed_dictionaries({"ca": st.one_of(hostile_text(), poisoned(st.just("ca.pem")),
+                                               st.sampled_from(["../ca.pem", "ca.htpasswd",
+                                                                "/etc/ca.pem", ".ca.pem"]))},
+                              optional={"verify": st.one_of(hostile_text(), st.integers()),
+                                        "server_name": st.one_of(
+                                            hostile_text(), poisoned(st.just("api.internal"))),
+                                        "other": hostile_text()})),
     "redirect": st.one_of(
         hostile_text(), poisoned(st.just("https://example.com/a")), st.integers(),
         st.fixed_dictionaries({"to": st.one_of(hostile_text(), poisoned(_URL))}, optional={
@@ -725,7 +820,7 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 FIELDS = sorted(HOSTILE)
 OPTIONAL = ["path", "zone", "balance", "connect_timeout", "read_timeout", "max_body_size",
             "websocket", "allow", "basic_auth", "rate_limit", "headers", "compress", "sticky",
-            "error_page", "maintenance", "protocol"]
+            "error_page", "maintenance", "protocol", "upstream_tls"]
 
 
 @dataclass
@@ -752,6 +847,8 @@ def generated_route(draw: st.DrawFn) -> GeneratedRoute:
             data[name] = draw(VALID[name])
     if "sticky" in data:  # sticky chooses the task itself
         data.pop("balance", None)
+    if data.get("protocol") == "h2c":  # nginx passes no upgrade over HTTP/2
+        data.pop("websocket", None)
     if data.get("path", "/") != "/" and draw(st.booleans()):  # only a path has a prefix
         data["strip_prefix"] = draw(st.booleans())
     hostile: set[str] = set()
@@ -823,6 +920,8 @@ def assert_refusal_names_places(exc: RoutesError, routes: list[GeneratedRoute]) 
         elif field == "sticky" and field not in route.hostile:
             assert "balance" in route.hostile, error  # a hostile balance that was valid
             assert "leave out balance" in error
+        elif field == "protocol" and field not in route.hostile:
+            assert "websocket" in route.hostile, error  # h2c with a websocket that was valid
         elif field == "strip_prefix" and field not in route.hostile:
             assert "path" in route.hostile, error  # a hostile path that happened to be "/"
             assert "no prefix to strip" in error
@@ -1005,3 +1104,49 @@ def test_refusals_found_by_generation(text: str, expected: str) -> None:
 def test_an_answer_refused_names_its_lookup(answer: str) -> None:
     with pytest.raises(RenderError, match=r"endpoints of tasks\.web: "):
         RENDERER.render(ROUTES, {"tasks.web": Endpoints(("10.0.0.2", answer), "ok")})
+
+
+# -- canary and mirror (core/traffic.py) -----------------------------------------------------------
+
+_COOKIE = _word(_ALNUM + "ABZ_", _ALNUM + "ABZ_", 64)
+_HEADER = _word(_ALNUM + "XYZ", _ALNUM + "XYZ-", 64).filter(
+    lambda h: h.lower() not in OWN_REQUEST_HEADERS)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_QUIET)
+@given(VALID["service"], VALID["service"], st.integers(1, 99), st.integers(1, 100),
+       st.one_of(st.none(), _COOKIE), st.one_of(st.none(), _HEADER), st.booleans())
+def test_canary_and_mirror_with_any_valid_names_pass_nginx_t(
+        nginx_t: NginxTest, canary: str, mirror: str, weight: int, share: int,
+        cookie: str | None, header: str | None, resolve: bool) -> None:
+    """Whatever names a valid canary and mirror have, nginx accepts the configuration, and the
+    names reach it only where they belong: upstream names, variables, one cookie, one header."""
+    route: dict[str, Any] = {"hosts": ["a.example.com"], "service": "stable", "port": 80,
+                             "canary": {"service": canary, "weight": weight},
+                             "mirror": {"service": mirror, "share": share}}
+    if cookie is not None:
+        route["canary"]["cookie"] = cookie
+    if header is not None:
+        route["canary"]["header"] = header
+    table = parsed({"routes": [route]})
+    if isinstance(table, RoutesError):  # the same service as the route's: refused, by name
+        assert "stable" in (canary, mirror), table.errors
+        assert all(e.startswith(("routes[0].canary:", "routes[0].mirror:"))
+                   for e in table.errors), table.errors
+        return
+    snapshot = {t.lookup_name: Endpoints(("10.0.0.1",), "ok") for t in table.targets}
+    rendered = RENDERERS[resolve].render(table, snapshot)
+    conf = parse_conf(rendered.text)
+    assert [d.args[1:] for d in conf if d.name == "split_clients"] == [
+        (f"${v}_split",) for v in _vars(rendered.text, "canary")] + [
+        (f"${v}",) for v in _vars(rendered.text, "mirror")]
+    location = next(loc for s in conf if s.name == "server"
+                    for loc in s.children("location") if loc.args == ("/",))
+    assert location.one("proxy_pass").args == (f"http://${_vars(rendered.text, 'canary')[0]}"
+                                               "_upstream",)
+    assert location.one("mirror").args[0].startswith("/.gateway-mirror/")
+    nginx_t.check(rendered.text)
+
+
+def _vars(text: str, kind: str) -> list[str]:
+    return sorted(set(re.findall(rf"\$(gateway_{kind}_[0-9a-f]{{12}})(?![0-9a-f])", text)))

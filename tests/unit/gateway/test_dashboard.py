@@ -121,7 +121,10 @@ def test_traffic_totals_count_requests_by_class_and_are_none_while_off() -> None
     totals = traffic.totals()
     assert totals is not None
     assert totals["managerhttp/"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 3,
-                                      "upstream_errors": 2}
+                                      "upstream_errors": 2,
+                                      # per latency bucket: the page's p95 (4 <= 1 ms, 1 <= 1 s)
+                                      "duration": [4, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                                                   0]}
     assert totals["api.example.com/v1"]["2xx"] == 0
     assert set(totals) == {"managerhttp/", "api.example.com/v1", "unrouted"}
 
@@ -238,3 +241,33 @@ def test_the_vrrp_state_file_is_a_setting_with_its_variable() -> None:
     env = {"GATEWAY_VRRP_STATE_FILE": "/var/lib/prometheus/node-exporter/keepalived.prom"}
     assert parse([], env).vrrp_state_file == Path(env["GATEWAY_VRRP_STATE_FILE"])
     assert parse(["--vrrp-state-file", "/x.prom"], env).vrrp_state_file == Path("/x.prom")
+
+
+def test_tcp_lines_count_per_route_by_port_and_tls_name() -> None:
+    from agent.core.routes import RouteTable
+    from agent.core.tcp import parse_tcp
+
+    tcp, errors = parse_tcp([
+        {"listen": 5432, "service": "db", "port": 5432},
+        {"listen": 9443, "sni": ["db.example.com", "*.example.com"], "service": "web",
+         "port": 8443},
+        {"listen": 9443, "sni": ["*.a.example.com"], "service": "a", "port": 8443}])
+    assert errors == []
+    table = RouteTable(ROUTES.routes, tcp=tcp)
+    traffic = Traffic()
+    traffic.follow(lambda: table)
+    for line in (b"t1|5432||200|12.5|100|20|10.0.1.7:5432|0.001",
+                 b"t1|9443|db.example.com|200|0.5|7|9|10.0.1.8:8443|0.000",
+                 b"t1|9443|x.example.com|200|0.5|1|1|10.0.1.8:8443|0.000",
+                 b"t1|9443|b.a.example.com|200|0.5|1|1|10.0.1.9:8443|0.000",  # the longest
+                 b"t1|9443|other.org|502|0.0|0|0|-|-",
+                 b"t1|9443|x|200|nan|0|0|-|-", b"t1|1234||200|1|1|1|-|-"):
+        traffic.feed(line)
+    status = traffic.status()
+    assert status is not None
+    assert status["tcp"][":5432"] == {"connections": 1, "failed": 0, "bytes_in": 20,
+                                      "bytes_out": 100}
+    assert status["tcp"][":9443 db.example.com,*.example.com"]["connections"] == 2
+    assert status["tcp"][":9443 *.a.example.com"]["connections"] == 1
+    assert status["tcp"][":9443 refused"]["failed"] == 1
+    assert traffic.results == {"ok": 5, "malformed": 1, "unknown_route": 1}

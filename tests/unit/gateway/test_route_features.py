@@ -431,8 +431,12 @@ def test_headers_render_only_on_their_route() -> None:
             "        proxy_hide_header X-Frame-Options;\n"
             '        add_header X-Frame-Options "DENY" always;\n'
             "        proxy_hide_header X-Powered-By;\n") in location(a) + "\n"
-    assert "add_header" not in location(b)
+    # route b has only the gateway's own X-Request-Id (plan/observe.py), and hides it by the
+    # http level's proxy_hide_header (plan/scale.py)
+    assert location(b).count("add_header") == 1
     assert "proxy_hide_header" not in location(b)
+    assert "X-Frame-Options" not in location(b)
+    assert "X-Powered-By" not in location(b)
 
 
 def test_response_headers_on_https_keep_hsts(tmp_path: Path) -> None:
@@ -684,13 +688,13 @@ def test_grpc_needs_tls_and_leaves_out_what_only_http_proxying_does() -> None:
         "give the route 'tls'"]
     assert errors(protocol="grpc", tls=True, websocket=True, compress=True) == [
         "routes[0].protocol: not with grpc (yet): leave out 'websocket', 'compress'"]
-    assert errors(protocol="h2c") == ["routes[0].protocol: 'h2c': Input should be 'http' or "
-                                      "'grpc'"]
+    assert errors(protocol="h2", tls=True) == [
+        "routes[0].protocol: 'h2': Input should be 'http', 'grpc' or 'h2c'"]
     # HTTP/2 to clients is every HTTPS server's already; nginx passes no other HTTP/2 on
     assert errors(protocol="http2") == [
         "routes[0].protocol: 'http2' is not a protocol of its own: every route with 'tls' "
         "speaks HTTP/2 (and HTTP/1.1) to clients already; to the tasks nginx speaks HTTP/1.1 "
-        "('http') or gRPC ('grpc'), and no other HTTP/2"]
+        "('http'), gRPC ('grpc') or HTTP/2 without TLS ('h2c')"]
     labelled = route_from_labels("svc", {**LABELS, "gateway.protocol": "grpc",
                                          "gateway.tls": "true"})
     assert labelled is not None
@@ -708,7 +712,7 @@ def test_grpc_renders_grpc_pass_on_https_and_nginx_accepts_it(tmp_path: Path) ->
     renderer = Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
                         https_listen="127.0.0.1:8443", trusted_proxies=("192.0.2.0/24",))
     text = renderer.render(table, SNAPSHOT, tls=plan).text
-    https = text[text.index("listen 127.0.0.1:8443 ssl http2;"):]
+    https = text[text.index("listen 127.0.0.1:8443 ssl;"):]
     body = location(https)
     assert "        grpc_pass grpc://service_svc_80;\n" in body
     assert "proxy_pass" not in body

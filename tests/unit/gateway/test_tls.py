@@ -316,7 +316,7 @@ def test_rendering_puts_each_certificate_in_its_server_and_redirects(
     plan = certs.plan(routes)
     text = renderer(https_redirect_port=8443).render(routes, SNAPSHOT, tls=plan).text
     servers = text.split("\nserver {")
-    a = next(s for s in servers if "server_name a.test;" in s and "ssl" in s)
+    a = next(s for s in servers if "server_name a.test;" in s and "ssl_certificate " in s)
     assert plan is not None
     by = {h.host: h for h in plan.hosts}
     assert by["a.test"].served is not None
@@ -324,7 +324,7 @@ def test_rendering_puts_each_certificate_in_its_server_and_redirects(
     assert f"ssl_certificate {by['a.test'].served.chain};" in a
     assert 'add_header Strict-Transport-Security "max-age=600" always;' in a
     assert "ssl_stapling" not in a
-    b = next(s for s in servers if "server_name b.test;" in s and "ssl" in s)
+    b = next(s for s in servers if "server_name b.test;" in s and "ssl_certificate " in s)
     assert "ssl_stapling on;" in b
     assert "ssl_stapling_verify on;" in b
     assert "Strict-Transport-Security" not in b
@@ -333,17 +333,20 @@ def test_rendering_puts_each_certificate_in_its_server_and_redirects(
     redirect = next(s for s in servers if "server_name a.test bad.test;" in s)
     assert "return 301 https://$host:8443$request_uri;" in redirect
     assert "proxy_pass" not in redirect
-    assert not any("bad.test" in s and "ssl" in s and "server_name" in s for s in servers)
+    assert not any("bad.test" in s and "ssl_certificate " in s and "server_name" in s
+                   for s in servers)
     assert "ssl_reject_handshake on;" in text
     plain_b = next(s for s in servers
-                   if re.search(r"server_name [^;]*\bb\.test\b", s) and "ssl" not in s)
+                   if re.search(r"server_name [^;]*\bb\.test\b", s)
+                   and "ssl_certificate " not in s)
     assert "proxy_pass" in plain_b
     assert "return 301" not in plain_b
     assert "return 301 https://$host$request_uri;" in renderer().render(
         routes, SNAPSHOT, tls=plan).text  # port 443 is not written
     # no HTTPS listener configured (e.g. `gateway-agent render`): no HTTPS at all
-    assert "ssl" not in renderer(https_listen=None).render(routes, SNAPSHOT, tls=plan).text
-    assert "ssl" not in renderer().render(routes, SNAPSHOT).text
+    assert "ssl_certificate" not in renderer(https_listen=None).render(
+        routes, SNAPSHOT, tls=plan).text
+    assert "ssl_certificate" not in renderer().render(routes, SNAPSHOT).text
 
 
 def test_a_certificate_path_that_is_not_a_plain_token_is_refused(tmp_path: Path,
