@@ -62,3 +62,7 @@ def test_ten_thousand_hosts_ready_means_serving_and_a_route_change_applies(
     # after the reload, the other hosts still go to their own tasks
     for i in sample:
         assert agent.get(f"h{i}.example") == (200, _task_of(i % SERVICES)), i
+    # the hashes (server names; the maps of the JSON log, a key per route) were sized from the
+    # routes: nginx never warned that it could not build one at the size it was given
+    log = agent.log_file.read_text(errors="replace")
+    assert "could not build" not in log, [ln for ln in log.splitlines() if "could not" in ln][:2]

@@ -171,7 +171,7 @@ class Planner:
                               for loc in s.locations),
             "cors_maps": cors_maps(routes),
             **observe_context(self.logs, routes),
-            **scale_context(http_servers + https_servers),
+            **scale_context(http_servers + https_servers, routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")

@@ -16,7 +16,8 @@
   keeps every group of a shared zone apart, and at a reload carries each group's resolved
   addresses over by its name (ngx_http_upstream_zone_module.c, preresolve).
 - The hash of server names sized from the names: room for all of them at the first size nginx
-  tries, without a warning and without a search through sizes.
+  tries, without a warning and without a search through sizes; likewise the maps' hash, whose
+  largest maps have a key per route (the JSON access log's route and service).
 
 Pure: values in, values out.
 """
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 from agent.core.route import Route
 from agent.gateway.plan.http import Server
+from agent.gateway.plan.naming import route_root
 from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
 from agent.gateway.plan.retry import RetryPlan
 from agent.gateway.plan.upstreams import Upstream
@@ -41,9 +43,11 @@ ZONE_MIN_KIB = 1024  # the shared zone starts at 1 MiB and doubles
 PEER_BYTES = 1400
 GROUP_BYTES = 2048
 # server_names_hash_bucket_size: any host name (at most 253 characters) fits in one bucket;
-# nginx allocates what the names take, not buckets of this size
+# nginx allocates what the names take, not buckets of this size (map_hash_bucket_size too,
+# larger for a longer key: a route's root is its first host and its path)
 NAMES_BUCKET = 512
 NAMES_MIN = 512  # nginx's default server_names_hash_max_size
+MAP_MIN = 2048  # nginx's default map_hash_max_size
 # where the template writes the generation, until its digest is known (plan/desired.py): '[' is
 # in no host name nor path
 GENERATION_PLACEHOLDER = "[generation]"
@@ -96,18 +100,33 @@ def share_zone(upstreams: dict[K, Upstream], tasks: dict[str, int]) -> dict[K, U
     return {k: replace(u, zone=size) if u.resolve else u for k, u in upstreams.items()}
 
 
-def names_hash_max_size(names: int) -> int:
-    """server_names_hash_max_size for `names` server names: the power of two at or above
-    their number (nginx's default at least)."""
-    size = NAMES_MIN
+def names_hash_max_size(names: int, least: int = NAMES_MIN) -> int:
+    """A hash's max_size for `names` keys: the power of two at or above their number (nginx's
+    default, `least`, at least)."""
+    size = least
     while size < names:
         size *= 2
     return size
 
 
-def scale_context(servers: Sequence[Server]) -> dict[str, Any]:
-    """The template's values of this module (gateway.conf.j2)."""
+def map_hash_bucket_size(longest: int) -> int:
+    """map_hash_bucket_size for keys of up to `longest` characters: NAMES_BUCKET, or the power
+    of two that holds one such key (nginx: a pointer, the key and its length aligned to a
+    pointer, and the bucket's end), if more."""
+    need = 8 + (longest + 2 + 7) // 8 * 8 + 8
+    size = NAMES_BUCKET
+    while size < need:
+        size *= 2
+    return size
+
+
+def scale_context(servers: Sequence[Server], routes: Sequence[Route]) -> dict[str, Any]:
+    """The template's values of this module (gateway.conf.j2). The largest maps have a key per
+    route, its root (the JSON access log's route and service); cors's origins are shorter."""
     names = len({name for s in servers for name in s.names})
+    longest = max((len(route_root(r)) for r in routes), default=0)
     return {"proxy_defaults": proxy_defaults(), "shared_zone": SHARED_ZONE,
             "names_hash_max_size": names_hash_max_size(names),
-            "names_hash_bucket_size": NAMES_BUCKET}
+            "names_hash_bucket_size": NAMES_BUCKET,
+            "map_hash_max_size": names_hash_max_size(len(routes) + 1, MAP_MIN),
+            "map_hash_bucket_size": map_hash_bucket_size(longest)}

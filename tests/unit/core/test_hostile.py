@@ -462,7 +462,8 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
     assert [d.name for d in conf if d.name not in (
         "map", "geo", "upstream", "server", "resolver", "resolver_timeout",
-        "limit_req_zone")] == ["keepalive_min_timeout", *HTTP_LEVEL[:1], *HTTP_LEVEL[1:2] * 13,
+        "limit_req_zone")] == ["map_hash_max_size", "map_hash_bucket_size",
+                               "keepalive_min_timeout", *HTTP_LEVEL[:1], *HTTP_LEVEL[1:2] * 13,
                                *HTTP_LEVEL[2:], "server_names_hash_max_size",
                                "server_names_hash_bucket_size"]
     # nginx's resolver, when upstreams name their targets: the agent's nameserver, never a TTL
