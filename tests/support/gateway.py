@@ -5,6 +5,7 @@ Everything binds to loopback addresses (127.0.0.0/8) and is stopped by the fixtu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.client
 import json
@@ -150,6 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.server.hits += 1
+        self.server.paths.append(self.path)
 
     def do_POST(self) -> None:
         # the body is read whole: left unread, it would be taken for the next request on a
@@ -185,6 +187,7 @@ class _Upstream(ThreadingHTTPServer):
     request_queue_size = 128
     name: str
     hits: int
+    paths: collections.deque[str]  # the last request targets answered
     in_flight: int  # slow requests being answered now
     lock: threading.Lock
 
@@ -201,6 +204,7 @@ class Upstream:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.name = name
         self.server.hits = 0
+        self.server.paths = collections.deque(maxlen=1000)
         self.server.in_flight = 0
         self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
