@@ -75,10 +75,20 @@ class Measurements:
         self.lines.append(line)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now, never one handed out before in this process: the kernel may hand a
+    port it gave out (and that was closed since) out again, and two listeners of one test given
+    one port make nginx refuse its configuration ("duplicate listen options")."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(
