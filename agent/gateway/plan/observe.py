@@ -73,13 +73,24 @@ def route_names(routes: Sequence[Route]) -> list[RouteName]:
     return sorted(names, key=lambda n: n.root)
 
 
+def map_bucket(keys: Sequence[str]) -> int:
+    """The map_hash_bucket_size that holds the longest of these keys of a map: nginx puts a
+    key in a bucket as a pointer, its length and text (8-byte aligned), and ends the bucket
+    with a null pointer; the bucket is a multiple of a cache line (64 bytes)."""
+    longest = max((len(k.encode()) for k in keys), default=0)
+    need = 8 + (longest + 2 + 7) // 8 * 8 + 8
+    return max(64, (need + 63) // 64 * 64)
+
+
 def context(plan: LogPlan | None, routes: Sequence[Route]) -> dict[str, object]:
     """The template's variables for the JSON log (all absent when `plan` is None)."""
     if plan is None or plan.path is None:
-        return {"json_log": None, "trace_fields": plan is not None and plan.trace}
+        return {"json_log": None, "trace_fields": plan is not None and plan.trace,
+                "map_bucket": 64}
+    names = route_names(routes)
     return {"json_log": plan.path, "json_log_buffer": plan.buffer,
-            "route_names": route_names(routes), "unrouted_logged": UNROUTED_ROOT,
-            "trace_fields": plan.trace}
+            "route_names": names, "unrouted_logged": UNROUTED_ROOT,
+            "trace_fields": plan.trace, "map_bucket": map_bucket([n.root for n in names])}
 
 
 def access_log_option(value: str) -> str:
