@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, field_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_serializer, model_validator
 
 from agent.core.errors import shown as _shown
 from agent.core.options import HEADER_NAME_RE
@@ -66,7 +66,7 @@ def _value(name: str, value: object) -> str:
 def _headers(value: object) -> object:
     if isinstance(value, tuple):  # (a model's own pairs, copied)
         return value
-    if not isinstance(value, Mapping) or not value:
+    if not isinstance(value, Mapping):
         raise ValueError(f"{_shown(value)}: give a mapping of header name to the value it "
                          "must have (exact, or '~^regex$')")
     if len(value) > MAX_HEADERS:
@@ -94,7 +94,7 @@ def _headers(value: object) -> object:
 def _methods(value: object) -> object:
     if isinstance(value, str):  # `methods: GET`
         value = [value]
-    if not isinstance(value, list | tuple) or not value:
+    if not isinstance(value, list | tuple):
         raise ValueError(f"{_shown(value)}: give a list of methods, each one of "
                          f"{', '.join(METHODS)}")
     problems = [f"{_shown(m)} is not one of {', '.join(METHODS)}" for m in value
@@ -117,6 +117,13 @@ class Match(BaseModel):
 
     headers: Annotated[HeaderMatch, BeforeValidator(_headers)] = ()
     methods: Annotated[tuple[str, ...], BeforeValidator(_methods)] = ()
+
+    @model_validator(mode="after")
+    def _something(self) -> Match:
+        if not self.conditions:
+            raise ValueError("give 'headers' (name: value) or 'methods' (a list), or leave out "
+                             "'match'")
+        return self
 
     @field_serializer("headers")
     def _as_written(self, pairs: HeaderMatch) -> dict[str, str]:
