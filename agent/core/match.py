@@ -29,8 +29,9 @@ MAX_HEADERS = 8
 # an exact value: printable ASCII without '"' and '\\', no space at either end ('' : absent)
 _EXACT_RE = re.compile(r"[ !#-\[\]-~]{0,256}")
 # a regular expression: the same characters and '\\' before a character PCRE reads as an escape
-# (never one of nginx's own: '\\"', '\\\\', '\\n', '\\r', '\\t'); no `(?` but `(?:` and `(?i)`
-_REGEX_RE = re.compile(r"\^(?:[ !#-\[\]-~]|\\[.^$*+?()\[\]{}|/dDwWsSbB-])*\$")
+# (never one of nginx's own: '\\"', '\\\\', '\\n', '\\r', '\\t'); no `(?` but `(?:` (and
+# `(?i)` first: the case ignored)
+_REGEX_RE = re.compile(r"(?:\(\?i\))?\^(?:[ !#-\[\]-~]|\\[.^$*+?()\[\]{}|/dDwWsSbB-])*\$")
 _GROUP_RE = re.compile(r"\(\?(?!:|i\))")
 # what PCRE reads as special in an exact value (escaped with '\\' for the map)
 _SPECIAL = frozenset(".^$*+?()[]{}|/")
@@ -47,9 +48,9 @@ def _value(name: str, value: object) -> str:
                 pattern.endswith("\\$") or _GROUP_RE.search(pattern):
             raise ValueError(
                 f"{name!r}: {_shown(text)} is not a regular expression the gateway writes: "
-                "'~^...$' (anchored at both ends), printable ASCII up to 256 characters, no "
-                "'\"', a '\\' only before a character PCRE escapes (.^$*+?()[]{}|/-dDwWsSbB), "
-                "no '(?' groups but '(?:' and '(?i)'")
+                "'~^...$' (anchored at both ends; '~(?i)^...$' ignores case), printable ASCII "
+                "up to 256 characters, no '\"', a '\\' only before a character PCRE escapes "
+                "(.^$*+?()[]{}|/-dDwWsSbB), no '(?' groups but '(?:'")
         try:
             re.compile(pattern)
         except re.error as exc:
