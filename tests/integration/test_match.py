@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import http.client
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.integration.conftest import TASK_ADDRESSES, write_routes
 from tests.support import wait_until
+from tests.support.controller import ControllerProcess
+from tests.support.fakedocker import FakeDocker
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
 
 T1, T2, T3, T4 = TASK_ADDRESSES[:4]
@@ -73,6 +76,10 @@ def test_routes_of_one_path_are_chosen_by_headers_and_method(
     assert tasks["task4"].server.hits == admin_hits
     # a path no route has is what it was
     assert send(agent, "GET", "/other")[:2] == (404, "404 no route for this path\n")
+    # both 404s are counted as unrouted requests
+    wait_until(lambda: agent.metrics().get(
+        'gateway_http_requests_total{route="unrouted",status_class="4xx"}', 0) >= 2, 10,
+        "the 404s in the unrouted requests' metrics")
 
     # /status shows each route's match, the routes with their own label
     routes = agent.status()["routes"]
@@ -119,3 +126,34 @@ def test_hostile_match_values_are_refused_with_their_place(
                "the conflict to be refused")
     assert "with the same 'match'" in agent.status()["routes_error"]
     assert http_get(agent.port, "shop", "/api", method="POST")[:2] == (200, "task1")
+
+
+def test_labelled_services_share_a_path_by_match_through_the_controller(
+        tmp_path: Path, dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        docker: FakeDocker, start_agent: StartAgent) -> None:
+    dns.set("tasks.shop", [T1])
+    dns.set("tasks.shop_beta", [T2])
+    dns.set("tasks.shop_thief", [T3])
+    base = {"gateway.hosts": "shop.example.com", "gateway.path": "/api",
+            "gateway.port": str(upstream_port)}
+    docker.create("shop", base)
+    docker.create("shop_beta", {**base, "gateway.match.headers.X-Env": "~^beta(-[0-9]+)?$",
+                                "gateway.match.methods": "GET,HEAD"})
+    # the same match as an older service's: refused, naming both
+    docker.create("shop_thief", {**base, "gateway.match.headers.X-Env": "~^beta(-[0-9]+)?$",
+                                 "gateway.match.methods": "HEAD, GET"})
+    controller = ControllerProcess(tmp_path, docker)
+    try:
+        controller.start()
+        agent = start_agent([], "--routes-url", controller.url)
+        wait_until(lambda: send(agent, "GET", "/api/x", {"X-Env": "beta-2"},
+                                host="shop.example.com")[:2] == (200, "task2"), 10,
+                   "the labelled routes to be served")
+        assert send(agent, "GET", "/api/x", host="shop.example.com")[:2] == (200, "task1")
+        assert send(agent, "POST", "/api/x", {"X-Env": "beta"}, b"x",
+                    host="shop.example.com")[:2] == (200, "task1")
+        assert controller.status()["errors"] == [
+            "service shop_thief: not routed: 'shop.example.com' with path '/api' is already "
+            "routed by service shop_beta with the same 'match'"]
+    finally:
+        controller.stop()
