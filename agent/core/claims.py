@@ -1,8 +1,7 @@
-"""The one conflict rule: routes that claim the same host and path conflict (unless they differ by
-`match`: core/match.py), and so do routes
-that route one host with two different `tls` (a host has one HTTPS server: one certificate, one
-redirect). The routes file applies it inside itself (core/routes.py), the merge of sources across
-them (core/merge.py)."""
+"""The one conflict rule: routes that claim the same host and path conflict (unless they differ
+by `match`: core/match.py), and so do routes that route one host with two different `tls` (a
+host has one HTTPS server: one certificate, one redirect). The routes file applies it inside
+itself (core/routes.py), the merge of sources across them (core/merge.py)."""
 
 from __future__ import annotations
 

@@ -176,8 +176,9 @@ class _Shared(Protocol):
 
 
 def cannot_share(route: _Shared, other: _Shared) -> str | None:
-    """Why `route` cannot share its host and path with `other`, a route taken before (None: it
-    can: they differ by `match`)."""
+    """Why `route` cannot share its host and path with `other`, a route taken before, in words
+    that follow "already routed by ..." ('' when neither has a match: the plain conflict);
+    None when it can: they differ by `match`."""
     if route.match is None and other.match is None:
         return ""  # the plain conflict: the same host and path twice
     if route.match == other.match:
