@@ -42,7 +42,7 @@ defaults
     timeout connect 5s
     timeout client 65s
     timeout server 65s
-    timeout tunnel 5m
+    timeout tunnel 30m
     timeout http-keep-alive 65s
 
 frontend fe
@@ -78,7 +78,7 @@ routes:
     service: {service}
     port: {port}
     websocket: true
-    read_timeout: 5m
+    read_timeout: 30m
     tls: {{}}
 """
 

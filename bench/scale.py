@@ -20,7 +20,7 @@ from bench import admin, gateways, net, stats
 from bench.dns import Dnsmasq
 from bench.options import Options
 from bench.procs import BenchError, Procs
-from bench.sysinfo import process_cpu, pss_kib, session_pids, status_kib
+from bench.sysinfo import descendants, process_cpu, pss_kib, status_kib
 
 HIST = "gateway_reconcile_duration_seconds"
 
@@ -117,7 +117,7 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
         lookups = {dict(k[1])["result"]: v for k, v in m1.items()
                    if k[0] == "gateway_dns_lookups_total" and v}
         stale = sum(v for k, v in m1.items() if k[0] == "gateway_upstream_endpoints_stale")
-        nginx_pids = [p for p in session_pids(pid) if p != pid]
+        nginx_pids = descendants(pid)  # nginx runs in a session of its own
         rss = status_kib(pid, "VmRSS")
         hwm = status_kib(pid, "VmHWM")
         nginx_pss = sum(pss_kib(p) or 0 for p in nginx_pids)

@@ -55,6 +55,23 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process `pid` started, and what they started in turn, whatever their session
+    (the agent starts nginx in a session of its own: session_pids of the agent misses it)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None:
+                children.setdefault(int(f[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def session_cpu(sid: int) -> float:
     """CPU seconds used so far by the live processes of a session."""
     return sum(process_cpu(pid).total for pid in session_pids(sid))

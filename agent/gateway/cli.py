@@ -48,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: --routes FILE or --routes-url URL (or GATEWAY_ROUTES, GATEWAY_ROUTES_URL) "
               "is required", file=sys.stderr)
         return 2
+    if s.otlp_endpoint is not None and not s.access_log_metrics:
+        print("error: --otlp-endpoint needs --access-log-metrics on: spans are made of the "
+              "lines nginx writes there", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(daemon.run(s))
     except RoutesError as exc:
@@ -114,7 +118,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "trusted_proxies", "template", "nameserver", "upstream_mode", "https_listen",
         "https_redirect_port", "http3", "certs_dir", "route_files_dir", "tls_ca_bundle",
         "access_log_metrics", "nginx_prefix", "nginx_conf_dir", "resolver_listen", "state_dir",
-        "admin_token_file", "controller_token_file", "access_log"))
+        "admin_token_file", "controller_token_file", "access_log", "otlp_endpoint",
+        "trace_sample_ratio"))
     render.add_argument("--endpoints", metavar="FILE.json",
                         help='{"service": ["10.0.1.3", ...]} (default: no endpoints)')
     render.set_defaults(func=cmd_render)

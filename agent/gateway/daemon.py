@@ -30,8 +30,9 @@ from agent.gateway.drivers.source import ControllerRoutes, SourceMetrics
 from agent.gateway.drivers.tls import Certificates, store_dir
 from agent.gateway.observe.admin import make_app
 from agent.gateway.observe.metrics import Metrics
+from agent.gateway.observe.spans import Spans, otlp_spans
 from agent.gateway.observe.state import State, words
-from agent.gateway.pipeline import planner_for
+from agent.gateway.pipeline import planner_for, tracing
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings
 
@@ -145,6 +146,16 @@ async def run(settings: GatewaySettings) -> int:
         reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
+    spans: Spans | None = None
+    if reader is not None and tracing(settings):
+        assert settings.otlp_endpoint is not None
+        spans = otlp_spans(settings.otlp_endpoint,
+                           lambda result, n: metrics.trace_spans.labels(result).inc(n))
+        spans.follow(lambda: state.routes)
+        metrics.traffic.spans = spans.offer
+        spans.start()
+        log.info("traces_on endpoint=%s sample_ratio=%g", settings.otlp_endpoint,
+                 settings.trace_sample_ratio)
     if sources is not None:  # the controller's routes: saved ones, one quick
         await sources.start()  # request, then a long-poll in the background
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
@@ -217,4 +228,6 @@ async def run(settings: GatewaySettings) -> int:
             await reconciler.resolver.close()
         if reader is not None:
             reader.close()
+        if spans is not None:  # the last lines' spans, a short wait at most
+            await asyncio.to_thread(spans.close)
         await admin.close()

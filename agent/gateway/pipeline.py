@@ -31,10 +31,16 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    https_redirect_port=settings.https_redirect_port, http3=settings.http3,
                    resolver=resolver, resolve=resolve, own_resolver=True,
                    backlog=listen_backlog(),
-                   logs=log_plan(settings.access_log),
+                   logs=log_plan(settings.access_log, trace=tracing(settings),
+                                 sample=settings.trace_sample_ratio),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
                                          resolve=resolve, own_resolver=True,
                                          access_log=access_log))
+
+
+def tracing(settings: GatewaySettings) -> bool:
+    """Whether spans are made: an --otlp-endpoint, and the access-log file they come from."""
+    return settings.otlp_endpoint is not None and settings.access_log_metrics
 
 
 def access_log_of(settings: GatewaySettings) -> str | None:

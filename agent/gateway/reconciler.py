@@ -29,7 +29,7 @@ from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State, change_words, describe_change, words
 from agent.gateway.pacing import LookupBudget, ReloadPacer
 from agent.gateway.pipeline import gather
-from agent.gateway.plan.desired import Planner, acme_target
+from agent.gateway.plan.desired import Inputs, Planner, acme_target
 from agent.gateway.plan.filters import RenderError
 from agent.gateway.protocols import (
     CertificateStore,
@@ -173,6 +173,23 @@ class Reconciler:
         Certificates are an input: a replaced certificate file changes the plan (its copy is
         named by its content), so the next cycle renders and reloads.
         """
+        key, inputs = self._plan_inputs()
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, self.planner.desired(inputs))
+        return self._rendered[1]
+
+    async def render_aside(self) -> Rendered:
+        """render(), its pure part (plan/desired.py) in a thread when the inputs changed: at
+        thousands of routes it takes seconds, during which the loop keeps answering nginx's
+        lookups (drivers/dnsserver.py; unanswered, they time out) and /readyz. The inputs are
+        frozen values, and only the cycle, which awaits this, writes self._rendered."""
+        key, inputs = self._plan_inputs()
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, await asyncio.to_thread(self.planner.desired, inputs))
+        return self._rendered[1]
+
+    def _plan_inputs(self) -> tuple[object, Inputs]:
+        """The planner's inputs, and the key that tells whether they changed."""
         inputs = gather(self.routes.table, self.snapshot, certificates=self.certificates,
                         route_files=self.route_files, routes_url=self.routes.url)
         if self.certificates is not None:
@@ -181,9 +198,7 @@ class Reconciler:
         inputs = replace(inputs, table=self._servable(inputs.table))
         key = (inputs.table, tuple(sorted(
             (name, e.addresses) for name, e in self.snapshot.items())), inputs.tls, inputs.files)
-        if self._rendered is None or self._rendered[0] != key:
-            self._rendered = (key, self.planner.desired(inputs))
-        return self._rendered[1]
+        return key, inputs
 
     async def apply(self, rendered: Rendered) -> Outcome:
         change = describe_change(self._applied_snapshot, self.snapshot,
@@ -244,7 +259,7 @@ class Reconciler:
         self.routes.refresh()
         self._use_routes()
         await self.discover()
-        rendered = self.render()
+        rendered = await self.render_aside()
         self._pending_due = None
         if rendered.generation == self.nginx.generation:
             if self.pacer.refused is not None:  # the refused change went away: none pending
@@ -277,7 +292,7 @@ class Reconciler:
             await self.resolver.start()
         await self.discover()
         self.state.serving_saved = any(e.stale and e.addresses for e in self.snapshot.values())
-        rendered = self.render()
+        rendered = await self.render_aside()
         await self.nginx.apply(rendered.text, rendered.generation, rendered.stream)
         if rendered.resolving:
             # nginx's workers look their upstreams' names up 1 ms after they start, and until

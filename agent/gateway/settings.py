@@ -36,6 +36,7 @@ from agent.core.settings import (
 from agent.gateway.drivers.capacity import open_files
 from agent.gateway.drivers.logfile import ROTATE_SIZE
 from agent.gateway.plan.observe import access_log_option
+from agent.gateway.plan.traces import sample_ratio
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class GatewaySettings:
     vrrp_state_file: Path | None = None  # the keepalived notify hook's textfile, when mounted
     drain_delay: float = 5.0  # seconds nginx keeps serving after SIGTERM (agent/gateway/drain.py)
     access_log: str = "stdout"  # the JSON access log: stdout, off or a file (plan/observe.py)
+    otlp_endpoint: str | None = None  # OpenTelemetry spans over OTLP/HTTP (observe/spans.py)
+    trace_sample_ratio: float = 1.0  # of the traces starting here (plan/traces.py)
 
 
 def rotate_size(value: str) -> int:
@@ -203,6 +206,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--access-log", "access_log", access_log_option,
            "stdout, off or an absolute FILE: where nginx writes one JSON line per request (route,"
            " service, task, status, timings, request and trace ids; docs/logs.md) (stdout)"),
+    Option("--otlp-endpoint", "otlp_endpoint", http_url,
+           "an OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces: one "
+           "OpenTelemetry span per request is sent there, made of the access-log lines the "
+           "agent reads (needs --access-log-metrics on; docs/logs.md) (default: none, off)"),
+    Option("--trace-sample-ratio", "trace_sample_ratio", sample_ratio,
+           "0 to 1: the share of the traces starting at the gateway that are sampled; a "
+           "client's traceparent keeps its own sampled flag (parent-based) (1)"),
 )
 
 

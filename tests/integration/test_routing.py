@@ -150,8 +150,10 @@ def test_a_template_of_one_s_own_serves(
         start_agent: StartAgent) -> None:
     """--template: the built-in template with one header more in every proxied location."""
     builtin = (resources.files("agent.gateway") / "templates" / "gateway.conf.j2").read_text()
-    marker = "        proxy_http_version 1.1;\n"
-    assert marker in builtin
+    # (a plain route's location: its proxy settings are the http level's, plan/scale.py)
+    marker = ("        proxy_pass http{% if loc.upstream_tls %}s{% endif %}://"
+              "{{ loc.upstream | nginx }};\n")
+    assert builtin.count(marker) == 1
     mine = tmp_path / "mine.conf.j2"
     mine.write_text(builtin.replace(marker, marker + "        add_header X-Template mine;\n"))
     dns.set("tasks.web", [T1])

@@ -123,6 +123,11 @@ class Metrics:
         # parser, exported once the daemon turns the feature on.
         self.traffic = Traffic()
         r.register(self.traffic)
+        self.trace_spans = Counter(  # --otlp-endpoint (observe/spans.py)
+            "gateway_trace_spans", "Sampled requests' spans by result (exported, failed, "
+            "dropped, malformed)", ["result"], registry=r)
+        for result in ("exported", "failed", "dropped", "malformed"):
+            self.trace_spans.labels(result)
         # The agent's own CPU and memory (process_cpu_seconds_total, ...): what the access-log
         # metrics cost shows here.
         ProcessCollector(registry=r)

@@ -58,9 +58,10 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     10.0, 30.0, 60.0)
 _MARKER = FORMAT_MARKER.encode()
 _FIELDS = 9  # the marker and the eight fields
-# tracing on (--otlp-endpoint): the same fields, then plan/observe.py's TRACE_FIELDS
+# tracing on (--otlp-endpoint): the same fields, then plan/observe.py's TRACE_FIELDS, the
+# last of which (the path) may hold a '|' itself
 TRACE_MARKER = b"g2"
-_TRACE_FIELDS = _FIELDS + 6
+_TRACE_FIELDS = _FIELDS + 10
 _CLASS_INDEX = {b"1": 0, b"2": 1, b"3": 2, b"4": 3, b"5": 4}
 _MAX_SECONDS = 1e7
 
@@ -185,6 +186,8 @@ class Traffic(Collector):
             if fields[0] == TCP_MARKER:
                 self.results[self.tcp.feed(fields, n)] += n
                 return
+            if fields[0] == TRACE_MARKER:
+                fields = line.split(b"|", _TRACE_FIELDS - 1)
             if fields[0] != TRACE_MARKER or len(fields) != _TRACE_FIELDS:
                 self.results["malformed"] += n
                 return

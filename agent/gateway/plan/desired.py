@@ -33,6 +33,7 @@ from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
 from agent.gateway.plan.observe import LogPlan
 from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
+from agent.gateway.plan.scale import GENERATION_PLACEHOLDER, scale_context, share_zone
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.plan.traffic import traffic_context
 from agent.gateway.plan.upstreams import (
@@ -115,6 +116,8 @@ class Planner:
         upstreams = dict(sorted({**upstreams, **auth_upstreams(
             routes, snapshot, self.resolve, self.own_resolver, upstreams)}.items(),
             key=lambda kv: kv[1].name))  # and the auth services' (plan/forwardauth.py)
+        # the resolved ones in one shared zone (plan/scale.py)
+        upstreams = share_zone(upstreams, {n: len(e.addresses) for n, e in snapshot.items()})
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
@@ -172,6 +175,7 @@ class Planner:
             **match_context([d for s in http_servers + https_servers for d in s.dispatches],
                             [loc for s in http_servers + https_servers for loc in s.locations]),
             **observe_context(self.logs, routes),
+            **scale_context(http_servers + https_servers, routes),
         }
         if table.tcp and self.stream is None:
             raise RenderError("tcp routes: this renderer has no stream context")
@@ -180,11 +184,20 @@ class Planner:
         # The generation is a digest of the configuration without it (and of the stream
         # context, which nginx reads in the same reload), then written into it.
         try:
-            body = self._template.render(context, generation="0")
-            generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
-            text = self._template.render(context, generation=generation)
+            body = self._template.render(context, generation=GENERATION_PLACEHOLDER)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
+        generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
+        # Rendered once (at 10,000 routes a render takes seconds): the generation replaces the
+        # placeholder, where it is written once; a template that writes it more than once, or a
+        # value that holds the placeholder, is rendered again with the generation instead.
+        if body.count(GENERATION_PLACEHOLDER) == 1:
+            text = body.replace(GENERATION_PLACEHOLDER, generation)
+        else:
+            try:
+                text = self._template.render(context, generation=generation)
+            except jinja2.TemplateError as exc:
+                raise RenderError(f"template: {exc}") from exc
         return Rendered(text, generation, frozenset(
             u.lookup for u in upstreams.values() if u.resolve) | stream_resolving, stream)
 

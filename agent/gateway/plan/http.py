@@ -84,6 +84,19 @@ class Location:
             self.upstream is not None  # X-Request-Id (observe.py)
 
     @property
+    def own_headers(self) -> bool:
+        """Request headers of its own: the http level's common set (plan/scale.py) does not
+        apply, so the location says the whole set again."""
+        return self.websocket or self.strip_prefix or bool(self.request_headers) or \
+            bool(self.auth and self.auth.headers)  # forward auth's identity headers
+
+    @property
+    def own_hidden(self) -> bool:
+        """Answer headers hidden of its own: the http level's proxy_hide_header (X-Request-Id,
+        plan/scale.py) does not apply, so the location says it again."""
+        return bool(self.response_headers) or self.cors is not None
+
+    @property
     def checks(self) -> tuple[object, ...]:  # what a client must pass (gateway/paths.py)
         return (self.allow, self.auth_realm, self.auth_file, self.locked, self.rate_limit,
                 self.client_certs, self.ca_locked)

@@ -7,9 +7,10 @@ JSON line carries `$gateway_route` and `$gateway_service`, looked up from $docum
 map in the http context, so that no location needs a line of its own for them.
 
 The per-route metrics keep their compact line (observe/traffic.py). For spans made by the agent
-(OpenTelemetry, not built yet: issue 29), `LogPlan.trace` makes that line carry the trace
-fields too (the `g2` line, TRACE_FIELDS), which observe/traffic.py already reads and hands to
-its `spans` hook; no option turns it on yet.
+(OpenTelemetry, --otlp-endpoint), `LogPlan.trace` makes the line of a sampled request carry
+the trace fields too (the `g2` line, TRACE_FIELDS), which observe/traffic.py reads and hands to
+observe/spans.py;
+`LogPlan.sample` is --trace-sample-ratio (plan/traces.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from agent.core.routes import Route
 from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
+from agent.gateway.plan.traces import sampling
 
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/-]{1,1023}")
 STDOUT = "stdout"
@@ -27,9 +29,11 @@ OFF = "off"
 # nginx opens the master's standard output by this name: the container's stdout, which
 # `docker service logs` and log shippers read
 STDOUT_PATH = "/dev/stdout"
-# what the metrics line adds when spans are made of it (observe/traffic.py reads them)
+# what the metrics line adds when spans are made of it (observe/traffic.py reads them); the
+# path comes last: it may hold a '|'
 TRACE_FIELDS = ("$msec|$gateway_trace_id|$gateway_span_id|$gateway_parent_span_id|"
-                "$request_method|$upstream_addr")
+                "$request_method|$upstream_addr|$gateway_trace_flags|$gateway_request_id|"
+                "$gateway_trace_host|$gateway_trace_path")
 
 
 @dataclass(frozen=True)
@@ -54,15 +58,16 @@ class LogPlan:
     path: str | None = STDOUT_PATH
     buffer: str = "4k"
     trace: bool = False  # the metrics line carries the trace fields (tracing on)
+    sample: float = 1.0  # the share of the traces starting here that are sampled
 
 
-def log_plan(access_log: str, trace: bool = False) -> LogPlan:
+def log_plan(access_log: str, trace: bool = False, sample: float = 1.0) -> LogPlan:
     """--access-log stdout|off|FILE as a plan."""
     if access_log == OFF:
-        return LogPlan(None, trace=trace)
+        return LogPlan(None, trace=trace, sample=sample)
     if access_log == STDOUT:
-        return LogPlan(STDOUT_PATH, trace=trace)
-    return LogPlan(access_log, buffer="64k", trace=trace)
+        return LogPlan(STDOUT_PATH, trace=trace, sample=sample)
+    return LogPlan(access_log, buffer="64k", trace=trace, sample=sample)
 
 
 def route_names(routes: Sequence[Route]) -> list[RouteName]:
@@ -73,24 +78,14 @@ def route_names(routes: Sequence[Route]) -> list[RouteName]:
     return sorted(names, key=lambda n: n.root)
 
 
-def map_bucket(keys: Sequence[str]) -> int:
-    """The map_hash_bucket_size that holds the longest of these keys of a map: nginx puts a
-    key in a bucket as a pointer, its length and text (8-byte aligned), and ends the bucket
-    with a null pointer; the bucket is a multiple of a cache line (64 bytes)."""
-    longest = max((len(k.encode()) for k in keys), default=0)
-    need = 8 + (longest + 2 + 7) // 8 * 8 + 8
-    return max(64, (need + 63) // 64 * 64)
-
-
 def context(plan: LogPlan | None, routes: Sequence[Route]) -> dict[str, object]:
     """The template's variables for the JSON log (all absent when `plan` is None)."""
+    traces = sampling(plan.sample if plan is not None and plan.trace else 1.0)
     if plan is None or plan.path is None:
-        return {"json_log": None, "trace_fields": plan is not None and plan.trace,
-                "map_bucket": 64}
-    names = route_names(routes)
+        return {"json_log": None, "trace_fields": plan is not None and plan.trace, **traces}
     return {"json_log": plan.path, "json_log_buffer": plan.buffer,
-            "route_names": names, "unrouted_logged": UNROUTED_ROOT,
-            "trace_fields": plan.trace, "map_bucket": map_bucket([n.root for n in names])}
+            "route_names": route_names(routes), "unrouted_logged": UNROUTED_ROOT,
+            "trace_fields": plan.trace, **traces}
 
 
 def access_log_option(value: str) -> str:

@@ -40,7 +40,8 @@ from agent.gateway.plan.http import GZIP_TYPES, allow_var, rate_zone
 from agent.gateway.plan.mainconf import render_main_conf
 from agent.gateway.plan.naming import sticky_var
 from agent.gateway.plan.naming import upstream_name as expected_upstream_name
-from agent.gateway.plan.upstreams import KEEPALIVE, upstream_key, zone_size
+from agent.gateway.plan.scale import PEER_BYTES, SHARED_ZONE
+from agent.gateway.plan.upstreams import KEEPALIVE, upstream_key
 from tests.support import require_programs
 from tests.support.tlsca import TestCA
 
@@ -303,7 +304,11 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
     if resolved:
         # nginx resolves the route's own name; the agent's answers decide only that it exists
         assert names == ["zone", *balance, "server", "keepalive", "keepalive_timeout"]
-        assert block.one("zone").args == (block.args[0], zone_size(len(addresses)))
+        # one zone shared by every resolved upstream, with room for twice their tasks
+        zone, size = block.one("zone").args
+        assert zone == SHARED_ZONE
+        assert size.endswith("k")
+        assert int(size[:-1]) * 1024 >= 2 * PEER_BYTES * len(addresses)
         assert block.one("server").args == (f"{route.target.lookup_name}:{route.port}",
                                             "resolve", "max_fails=1", "fail_timeout=5s")
         assert block.one("keepalive").args == (str(KEEPALIVE),)
@@ -314,6 +319,28 @@ def _check_upstream(block: Directive, route: Route, endpoints: Endpoints,
     servers = sorted((_parse_server(d.args[0]) for d in block.children("server")), key=str)
     assert servers == sorted(((ipaddress.ip_address(a), route.port) for a in addresses), key=str)
     assert block.one("keepalive").args == (str(KEEPALIVE),)
+
+
+# said once at the http level (plan/scale.py); a location inherits each unless it says its own
+# (proxy_set_header, proxy_hide_header: all of them, unless it says any)
+HTTP_LEVEL = ("proxy_http_version", "proxy_set_header", "proxy_hide_header",
+              "proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout",
+              "client_max_body_size", "proxy_next_upstream", "proxy_next_upstream_tries")
+LISTS = ("proxy_set_header", "proxy_hide_header")  # a location that says one says all again
+
+
+def _inherited(loc: Directive, conf: tuple[Directive, ...]) -> Directive:
+    """A proxying location as nginx reads it: with what it inherits from the http level. Its
+    own lines are only what differs from a plain route's."""
+    body = loc.block or ()
+    if not any(d.name == "proxy_pass" for d in body):
+        return loc
+    own = {d.name for d in body}
+    http = [d for d in conf if d.name in HTTP_LEVEL and d.name not in own]
+    for d in body:
+        if d.name in HTTP_LEVEL and d.name not in LISTS:
+            assert d not in conf, f"{d} is said at the http level already"
+    return Directive(loc.name, loc.args, body + tuple(http))
 
 
 def _check_location(loc: Directive, route: Route | None, upstream: str | None,
@@ -435,9 +462,14 @@ def check_rendered(text: str, generation: str, table: RouteTable,
     assert _fixed_part(conf) == REFERENCE, "a fixed block changed"
     assert [d.name for d in conf if d.name not in (
         "map", "geo", "upstream", "server", "resolver", "resolver_timeout",
-        "limit_req_zone")] == ["keepalive_min_timeout"]
+        "limit_req_zone")] == ["map_hash_max_size", "map_hash_bucket_size",
+                               "keepalive_min_timeout", *HTTP_LEVEL[:1], *HTTP_LEVEL[1:2] * 13,
+                               *HTTP_LEVEL[2:], "server_names_hash_max_size",
+                               "server_names_hash_bucket_size"]
     # nginx's resolver, when upstreams name their targets: the agent's nameserver, never a TTL
     resolvers = [d.args for d in conf if d.name == "resolver"]
+    assert len({d.one("zone").args for d in conf if d.name == "upstream" and d.children("zone")}
+               ) <= 1, "a zone said with two sizes"
     wants_resolver = resolve and any(d.name == "upstream" and d.children("zone") for d in conf)
     assert resolvers == ([(RESOLVER, "valid=1s", "ipv6=off")] if wants_resolver else [])
     # two maps per sticky cookie: what the upstream hashes, and the cookie to set
@@ -526,7 +558,13 @@ def check_rendered(text: str, generation: str, table: RouteTable,
                     e = snapshot[route.target.lookup_name]
                     resolved = resolve and not e.stale and not e.refused \
                         and not is_address(route.target.lookup_name)
-                _check_location(loc, route, upstream, resolved)
+                if route is not None and not (route.websocket or route.strip_prefix or (
+                        route.headers is not None and route.headers.request) or (
+                        route.auth is not None and route.auth.response_headers)):
+                    assert loc.children("proxy_set_header") == [], "a location's own headers"
+                if route is not None and not (route.headers is not None and route.headers.response):
+                    assert loc.children("proxy_hide_header") == [], "a location's own hidden"
+                _check_location(_inherited(loc, conf), route, upstream, resolved)
 
 
 # -- the real nginx --------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_a_traced_metrics_line_counts_and_reaches_the_spans_hook() -> None:
     got: list[tuple[list[bytes], str]] = []
     traffic.spans = lambda fields, label: got.append((fields, label))
     traffic.feed(b"g2|/gateway-route/a|200|0.002|0.001|200|0.001|10|10|1765000000.123|"
-                 + b"a" * 32 + b"|" + b"b" * 16 + b"||GET|10.0.1.7:80")
+                 + b"a" * 32 + b"|" + b"b" * 16 + b"||GET|10.0.1.7:80|01|rid|a|/x")
     traffic.feed(b"g2|/gateway-route/a|200|0.002")  # cut short: malformed, no span
     assert traffic.totals()["a/"]["2xx"] == 1  # type: ignore[index]
     assert traffic.results["malformed"] == 1
