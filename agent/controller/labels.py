@@ -47,6 +47,8 @@ _GROUPS = {"basic_auth": "file", "rate_limit": "rate", "redirect": "to", "sticky
            "upstream_tls": "ca"}
 # `gateway.headers.request.x-api-version=2`, `gateway.headers.response.x-powered-by=` (removes)
 _HEADER_RE = re.compile(r"headers\.(request|response)\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
+# `gateway.match.headers.x-env=beta`, `gateway.match.headers.accept=~^application/json$`
+_MATCH_HEADER_RE = re.compile(r"match\.headers\.([A-Za-z0-9][A-Za-z0-9-]{0,63})")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ def route_from_labels(service: str, labels: Mapping[str, str],
         if header := _HEADER_RE.fullmatch(option):
             direction, name = header.groups()
             data.setdefault("headers", {}).setdefault(direction, {})[name] = text
+        elif header := _MATCH_HEADER_RE.fullmatch(option):
+            data.setdefault("match", {}).setdefault("headers", {})[header.group(1)] = text
+        elif option == "match.methods":  # `gateway.match.methods=GET,HEAD`
+            data.setdefault("match", {})["methods"] = _list(text)
         elif not _OPTION_RE.fullmatch(option):
             errors.append(f"label {_shown(start + option)}: not a gateway option "
                           "(docs/labels.md lists them)")

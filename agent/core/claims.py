@@ -1,7 +1,7 @@
-"""The one conflict rule: routes that claim the same host and path conflict, and so do routes
-that route one host with two different `tls` (a host has one HTTPS server: one certificate, one
-redirect). The routes file applies it inside itself (core/routes.py), the merge of sources across
-them (core/merge.py)."""
+"""The one conflict rule: routes that claim the same host and path conflict (unless they differ
+by `match`: core/match.py), and so do routes that route one host with two different `tls` (a
+host has one HTTPS server: one certificate, one redirect). The routes file applies it inside
+itself (core/routes.py), the merge of sources across them (core/merge.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
+from agent.core.match import cannot_share
 from agent.core.route import Route
 
 Owner = TypeVar("Owner")
@@ -23,10 +24,12 @@ class Conflict:
     host: str
     path: str
     owner: str  # the earlier route, as the caller names it
+    detail: str = ""  # why routes that differ by `match` cannot share (core/match.py)
 
     def __str__(self) -> str:
         if self.kind == "path":
-            return f"{self.host!r} with path {self.path!r} is already routed by {self.owner}"
+            return (f"{self.host!r} with path {self.path!r} is already routed by {self.owner}"
+                    + (f" {self.detail}" if self.detail else ""))
         return f"{self.host!r} is also routed by {self.owner} with a different 'tls'"
 
 
@@ -34,7 +37,7 @@ class Claims(Generic[Owner]):
     """The hosts and paths claimed so far, and the `tls` each host was first routed with."""
 
     def __init__(self) -> None:
-        self._paths: dict[tuple[str, str], Owner] = {}
+        self._paths: dict[tuple[str, str], list[tuple[Route, Owner]]] = {}
         self._tls: dict[str, tuple[object, Owner]] = {}
 
     def conflicts(self, route: Route, name: Callable[[Owner], str]) -> Iterator[Conflict]:
@@ -43,8 +46,10 @@ class Claims(Generic[Owner]):
         seen: set[str] = set()
         tls_said = False
         for i, host in enumerate(route.hosts):
-            if (host, route.path) in self._paths:
-                yield Conflict("path", i, host, route.path, name(self._paths[host, route.path]))
+            shared = next(((o, why) for other, o in self._paths.get((host, route.path), ())
+                           if (why := cannot_share(route, other)) is not None), None)
+            if shared is not None:
+                yield Conflict("path", i, host, route.path, name(shared[0]), shared[1])
             elif host in seen:
                 yield Conflict("path", i, host, route.path, "this route")
             seen.add(host)
@@ -55,5 +60,5 @@ class Claims(Generic[Owner]):
 
     def take(self, route: Route, owner: Owner) -> None:
         for host in route.hosts:
-            self._paths.setdefault((host, route.path), owner)
+            self._paths.setdefault((host, route.path), []).append((route, owner))
             self._tls.setdefault(host, (route.tls, owner))

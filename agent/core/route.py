@@ -43,6 +43,7 @@ from agent.core.fields import (
     is_address,
 )
 from agent.core.forwardauth import ForwardAuth, as_forward_auth, route_problem
+from agent.core.match import Match, as_match
 from agent.core.options import (
     BasicAuth,
     Headers,
@@ -62,7 +63,7 @@ _PROXY_FIELDS = ("service", "host", "port", "balance", "connect_timeout", "read_
                  "websocket", "strip_prefix", "allow", "basic_auth", "rate_limit", "headers",
                  "compress", "sticky", "error_page", "maintenance", "protocol",
                  "canary", "mirror", "auth", "retry", "max_conns", "fail_timeout", "cors",
-                 "upstream_tls")
+                 "upstream_tls", "match")
 
 
 # what HTTP/1.1 proxying does that a gRPC route does not: an upgrade, a rewritten path, gzip of
@@ -150,6 +151,8 @@ class Route(BaseModel):
     cors: Annotated[Cors | None, BeforeValidator(as_cors)] = None
     # the tasks speak HTTPS: verified against a CA file of --route-files-dir (core/edgetls.py)
     upstream_tls: UpstreamTlsField = None
+    # only requests with these headers and methods (core/match.py): routes may share a path
+    match: Annotated[Match | None, BeforeValidator(as_match)] = None
 
     @field_validator("port")
     @classmethod

@@ -116,6 +116,8 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
         {"hosts": ["shop.example.test"], "service": "shop", "port": p, "tls": True},
         {"hosts": ["old.example.test"], "service": "shop", "port": p, "tls": True},
         {"hosts": ["api.example.test"], "path": "/v1", "service": "api", "port": p},
+        {"hosts": ["api.example.test"], "path": "/v1", "service": "api", "port": p,
+         "match": {"headers": {"X-Env": "beta"}, "methods": ["GET"]}},
         {"hosts": ["dmzhttp"], "service": "dmzhttp", "port": p, "zone": "dmz"},
     ]
     https_port = free_port()
@@ -135,7 +137,7 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
 
     # routes with hosts, path, target, zone and source; task counts per route and service
     rows = page.locator("#routes tbody tr")
-    expect(rows).to_have_count(5)
+    expect(rows).to_have_count(6)
     manager = page.locator('tr[data-route="managerhttp/"]')
     expect(manager).to_contain_text("managerhttp, manager.example.test")
     expect(manager).to_contain_text(f"tasks.managerhttp:{p}")
@@ -146,6 +148,9 @@ def test_the_dashboard_shows_routes_tasks_certificates_traffic_and_follows_chang
     api = page.locator('tr[data-route="api.example.test/v1"]')
     expect(api.locator("td.tasks")).to_have_text("0")
     expect(api.locator("td.state")).to_have_text("503")
+    # a route of the same path by match: its match under its path
+    beta = page.locator('tr[data-route^="api.example.test/v1[match:"]')
+    expect(beta.locator("td.mono")).to_have_text("/v1match X-Env: beta, GET")
     expect(page.locator('tr[data-service="managerhttp"] td.tasks')).to_have_text("2")
     expect(page.locator('tr[data-service="managerhttp"] td.addresses')).to_have_text(
         f"{T1} {T2}")

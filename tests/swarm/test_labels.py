@@ -319,3 +319,31 @@ def test_a_label_cannot_make_the_gateway_serve_its_secrets(labelled: Swarm) -> N
     remove(*(f"{PREFIX}leak{i}" for i in range(len(secrets))), f"{PREFIX}down")
     wait_until(lambda: not routes_source()["errors"], 30, "the refused services to go",
                interval=0.2)
+
+
+def test_a_service_s_labels_of_match_and_cors_reach_the_gateway(labelled: Swarm) -> None:
+    """Route options of issue 27 from a service's labels (one service): `gateway.match.methods`
+    leaves other methods the gateway's 404, `gateway.cors` answers a preflight at the gateway
+    and names the allowed origin on the task's answers."""
+    swarm = labelled
+    name, host, origin = f"{PREFIX}opts", "opts.example.com", "https://app.example.com"
+    create(name, {"gateway.hosts": host, "gateway.port": "8888",
+                  "gateway.match.methods": "GET,HEAD,OPTIONS", "gateway.cors": origin,
+                  "gateway.cors.methods": "GET"})
+    wait_until(lambda: answers(swarm, host, name), 30, f"{host} to answer", interval=0.1)
+    served = next(r for r in label_routes() if r["hosts"] == [host])
+    assert served["match"]["methods"] == ["GET", "HEAD", "OPTIONS"]
+    status, body, headers = http_get(GATEWAY_PORT, host, headers={"Origin": origin})
+    assert status == 200
+    assert body.strip() in swarm.containers(name)
+    assert headers["access-control-allow-origin"] == origin
+    status, _, headers = http_get(GATEWAY_PORT, host, method="OPTIONS", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET"})
+    assert status == 204
+    assert headers["access-control-allow-methods"] == "GET"
+    assert headers["access-control-allow-origin"] == origin
+    assert http_get(GATEWAY_PORT, host, method="DELETE")[:2] == (
+        404, "404 no route for this request\n")
+    remove(name)
+    wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
+               interval=0.1)

@@ -233,6 +233,15 @@ function errorCell(label, on) {
   return r.errors > 0 ? badge(pct, r.errors >= 0.05 ? "bad" : "warn") : pct;
 }
 
+// a route's path, and the requests it takes of it (match: headers and methods) when it says
+function pathCell(r) {
+  const m = r.match;
+  if (!m) return r.path || "/";
+  const parts = Object.entries(m.headers || {}).map(([k, v]) => k + ": " + v);
+  if (m.methods && m.methods.length) parts.push(m.methods.join(" | "));
+  return [r.path || "/", el("div", {class: "muted match"}, "match " + parts.join(", "))];
+}
+
 function routeErrors(route, doc, e) {
   const out = [];
   if (e && e.error) out.push(e.error);
@@ -279,7 +288,7 @@ function renderGateway(doc) {
     const [state, kind, why] = serviceState(e);
     const errs = routeErrors(r, doc, e);
     return [
-      r.hosts.join(", "), [r.path, "mono"],
+      r.hosts.join(", "), [pathCell(r), "mono"],
       (r.service ? "tasks." + r.service : r.host) + ":" + r.port,
       r.zone || "–", r.source,
       [e ? String(e.addresses.length) : "0", "num tasks"],
@@ -363,10 +372,10 @@ function renderController(doc) {
   const problems = doc.problems.length ? list(doc.problems, "error") : null;
   const routes = section("routes", "Routes served to the gateways", table(
     ["Source", "Hosts", "Path", "Target", "Zone", "TLS"],
-    doc.routes.map((r) => [r.source, r.hosts.join(", "), [r.path || "/", "mono"],
+    doc.routes.map((r) => [r.source, r.hosts.join(", "), [pathCell(r), "mono"],
       (r.service ? "tasks." + r.service : r.host) + ":" + r.port, r.zone || "–",
       r.tls ? (r.tls.acme ? "ACME" : r.tls.certificate || "yes") : "–"]),
-    "No routes.", doc.routes.map((r) => ({"data-route": r.hosts[0] + (r.path || "/")}))));
+    "No routes.", doc.routes.map((r) => ({"data-route": r.label || r.hosts[0] + (r.path || "/")}))));
   const held = Object.entries(doc.held_for_tasks);
   const errors = section("errors", "Errors", doc.errors.length || held.length ? list([
     ...doc.errors, ...held.map(([n, s]) => n + ": waiting " + s + " s more for a running task")],

@@ -376,7 +376,9 @@ class ControllerRoutes:
             "certificates": [c.host for c in r.certificates] if r else [],
             "errors": self.errors,
             "conflicts": list(self.merged.errors),
-            "served": [{"source": s, "hosts": list(route.hosts), "path": route.path}
+            "served": [{"source": s, "hosts": list(route.hosts), "path": route.path,
+                        **({"match": route.match.model_dump(mode="json")} if route.match
+                           else {})}
                        for s, route in zip(self.merged.sources, self.merged.table.routes,
                                            strict=True)],
         }

@@ -96,10 +96,10 @@ def status_document(state: State, nginx: Nginx, settings: GatewaySettings, now: 
         }
     source_of = {}
     if sources is not None:
-        source_of = {(r.hosts, r.path): s for s, r in zip(
+        source_of = {(r.hosts, r.path, r.match): s for s, r in zip(
             sources.merged.sources, sources.merged.table.routes, strict=True)}
     routes = [{**r.model_dump(mode="json", exclude_none=True), "label": route_label(r),
-               "source": source_of.get((r.hosts, r.path), FILE_SOURCE)}
+               "source": source_of.get((r.hosts, r.path, r.match), FILE_SOURCE)}
               for r in state.routes.routes]
     return {
         "version": __version__,

@@ -28,6 +28,7 @@ from agent.gateway.plan.cors import cors_maps
 from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
+from agent.gateway.plan.match import UNMATCHED, match_context
 from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
 from agent.gateway.plan.observe import LogPlan
 from agent.gateway.plan.observe import context as observe_context
@@ -170,6 +171,9 @@ class Planner:
             **traffic_context(loc.traffic for s in http_servers + https_servers
                               for loc in s.locations),
             "cors_maps": cors_maps(routes),
+            "unmatched": UNMATCHED,
+            **match_context([d for s in http_servers + https_servers for d in s.dispatches],
+                            [loc for s in http_servers + https_servers for loc in s.locations]),
             **observe_context(self.logs, routes),
             **scale_context(http_servers + https_servers, routes),
         }

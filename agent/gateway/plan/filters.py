@@ -16,6 +16,10 @@ SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]*~+,@-]+")
 # ';' is text there: nginx's parser (ngx_conf_read_token) ends a quoted word at its closing
 # quote only, and every quote is refused.
 SAFE_QUOTED = re.compile(r"[ !#%&'()*+,\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]*")
+# A map's regular expression between double quotes (core/match.py makes them): printable ASCII
+# without '"'; a '\\' only before a character nginx keeps it for (none of '"', '\'', '\\', 'n',
+# 'r', 't', which its parser would unescape), no named group (it would set a variable).
+SAFE_REGEX = re.compile(r"(?:[ !#-\[\]-~]|\\[.^$*+?()\[\]{}|/dDwWsSbB-])+")
 TEMPLATES = Path(__file__).parent.parent / "templates"  # agent/gateway/templates
 
 
@@ -38,6 +42,14 @@ def nginx_quoted(value: object) -> str:
     return f'"{text}"'
 
 
+def nginx_regex(value: object) -> str:
+    """A map's regular expression: `"~PATTERN"`."""
+    text = str(value)
+    if not SAFE_REGEX.fullmatch(text) or "(?" in text.replace("(?:", "").removeprefix("(?i)"):
+        raise RenderError(f"refusing to write {text[:80]!r} into nginx configuration")
+    return f'"~{text}"'
+
+
 def environment(template_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
@@ -49,4 +61,5 @@ def environment(template_dir: Path) -> jinja2.Environment:
     )
     env.filters["nginx"] = nginx_token
     env.filters["nginx_quoted"] = nginx_quoted
+    env.filters["nginx_regex"] = nginx_regex
     return env

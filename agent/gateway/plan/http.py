@@ -7,6 +7,7 @@ Same input, same values: everything is sorted, nothing depends on time or dict o
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from agent.gateway.plan.edgetls import (
     upstream_tls,
 )
 from agent.gateway.plan.forwardauth import AuthPlan, auth_plan
+from agent.gateway.plan.match import Condition, Dispatch, conditions, dispatch
 from agent.gateway.plan.naming import route_root, sticky_var
 from agent.gateway.plan.paths import PathMap, path_map, strict
 from agent.gateway.plan.retry import DEFAULT as DEFAULT_RETRY
@@ -72,6 +74,7 @@ class Location:
     client_certs: ClientCerts | None = None  # tls.client_ca (plan/edgetls.py)
     upstream_tls: UpstreamTlsPlan | None = None
     ca_locked: bool = False  # a CA file it needs was never good: 503
+    match: tuple[Condition, ...] = ()  # the requests it takes of its path (plan/match.py)
 
     @property
     def adds_headers(self) -> bool:
@@ -129,6 +132,20 @@ class Server:
     @property
     def path_map(self) -> PathMap | None:
         return path_map(self.locations)
+
+    @functools.cached_property
+    def _dispatch(self) -> tuple[dict[str, str], list[Dispatch]]:
+        return dispatch(self.locations)
+
+    @property
+    def named(self) -> dict[str, str]:
+        """The named location of each route (by its root) whose path is chosen by match."""
+        return self._dispatch[0]
+
+    @property
+    def dispatches(self) -> list[Dispatch]:
+        """The paths whose route is chosen by match (plan/match.py)."""
+        return self._dispatch[1]
 
     @property
     def client_ca(self) -> str | None:
@@ -192,6 +209,7 @@ def location(route: Route, upstream: Upstream | None, files: FilesPlan | None,
         retry=retry_plan(route),
         cors=cors_plan(route.cors),
         client_certs=client, upstream_tls=to_tasks, ca_locked=ca_locked(client, to_tasks),
+        match=conditions(route.match),
     )
 
 

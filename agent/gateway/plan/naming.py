@@ -14,8 +14,10 @@ UNROUTED_ROOT = "/gateway-unrouted"
 
 
 def route_label(route: Route) -> str:
-    """The `route` label: first host and path prefix, e.g. `managerhttp/`, `a.example.com/api`."""
-    return route.hosts[0] + route.path
+    """The `route` label: first host and path prefix, e.g. `managerhttp/`, `a.example.com/api`;
+    a route with `match` adds its digest (`a.example.com/api[match:1f2e3d4c]`): routes that
+    differ by match share the host and path."""
+    return route.hosts[0] + route.path + (f"[match:{route.match.key}]" if route.match else "")
 
 
 def route_root(route: Route) -> str:

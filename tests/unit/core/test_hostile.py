@@ -811,6 +811,16 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
                 min_size=1, max_size=3))
             for direction in ("request", "response")}),
         st.fixed_dictionaries({"both": st.just({})})),
+    # (never valid: the whole-file check below knows no match; valid ones are rendered by
+    # tests/unit/core/test_match_fields.py)
+    "match": st.one_of(
+        hostile_text(), st.integers(), st.lists(st.just("GET"), max_size=2),
+        st.fixed_dictionaries({"headers": st.dictionaries(
+            poisoned(st.just("X-Env")), st.one_of(hostile_text(), st.just("beta")),
+            min_size=1, max_size=2)}),
+        st.fixed_dictionaries({"methods": st.lists(poisoned(st.just("GET")), min_size=1,
+                                                   max_size=2)},
+                              optional={"headers": st.just({"X-Env": "beta"})})),
     "allow": st.one_of(hostile_text(), poisoned(st.sampled_from(["10.0.0.0/8", "::1"])),
                        st.lists(st.one_of(hostile_text(), poisoned(st.just("192.0.2.0/24")),
                                           st.sampled_from(["10.0.0.1/8", "fe80::1%eth0",
