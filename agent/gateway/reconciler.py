@@ -308,7 +308,8 @@ class Reconciler:
                 FIRST_LOOKUPS_MAX if self.resolver is not None else FIRST_LOOKUPS)
         self._applied(rendered, time.time(), "started")
         stale = sorted(n for n, e in self.snapshot.items() if e.stale and e.addresses)
-        return Outcome("started", notes=self._tcp_notes(), saved=tuple(stale))
+        # what is refused alone is said from the start, not from the first cycle on
+        return Outcome("started", notes=self._notes(), saved=tuple(stale))
 
     # -- the loop ----------------------------------------------------------------------------
 

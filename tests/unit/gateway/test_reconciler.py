@@ -101,6 +101,16 @@ async def started(rig: Rig) -> Rig:
     return rig
 
 
+async def test_what_is_refused_alone_is_said_from_the_start() -> None:
+    # (a CA file refused at start once showed on /status only from the first cycle on)
+    rig = Rig()
+    rig.routes.error = "routes.yaml: routes[0].port: must be at most 65535"
+    outcome = await rig.reconciler.start()
+    assert outcome.kind == "started"
+    assert [n.kind for n in outcome.notes] == ["routes_file"]
+    assert "routes[0].port" in words(outcome)
+
+
 async def test_a_cycle_without_a_change_does_not_apply() -> None:
     rig = await started(Rig())
     for t in range(1, 6):
