@@ -1086,7 +1086,7 @@ def test_an_injection_that_slipped_through_would_be_seen() -> None:
         rendered.text.replace("proxy_http_version 1.1;", "proxy_http_version 1.1; root /;"),
         rendered.text.replace("server 10.0.0.1:80 ", "server 10.6.6.6:80 "),
         rendered.text.replace("client_max_body_size 1048576;", "client_max_body_size 0;"),
-        rendered.text.replace("keepalive 64;", "keepalive 64; } server { listen 1;"),
+        rendered.text.replace("keepalive 512;", "keepalive 512; } server { listen 1;"),
     ):
         assert forged != rendered.text
         with pytest.raises(AssertionError):

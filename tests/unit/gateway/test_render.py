@@ -63,7 +63,7 @@ def test_upstreams_list_task_addresses_with_keepalive() -> None:
     assert manager is not None
     assert "server 10.0.1.3:8888" in manager.group(1)
     assert "server 10.0.1.4:8888" in manager.group(1)
-    assert "keepalive 64;" in manager.group(1)
+    assert "keepalive 512;" in manager.group(1)
     dmz = re.search(r"upstream service_dmzhttp_8888_least_conn \{(.*?)\}", text, re.S)
     assert dmz is not None
     assert "least_conn;" in dmz.group(1)
