@@ -347,3 +347,42 @@ def test_a_service_s_labels_of_match_and_cors_reach_the_gateway(labelled: Swarm)
     remove(name)
     wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
                interval=0.1)
+
+
+def test_a_service_s_labels_of_canary_mirror_and_retries_reach_the_gateway(
+        labelled: Swarm) -> None:
+    """More route options of issue 27 from labels: `gateway.canary*` sends the requests its
+    header names to the second service (found like any other, a service of the swarm without
+    labels of its own), `gateway.mirror*`, `gateway.retry` and `gateway.max_conns` reach the
+    route the gateway serves."""
+    swarm = labelled
+    stable, side, shadow = f"{PREFIX}shop", f"{PREFIX}shop-next", f"{PREFIX}shop-shadow"
+    host = "shop.example.com"
+    create(side, {})
+    create(shadow, {})
+    create(stable, {"gateway.hosts": host, "gateway.port": "8888",
+                    "gateway.canary": side, "gateway.canary.weight": "10",
+                    "gateway.canary.header": "X-Canary", "gateway.canary.port": "8888",
+                    "gateway.mirror": shadow, "gateway.mirror.port": "8888",
+                    "gateway.mirror.share": "5", "gateway.retry": "2",
+                    "gateway.max_conns": "100"})
+    wait_until(lambda: answers(swarm, host, stable) or answers(swarm, host, side), 60,
+               f"{host} to answer", interval=0.1)
+    # the gateway's /status gives each route whole, with where it came from
+    served = next(r for r in gateway_status()["routes"] if r["hosts"] == [host])
+    assert served["source"] != FILE_SOURCE
+    assert (served["canary"]["service"], served["canary"]["weight"]) == (side, 10)
+    assert (served["mirror"]["service"], served["mirror"]["share"]) == (shadow, 5)
+    assert (served["retry"]["tries"], served["max_conns"]) == (2, 100)
+
+    def forced(which: str) -> str:
+        status, body, _ = http_get(GATEWAY_PORT, host, headers={"X-Canary": which}, timeout=2)
+        return body.strip() if status == 200 else ""
+
+    wait_until(lambda: forced("canary") in swarm.containers(side), 30,
+               "the canary's task to answer what its header forces", interval=0.2)
+    assert all(forced("stable") in swarm.containers(stable) for _ in range(10))
+    assert all(forced("canary") in swarm.containers(side) for _ in range(10))
+    remove(stable, side, shadow)
+    wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
+               interval=0.1)
