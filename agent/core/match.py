@@ -173,6 +173,8 @@ class _Shared(Protocol):
     def match(self) -> Match | None: ...
     @property
     def strip_prefix(self) -> bool: ...
+    @property
+    def max_body_size(self) -> int: ...
 
 
 def cannot_share(route: _Shared, other: _Shared) -> str | None:
@@ -185,4 +187,9 @@ def cannot_share(route: _Shared, other: _Shared) -> str | None:
         return "with the same 'match'"
     if route.strip_prefix or other.strip_prefix:
         return "(routes that differ by 'match' cannot strip the prefix yet)"
+    if route.max_body_size != other.max_body_size:
+        # nginx checks a request's Content-Length against the location its path finds, before
+        # a route of the path is chosen: one limit for all the path's routes
+        return ("with another 'max_body_size' (routes that differ by 'match' share the "
+                "path's limit)")
     return None

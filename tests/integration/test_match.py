@@ -19,11 +19,14 @@ StartAgent = Callable[..., Agent]
 
 
 def send(agent: Agent, method: str, path: str, headers: dict[str, str] | None = None,
-         body: bytes | None = None, host: str = "shop") -> tuple[int, str, dict[str, str]]:
-    """One request with a body (http_get sends none): (status, body, headers)."""
+         body: bytes | None = None, host: str = "shop", chunked: bool = False,
+         ) -> tuple[int, str, dict[str, str]]:
+    """One request with a body (http_get sends none), with its length or `chunked`:
+    (status, body, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
     try:
-        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+        conn.request(method, path, body=iter([body]) if chunked and body else body,
+                     headers={"Host": host, **(headers or {})}, encode_chunked=chunked)
         resp = conn.getresponse()
         return (resp.status, resp.read().decode(errors="replace"),
                 {k.lower(): v for k, v in resp.getheaders()})
@@ -33,7 +36,7 @@ def send(agent: Agent, method: str, path: str, headers: dict[str, str] | None = 
 
 def test_routes_of_one_path_are_chosen_by_headers_and_method(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
-        start_agent: StartAgent) -> None:
+        start_agent: StartAgent, reachable: Path) -> None:
     for name, address in (("stable", T1), ("beta", T2), ("writer", T3), ("admin", T4)):
         dns.set(f"tasks.{name}", [address])
     port = upstream_port
@@ -46,7 +49,11 @@ def test_routes_of_one_path_are_chosen_by_headers_and_method(
         {"hosts": ["shop"], "path": "/api", "service": "stable", "port": port},
         {"hosts": ["shop"], "path": "/admin", "service": "admin", "port": port,
          "match": {"methods": ["GET", "HEAD"]}},
-    ])
+        {"hosts": ["shop"], "path": "/upload", "service": "beta", "port": port,
+         "match": {"headers": {"X-Env": "beta"}}, "max_body_size": "5m"},
+        {"hosts": ["shop"], "path": "/upload", "service": "stable", "port": port,
+         "max_body_size": "5m"},
+    ], workdir=reachable)  # (nginx's workers write large bodies to files under it)
     # no header: the route without match; an exact value, case and all: the second service
     assert send(agent, "GET", "/api/items")[:2] == (200, "task1")
     status, body, headers = send(agent, "GET", "/api/items?q=1", {"X-Env": "beta"})
@@ -74,6 +81,15 @@ def test_routes_of_one_path_are_chosen_by_headers_and_method(
     status, body, _ = send(agent, "POST", "/admin/users", body=b"x")
     assert (status, body) == (404, "404 no route for this request\n")
     assert tasks["task4"].server.hits == admin_hits
+    # a body over nginx's 1 MiB to a path whose routes allow more, sent with its length (nginx
+    # checks it where the path is found, before a route is chosen) and chunked (checked after)
+    big = b"x" * (3 * 1024**2)
+    for headers in ({"X-Env": "beta"}, {}):
+        assert send(agent, "POST", "/upload", headers, big)[:2] == (200, "task2" if headers
+                                                                     else "task1")
+        assert send(agent, "POST", "/upload", {**headers, "Transfer-Encoding": "chunked"},
+                    big, chunked=True)[0] == 200
+    assert send(agent, "POST", "/upload", {}, b"x" * (6 * 1024**2))[0] == 413
     # a path no route has is what it was
     assert send(agent, "GET", "/other")[:2] == (404, "404 no route for this path\n")
     # both 404s are counted as unrouted requests
@@ -87,7 +103,7 @@ def test_routes_of_one_path_are_chosen_by_headers_and_method(
     assert by_service["beta"]["match"] == {"headers": {"X-Env": "beta"}, "methods": []}
     assert by_service["writer"]["match"]["methods"] == ["POST"]
     assert "match" not in by_service["stable"]
-    assert len({r["label"] for r in routes}) == 4
+    assert len({r["label"] for r in routes}) == len(routes) == 6
     # and each route's requests are counted under its own label
     beta = by_service["beta"]["label"]
     wait_until(lambda: agent.metrics().get(

@@ -65,6 +65,9 @@ class Dispatch:
     key: tuple[str, ...]  # the conditions' variables, in the order of the map's key
     choices: tuple[Choice, ...]
     default: str  # the named location of the route without match, or UNMATCHED
+    # the path's routes' own (one for all: core/match.py): nginx checks a Content-Length against
+    # the location the path finds, which is this dispatch, not the named location chosen after
+    max_body_size: int
 
 
 class Matched(Protocol):
@@ -76,6 +79,8 @@ class Matched(Protocol):
     def root(self) -> str: ...
     @property
     def match(self) -> tuple[Condition, ...]: ...
+    @property
+    def max_body_size(self) -> int: ...
 
 
 def named_location(root: str) -> str:
@@ -102,7 +107,8 @@ def dispatch(locations: Sequence[Matched]) -> tuple[dict[str, str], list[Dispatc
             named[loc.root]) for loc in ordered)
         default = next((named[loc.root] for loc in locs if not loc.match), UNMATCHED)
         var = "gateway_route_choice_" + _digest(repr((path, key, choices, default)))
-        dispatches.append(Dispatch(path, var, key, choices, default))
+        dispatches.append(Dispatch(path, var, key, choices, default,
+                                   max(loc.max_body_size for loc in locs)))
     return named, dispatches
 
 

@@ -124,7 +124,10 @@ def test_routes_of_one_path_may_share_it_when_they_differ_by_match() -> None:
     # the same match twice, or two without: refused, naming the place and the other route
     for routes, said in (([beta, {**beta, "service": "other"}], "with the same 'match'"),
                          ([BASE, beta, BASE], "already routed by routes[0]"),
-                         ([{**BASE, "strip_prefix": True}, beta], "strip the prefix")):
+                         ([{**BASE, "strip_prefix": True}, beta], "strip the prefix"),
+                         # nginx checks a Content-Length where the path is found, before the
+                         # route is chosen: one limit for the path's routes
+                         ([{**BASE, "max_body_size": "100m"}, beta], "'max_body_size'")):
         found = parsed({"routes": routes})
         assert isinstance(found, RoutesError)
         assert [e.split(":")[0] for e in found.errors] == [f"routes[{len(routes) - 1}].hosts[0]"]
