@@ -123,6 +123,13 @@ def test_a_clients_traceparent_is_continued_and_a_malformed_one_replaced(
         m = TRACEPARENT.fullmatch(task["traceparent"])
         assert m is not None, bad
         assert m.group(1) == client["x-request-id"] != trace, bad
+    # a trace started here is the gateway's to decide (sampled: --trace-sample-ratio is 1), not
+    # the flags of a traceparent it refused (an all-zero parent span once kept them)
+    for bad in (f"00-{trace}-{'0' * 16}-00", f"00-{'0' * 32}-{parent}-00"):
+        task, client = seen(agent, {"traceparent": bad})
+        m = TRACEPARENT.fullmatch(task["traceparent"])
+        assert m is not None, bad
+        assert (m.group(1), m.group(3)) == (client["x-request-id"], "01"), bad
     # --access-log off: nothing in the output
     assert json_lines(agent.log_file.read_text(errors="replace")) == []
 
