@@ -154,6 +154,17 @@ def http_url(value: str) -> str:
     return text
 
 
+def redacted_url(url: str) -> str:
+    """`url` for a log line: a user and password in it (http://user:token@host/) replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def email(value: str) -> str:
     text = value.strip()
     if not re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", text):

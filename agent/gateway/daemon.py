@@ -16,7 +16,7 @@ import socket
 import time
 
 from agent.core.serve import AdminServer
-from agent.core.settings import read_token
+from agent.core.settings import read_token, redacted_url
 from agent.gateway.drain import wait_for_handover
 from agent.gateway.drivers.discovery import Discovery
 from agent.gateway.drivers.dnsserver import LocalResolver
@@ -154,7 +154,7 @@ async def run(settings: GatewaySettings) -> int:
         spans.follow(lambda: state.routes)
         metrics.traffic.spans = spans.offer
         spans.start()
-        log.info("traces_on endpoint=%s sample_ratio=%g", settings.otlp_endpoint,
+        log.info("traces_on endpoint=%s sample_ratio=%g", redacted_url(settings.otlp_endpoint),
                  settings.trace_sample_ratio)
     if sources is not None:  # the controller's routes: saved ones, one quick
         await sources.start()  # request, then a long-poll in the background

@@ -176,3 +176,12 @@ def test_nginx_lines_are_relayed_as_events(capture: tuple[logging.Logger, Captur
         ("critical", "nginx_log", "emerg", 27538,
          "bind() to 127.0.0.1:80 failed (98: Address in use)"),
         ("info", "nginx_log", "unknown", None, "not an nginx line")]
+
+
+def test_a_url_in_a_log_line_keeps_no_credentials() -> None:
+    from agent.core.settings import redacted_url
+
+    assert redacted_url("https://user:s3cret@otel.example:4318/v1/traces") == \
+        "https://***@otel.example:4318/v1/traces"
+    assert redacted_url("http://token@collector/v1/traces") == "http://***@collector/v1/traces"
+    assert redacted_url("http://collector:4318/v1/traces") == "http://collector:4318/v1/traces"
