@@ -16,8 +16,10 @@
   keeps every group of a shared zone apart, and at a reload carries each group's resolved
   addresses over by its name (ngx_http_upstream_zone_module.c, preresolve).
 - The hash of server names sized from the names: room for all of them at the first size nginx
-  tries, without a warning and without a search through sizes; likewise the maps' hash, whose
-  largest maps have a key per route (the JSON access log's route and service).
+  tries, without a search through sizes; likewise the maps' hash, whose largest maps have a key
+  per route (the JSON access log's route and service). With many long names (a thousand of a
+  hundred characters) nginx may still warn that it "could not build optimal server_names_hash"
+  and build a larger one: it serves all the same.
 
 Pure: values in, values out.
 """
