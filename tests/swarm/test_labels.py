@@ -57,10 +57,11 @@ def label_routes() -> list[dict[str, Any]]:
 
 
 def create(name: str, labels: dict[str, str], network: str = "gateway-intra",
-           zone: str = "manager") -> None:
+           zone: str = "manager", replicas: int = 1) -> None:
     args = [f"--label={k}={v}" for k, v in labels.items()]
     run("docker", "service", "create", "--detach", "--quiet", "--name", name, "--network",
-        network, "--constraint", f"node.labels.zone.{zone}==true", *args, IMAGES["APP_IMAGE"])
+        network, "--constraint", f"node.labels.zone.{zone}==true", "--replicas", str(replicas),
+        *args, IMAGES["APP_IMAGE"])
 
 
 def remove(*names: str) -> None:
@@ -386,3 +387,44 @@ def test_a_service_s_labels_of_canary_mirror_and_retries_reach_the_gateway(
     remove(stable, side, shadow)
     wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
                interval=0.1)
+
+
+def test_a_service_s_labels_of_forward_auth_and_sticky_sessions_reach_the_gateway(
+        labelled: Swarm) -> None:
+    """`gateway.auth.*` asks another service of the swarm before each request (the test's
+    server admits on `/`, answers 404 on any other path: an answer that is no yes, so nobody
+    passes), and `gateway.sticky` keeps a client on one of two tasks by the gateway's cookie."""
+    swarm = labelled
+    auth, open_, shut, sticky = (f"{PREFIX}{n}" for n in ("auth", "admitted", "shut", "sticky"))
+    create(auth, {})
+    guard = {"gateway.port": "8888", "gateway.auth.service": auth, "gateway.auth.port": "8888"}
+    create(open_, {"gateway.hosts": "admitted.example.com", **guard, "gateway.auth.path": "/"})
+    create(shut, {"gateway.hosts": "shut.example.com", **guard, "gateway.auth.path": "/no"})
+    create(sticky, {"gateway.hosts": "sticky.example.com", "gateway.port": "8888",
+                    "gateway.sticky": "gw_task"}, replicas=2)
+    wait_until(lambda: answers(swarm, "admitted.example.com", open_), 60,
+               "the route its auth service admits to answer", interval=0.2)
+    served = next(r for r in gateway_status()["routes"] if r["hosts"] == ["shut.example.com"])
+    assert (served["auth"]["service"], served["auth"]["path"]) == (auth, "/no")
+    status, body = swarm.get("shut.example.com", port=GATEWAY_PORT, timeout=2)
+    assert status >= 400
+    assert body.strip() not in swarm.containers(shut)
+
+    wait_until(lambda: len(swarm.containers(sticky)) == 2, 60, "two tasks of the sticky service")
+    wait_until(lambda: answers(swarm, "sticky.example.com", sticky), 60, "the sticky route")
+    # without the cookie both tasks answer; with it, the task it names, every time
+    first = set()
+    cookie = ""
+    for _ in range(40):
+        status, body, headers = http_get(GATEWAY_PORT, "sticky.example.com", timeout=2)
+        assert status == 200
+        first.add(body.strip())
+        cookie = headers.get("set-cookie", cookie).split(";")[0]
+    assert first == swarm.containers(sticky), "both tasks answer clients without a cookie"
+    assert cookie.startswith("gw_task=")
+    kept = {http_get(GATEWAY_PORT, "sticky.example.com", headers={"Cookie": cookie},
+                     timeout=2)[1].strip() for _ in range(20)}
+    assert len(kept) == 1
+    assert kept <= swarm.containers(sticky)
+    remove(auth, open_, shut, sticky)
+    wait_until(lambda: refused(swarm, "sticky.example.com"), 30, "the routes to go", interval=0.1)
