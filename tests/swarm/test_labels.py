@@ -357,7 +357,8 @@ def test_a_service_s_labels_of_canary_mirror_and_retries_reach_the_gateway(
     labels of its own), `gateway.mirror*`, `gateway.retry` and `gateway.max_conns` reach the
     route the gateway serves."""
     swarm = labelled
-    stable, side, shadow = f"{PREFIX}shop", f"{PREFIX}shop-next", f"{PREFIX}shop-shadow"
+    # (names of their own: another test's service, removed, may not be gone yet)
+    stable, side, shadow = (f"{PREFIX}{n}" for n in ("canary", "canary-next", "canary-shadow"))
     host = "shop.example.com"
     create(side, {})
     create(shadow, {})
