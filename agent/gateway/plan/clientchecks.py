@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from agent.core.routes import Route
-from agent.gateway.plan.naming import route_label
+from agent.gateway.plan.naming import digest, route_label
 
 
 @dataclass(frozen=True)
@@ -24,8 +23,8 @@ def rate_zone(route: Route) -> RateZone | None:
         return None
     # (host, path) names one route; the rate is in the name too, so that a changed rate is a
     # new zone rather than a reload nginx might refuse
-    digest = hashlib.sha256(f"{route_label(route)} {route.rate_limit.rate}".encode())
-    return RateZone(f"gateway_rate_{digest.hexdigest()[:12]}", route.rate_limit.rate,
+    name = digest(f"{route_label(route)} {route.rate_limit.rate}")
+    return RateZone(f"gateway_rate_{name}", route.rate_limit.rate,
                     route.rate_limit.burst)
 
 
@@ -33,4 +32,4 @@ def allow_var(allow: tuple[str, ...]) -> str:
     """`allow` as a variable: 1 for a client of these networks, 0 for any other. A refusal by
     `if ($var = 0) { return 403; }` writes no error-log line (nginx's `deny` writes one per
     request): nothing refused costs more than the refusal."""
-    return f"gateway_allow_{hashlib.sha256(' '.join(allow).encode()).hexdigest()[:12]}"
+    return f"gateway_allow_{digest(' '.join(allow))}"

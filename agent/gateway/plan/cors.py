@@ -3,12 +3,12 @@ location answers with. No I/O."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.core.cors import Cors
 from agent.core.routes import Route
+from agent.gateway.plan.naming import digest
 
 
 @dataclass(frozen=True, order=True)
@@ -25,8 +25,7 @@ class CorsPlan:
 def cors_plan(cors: Cors | None) -> CorsPlan | None:
     if cors is None:
         return None
-    digest = hashlib.sha256(" ".join(cors.origins).encode()).hexdigest()[:12]
-    return CorsPlan(var=f"gateway_cors_{digest}", origins=cors.origins,
+    return CorsPlan(var=f"gateway_cors_{digest(' '.join(cors.origins))}", origins=cors.origins,
                     any_origin=cors.any_origin, methods=", ".join(cors.methods),
                     headers=", ".join(cors.headers), credentials=cors.credentials,
                     max_age=max(0, round(cors.max_age)))

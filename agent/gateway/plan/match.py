@@ -12,19 +12,15 @@ a named location, with all of its own options; a request that no route takes get
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from agent.core.match import Match, as_pattern
+from agent.gateway.plan.naming import digest
 
 # the named location of a server for requests that no route of a path takes (404)
 UNMATCHED = "@gateway_unmatched"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, order=True)
@@ -36,7 +32,7 @@ class Condition:
 
     @property
     def var(self) -> str:
-        return "gateway_match_" + _digest(f"{self.source} {self.pattern}")
+        return "gateway_match_" + digest(f"{self.source} {self.pattern}")
 
 
 def conditions(match: Match | None) -> tuple[Condition, ...]:
@@ -84,7 +80,7 @@ class Matched(Protocol):
 
 
 def named_location(root: str) -> str:
-    return "@gateway_route_" + _digest(root)
+    return "@gateway_route_" + digest(root)
 
 
 def dispatch(locations: Sequence[Matched]) -> tuple[dict[str, str], list[Dispatch]]:
@@ -106,7 +102,7 @@ def dispatch(locations: Sequence[Matched]) -> tuple[dict[str, str], list[Dispatc
             "1" if var in {c.var for c in loc.match} else "." for var in key) + "$",
             named[loc.root]) for loc in ordered)
         default = next((named[loc.root] for loc in locs if not loc.match), UNMATCHED)
-        var = "gateway_route_choice_" + _digest(repr((path, key, choices, default)))
+        var = "gateway_route_choice_" + digest(repr((path, key, choices, default)))
         dispatches.append(Dispatch(path, var, key, choices, default,
                                    max(loc.max_body_size for loc in locs)))
     return named, dispatches

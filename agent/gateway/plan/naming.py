@@ -13,6 +13,11 @@ ROUTE_ROOT = "/gateway-route/"
 UNROUTED_ROOT = "/gateway-unrouted"
 
 
+def digest(text: str, length: int = 12) -> str:
+    """A name's part made from `text`: its SHA-256, the first `length` hex digits."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def route_label(route: Route) -> str:
     """The `route` label: first host and path prefix, e.g. `managerhttp/`, `a.example.com/api`;
     a route with `match` adds its digest (`a.example.com/api[match:1f2e3d4c]`): routes that
@@ -28,7 +33,7 @@ def route_root(route: Route) -> str:
 def upstream_name(target: Target, port: int, balance: str) -> str:
     base = re.sub(r"[^a-z0-9_]", "_", target.name.lower())
     if base != target.name:  # keep `a-b` and `a_b` apart
-        base += "_" + hashlib.sha256(target.name.encode()).hexdigest()[:6]
+        base += "_" + digest(target.name, 6)
     suffix = "" if balance == "round_robin" else f"_{balance}"
     return f"{target.kind}_{base}_{port}{suffix}"
 
@@ -37,4 +42,4 @@ def sticky_var(cookie: str) -> str:
     """The variable a sticky upstream hashes: the cookie, or for a client without it the
     request's id, which the gateway then sets as the cookie (named from a digest: nginx
     variable names ignore case, cookie names do not)."""
-    return "gateway_sticky_" + hashlib.sha256(cookie.encode()).hexdigest()[:12]
+    return "gateway_sticky_" + digest(cookie)

@@ -11,13 +11,12 @@ mirror's subrequest ends."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.core.routes import Route
 from agent.core.traffic import MIRROR_PATH
-from agent.gateway.plan.naming import route_label
+from agent.gateway.plan.naming import digest, route_label
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Traffic:
 
 
 def _var(kind: str, route: Route) -> str:
-    return f"gateway_{kind}_" + hashlib.sha256(route_label(route).encode()).hexdigest()[:12]
+    return f"gateway_{kind}_" + digest(route_label(route))
 
 
 def side_route(route: Route, side: str) -> Route:
