@@ -144,14 +144,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = self.server.name
         data = body.encode()
+        # counted before the answer goes out (a client that has its answer sees the count) and
+        # under the lock (two threads' += could lose one)
+        with self.server.lock:
+            self.server.hits += 1
+            self.server.paths.append(self.path)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Seen-Path", self.path)  # the request target as the task got it
         self.end_headers()
         self.wfile.write(data)
-        self.server.hits += 1
-        self.server.paths.append(self.path)
 
     def do_POST(self) -> None:
         # the body is read whole: left unread, it would be taken for the next request on a
@@ -164,12 +167,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _switch(self, protocol: str) -> None:
         """Any protocol asked for (as an h2c server would): 101, then an echo of the bytes that
         follow, prefixed with this upstream's name once."""
+        with self.server.lock:
+            self.server.hits += 1
         self.send_response(101)
         self.send_header("Upgrade", protocol)
         self.send_header("Connection", "Upgrade")
         self.end_headers()
         self.wfile.flush()
-        self.server.hits += 1
         self.connection.sendall(f"{self.server.name}:".encode())
         while data := self.connection.recv(4096):
             self.connection.sendall(data)
