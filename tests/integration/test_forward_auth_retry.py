@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import TASK_ADDRESSES
-from tests.support import free_port
+from tests.support import free_port, wait_until
 from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get
 
-T1, T2 = TASK_ADDRESSES[:2]
+T1, T2, T6 = (*TASK_ADDRESSES[:2], TASK_ADDRESSES[5])
 AUTH = "127.0.30.1"
 StartAgent = Callable[..., Agent]
 
@@ -63,11 +63,13 @@ def test_forward_auth_admits_refuses_redirects_and_passes_identity(
     dns.set("tasks.auth", [AUTH])
     dns.set("tasks.gone", [])
     dns.set("auth.internal", [AUTH])
+    dns.set("tasks.shadow", [T6])
     identity = ["X-Auth-Request-User", "X-Auth-Request-Email"]
     agent = start_agent([
         {"hosts": ["web"], "service": "web", "port": upstream_port,
          "auth": {"service": "auth", "port": auth_port, "path": "/oauth2/auth",
-                  "response_headers": identity}},
+                  "response_headers": identity},
+         "mirror": {"service": "shadow", "share": 100}},
         {"hosts": ["app"], "service": "web", "port": upstream_port,
          "auth": {"url": f"http://auth.internal:{auth_port}/oauth2/auth",
                   "signin": "https://login.example/oauth2/start"}},
@@ -75,12 +77,26 @@ def test_forward_auth_admits_refuses_redirects_and_passes_identity(
          "auth": {"service": "gone", "port": auth_port}},
     ])
     status, body, _ = http_get(agent.port, "web", "/headers?a=1", headers={
-        "Authorization": "Bearer alice", "X-Auth-Request-User": "admin"})
+        "Authorization": "Bearer alice", "X-Auth-Request-User": "admin",
+        "X-Client-Subject": "CN=root"})
     assert status == 200
     task_saw = json.loads(body)
     # the identity is the auth service's, never the client's forged copy
     assert task_saw["x-auth-request-user"] == "alice"
     assert task_saw["x-auth-request-email"] == "alice@example.com"
+    # and so is the mirror's copy of the request (the same request id, no forged identity)
+    shadow = tasks["task6"].server
+
+    def copy_seen() -> dict[str, str] | None:
+        return next((h for p, h in list(shadow.requests) if p == "/headers?a=1"), None)
+
+    wait_until(lambda: copy_seen() is not None, 5, "the mirror's copy of the request")
+    copy = copy_seen()
+    assert copy is not None
+    assert (copy["x-auth-request-user"], copy["x-request-id"]) == (
+        "alice", task_saw["x-request-id"])
+    assert "x-client-subject" not in task_saw  # (no client certificate over plain HTTP)
+    assert "x-client-subject" not in copy
     asked = seen[-1]
     assert (asked["x-forwarded-method"], asked["x-forwarded-host"], asked["x-forwarded-uri"],
             asked["x-forwarded-proto"]) == ("GET", "web", "/headers?a=1", "http")

@@ -149,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.hits += 1
             self.server.paths.append(self.path)
+            self.server.requests.append(
+                (self.path, {k.lower(): v for k, v in self.headers.items()}))
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
@@ -192,6 +194,7 @@ class _Upstream(ThreadingHTTPServer):
     name: str
     hits: int
     paths: collections.deque[str]  # the last request targets answered
+    requests: collections.deque[tuple[str, dict[str, str]]]  # and their headers, names lowered
     in_flight: int  # slow requests being answered now
     lock: threading.Lock
 
@@ -209,6 +212,7 @@ class Upstream:
         self.server.name = name
         self.server.hits = 0
         self.server.paths = collections.deque(maxlen=1000)
+        self.server.requests = collections.deque(maxlen=200)
         self.server.in_flight = 0
         self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

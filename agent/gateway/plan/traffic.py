@@ -7,13 +7,17 @@ many tasks either side has (`weight=` on a resolved name would be per task, and 
 is nginx's `mirror` subrequest to an internal location that passes a share of the copies on and
 answers the rest itself (204), with short timeouts: nginx sends the client its answer without
 waiting for the mirror, but the client's next request on the same connection waits until the
-mirror's subrequest ends."""
+mirror's subrequest ends. The copy carries what the route's own request carries, set by the
+gateway (forwarding headers, request id, the client certificate's subject, the route's request
+headers, forward auth's identity: a subrequest shares its request's variables), never the
+client's forged copies of them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agent.core.forwardauth import header_var
 from agent.core.routes import Route
 from agent.core.traffic import MIRROR_PATH
 from agent.gateway.plan.naming import digest, route_label
@@ -38,6 +42,8 @@ class MirrorPlan:
     service: str
     path: str  # the internal location of the copies
     timeout_ms: int
+    request_headers: tuple[tuple[str, str | None], ...] = ()  # the route's, as its location's
+    identity: tuple[tuple[str, str], ...] = ()  # (header, variable): forward auth's answer
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,13 @@ def traffic(route: Route, upstream_of: Callable[[Route], str | None]) -> Traffic
     if route.mirror is not None and (
             side := upstream_of(side_route(route, "mirror"))) is not None:
         var = _var("mirror", route)
-        mirror = MirrorPlan(var, route.mirror.share, side, route.mirror.service,
-                            MIRROR_PATH + var.removeprefix("gateway_mirror_"),
-                            max(1, round(route.mirror.timeout * 1000)))
+        mirror = MirrorPlan(
+            var, route.mirror.share, side, route.mirror.service,
+            MIRROR_PATH + var.removeprefix("gateway_mirror_"),
+            max(1, round(route.mirror.timeout * 1000)),
+            route.headers.request if route.headers else (),
+            tuple((name, header_var(name)) for name in route.auth.response_headers)
+            if route.auth else ())
     return Traffic(route.protocol == "h2c", canary, mirror)
 
 
