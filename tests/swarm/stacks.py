@@ -108,8 +108,9 @@ class Swarm:
             return set()
         out = run("docker", "inspect", "-f",
                   "{{.Status.State}} {{.Status.ContainerStatus.ContainerID}}", *tasks)
-        return {cid[:12] for state, cid in (line.split() for line in out.splitlines())
-                if state in ("starting", "running")}
+        # (a task swarm has only assigned has no container yet: its line holds the state alone)
+        return {fields[1][:12] for fields in (line.split() for line in out.splitlines())
+                if len(fields) == 2 and fields[0] in ("starting", "running")}
 
     def healthy(self, service: str) -> set[str]:
         """Containers of the service whose HEALTHCHECK passes."""

@@ -349,3 +349,87 @@ def test_a_service_s_labels_of_match_and_cors_reach_the_gateway(labelled: Swarm)
     wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
                interval=0.1)
 
+
+
+def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_gateway(
+        labelled: Swarm) -> None:
+    """The rest of issue 27's route options from labels, all services made at once (their tasks
+    start side by side): `gateway.canary*` sends the requests its header names to a second
+    service, found like any other; `gateway.mirror*`, `gateway.retry`, `gateway.max_conns` reach
+    the route served; `gateway.auth.*` asks another service before each request (the test's
+    server admits on `/` and answers 404 on any other path, an answer that is no yes: nobody
+    passes); `gateway.sticky` keeps a client on one of two tasks by the gateway's cookie."""
+    swarm = labelled
+    # (names of their own: another test's service, removed, may not be gone yet)
+    stable, side, shadow, auth, open_, shut, sticky = (f"{PREFIX}{n}" for n in (
+        "canary", "canary-next", "canary-shadow", "auth", "admitted", "shut", "sticky"))
+    for plain in (side, shadow, auth):
+        create(plain, {})
+    create(stable, {"gateway.hosts": "shop.example.com", "gateway.port": "8888",
+                    "gateway.canary": side, "gateway.canary.weight": "10",
+                    "gateway.canary.header": "X-Canary", "gateway.canary.port": "8888",
+                    "gateway.mirror": shadow, "gateway.mirror.port": "8888",
+                    "gateway.mirror.share": "5", "gateway.retry": "2",
+                    "gateway.max_conns": "100"})
+    guard = {"gateway.port": "8888", "gateway.auth.service": auth, "gateway.auth.port": "8888"}
+    create(open_, {"gateway.hosts": "admitted.example.com", **guard, "gateway.auth.path": "/"})
+    create(shut, {"gateway.hosts": "shut.example.com", **guard, "gateway.auth.path": "/no"})
+    create(sticky, {"gateway.hosts": "sticky.example.com", "gateway.port": "8888",
+                    "gateway.sticky": "gw_task"}, replicas=2)
+    wanted = {stable: 1, side: 1, shadow: 1, auth: 1, open_: 1, shut: 1, sticky: 2}
+    wait_until(lambda: all(len(swarm.containers(name)) == replicas
+                           for name, replicas in wanted.items()), 90,
+               "every task of the services to be running", interval=0.5)
+
+    # canary, mirror, retries and max_conns: /status gives the route whole, with its source
+    wait_until(lambda: answers(swarm, "shop.example.com", stable)
+               or answers(swarm, "shop.example.com", side), 60, "the canary's route to answer",
+               interval=0.2)
+    served = next(r for r in gateway_status()["routes"] if r["hosts"] == ["shop.example.com"])
+    assert served["source"] != FILE_SOURCE
+    assert (served["canary"]["service"], served["canary"]["weight"]) == (side, 10)
+    assert (served["mirror"]["service"], served["mirror"]["share"]) == (shadow, 5)
+    assert (served["retry"]["tries"], served["max_conns"]) == (2, 100)
+
+    def forced(which: str) -> str:
+        status, body, _ = http_get(GATEWAY_PORT, "shop.example.com",
+                                   headers={"X-Canary": which}, timeout=2)
+        return body.strip() if status == 200 else ""
+
+    wait_until(lambda: forced("canary") in swarm.containers(side), 30,
+               "the canary's task to answer what its header forces", interval=0.2)
+    assert all(forced("stable") in swarm.containers(stable) for _ in range(10))
+    assert all(forced("canary") in swarm.containers(side) for _ in range(10))
+
+    # forward auth: admitted where the auth service says yes, nobody passes where it says 404
+    wait_until(lambda: answers(swarm, "admitted.example.com", open_), 60,
+               "the route its auth service admits to answer", interval=0.2)
+    served = next(r for r in gateway_status()["routes"] if r["hosts"] == ["shut.example.com"])
+    assert (served["auth"]["service"], served["auth"]["path"]) == (auth, "/no")
+    status, body = swarm.get("shut.example.com", timeout=2)
+    assert status >= 400
+    assert body not in swarm.containers(shut)
+
+    # sticky: without the cookie both tasks answer (nginx finds the second task by its own
+    # lookups: waited for); with the cookie, the task it names, every time
+    seen: set[str] = set()
+    cookie = ""
+
+    def both_answer() -> bool:
+        nonlocal cookie
+        status, body, headers = http_get(GATEWAY_PORT, "sticky.example.com", timeout=2)
+        if status == 200:
+            seen.add(body.strip())
+            cookie = headers.get("set-cookie", cookie).split(";")[0]
+        return seen == swarm.containers(sticky)
+
+    wait_until(both_answer, 60, "both sticky tasks to answer clients without a cookie",
+               interval=0.05)
+    assert cookie.startswith("gw_task=")
+    kept = {http_get(GATEWAY_PORT, "sticky.example.com", headers={"Cookie": cookie},
+                     timeout=2)[1].strip() for _ in range(20)}
+    assert len(kept) == 1
+    assert kept <= swarm.containers(sticky)
+    remove(*wanted)
+    wait_until(lambda: refused(swarm, "sticky.example.com")
+               and refused(swarm, "shop.example.com"), 30, "the routes to go", interval=0.1)
