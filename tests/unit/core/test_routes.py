@@ -178,6 +178,20 @@ def test_aliases_may_repeat_what_the_file_holds_but_not_multiply_it() -> None:
                      "structure that contains itself")
 
 
+@pytest.mark.parametrize(("text", "place", "tag"), [
+    ("routes:\n  - port: !!int \n", "line 2 column 11", "!!int"),
+    ("routes: [{hosts: [a], created: 2001-13-45}]\n", "line 1 column 32", "!!timestamp"),
+    ("routes: !!float \n", "line 1 column 9", "!!float"),
+    ("routes: !!timestamp x\n", "line 1 column 9", "!!timestamp"),
+])
+def test_a_value_yaml_cannot_construct_is_refused_at_its_place(
+        text: str, place: str, tag: str) -> None:
+    """PyYAML's constructors raise IndexError or ValueError on these (`!!int` of nothing, a
+    13th month): a routes file holding one was an unhandled exception, not a refusal."""
+    assert errors_of_text(text) == [
+        f"{place}: invalid YAML: not a valid {tag} value (quote it to make it a string)"]
+
+
 def errors_of_text(text: str) -> list[str]:
     with pytest.raises(RoutesError) as info:
         parse_routes_text(text)
