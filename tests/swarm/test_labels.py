@@ -434,3 +434,40 @@ def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_g
     remove(*wanted)
     wait_until(lambda: refused(swarm, "sticky.example.com")
                and refused(swarm, "canary.example.com"), 30, "the routes to go", interval=0.1)
+
+
+# nginx of the gateway's own image as an h2c task: HTTP/2 without TLS on 8888, answering with
+# its hostname (the container's short id) and the protocol the request came in
+H2C_TASK_CONF = (
+    "daemon off; pid /tmp/nginx.pid; error_log stderr; events {} http { access_log off; "
+    "client_body_temp_path /tmp/b; proxy_temp_path /tmp/p; fastcgi_temp_path /tmp/f; "
+    "uwsgi_temp_path /tmp/u; scgi_temp_path /tmp/s; server { listen 8888; http2 on; "
+    'location / { return 200 "$hostname $server_protocol\\n"; } } }')
+
+
+def test_a_service_s_protocol_label_h2c_makes_the_gateway_speak_http2_to_its_tasks(
+        labelled: Swarm) -> None:
+    """`gateway.protocol=h2c`: the task (nginx, which takes HTTP/1.1 and HTTP/2 on one plain
+    port) says it was asked in HTTP/2; the client asked in HTTP/1.1."""
+    swarm = labelled
+    name, host = f"{PREFIX}h2c", "h2c.example.com"
+    run("docker", "service", "create", "--detach", "--quiet", "--name", name, "--network",
+        "gateway-intra", "--constraint", "node.labels.zone.manager==true", "--no-healthcheck",
+        "--label", f"gateway.hosts={host}", "--label", "gateway.port=8888",
+        "--label", "gateway.protocol=h2c", "--entrypoint", "sh", IMAGES["GATEWAY_IMAGE"], "-c",
+        f"printf '%s' '{H2C_TASK_CONF}' > /tmp/h2c.conf && exec nginx -e stderr -c /tmp/h2c.conf")
+
+    def answer() -> list[str]:
+        status, body = swarm.get(host, timeout=2)
+        return body.split() if status == 200 else []
+
+    wait_until(lambda: len(answer()) == 2, 90, f"{host} to be answered by its task",
+               interval=0.2)
+    task, protocol = answer()
+    assert task in swarm.containers(name)
+    assert protocol == "HTTP/2.0"
+    served = next(r for r in gateway_status()["routes"] if r["hosts"] == [host])
+    assert served["protocol"] == "h2c"
+    remove(name)
+    wait_until(lambda: refused(swarm, host), 30, f"{host} to be refused once removed",
+               interval=0.1)
