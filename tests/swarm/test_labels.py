@@ -355,10 +355,11 @@ def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_g
         labelled: Swarm) -> None:
     """The rest of issue 27's route options from labels, all services made at once (their tasks
     start side by side): `gateway.canary*` sends the requests its header names to a second
-    service, found like any other; `gateway.mirror*`, `gateway.retry`, `gateway.max_conns` reach
-    the route served; `gateway.auth.*` asks another service before each request (the test's
-    server admits on `/` and answers 404 on any other path, an answer that is no yes: nobody
-    passes); `gateway.sticky` keeps a client on one of two tasks by the gateway's cookie."""
+    service, found like any other; `gateway.mirror*`, `gateway.retry`, `gateway.max_conns` and
+    `gateway.fail_timeout` reach the route served; `gateway.auth.*` asks another service before
+    each request (the test's server admits on `/` and answers 404 on any other path, an answer
+    that is no yes: nobody passes); `gateway.sticky` keeps a client on one of two tasks by the
+    gateway's cookie."""
     swarm = labelled
     # (names and hosts of their own: another test's service, removed, may not be gone yet, and
     # the dmz test's lbl-shop keeps shop.example.com until the module ends)
@@ -371,7 +372,7 @@ def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_g
                     "gateway.canary.header": "X-Canary", "gateway.canary.port": "8888",
                     "gateway.mirror": shadow, "gateway.mirror.port": "8888",
                     "gateway.mirror.share": "5", "gateway.retry": "2",
-                    "gateway.max_conns": "100"})
+                    "gateway.max_conns": "100", "gateway.fail_timeout": "30s"})
     guard = {"gateway.port": "8888", "gateway.auth.service": auth, "gateway.auth.port": "8888"}
     create(open_, {"gateway.hosts": "admitted.example.com", **guard, "gateway.auth.path": "/"})
     create(shut, {"gateway.hosts": "shut.example.com", **guard, "gateway.auth.path": "/no"})
@@ -390,7 +391,8 @@ def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_g
     assert served["source"] != FILE_SOURCE
     assert (served["canary"]["service"], served["canary"]["weight"]) == (side, 10)
     assert (served["mirror"]["service"], served["mirror"]["share"]) == (shadow, 5)
-    assert (served["retry"]["tries"], served["max_conns"]) == (2, 100)
+    assert (served["retry"]["tries"], served["max_conns"], served["fail_timeout"]) == (
+        2, 100, 30.0)
 
     def forced(which: str) -> str:
         status, body, _ = http_get(GATEWAY_PORT, "canary.example.com",
