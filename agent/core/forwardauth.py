@@ -121,6 +121,12 @@ class ForwardAuth(BaseModel):
         return self
 
     @property
+    def identity(self) -> tuple[tuple[str, str], ...]:
+        """(header, the variable auth_request_set keeps it in) for each of response_headers:
+        what the route's request, and its mirror's copy, are given."""
+        return tuple((name, header_var(name)) for name in self.response_headers)
+
+    @property
     def kind(self) -> Literal["service", "host"]:
         return "service" if self.service is not None else "host"
 

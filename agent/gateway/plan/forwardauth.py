@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.core.forwardauth import AUTH_PATH, header_var
+from agent.core.forwardauth import AUTH_PATH
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
 from agent.gateway.plan.naming import upstream_name
@@ -73,7 +73,7 @@ def auth_plan(route: Route, upstreams: dict[tuple[Target, int, str], Upstream],
         upstream=upstream.name if upstream is not None else None,
         path=route.auth.target_path,
         host=route.auth.name,
-        headers=tuple((name, header_var(name)) for name in route.auth.response_headers),
+        headers=route.auth.identity,
         signin=route.auth.signin,
     )
 

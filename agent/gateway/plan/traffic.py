@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.core.forwardauth import header_var
 from agent.core.routes import Route
 from agent.core.traffic import MIRROR_PATH
 from agent.gateway.plan.naming import digest, route_label
@@ -100,8 +99,7 @@ def traffic(route: Route, upstream_of: Callable[[Route], str | None]) -> Traffic
             MIRROR_PATH + var.removeprefix("gateway_mirror_"),
             max(1, round(route.mirror.timeout * 1000)),
             route.headers.request if route.headers else (),
-            tuple((name, header_var(name)) for name in route.auth.response_headers)
-            if route.auth else ())
+            route.auth.identity if route.auth else ())
     return Traffic(route.protocol == "h2c", canary, mirror)
 
 
