@@ -148,7 +148,6 @@ class _Handler(BaseHTTPRequestHandler):
         # under the lock (two threads' += could lose one)
         with self.server.lock:
             self.server.hits += 1
-            self.server.paths.append(self.path)
             self.server.requests.append(
                 (self.path, {k.lower(): v for k, v in self.headers.items()}))
         self.send_response(200)
@@ -193,10 +192,16 @@ class _Upstream(ThreadingHTTPServer):
     request_queue_size = 128
     name: str
     hits: int
-    paths: collections.deque[str]  # the last request targets answered
-    requests: collections.deque[tuple[str, dict[str, str]]]  # and their headers, names lowered
+    # the last requests answered: their targets and headers (names lowered)
+    requests: collections.deque[tuple[str, dict[str, str]]]
     in_flight: int  # slow requests being answered now
     lock: threading.Lock
+
+    @property
+    def paths(self) -> list[str]:
+        """The targets of the last requests answered."""
+        with self.lock:
+            return [path for path, _ in self.requests]
 
 
 class Upstream:
@@ -211,8 +216,7 @@ class Upstream:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.name = name
         self.server.hits = 0
-        self.server.paths = collections.deque(maxlen=1000)
-        self.server.requests = collections.deque(maxlen=200)
+        self.server.requests = collections.deque(maxlen=1000)
         self.server.in_flight = 0
         self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
