@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "GATEWAY_"
 DEFAULT_NAMESERVER = "127.0.0.11:53"
@@ -140,8 +141,6 @@ def zone_name(value: str) -> str:
 
 def http_url(value: str) -> str:
     """The controller's routes URL: http(s)://HOST[:PORT]/PATH, nothing that needs quoting."""
-    from urllib.parse import urlsplit
-
     text = value.strip()
     try:
         parts = urlsplit(text)
@@ -156,8 +155,6 @@ def http_url(value: str) -> str:
 
 def redacted_url(url: str) -> str:
     """`url` for a log line: a user and password in it (http://user:token@host/) replaced."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
