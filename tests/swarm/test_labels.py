@@ -12,7 +12,7 @@ import functools
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -57,11 +57,14 @@ def label_routes() -> list[dict[str, Any]]:
 
 
 def create(name: str, labels: dict[str, str], network: str = "gateway-intra",
-           zone: str = "manager", replicas: int = 1) -> None:
+           zone: str = "manager", replicas: int = 1, image: str = IMAGES["APP_IMAGE"],
+           options: Sequence[str] = (), command: Sequence[str] = ()) -> None:
+    """`docker service create` of `image` (the test app: answers with its hostname), with
+    `options` before the image and `command` after it."""
     args = [f"--label={k}={v}" for k, v in labels.items()]
     run("docker", "service", "create", "--detach", "--quiet", "--name", name, "--network",
         network, "--constraint", f"node.labels.zone.{zone}==true", "--replicas", str(replicas),
-        *args, IMAGES["APP_IMAGE"])
+        *args, *options, image, *command)
 
 
 def remove(*names: str) -> None:
@@ -350,7 +353,6 @@ def test_a_service_s_labels_of_match_and_cors_reach_the_gateway(labelled: Swarm)
                interval=0.1)
 
 
-
 def test_a_service_s_labels_of_canary_mirror_retries_auth_and_sticky_reach_the_gateway(
         labelled: Swarm) -> None:
     """The rest of issue 27's route options from labels, all services made at once (their tasks
@@ -453,11 +455,10 @@ def test_a_service_s_protocol_label_h2c_makes_the_gateway_speak_http2_to_its_tas
     port) says it was asked in HTTP/2; the client asked in HTTP/1.1."""
     swarm = labelled
     name, host = f"{PREFIX}h2c", "h2c.example.com"
-    run("docker", "service", "create", "--detach", "--quiet", "--name", name, "--network",
-        "gateway-intra", "--constraint", "node.labels.zone.manager==true", "--no-healthcheck",
-        "--label", f"gateway.hosts={host}", "--label", "gateway.port=8888",
-        "--label", "gateway.protocol=h2c", "--entrypoint", "sh", IMAGES["GATEWAY_IMAGE"], "-c",
-        f"printf '%s' '{H2C_TASK_CONF}' > /tmp/h2c.conf && exec nginx -e stderr -c /tmp/h2c.conf")
+    create(name, {"gateway.hosts": host, "gateway.port": "8888", "gateway.protocol": "h2c"},
+           image=IMAGES["GATEWAY_IMAGE"], options=["--no-healthcheck", "--entrypoint", "sh"],
+           command=["-c", f"printf '%s' '{H2C_TASK_CONF}' > /tmp/h2c.conf && "
+                          "exec nginx -e stderr -c /tmp/h2c.conf"])
 
     def answer() -> list[str]:
         status, body = swarm.get(host, timeout=2)
