@@ -132,11 +132,11 @@ def _no_alias(root: yaml.Node) -> bool:
 
 def _load_fast(text: str) -> Any:
     """The document as the careful loader would give it, or _NOT_READ."""
+    if not yaml.__with_libyaml__:
+        return _NOT_READ
     # a tab: libyaml takes some the pure-Python scanner refuses (`routes:\t`); a byte-order
     # mark: the two read one inside the text differently; a character the careful reader
     # refuses: its error names it
-    if not yaml.__with_libyaml__:
-        return _NOT_READ
     if "\t" in text or "\ufeff" in text or yaml.reader.Reader.NON_PRINTABLE.search(text):
         return _NOT_READ
     loader = _FastLoader(text)
