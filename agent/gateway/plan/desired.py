@@ -10,7 +10,6 @@ the `nginx` filter (plan/filters.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from agent.gateway.plan.filters import TEMPLATES, RenderError, environment
 from agent.gateway.plan.forwardauth import auth_upstreams
 from agent.gateway.plan.http import GZIP_TYPES, KEEPALIVE_MIN_TIMEOUT, servers, with_tls
 from agent.gateway.plan.match import UNMATCHED, match_context
-from agent.gateway.plan.naming import UNROUTED_ROOT, sticky_var
+from agent.gateway.plan.naming import UNROUTED_ROOT, digest, sticky_var
 from agent.gateway.plan.observe import LogPlan
 from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
@@ -187,7 +186,7 @@ class Planner:
             body = self._template.render(context, generation=GENERATION_PLACEHOLDER)
         except jinja2.TemplateError as exc:
             raise RenderError(f"template: {exc}") from exc
-        generation = hashlib.sha256((body + stream).encode()).hexdigest()[:16]
+        generation = digest(body + stream, 16)
         # Rendered once (at 10,000 routes a render takes seconds): the generation replaces the
         # placeholder, where it is written once; a template that writes it more than once, or a
         # value that holds the placeholder, is rendered again with the generation instead.

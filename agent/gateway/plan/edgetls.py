@@ -9,11 +9,11 @@ never good locks the route (503): a route that asks for a certificate is never o
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from agent.core.routes import Route
 from agent.gateway.model import FilesPlan
+from agent.gateway.plan.naming import digest
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ def tls_pool(route: Route, choice: str) -> str:
     u = route.upstream_tls
     if u is None:
         return choice
-    digest = hashlib.sha256(repr((u.verify, u.ca, u.server_name)).encode()).hexdigest()[:6]
-    return ("" if choice == "round_robin" else choice + "_") + f"tls_{digest}"
+    name = digest(repr((u.verify, u.ca, u.server_name)), 6)
+    return ("" if choice == "round_robin" else choice + "_") + f"tls_{name}"
 
 
 def ca_locked(client: ClientCerts | None, tls: UpstreamTlsPlan | None) -> bool:

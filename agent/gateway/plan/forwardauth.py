@@ -9,14 +9,13 @@ task, which replaces any copy the client sent."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.core.forwardauth import AUTH_PATH
 from agent.core.routes import Route, Target
 from agent.gateway.model import Endpoints, Snapshot
-from agent.gateway.plan.naming import upstream_name
+from agent.gateway.plan.naming import digest, upstream_name
 from agent.gateway.plan.upstreams import Upstream, upstream_servers, zone_size
 
 
@@ -67,9 +66,8 @@ def auth_plan(route: Route, upstreams: dict[tuple[Target, int, str], Upstream],
         return None
     key = auth_key(route)
     upstream = upstreams.get(key)
-    digest = hashlib.sha256(f"{upstream_name(*key)} {route.auth.target_path}".encode())
     return AuthPlan(
-        location=AUTH_PATH + digest.hexdigest()[:12],
+        location=AUTH_PATH + digest(f"{upstream_name(*key)} {route.auth.target_path}"),
         upstream=upstream.name if upstream is not None else None,
         path=route.auth.target_path,
         host=route.auth.name,

@@ -23,10 +23,11 @@ written as a class (`[.]`, `[+]`): the patterns pass the same `nginx` filter as 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from agent.gateway.plan.naming import digest
 
 # what may follow a segment for IIS to read it as the same segment
 _TRAILING = "[.[:space:]]*"
@@ -91,8 +92,7 @@ def path_map(locations: Sequence[Checked]) -> PathMap | None:
                     sorted(lines, key=lambda line: (-line[0], line[1], line[2])))
     if not any(e.refused for e in entries):
         return None  # only the root is checked: every other reading lands on it
-    digest = hashlib.sha256(repr(entries).encode()).hexdigest()[:12]
-    return PathMap(f"gateway_path_case_{digest}", entries)
+    return PathMap(f"gateway_path_case_{digest(repr(entries))}", entries)
 
 
 def paths_context(hosts: Sequence[Sequence[Checked]]) -> dict[str, object]:
