@@ -14,14 +14,19 @@ RETRY_FAILED_MAX = 60.0  # seconds at most between tries of a refused configurat
 class LookupBudget:
     """The names to look up each cycle: all of them when they fit the budget; else names never
     looked up, then the next ones in turn, so that each is looked up again every
-    len(names) / budget cycles."""
+    len(names) / budget cycles. It also says when a name comes round again (cycles_until):
+    the agent's resolver gives nginx that much time to live, so that nginx does not ask
+    every second for what the agent itself will not know anew before then."""
 
     def __init__(self, per_second: float, interval: float) -> None:
         self.budget = max(1, int(per_second * interval))
         self._cursor = 0
+        self._rest: list[str] = []  # the known names in turn, as of the last due()
+        self._index: dict[str, int] = {}
 
     def due(self, names: Sequence[str], known: Collection[str]) -> list[str]:
         if len(names) <= self.budget:
+            self._rest, self._index = [], {}
             return list(names)
         due = [n for n in names if n not in known]
         rest = sorted(n for n in names if n in known)
@@ -30,7 +35,17 @@ class LookupBudget:
             start = self._cursor % len(rest)
             due += (rest[start:] + rest[:start])[:take]
             self._cursor = start + take
+        if rest != self._rest:
+            self._rest, self._index = rest, {n: i for i, n in enumerate(rest)}
         return due
+
+    def cycles_until(self, name: str) -> int:
+        """The cycles until `name` is looked up again: 1 when every name is looked up each
+        cycle, and for a name never looked up (it is looked up first)."""
+        i = self._index.get(name)
+        if i is None:
+            return 1
+        return (i - self._cursor) % len(self._rest) // self.budget + 1
 
 
 class ReloadPacer:

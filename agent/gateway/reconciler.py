@@ -84,6 +84,7 @@ class Reconciler:
         self._pending_due: float | None = None
         self._rendered: tuple[object, Rendered] | None = None
         self._state_file = persist.endpoints_file(settings.state_dir)
+        self._discovered_at = 0.0  # when the last round of lookups began
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Reconciler:
         # a service's tasks are screened (--task-networks); a `host:` name is the operator's
         services = {t.lookup_name for t in table.targets if t.kind == "service"}
         due = self.budget.due(names, self.snapshot)
+        self._discovered_at = self.clock()
         resolved = await self.discovery.resolve(due, self.snapshot, services)
         snapshot = {n: resolved[n] if n in resolved else self.snapshot[n] for n in names
                     if n in resolved or n in self.snapshot}
@@ -146,6 +148,16 @@ class Reconciler:
             for t in table.targets})
         self.metrics.routes.set(len(table.routes) + len(table.tcp))  # http and tcp
         return snapshot
+
+    def answer_ttl(self, name: str) -> int:
+        """The seconds nginx may keep the agent's answer for `name`: until the agent looks it
+        up again (drivers/dnsserver.py). 0 while every name is looked up each cycle: nginx then
+        asks again a second later."""
+        cycles = self.budget.cycles_until(name)
+        if cycles <= 1:
+            return 0
+        due = self._discovered_at + cycles * self.settings.poll_interval
+        return max(0, int(due - self.clock()))
 
     def _servable(self, table: RouteTable) -> RouteTable:
         """The routes to render: the tcp routes on a port nginx could not listen on (another

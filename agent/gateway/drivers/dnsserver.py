@@ -7,8 +7,12 @@ source port; the agent asks from a fresh one every round) or at random would sen
 addresses the filter refuses. So nginx asks the agent, which answers from its discovery:
 
 - a name discovery knows (a service's `tasks.NAME`, a `host:` target's name): the addresses it
-  accepted, with a TTL of 0 (nginx asks again a second later). Lookups failing: the last known
-  addresses, which discovery keeps (stale), so nginx keeps them too, also after a restart.
+  accepted, with a TTL of 0 (nginx asks again a second later) while the agent looks every name
+  up each cycle; with more names than --dns-lookups-per-second looks up in a cycle, the TTL is
+  the time until the agent looks that name up again (nginx's asking sooner would only get the
+  same answer: at 1,000 services and 200 lookups a second, a fifth of the queries). Lookups
+  failing: the last known addresses, which discovery keeps (stale), so nginx keeps them too,
+  also after a restart.
   No task (NXDOMAIN or every address refused): NXDOMAIN, on which nginx drops its peers;
   never answered yet: SERVFAIL, on which nginx keeps what it has and asks again in a second
   (ngx_http_upstream_zone_module.c: only NXDOMAIN removes peers);
@@ -17,9 +21,9 @@ addresses the filter refuses. So nginx asks the agent, which answers from its di
 - any other name (an OCSP responder, for ssl_stapling): forwarded to --nameserver, its answer
   passed back unchanged. Those names are no tasks.
 
-A reply is a function of the query's bytes (without its id) and of the name's endpoints, so
-replies are kept by those bytes: a repeated query (nginx asks each name every second) costs a
-dict lookup, not a parse. Parsing and building messages is dnspython's.
+A reply is a function of the query's bytes (without its id), of the name's endpoints and of its
+TTL, so replies are kept by those bytes and the TTL written into them when it changes: a query
+asked again costs a dict lookup, not a parse. Parsing and building messages is dnspython's.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.asyncquery
 import dns.exception
@@ -51,7 +55,7 @@ log = logging.getLogger("agent.gateway.dnsserver")
 
 # nginx re-resolves a name `valid` (its resolver's, else the TTL) + 1 s after an answer, in
 # whole seconds: a TTL of 0 makes that every second (ngx_http_upstream_zone_resolve_handler)
-TTL = 0
+TTL = 0  # while the agent looks every name up each cycle
 UDP_SIZE = 512  # without EDNS; nginx sends none, and retries over TCP on a truncated answer
 MAX_CACHED = 65536  # replies kept; past it the cache starts again (a client varying its flags)
 MAX_FORWARDS = 32  # forwarded queries in flight; more are answered SERVFAIL
@@ -78,11 +82,39 @@ class _Kept:
 
     name: str
     basis: tuple[tuple[str, ...], str]  # (addresses, state) it was built from
+    ttl: int
     reply: bytes  # without the 2-byte id
+    ttl_at: tuple[int, ...]  # where each answer's TTL is in `reply`
+
+    def with_ttl(self, ttl: int) -> _Kept:
+        reply = bytearray(self.reply)
+        for at in self.ttl_at:
+            reply[at:at + 4] = struct.pack("!I", ttl)
+        return replace(self, ttl=ttl, reply=bytes(reply))
 
 
 def _basis(endpoints: Endpoints) -> tuple[tuple[str, ...], str]:
     return endpoints.addresses, endpoints.state
+
+
+def _skip_name(wire: bytes, at: int) -> int:
+    """The offset past the (possibly compressed) name at `at`."""
+    while wire[at]:
+        if wire[at] & 0xC0 == 0xC0:
+            return at + 2
+        at += 1 + wire[at]
+    return at + 1
+
+
+def _ttl_offsets(wire: bytes) -> tuple[int, ...]:
+    """Where the TTL of each answer record of a reply of one question is (minus the id)."""
+    at = _skip_name(wire, 12) + 4  # the question: name, type, class
+    offsets = []
+    for _ in range(struct.unpack_from("!H", wire, 6)[0]):
+        at = _skip_name(wire, at) + 4  # name, type, class
+        offsets.append(at - 2)
+        at += 6 + struct.unpack_from("!H", wire, at + 4)[0]  # ttl, rdlength, rdata
+    return tuple(offsets)
 
 
 def _wire(message: dns.message.Message, udp_size: int | None) -> bytes:
@@ -97,37 +129,39 @@ def _wire(message: dns.message.Message, udp_size: int | None) -> bytes:
         return bytes(message.to_wire())
 
 
-def local_reply(query: dns.message.Message, snapshot: Snapshot,
-                ) -> tuple[dns.message.Message | None, str, str]:
-    """(reply, result label, name) from what discovery knows; reply None: forward the query."""
+def local_reply(query: dns.message.Message, snapshot: Snapshot, ttl: Callable[[str], int],
+                ) -> tuple[dns.message.Message | None, str, str, int]:
+    """(reply, result label, name, its TTL) from what discovery knows; reply None: forward
+    the query."""
     reply = dns.message.make_response(query)
     reply.flags |= dns.flags.RA
     if query.opcode() != dns.opcode.QUERY:
         reply.set_rcode(dns.rcode.NOTIMP)
-        return reply, "malformed", ""
+        return reply, "malformed", "", TTL
     if len(query.question) != 1 or query.question[0].rdclass != dns.rdataclass.IN:
         reply.set_rcode(dns.rcode.FORMERR if len(query.question) != 1 else dns.rcode.REFUSED)
-        return reply, "malformed", ""
+        return reply, "malformed", "", TTL
     question = query.question[0]
     name = question.name.to_text(omit_final_dot=True)
     endpoints = snapshot.get(name)
     if endpoints is None:
         if not name.lower().startswith("tasks."):
-            return None, "forwarded", name
+            return None, "forwarded", name, TTL
         reply.set_rcode(dns.rcode.SERVFAIL)  # a service's name, not known (yet): never asked
-        return reply, "servfail", name      # of the nameserver on nginx's behalf
+        return reply, "servfail", name, TTL  # of the nameserver on nginx's behalf
     if not endpoints.addresses:
         rcode = dns.rcode.NXDOMAIN if endpoints.state == "none" else dns.rcode.SERVFAIL
         reply.set_rcode(rcode)
-        return reply, "nxdomain" if rcode == dns.rcode.NXDOMAIN else "servfail", name
+        return reply, "nxdomain" if rcode == dns.rcode.NXDOMAIN else "servfail", name, TTL
     reply.flags |= dns.flags.AA
+    seconds = ttl(name)
     v6 = question.rdtype == dns.rdatatype.AAAA
     if question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
         addresses = [a for a in endpoints.addresses if (":" in a) == v6]
         if addresses:
             reply.answer.append(dns.rrset.from_text_list(
-                question.name, TTL, dns.rdataclass.IN, question.rdtype, addresses))
-    return reply, "answered", name  # (no record of that type: NOERROR, no data)
+                question.name, seconds, dns.rdataclass.IN, question.rdtype, addresses))
+    return reply, "answered", name, seconds  # (no record of that type: NOERROR, no data)
 
 
 class LocalResolver:
@@ -137,13 +171,15 @@ class LocalResolver:
     configuration is rendered) and served from start(). `looked_up` is told each name answered
     from discovery (readiness: nginx has asked for its upstreams). A free port is none of
     `avoid`: nginx binds the HTTPS port for UDP too (HTTP/3), and the kernel may hand that very
-    number out as a free UDP port when it lies in the ephemeral range."""
+    number out as a free UDP port when it lies in the ephemeral range. `ttl` gives a name's
+    time to live (the reconciler's answer_ttl; TTL without it)."""
 
     def __init__(self, listen: HostPort, snapshot: Callable[[], Snapshot],
                  nameserver: HostPort, timeout: float, registry: CollectorRegistry,
                  looked_up: Callable[[str], None] | None = None,
-                 avoid: Collection[int] = ()) -> None:
+                 avoid: Collection[int] = (), ttl: Callable[[str], int] | None = None) -> None:
         self.snapshot = snapshot
+        self.ttl = ttl if ttl is not None else lambda name: TTL
         self.nameserver = nameserver
         self.timeout = timeout
         self.metrics = ResolverMetrics(registry)
@@ -191,6 +227,8 @@ class LocalResolver:
         if kept is not None:
             endpoints = snapshot.get(kept.name)
             if endpoints is not None and _basis(endpoints) == kept.basis:
+                if kept.ttl_at and (ttl := self.ttl(kept.name)) != kept.ttl:
+                    kept = self._kept[key] = kept.with_ttl(ttl)
                 (self._answered if kept.basis[0] else self._nxdomain).inc()
                 self._told(kept.name)
                 return data[:2] + kept.reply
@@ -202,7 +240,7 @@ class LocalResolver:
         if query.flags & dns.flags.QR:  # a response: nothing to answer
             self.metrics.queries.labels("malformed").inc()
             return None
-        reply, result, name = local_reply(query, snapshot)
+        reply, result, name, ttl = local_reply(query, snapshot, self.ttl)
         if reply is None:
             return query
         self.metrics.queries.labels(result).inc()
@@ -212,7 +250,7 @@ class LocalResolver:
         if endpoints is not None and result in ("answered", "nxdomain"):
             if len(self._kept) >= MAX_CACHED:
                 self._kept.clear()
-            self._kept[key] = _Kept(name, _basis(endpoints), wire[2:])
+            self._kept[key] = _Kept(name, _basis(endpoints), ttl, wire[2:], _ttl_offsets(wire))
         if endpoints is not None:
             self._told(name)
         return wire

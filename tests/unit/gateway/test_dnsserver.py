@@ -21,12 +21,13 @@ from agent.gateway.model import Endpoints, Snapshot
 class Fixture:
     def __init__(self) -> None:
         self.snapshot: dict[str, Endpoints] = {}
+        self.ttls: dict[str, int] = {}  # the reconciler's answer_ttl; 0 for a name not in it
         self.asked: list[str] = []
         self.registry = CollectorRegistry()
         # nothing listens on port 9 of 127.0.0.55: a forwarded query would fail
         self.server = LocalResolver(HostPort("127.0.0.1", 0), self.current,
                                     HostPort("127.0.0.55", 9), 0.2, self.registry,
-                                    self.asked.append)
+                                    self.asked.append, ttl=lambda n: self.ttls.get(n, 0))
 
     def current(self) -> Snapshot:
         return self.snapshot
@@ -124,6 +125,21 @@ def test_a_kept_reply_follows_the_endpoints_and_answers_each_query_with_its_id(
     reply = f.ask("tasks.web", qid=5)
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert (f.count("answered"), f.count("nxdomain"), f.count("servfail")) == (4, 1, 1)
+
+
+def test_the_ttl_is_the_time_until_the_agent_looks_the_name_up_again(f: Fixture) -> None:
+    f.snapshot["tasks.web"] = Endpoints(("10.0.1.2", "10.0.1.3", "10.0.1.4"), "ok")
+    f.ttls["tasks.web"] = 4
+    assert f.ask("tasks.web", qid=1).answer[0].ttl == 4
+    for ttl in (3, 0, 86400):  # a second later: the same addresses, less time left (the
+        f.ttls["tasks.web"] = ttl  # kept reply, its TTL rewritten)
+        reply = f.ask("tasks.web", qid=2)
+        assert [rrset.ttl for rrset in reply.answer] == [ttl]
+        assert addresses(reply) == ["10.0.1.2", "10.0.1.3", "10.0.1.4"] and reply.id == 2
+    f.snapshot["tasks.gone"] = Endpoints((), "none")
+    f.ttls["tasks.gone"] = 4  # no address: nothing to keep, NXDOMAIN as before
+    assert f.ask("tasks.gone").rcode() == dns.rcode.NXDOMAIN
+    assert f.count("answered") == 4
 
 
 def test_an_answer_too_long_for_udp_is_truncated_and_whole_over_tcp(f: Fixture) -> None:

@@ -20,13 +20,14 @@ from agent.gateway.settings import GatewaySettings as Settings
 from tests.unit.gateway.fakes import Clock, FakeDiscovery, FakeNginx, FakeRoutes
 
 
-def reconciler(services: int, per_second: float) -> tuple[Reconciler, FakeDiscovery]:
+def reconciler(services: int, per_second: float, clock: Clock | None = None,
+               ) -> tuple[Reconciler, FakeDiscovery]:
     table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
                                       "port": 80} for i in range(services)]}, "test")
     discovery = FakeDiscovery()
     settings = Settings(poll_interval=1.0, dns_lookups_per_second=per_second)
     r = Reconciler(settings, FakeNginx(), discovery, planner_for(settings), Metrics(), State(),
-                   routes=FakeRoutes(table))
+                   routes=FakeRoutes(table), clock=clock or Clock())
     return r, discovery
 
 
@@ -62,6 +63,36 @@ async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     assert "tasks.new" in discovery.rounds[-1]
     assert len(discovery.rounds[-1]) == 200
     assert r.state.snapshot["tasks.new"].addresses == ("10.0.0.2",)
+
+
+async def test_nginx_keeps_an_answer_until_the_agent_looks_that_name_up_again() -> None:
+    """The TTL the agent's resolver gives nginx (drivers/dnsserver.py): 0 while every name is
+    looked up each cycle; past the budget, the seconds until the name comes round again."""
+    clock = Clock()
+    small, _ = reconciler(50, per_second=200, clock=clock)
+    for _ in range(2):
+        await small.discover()
+        clock.now += 1.0
+    assert {small.answer_ttl(f"tasks.s{i}") for i in range(50)} == {0}
+
+    r, discovery = reconciler(1000, per_second=200, clock=clock)
+    await r.discover()  # every name: none known yet
+    assert {r.answer_ttl(f"tasks.s{i}") for i in range(1000)} == {0}  # all due in turn next
+    for _ in range(3):
+        clock.now += 1.0
+        await r.discover()
+    asked = discovery.rounds[-1]
+    # just looked up: again in five cycles (1000 names, 200 a cycle), nginx keeps it 5 s
+    assert {r.answer_ttl(n) for n in asked} == {5}
+    clock.now += 0.4  # asked later within the cycle: less left
+    assert {r.answer_ttl(n) for n in asked} == {4}
+    clock.now += 0.6
+    await r.discover()
+    # due at the next cycle: nginx asks again a second later, as it would without a budget
+    assert {r.answer_ttl(n) for n in discovery.rounds[-1]} == {5}
+    ttls = sorted(r.answer_ttl(f"tasks.s{i}") for i in range(1000))
+    assert ttls[:200] == [0] * 200 and ttls[-200:] == [5] * 200  # spread over the rotation
+    assert r.answer_ttl("tasks.unknown") == 0
 
 
 # --- cycles: a real Planner, a fake nginx and discovery, a fake clock -------------------------
