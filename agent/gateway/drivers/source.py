@@ -285,8 +285,8 @@ class ControllerRoutes:
 
     def session(self) -> aiohttp.ClientSession:
         """No DNS cache: a restarted controller task has a new address. Not aiohttp's default
-        resolver either: with aiodns installed that is c-ares, which keeps answers for their
-        TTL, and Docker's DNS answers with 600 s."""
+        resolver either: with aiodns installed (it is not a dependency) that is c-ares, which
+        keeps answers for their TTL, and Docker's DNS answers with 600 s."""
         connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=aiohttp.ThreadedResolver())
         return aiohttp.ClientSession(connector=connector)
 

@@ -236,7 +236,7 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
 
 
 def test_imports_nothing_heavy() -> None:
-    heavy = {"aiohttp", "prometheus_client", "pydantic", "yaml", "jinja2", "docker", "aiodns"}
+    heavy = {"aiohttp", "prometheus_client", "pydantic", "yaml", "jinja2", "docker", "pycares"}
     code = ("import sys, agent.check; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
