@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
         ("--routes", "route_counts", _counts, "route counts for scale, comma-separated"),
         ("--scale-cycles", "scale_cycles", int, "measured cycles with a change per size"),
         ("--idle-seconds", "idle_seconds", float, "idle window for CPU per poll"),
+        ("--hosts-per-service", "hosts_per_service", int,
+         "scale: routes (a host each) on each service"),
         ("--check-runs", "check_runs", int, "gateway-check runs"),
         ("--cluster-trials", "cluster_trials", int,
          "VIP failover trials per kind of failure on the multi-node cluster"),
@@ -125,6 +127,7 @@ def options_from(args: argparse.Namespace) -> Options:
     changes = {f: getattr(args, f) for f in (
         "duration", "warmup", "rounds", "threads", "connections", "changes", "article_changes",
         "reload_changes", "failover_trials", "route_counts", "scale_cycles", "idle_seconds",
+        "hosts_per_service",
         "check_runs", "cluster_trials", "capacity_websockets", "capacity_idle",
         "capacity_burst") if getattr(args, f) is not None}
     if args.out is not None:

@@ -27,6 +27,7 @@ class Options:
     route_counts: tuple[int, ...] = (10, 100, 1000)
     scale_cycles: int = 5  # cycles with a change, measured one by one, per route count
     idle_seconds: float = 30.0  # idle window for CPU per poll
+    hosts_per_service: int = 1  # routes (one host each) on each service
     # 6. health check
     check_runs: int = 100
     # 7. cluster (VIP failover on the multi-node swarm): trials per kind of failure

@@ -192,21 +192,29 @@ def failover(sec: dict[str, Any]) -> list[str]:
 
 
 def scale(sec: dict[str, Any]) -> list[str]:
-    lines = ["One agent at a time, default settings (1 s polling); each route has 1 to 10 tasks "
-             "(tasks exist in DNS only). 'Cycle with a reload' is one resolve-render-validate-"
-             "reload-verify cycle, as the agent logs it with its status line. Idle cycles and "
-             "idle CPU come from a window with no changes and no scraping; CPU is the agent "
-             "process alone.", ""]
+    per = sec["params"].get("hosts_per_service", 1)
+    lines = ["One agent at a time, default settings (1 s polling); each route has a host of its "
+             f"own, {per} route(s) on each service of 1 to 10 tasks (tasks exist in DNS only). "
+             "'Cycle with a reload' is one resolve-render-validate-reload-verify cycle, as the "
+             "agent logs it with its status line; 'change to routed' runs from the routes file "
+             "written to nginx routing the added host (or refusing the removed one). Idle "
+             "cycles and idle CPU come from a window with no changes and no scraping; CPU is "
+             "the agent process alone.", ""]
     rows = []
     for s in sec["sizes"]:
         ch = s["change_cycle_s"] or {}
+        routed = s.get("change_to_routed_s") or {}
         i = s["idle"]
-        rows.append([str(s["routes"]), str(s["tasks"]), _s(s["ready_s"]),
-                     _s(ch.get("median")), _s(ch.get("max")), _s(s.get("idle_cycle_mean_s")),
-                     _n(s["agent_rss_mib"], 1), _n(s["nginx_pss_mib"], 1),
+        rows.append([str(s["routes"]), str(s.get("services", s["routes"])), str(s["tasks"]),
+                     _s(s["ready_s"]), _s(ch.get("median")), _s(ch.get("max")),
+                     _s(routed.get("median")), _s(routed.get("max")),
+                     _s(s.get("idle_cycle_mean_s")),
+                     f"{_n(s['agent_rss_mib'], 1)} ({_n(s.get('agent_peak_rss_mib'), 1)})",
+                     _n(s["nginx_pss_mib"], 1),
                      _n(i["cpu_per_poll_ms"], 1), _n(i["cpu_percent_of_core"], 2)])
-    lines += _table(["routes", "tasks", "start to ready", "cycle w/ reload (median)",
-                     "(worst)", "idle cycle (mean)", "agent RSS MiB", "nginx PSS MiB",
+    lines += _table(["routes", "services", "tasks", "start to ready",
+                     "cycle w/ reload (median)", "(worst)", "change to routed (median)",
+                     "(worst)", "idle cycle (mean)", "agent RSS MiB (peak)", "nginx PSS MiB",
                      "CPU ms/poll", "idle CPU % core"], rows)
     for s in sec["sizes"]:
         failed = {k: v for k, v in s.get("dns_lookups", {}).items()

@@ -1,8 +1,13 @@
 """5. Scale and footprint: 10, 100 and 1000 routes with 1 to 10 tasks each.
 
+Each route has a host of its own; `--hosts-per-service` puts that many routes on each service
+(1 by default; 10 is the platform of issue 26: 10,000 hosts on 1,000 services).
+
 For each size: the time from starting the agent to /readyz (the first full cycle plus nginx's
 start), the duration of cycles that change something (resolve, render, nginx -t, reload, verify)
-as the agent logs it with each status line, the mean duration of idle cycles from the agent's own
+as the agent logs it with each status line, the time from a route added to the routes file until
+nginx routes its host (it answers 502 instead of 404: the tasks exist in DNS only), and until a
+route removed answers 404 again, the mean duration of idle cycles from the agent's own
 `gateway_reconcile_duration_seconds` over a window with no changes, the agent's memory, and its
 CPU per poll in that window (no scraping inside it).
 
@@ -19,7 +24,7 @@ from typing import Any
 from bench import admin, gateways, net, stats
 from bench.dns import Dnsmasq
 from bench.options import Options
-from bench.procs import BenchError, Procs
+from bench.procs import BenchError, Procs, http_get
 from bench.sysinfo import descendants, process_cpu, pss_kib, status_kib
 
 HIST = "gateway_reconcile_duration_seconds"
@@ -29,10 +34,14 @@ def _tasks_for(i: int) -> int:
     return i % 10 + 1
 
 
-def _write_routes(path: Path, n: int, extra: bool = False) -> None:
+def _services(n: int, per_service: int) -> int:
+    return -(-n // per_service)
+
+
+def _write_routes(path: Path, n: int, extra: bool = False, per_service: int = 1) -> None:
     lines = ["routes:"]
     for i in range(n):
-        lines += [f"  - hosts: [s{i}.example]", f"    service: s{i}",
+        lines += [f"  - hosts: [h{i}.example]", f"    service: s{i // per_service}",
                   f"    port: {net.UPSTREAM_PORT}"]
     if extra:
         lines += ["  - hosts: [extra.example]", "    service: s0",
@@ -43,6 +52,7 @@ def _write_routes(path: Path, n: int, extra: bool = False) -> None:
 
 
 def _records(n: int) -> tuple[dict[str, list[str]], int]:
+    """DNS records of `n` services, 1 to 10 tasks each; and how many tasks in all."""
     records: dict[str, list[str]] = {}
     k = 0
     for i in range(n):
@@ -58,48 +68,67 @@ def _hist(samples: admin.Samples) -> tuple[float, float]:
 RELOADED = re.compile(r"cycle status=[\"']reloaded[^\n]*? seconds=([0-9.]+)")
 
 
-def _cycles(gw: gateways.Gateway, routes: Path, n: int, changes: int,
-            settle: float = 2.5) -> tuple[list[float], int]:
-    """Make `changes` route changes one at a time (a route added, then removed again); return
-    (durations of the cycles that reloaded, changes that brought no reload). Each duration is
-    the one the agent logs with its status line ("cycle status='reloaded: ...' seconds=...");
-    `settle` keeps changes further apart than the agent's minimum interval between reloads, so
-    that none waits to be coalesced. (A change of tasks reloads nothing: nginx follows them.)"""
+def _extra_status(gw: gateways.Gateway) -> int:
+    try:
+        return http_get(gw.host, gw.port, "/", "extra.example", timeout=5.0)[0]
+    except OSError:
+        return 0
+
+
+def _cycles(gw: gateways.Gateway, routes: Path, n: int, changes: int, per_service: int,
+            settle: float = 2.5) -> tuple[list[float], int, list[float]]:
+    """Make `changes` route changes one at a time (a route added, then removed again; one more
+    when `changes` is odd, so that the file ends as it began, without a write that changes
+    nothing, which the agent would read again within the idle window after); return
+    (durations of the cycles that reloaded, changes that brought no reload, seconds from each
+    change written to nginx routing by it). Each duration is the one the agent logs with its
+    status line ("cycle status='reloaded: ...' seconds=..."); `settle` keeps changes further
+    apart than the agent's minimum interval between reloads, so that none waits to be
+    coalesced. (A change of tasks reloads nothing: nginx follows them.)"""
     log = gw.procs[0].log
     durations: list[float] = []
+    serving: list[float] = []
     missed = 0
-    for c in range(changes):
+    for c in range(changes + changes % 2):  # the last one removes the route again
         offset = log.stat().st_size
-        _write_routes(routes, n, extra=c % 2 == 0)
-        deadline = time.monotonic() + 30.0
+        added = c % 2 == 0
+        written = time.monotonic()
+        _write_routes(routes, n, extra=added, per_service=per_service)
+        deadline = written + 60.0
         found = None
-        while found is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        routed: float | None = None
+        while (found is None or routed is None) and time.monotonic() < deadline:
+            if routed is None and (_extra_status(gw) != 404) == added:
+                routed = time.monotonic() - written
+                continue
+            time.sleep(0.05)
             gw.check_alive()
             with open(log, "rb") as f:
                 f.seek(offset)
-                found = RELOADED.search(f.read().decode(errors="replace"))
+                found = found or RELOADED.search(f.read().decode(errors="replace"))
         if found is None:
             missed += 1
         else:
             durations.append(float(found.group(1)))
+        if routed is not None:
+            serving.append(routed)
         time.sleep(settle)
-    _write_routes(routes, n)
-    return durations, missed
+    return durations, missed, serving
 
 
 def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
-    records, used = _records(n)
+    per_service = opts.hosts_per_service
+    records, used = _records(_services(n, per_service))
     with Procs(workdir) as procs:
         dns = Dnsmasq(procs, net.DNS_MAIN)
         dns.set(records, confirm="tasks.s0")
         routes = workdir / "routes.yaml"
-        _write_routes(routes, n)
+        _write_routes(routes, n, per_service=per_service)
         t0 = time.monotonic()
         gw = gateways.start_agent(procs, net.DNS_MAIN, routes, ready_timeout=300.0,
                                   serve_check=False)
         ready_s = time.monotonic() - t0
-        changed, missed = _cycles(gw, routes, n, opts.scale_cycles)
+        changed, missed, serving = _cycles(gw, routes, n, opts.scale_cycles, per_service)
         pid = gw.procs[0].pid
         time.sleep(1.0)  # let the last scrape's work settle
         m0 = admin.metrics(gw)
@@ -125,8 +154,10 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
             raise BenchError("the agent's memory could not be read")
     cpu_s = cpu1.total - cpu0.total
     return {
-        "routes": n, "tasks": used, "ready_s": ready_s,
+        "routes": n, "services": _services(n, per_service), "tasks": used, "ready_s": ready_s,
         "change_cycle_s": stats.summary(changed) if changed else None,
+        "change_to_routed_s": stats.summary(serving) if serving else None,
+        "changes_to_routed": serving,
         "change_cycles": changed, "idle_cycle_mean_s": idle_cycle,
         "changes_without_reload": missed,
         "dns_lookups": lookups, "stale_services_at_end": stale,
@@ -163,7 +194,8 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
              "measured": f"{big['idle']['cpu_percent_of_core']:.2f}%",
              "met": big["idle"]["cpu_percent_of_core"] < 2.0},
         ]
-    return {"params": {"route_counts": list(opts.route_counts), "tasks_per_route": "1-10",
+    return {"params": {"route_counts": list(opts.route_counts), "tasks_per_service": "1-10",
+                       "hosts_per_service": opts.hosts_per_service,
                        "cycles_per_size": opts.scale_cycles, "idle_s": opts.idle_seconds,
                        "poll_interval_s": 1.0},
             "sizes": sizes, "goals": goals}
