@@ -135,7 +135,8 @@ def test_the_ttl_is_the_time_until_the_agent_looks_the_name_up_again(f: Fixture)
         f.ttls["tasks.web"] = ttl  # kept reply, its TTL rewritten)
         reply = f.ask("tasks.web", qid=2)
         assert [rrset.ttl for rrset in reply.answer] == [ttl]
-        assert addresses(reply) == ["10.0.1.2", "10.0.1.3", "10.0.1.4"] and reply.id == 2
+        assert addresses(reply) == ["10.0.1.2", "10.0.1.3", "10.0.1.4"]
+        assert reply.id == 2
     f.snapshot["tasks.gone"] = Endpoints((), "none")
     f.ttls["tasks.gone"] = 4  # no address: nothing to keep, NXDOMAIN as before
     assert f.ask("tasks.gone").rcode() == dns.rcode.NXDOMAIN
