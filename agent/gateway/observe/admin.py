@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
+from aiohttp import hdrs, web
 
 from agent import __version__
 from agent.core.dashboard import PREFIX, add_page
@@ -34,6 +33,7 @@ from agent.gateway.observe.state import State, words
 from agent.gateway.plan.naming import route_label
 from agent.gateway.settings import GatewaySettings
 
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # keepalived's check, the orchestrator's
 
 
@@ -168,8 +168,15 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
         return response
 
     app = web.Application(middlewares=[authorized])
-    metrics_handler = make_aiohttp_handler(metrics.registry)
-    for path, handler in (("/metrics", metrics_handler), ("/healthz", healthz),
+    async def metrics_text(request: web.Request) -> web.Response:
+        """Prometheus's text format whatever the client accepts (every Prometheus reads it);
+        compressed when the client asks."""
+        body = metrics.exposition(request.query.getall("name[]", []))
+        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: TEXT_FORMAT})
+        response.enable_compression()
+        return response
+
+    for path, handler in (("/metrics", metrics_text), ("/healthz", healthz),
                           ("/readyz", readyz), ("/status", status)):
         app.router.add_get(path, handler)  # add_get also answers HEAD
     # The page holds no data: what it shows is /status, fetched by the page, so whatever

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -119,9 +126,10 @@ class Metrics:
         self.stub_status = StubStatusCollector()
         r.register(self.stub_status)
         # Per-route request metrics from nginx's access log (gateway_http_*, gateway_upstream_*
-        # by route, gateway_access_log_records_total): defined in agent/accesslog.py beside the
-        # parser, exported once the daemon turns the feature on.
-        self.traffic = Traffic()
+        # by route, gateway_access_log_records_total): defined in observe/traffic.py beside the
+        # parser, exported once the daemon turns the feature on; the per-route http families
+        # are written by exposition() (the registry has the rest).
+        self.traffic = Traffic(http_apart=True)
         r.register(self.traffic)
         self.trace_spans = Counter(  # --otlp-endpoint (observe/spans.py)
             "gateway_trace_spans", "Sampled requests' spans by result (exported, failed, "
@@ -162,3 +170,11 @@ class Metrics:
                 self.endpoints.labels(service).set(count)
                 self.endpoints_stale.labels(service).set(1 if stale else 0)
         self._endpoints_set = dict(counts)
+
+    def exposition(self, names: Collection[str] = ()) -> bytes:
+        """/metrics in Prometheus's text format (0.0.4): the registry as prometheus_client writes
+        it, then the per-route http families as traffic.http_text() writes them; only the
+        families of `names` (`name[]`) when any is given."""
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        return generate_latest(registry) + self.traffic.http_text(names).encode()
+

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from agent.core.routes import RouteTable, parse_routes
 from agent.core.settings import SettingsError
 from agent.gateway import settings
 from agent.gateway.drivers.logfile import ROTATE_SIZE, LogFile, log_path
 from agent.gateway.model import Endpoints
-from agent.gateway.observe.traffic import LOG_FORMAT, Traffic
+from agent.gateway.observe.traffic import LOG_FORMAT, Traffic, _label
 from agent.gateway.plan.desired import Planner
 from agent.gateway.plan.mainconf import render_main_conf
 from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
@@ -222,6 +224,66 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     check = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry),
                            capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+class Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def _written_by_prometheus_client(traffic: Traffic) -> str:
+    """The per-route http families as prometheus_client writes them from collect()."""
+    apart, traffic.http_apart = traffic.http_apart, False
+    registry = CollectorRegistry()
+    registry.register(traffic)
+    text = generate_latest(registry).decode()
+    traffic.http_apart = apart
+    http = ("gateway_http_", "gateway_upstream_")
+    return "".join(line + "\n" for line in text.splitlines()
+                   if line.removeprefix("# HELP ").removeprefix("# TYPE ").startswith(http))
+
+
+def test_the_agent_writes_the_per_route_families_as_prometheus_client_would() -> None:
+    """/metrics writes these itself (Traffic.http_text, kept per route until its counts
+    change): byte for byte what prometheus_client writes, hostile labels and large counts
+    included, and after every change of counts or routes."""
+    table = [parse_routes({"routes": [
+        {"hosts": ["managerhttp", "manager.example.com"], "service": "managerhttp",
+         "port": 8888},
+        {"hosts": ["*.dmz.example.com"], "path": "/x/y_z~1+a,b:c@d", "service": "dmz",
+         "port": 80},
+    ]})]
+    traffic = Traffic(http_apart=True)
+    traffic.follow(lambda: table[0])
+    assert traffic.http_text() == _written_by_prometheus_client(traffic)  # all at 0
+    roots = [route_root(r) for r in table[0].routes]
+    for i, fields in enumerate(["200|0.004|0.003|200|0.003|120|80",
+                                "502|1.5|0.5, 1.0|502, 502|0.5, 1.0|9|8",
+                                "404|0.0|-|-|-|99|0",
+                                "200|0.2|0.2|200|0.2|1234567890123|1"]):
+        traffic.feed(record(roots[i % len(roots)].removesuffix("/"), fields), n=1000 * i + 1)
+        assert traffic.http_text() == _written_by_prometheus_client(traffic), fields
+    table[0] = parse_routes({"routes": [{"hosts": ["new"], "service": "n", "port": 1}]})
+    assert traffic.http_text() == _written_by_prometheus_client(traffic)
+    assert "managerhttp" not in traffic.http_text()
+    only = traffic.http_text(["gateway_upstream_errors_total"])
+    assert only.splitlines()[:2] == [
+        "# HELP gateway_upstream_errors_total Upstream tries that got no response header "
+        "(refused, reset, timed out)", "# TYPE gateway_upstream_errors_total counter"]
+    assert all(ln.startswith(("#", "gateway_upstream_errors_total{")) for ln in only.splitlines())
+
+
+def test_a_label_is_escaped_as_prometheus_client_escapes_it() -> None:
+    value = 'a"b\\c\nd'
+    family = CounterMetricFamily("x", "x", labels=["route"])
+    family.add_metric([value], 1)
+    registry = CollectorRegistry()
+    registry.register(Fixed([family]))
+    line = generate_latest(registry).decode().splitlines()[-1]
+    assert line == f'x_total{{route="{_label(value)}"}} 1.0'
 
 
 # -- the file --------------------------------------------------------------------------------
