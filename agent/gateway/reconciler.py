@@ -22,6 +22,7 @@ from agent.core.aio import first
 from agent.core.fields import is_address
 from agent.core.routes import RouteTable, Target
 from agent.gateway import persist
+from agent.gateway.drivers.memory import give_back
 from agent.gateway.drivers.nginx import ApplyError
 from agent.gateway.drivers.ports import unbindable, without_ports
 from agent.gateway.model import FilesPlan, Note, NoteKind, Outcome, Rendered, Snapshot, TlsPlan
@@ -198,6 +199,7 @@ class Reconciler:
         key, inputs = self._plan_inputs()
         if self._rendered is None or self._rendered[0] != key:
             self._rendered = (key, await asyncio.to_thread(self.planner.desired, inputs))
+            give_back()  # the render's peak (hundreds of MB at 10,000 routes) is garbage now
         return self._rendered[1]
 
     def _plan_inputs(self) -> tuple[object, Inputs]:
