@@ -200,6 +200,16 @@ def _route_text(label: str, stats: _Route) -> tuple[str, ...]:
     )
 
 
+_ZERO_LABEL = "\0"  # in no route label: the routes model refuses control characters
+_ZERO = _route_text(_ZERO_LABEL, _Route())
+
+
+def _zero_text(label: str) -> tuple[str, ...]:
+    """_route_text of a route with nothing counted, from one kept copy."""
+    route = _label(label)
+    return tuple(part.replace(_ZERO_LABEL, route) for part in _ZERO)
+
+
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     out, total = [], 0
     for bound, count in zip((*DURATION_BUCKETS, math.inf), counts, strict=True):
@@ -313,13 +323,16 @@ class Traffic(Collector):
         texts = []
         kept = self._text
         for key, stats in routes:
+            if not stats.version:  # nothing counted yet: the zero lines, not kept (at 10,000
+                texts.append(_zero_text(self._labels[key]))  # routes they would be 36 MB)
+                continue
             written = (stats.version, self._labels[key])
             entry = kept.get(key)
             if entry is None or entry[0] != written:
                 entry = kept[key] = (written, _route_text(written[1], stats))
             texts.append(entry[1])
         if len(kept) > len(routes):
-            self._text = {key: kept[key] for key, _ in routes}
+            self._text = {key: kept[key] for key, _ in routes if key in kept}
         out = []
         for i, (name, kind, help_text) in enumerate(_HTTP_FAMILIES):
             exposed = f"{name}_total" if kind == "counter" else name
