@@ -322,17 +322,20 @@ class Traffic(Collector):
         routes = list(self._routes.items())  # (a routes change replaces the dict, never resizes)
         texts = []
         kept = self._text
+        counted = 0
         for key, stats in routes:
             if not stats.version:  # nothing counted yet: the zero lines, not kept (at 10,000
                 texts.append(_zero_text(self._labels[key]))  # routes they would be 36 MB)
                 continue
+            counted += 1
             written = (stats.version, self._labels[key])
             entry = kept.get(key)
             if entry is None or entry[0] != written:
                 entry = kept[key] = (written, _route_text(written[1], stats))
             texts.append(entry[1])
-        if len(kept) > len(routes):
-            self._text = {key: kept[key] for key, _ in routes if key in kept}
+        if len(kept) > counted:  # routes gone since: their lines go too
+            current = {key for key, _ in routes}
+            self._text = {key: entry for key, entry in kept.items() if key in current}
         out = []
         for i, (name, kind, help_text) in enumerate(_HTTP_FAMILIES):
             exposed = f"{name}_total" if kind == "counter" else name
