@@ -177,4 +177,3 @@ class Metrics:
         families of `names` (`name[]`) when any is given."""
         registry = self.registry.restricted_registry(names) if names else self.registry
         return generate_latest(registry) + self.traffic.http_text(names).encode()
-
