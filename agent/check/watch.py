@@ -27,13 +27,16 @@ def run_checks(checks: Sequence[Check], timeout: float) -> Verdict:
     finished = [False] * len(checks)
     cond = threading.Condition()
     started = time.monotonic()
+    unanswered = f"no answer within {timeout:g}s"
 
     def worker(index: int, check: Check) -> None:
         reason = None
         try:
             check.run(deadline)
         except Exception as exc:
-            reason = describe(exc)
+            # a probe's sockets time out at the deadline: the same words as a probe still
+            # waiting when the deadline passes, whichever of the two notices first
+            reason = unanswered if isinstance(exc, TimeoutError) else describe(exc)
             draining[index] = isinstance(exc, Draining)
         with cond:
             failures[index] = reason
@@ -45,7 +48,7 @@ def run_checks(checks: Sequence[Check], timeout: float) -> Verdict:
     with cond:
         cond.wait_for(lambda: all(finished), timeout=max(0.0, deadline - time.monotonic()))
         snapshot = [
-            failures[i] if finished[i] else f"no answer within {timeout:g}s"
+            failures[i] if finished[i] else unanswered
             for i in range(len(checks))
         ]
     failed = [f"{check.label}: {reason}" for check, reason in zip(checks, snapshot, strict=True)
