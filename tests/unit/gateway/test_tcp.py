@@ -476,7 +476,7 @@ def snapshot_of(draw: st.DrawFn, table: RouteTable) -> dict[str, Endpoints]:
     return snapshot
 
 
-@settings(CHEAP, max_examples=400)
+@settings(CHEAP, max_examples=250)
 @given(tcp_file(), st.data())
 def test_a_tcp_list_is_refused_naming_the_place_or_renders_only_what_it_asked(
         nginx_stream: NginxStreamTest, routes: list[Generated], data: st.DataObject) -> None:
