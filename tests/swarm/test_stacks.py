@@ -190,6 +190,7 @@ class Client(threading.Thread):
         self.post = post
         self.stop = threading.Event()
         self.results: list[tuple[int, str]] = []
+        self.failed_ids: list[str] = []  # X-Request-Id of each answer that was not a 200
 
     def _connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=10)
@@ -208,6 +209,8 @@ class Client(threading.Thread):
                     conn.request("GET", "/", headers={"Host": "managerhttp"})
                 resp = conn.getresponse()
                 self.results.append((resp.status, resp.read().decode().strip()))
+                if resp.status != 200:
+                    self.failed_ids.append(resp.getheader("X-Request-Id") or "")
                 closing = resp.will_close
             except (OSError, http.client.HTTPException) as exc:
                 self.results.append((0, repr(exc)))
@@ -223,6 +226,17 @@ class Client(threading.Thread):
     @property
     def failed(self) -> list[tuple[int, str]]:
         return [r for r in self.results if r[0] != 200]
+
+
+def gateway_says(swarm: Swarm, request_ids: list[str]) -> str:
+    """The gateway's access log lines of these requests and nginx's warnings and errors: what
+    a failure's message needs to tell a gateway's fault from a task's."""
+    logged = subprocess.run(["docker", "service", "logs", "--raw", swarm.service("http-gateway")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    lines = (logged.stdout + logged.stderr).splitlines()
+    lines = [line for line in lines if any(f'"request_id":"{i}"' in line for i in request_ids if i)
+             or re.search(r"\[(warn|error|crit|alert|emerg)\]", line)]
+    return "\n".join(["--- the gateway's log", *lines[-40:]])
 
 
 def test_rolling_update_and_scaling_under_load_lose_no_request(swarm: Swarm) -> None:
@@ -265,7 +279,8 @@ def test_rolling_update_and_scaling_under_load_lose_no_request(swarm: Swarm) -> 
     for client in clients:
         assert {body for status, body in client.results if status == 200} & after
         assert client.failed == [], (f"{len(client.failed)} of {len(client.results)} requests "
-                                     f"failed: {client.failed[:5]}")
+                                     f"failed: {client.failed[:5]}\n"
+                                     f"{gateway_says(swarm, client.failed_ids)}")
     assert reloaded == 0, "tasks changed, routes did not: nginx follows them without a reload"
 
 
