@@ -129,7 +129,7 @@ class Metrics:
         # by route, gateway_access_log_records_total): defined in observe/traffic.py beside the
         # parser, exported once the daemon turns the feature on; the per-route http families
         # are written by exposition() (the registry has the rest).
-        self.traffic = Traffic(http_apart=True)
+        self.traffic = Traffic()
         r.register(self.traffic)
         self.trace_spans = Counter(  # --otlp-endpoint (observe/spans.py)
             "gateway_trace_spans", "Sampled requests' spans by result (exported, failed, "

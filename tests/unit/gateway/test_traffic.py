@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -20,7 +21,14 @@ from agent.core.settings import SettingsError
 from agent.gateway import settings
 from agent.gateway.drivers.logfile import ROTATE_SIZE, LogFile, log_path
 from agent.gateway.model import Endpoints
-from agent.gateway.observe.traffic import LOG_FORMAT, Traffic, _label
+from agent.gateway.observe.traffic import (
+    _HTTP_FAMILIES,
+    DURATION_BUCKETS,
+    LOG_FORMAT,
+    STATUS_CLASSES,
+    Traffic,
+    _label,
+)
 from agent.gateway.plan.desired import Planner
 from agent.gateway.plan.mainconf import render_main_conf
 from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
@@ -39,11 +47,17 @@ def record(root: str, fields: str) -> bytes:
     return f"g1|{root}|{fields}".encode()
 
 
-def samples(traffic: Traffic) -> dict[str, float]:
+def exposition(traffic: Traffic) -> str:
+    """What the agent's /metrics writes of `traffic`: prometheus_client's text of collect(),
+    then the per-route http families."""
     registry = CollectorRegistry()
     registry.register(traffic)
+    return generate_latest(registry).decode() + traffic.http_text()
+
+
+def samples(traffic: Traffic) -> dict[str, float]:
     out = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(exposition(traffic)):
         for s in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
@@ -219,9 +233,7 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     promtool = require_programs("promtool")["promtool"]
     traffic = following()
     traffic.feed(record("/gateway-route/managerhttp", "200|0.1|0.1|200|0.1|1|1"))
-    registry = CollectorRegistry()
-    registry.register(traffic)
-    check = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry),
+    check = subprocess.run([promtool, "check", "metrics"], input=exposition(traffic).encode(),
                            capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
@@ -234,16 +246,39 @@ class Fixed(Collector):
         yield from self.families
 
 
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound, count in zip((*DURATION_BUCKETS, math.inf), counts, strict=True):
+        total += count
+        out.append(("+Inf" if bound == math.inf else repr(bound), float(total)))
+    return out
+
+
 def _written_by_prometheus_client(traffic: Traffic) -> str:
-    """The per-route http families as prometheus_client writes them from collect()."""
-    apart, traffic.http_apart = traffic.http_apart, False
+    """The per-route http families as prometheus_client writes them: the oracle of
+    Traffic.http_text, from the same counts."""
+    counters = {name: CounterMetricFamily(
+        name, text, labels=["route", "status_class"] if name == "gateway_http_requests"
+        else ["route"]) for name, kind, text in _HTTP_FAMILIES if kind == "counter"}
+    histograms = {name: HistogramMetricFamily(name, text, labels=["route"])
+                  for name, kind, text in _HTTP_FAMILIES if kind == "histogram"}
+    requests, retries, errors, bytes_in, bytes_out = counters.values()
+    duration, upstream = histograms.values()
+    traffic.sync()
+    for key, stats in traffic._routes.items():
+        route = traffic._labels[key]
+        for klass, count in zip(STATUS_CLASSES, stats.classes, strict=True):
+            requests.add_metric([route, klass], count)
+        duration.add_metric([route], _cumulative(stats.duration), stats.duration_sum)
+        upstream.add_metric([route], _cumulative(stats.upstream), stats.upstream_sum)
+        retries.add_metric([route], stats.retries)
+        errors.add_metric([route], stats.errors)
+        bytes_in.add_metric([route], stats.bytes_in)
+        bytes_out.add_metric([route], stats.bytes_out)
     registry = CollectorRegistry()
-    registry.register(traffic)
-    text = generate_latest(registry).decode()
-    traffic.http_apart = apart
-    http = ("gateway_http_", "gateway_upstream_")
-    return "".join(line + "\n" for line in text.splitlines()
-                   if line.removeprefix("# HELP ").removeprefix("# TYPE ").startswith(http))
+    registry.register(Fixed([counters[name] if name in counters else histograms[name]
+                             for name, _, _ in _HTTP_FAMILIES]))
+    return generate_latest(registry).decode()
 
 
 def test_the_agent_writes_the_per_route_families_as_prometheus_client_would() -> None:
@@ -256,7 +291,7 @@ def test_the_agent_writes_the_per_route_families_as_prometheus_client_would() ->
         {"hosts": ["*.dmz.example.com"], "path": "/x/y_z~1+a,b:c@d", "service": "dmz",
          "port": 80},
     ]})]
-    traffic = Traffic(http_apart=True)
+    traffic = Traffic()
     traffic.follow(lambda: table[0])
     assert traffic.http_text() == _written_by_prometheus_client(traffic)  # all at 0
     roots = [route_root(r) for r in table[0].routes]
