@@ -193,6 +193,9 @@ def test_each_request_is_a_span_joined_with_the_tasks_and_sampled_as_told(
     assert attributes(span)["http.response.status_code"] == 502
     assert attributes(span)["gateway.service"] == "broken"
     assert receiver.spans(unsampled) == []
+    # the receiver has the spans before the exporter has its answer and counts them
+    wait_until(lambda: agent.metrics()['gateway_trace_spans_total{result="exported"}'] == 3, 10,
+               "the three exported spans to be counted")
     metrics = agent.metrics()
     assert metrics['gateway_trace_spans_total{result="exported"}'] == 3
     # the per-route metrics count every request, sampled or not
@@ -214,6 +217,8 @@ def test_each_request_is_a_span_joined_with_the_tasks_and_sampled_as_told(
     seen(agent, f"00-{late}-{CLIENT_SPAN}-01")
     receiver.span(late)
     assert [t for t in traces if receiver.spans(t)] == []
+    wait_until(lambda: agent.metrics()['gateway_trace_spans_total{result="exported"}'] >= 1, 10,
+               "the exported span to be counted")
     metrics = agent.metrics()
     assert metrics['gateway_http_requests_total{route="managerhttp/",status_class="2xx"}'] == 21
     assert metrics['gateway_trace_spans_total{result="exported"}'] == 1
