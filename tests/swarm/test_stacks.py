@@ -315,7 +315,9 @@ def test_no_task_answers_503_also_when_the_nodes_resolver_does_not_answer(swarm:
         swarm.scale("intrahttp", 2)
         swarm.wait_answering("intrahttp", "intrahttp", timeout=30)
     finally:
-        run("docker", "service", "update", "--detach=false", "--dns-rm", "127.0.0.1", gateway)
+        # not waited for (about 20 s): the tests after this one use other services, and the
+        # session's teardown removes the stack
+        run("docker", "service", "update", "--detach", "--dns-rm", "127.0.0.1", gateway)
 
 
 def test_ingress_variant_deploys_as_documented(swarm: Swarm) -> None:
