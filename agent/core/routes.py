@@ -15,12 +15,13 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.core.claims import Claims
 from agent.core.errors import place, problems
+from agent.core.fields import Tls
 from agent.core.files import MiB, TooLarge, read_bounded
 from agent.core.route import Route as Route
 from agent.core.route import RouteError as RouteError
@@ -35,6 +36,10 @@ from agent.core.yamlfile import YamlError, load_yaml
 class _RoutesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     routes: tuple[Route, ...]
+
+# the kinds of file a route names: basic_auth's htpasswd, error_page, a CA (tls.client_ca,
+# upstream_tls.ca)
+FileKind = Literal["htpasswd", "page", "ca"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,33 @@ class RouteTable:
                              for s in side_services(r)} |
                             {r.target for r in self.tcp} |
                             {Target(r.auth.kind, r.auth.name) for r in self.routes if r.auth}))
+
+    @functools.cached_property
+    def tls_hosts(self) -> Mapping[str, Tls]:
+        """Each host of a route with `tls`, and the first such route's `tls` (computed once,
+        as `targets`: each cycle asks, and at 10,000 routes the walk is not free)."""
+        hosts: dict[str, Tls] = {}
+        for route in self.routes:
+            if route.tls is not None:
+                for host in route.hosts:
+                    hosts.setdefault(host, route.tls)
+        return hosts
+
+    @functools.cached_property
+    def named_files(self) -> Mapping[tuple[FileKind, str], tuple[Route, ...]]:
+        """Each file a route names, by kind and name, and the routes naming it (computed
+        once, as `targets`)."""
+        named: dict[tuple[FileKind, str], list[Route]] = {}
+        for r in self.routes:
+            if r.basic_auth is not None:
+                named.setdefault(("htpasswd", r.basic_auth.file), []).append(r)
+            if r.error_page is not None:
+                named.setdefault(("page", r.error_page), []).append(r)
+            for ca in (r.tls.client_ca if r.tls else None,
+                       r.upstream_tls.ca if r.upstream_tls else None):
+                if ca is not None:
+                    named.setdefault(("ca", ca), []).append(r)
+        return {key: tuple(routes) for key, routes in named.items()}
 
 
 class RoutesError(ValueError):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.core.routes import FileKind
+
 # -- discovery (drivers/discovery.py) --------------------------------------------------------
 
 EndpointState = Literal["ok", "none", "unknown"]
@@ -86,7 +88,7 @@ class TlsPlan:
 
 # -- the files routes name (drivers/routefiles.py) -------------------------------------------
 
-Kind = Literal["htpasswd", "page", "ca"]
+Kind = FileKind  # agent/core/routes.py: what RouteTable.named_files finds
 
 
 @dataclass(frozen=True)

@@ -172,8 +172,6 @@ class RouteFiles:
         self.owner = owner  # the uid the copies belong to (nginx's workers); None: ours
         self._read: dict[tuple[Kind, str], tuple[FileStamp, Path | str]] = {}
         self._good: dict[tuple[Kind, str], Path] = {}
-        # the files named by the last table planned, and the routes naming each (as tls.py)
-        self._wanted: tuple[RouteTable, dict[tuple[Kind, str], list[Route]]] | None = None
         self._logged: dict[tuple[Kind, str], tuple[Path | None, str | None]] = {}
 
     def _load(self, kind: Kind, name: str) -> Path | str:
@@ -264,19 +262,7 @@ class RouteFiles:
     def plan(self, table: RouteTable) -> FilesPlan | None:
         """The copy nginx reads for each file a route names; None when no route names one.
         The files are read again each time: a file changed on disk is seen."""
-        if self._wanted is None or self._wanted[0] is not table:
-            wanted: dict[tuple[Kind, str], list[Route]] = {}
-            for r in table.routes:
-                if r.basic_auth is not None:
-                    wanted.setdefault(("htpasswd", r.basic_auth.file), []).append(r)
-                if r.error_page is not None:
-                    wanted.setdefault(("page", r.error_page), []).append(r)
-                for ca in (r.tls.client_ca if r.tls else None,
-                           r.upstream_tls.ca if r.upstream_tls else None):
-                    if ca is not None:
-                        wanted.setdefault(("ca", ca), []).append(r)
-            self._wanted = (table, wanted)
-        wanted = self._wanted[1]
+        wanted = table.named_files
         if not wanted:
             return None
         files = []

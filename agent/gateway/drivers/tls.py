@@ -120,9 +120,6 @@ class Certificates:
         self.clock = clock
         self._pairs: dict[CertFiles, tuple[tuple[FileStamp | None, ...], _Pair | str]] = {}
         self._good: dict[tuple[CertFiles, str], Served] = {}  # last good per source and host
-        # the hosts with `tls` of the last table planned: a cycle at 10,000 routes need not
-        # look at every route again while the table is the same object
-        self._wanted: tuple[RouteTable, dict[str, Tls]] | None = None
         self._logged: dict[str, tuple[str | None, str | None]] = {}
         self._roots: tuple[FileStamp | None, dict[x509.Name, list[x509.Certificate]] | None] = (
             None, None)
@@ -230,14 +227,7 @@ class Certificates:
     def plan(self, table: RouteTable) -> TlsPlan | None:
         """What HTTPS serves for each host of a route with `tls`; None when no route has it.
         The files are read again each time: a certificate replaced on disk is seen."""
-        if self._wanted is None or self._wanted[0] is not table:
-            wanted: dict[str, Tls] = {}
-            for route in table.routes:
-                if route.tls is not None:
-                    for host in route.hosts:
-                        wanted.setdefault(host, route.tls)
-            self._wanted = (table, wanted)
-        wanted = self._wanted[1]
+        wanted = table.tls_hosts
         if not wanted:
             return None
         now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
