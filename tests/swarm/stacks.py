@@ -134,11 +134,14 @@ class Swarm:
                       "{{.Name}} {{.DesiredState}} {{.CurrentState}} {{.Error}}", *services,
                       check=False)]
         for gateway in ("http-gateway", "dmz-gateway"):
-            proc = subprocess.run(["docker", "service", "logs", "--tail", "20",
-                                   self.service(gateway)], capture_output=True, text=True,
-                                  timeout=30, check=False)
-            report.append(f"--- {gateway} log\n{proc.stdout}{proc.stderr}")
+            report.append(f"--- {gateway} log\n{self.logs(gateway, '--tail', '20')}")
         return "\n".join(report)
+
+    def logs(self, service: str, *options: str) -> str:
+        """A service's log, its tasks' stdout and stderr together (`docker service logs`)."""
+        proc = subprocess.run(["docker", "service", "logs", *options, self.service(service)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        return proc.stdout + proc.stderr
 
     def scale(self, service: str, replicas: int) -> None:
         run("docker", "service", "scale", "--detach", f"{self.service(service)}={replicas}")

@@ -231,11 +231,10 @@ class Client(threading.Thread):
 def gateway_says(swarm: Swarm, request_ids: list[str]) -> str:
     """The gateway's access log lines of these requests and nginx's warnings and errors: what
     a failure's message needs to tell a gateway's fault from a task's."""
-    logged = subprocess.run(["docker", "service", "logs", "--raw", swarm.service("http-gateway")],
-                            capture_output=True, text=True, timeout=60, check=False)
-    lines = (logged.stdout + logged.stderr).splitlines()
-    lines = [line for line in lines if any(f'"request_id":"{i}"' in line for i in request_ids if i)
-             or re.search(r"\[(warn|error|crit|alert|emerg)\]", line)]
+    ids = [f'"request_id":"{i}"' for i in request_ids if i]
+    warned = re.compile(r"\[(warn|error|crit|alert|emerg)\]")
+    lines = [line for line in swarm.logs("http-gateway", "--raw").splitlines()
+             if any(i in line for i in ids) or warned.search(line)]
     return "\n".join(["--- the gateway's log", *lines[-40:]])
 
 
