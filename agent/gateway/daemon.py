@@ -13,14 +13,16 @@ import ipaddress
 import logging
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 from agent.core.serve import AdminServer
 from agent.core.settings import read_token, redacted_url
 from agent.gateway.drain import wait_for_handover
 from agent.gateway.drivers.discovery import Discovery
 from agent.gateway.drivers.dnsserver import LocalResolver
-from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, log_path
+from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, Relay, log_path
 from agent.gateway.drivers.nginx import ApplyError, Nginx, NginxDied
 from agent.gateway.drivers.nginxversion import NginxTooOld, nginx_version
 from agent.gateway.drivers.ports import reserved_ports
@@ -32,7 +34,8 @@ from agent.gateway.observe.admin import make_app
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.spans import Spans, otlp_spans
 from agent.gateway.observe.state import State, words
-from agent.gateway.pipeline import planner_for, tracing
+from agent.gateway.pipeline import planner_for, relay_file_of, tracing
+from agent.gateway.plan.observe import STDOUT
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings
 
@@ -95,8 +98,11 @@ def build(settings: GatewaySettings, access_log: str | None = None,
     return reconciler, nginx, metrics, state, sources
 
 
-async def read_access_log(reader: LogFile, stop: asyncio.Event) -> None:
-    """Every POLL_INTERVAL, count what nginx appended to its access-log file."""
+async def read_access_log(reader: LogFile, stop: asyncio.Event, in_thread: bool = False,
+                          ) -> None:
+    """Every POLL_INTERVAL, hand on what nginx appended to an access-log file; once more after
+    `stop` (nginx has quit: its last lines are in). `in_thread`: the JSON log's copy to stdout,
+    which may wait on the reader of the pipe."""
     loop = asyncio.get_running_loop()
     next_run = loop.time()
     while not stop.is_set():
@@ -104,9 +110,12 @@ async def read_access_log(reader: LogFile, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, next_run - loop.time()))
         try:
-            reader.poll()
+            if in_thread:
+                await asyncio.to_thread(reader.poll)
+            else:
+                reader.poll()
         except Exception:  # a bad poll must not end the daemon; the next one carries on
-            log.exception("access_log_read_failed")
+            log.exception("access_log_read_failed path=%s", reader.path)
 
 
 async def drain(nginx: Nginx, state: State, settings: GatewaySettings,
@@ -147,6 +156,13 @@ async def run(settings: GatewaySettings) -> int:
         reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
+    relay = None  # --access-log stdout: nginx writes a file, the agent copies it to stdout
+    if settings.access_log == STDOUT:
+        relay = LogFile(Path(relay_file_of(settings)),
+                        Relay(sys.stdout.fileno(),
+                              lambda result, n: metrics.json_log_bytes.labels(result).inc(n)),
+                        nginx_pids=nginx.pids, reopen=nginx.reopen_logs,
+                        rotate_size=settings.access_log_rotate_size)
     spans: Spans | None = None
     if reader is not None and tracing(settings):
         assert settings.otlp_endpoint is not None
@@ -161,8 +177,9 @@ async def run(settings: GatewaySettings) -> int:
         await sources.start()  # request, then a long-poll in the background
     reconciler.load_initial_routes()  # RoutesError: the caller prints every problem
     nginx.prepare()
-    if reader is not None:
-        reader.reset()  # before nginx opens it: what a previous run wrote is not counted again
+    for each in (reader, relay):
+        if each is not None:  # before nginx opens it: a previous run's lines are not read again
+            each.reset()
 
     stop = asyncio.Event()
     hurry = asyncio.Event()  # told again while draining: stop waiting for the handover
@@ -183,7 +200,7 @@ async def run(settings: GatewaySettings) -> int:
     log.info("admin_listening address=%s", settings.admin_listen)
 
     stopped = asyncio.Event()  # nginx has quit: the access log has its last lines
-    read_task: asyncio.Task[None] | None = None
+    read_tasks: list[asyncio.Task[None]] = []
     try:
         try:
             outcome = await reconciler.start()
@@ -199,7 +216,11 @@ async def run(settings: GatewaySettings) -> int:
         nginx_task = asyncio.create_task(nginx.process.wait(), name="nginx")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         if reader is not None:
-            read_task = asyncio.create_task(read_access_log(reader, stopped), name="access-log")
+            read_tasks.append(asyncio.create_task(read_access_log(reader, stopped),
+                                                  name="access-log"))
+        if relay is not None:
+            read_tasks.append(asyncio.create_task(read_access_log(relay, stopped, in_thread=True),
+                                                  name="access-log-relay"))
         done, _ = await asyncio.wait({loop_task, nginx_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
@@ -218,17 +239,18 @@ async def run(settings: GatewaySettings) -> int:
         return 0
     finally:
         stopped.set()
-        if read_task is not None:
+        for task in read_tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await read_task
+                await task
         if nginx.running:
             await nginx.stop()
         if sources is not None:
             await sources.close()
         if reconciler.resolver is not None:
             await reconciler.resolver.close()
-        if reader is not None:
-            reader.close()
+        for each in (reader, relay):
+            if each is not None:
+                each.close()
         if spans is not None:  # the last lines' spans, a short wait at most
             await asyncio.to_thread(spans.close)
         await admin.close()

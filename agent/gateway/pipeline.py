@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.core.routes import RouteTable
 from agent.gateway.drivers.capacity import listen_backlog
-from agent.gateway.drivers.logfile import log_path
+from agent.gateway.drivers.logfile import JSON_FILE_NAME, log_path
 from agent.gateway.drivers.routefiles import for_gateway
 from agent.gateway.drivers.tls import Certificates
 from agent.gateway.model import Rendered, Snapshot
@@ -31,8 +31,8 @@ def planner_for(settings: GatewaySettings, access_log: str | None = None) -> Pla
                    https_redirect_port=settings.https_redirect_port, http3=settings.http3,
                    resolver=resolver, resolve=resolve, own_resolver=True,
                    backlog=listen_backlog(),
-                   logs=log_plan(settings.access_log, trace=tracing(settings),
-                                 sample=settings.trace_sample_ratio),
+                   logs=log_plan(settings.access_log, relay_file_of(settings),
+                                 trace=tracing(settings), sample=settings.trace_sample_ratio),
                    stream=StreamRenderer(address=settings.listen.host, resolver=resolver,
                                          resolve=resolve, own_resolver=True,
                                          access_log=access_log))
@@ -47,6 +47,12 @@ def access_log_of(settings: GatewaySettings) -> str | None:
     """The access-log file nginx writes for the agent (--access-log-metrics), or None."""
     return str(log_path(settings.nginx_prefix, settings.nginx_conf_dir)) \
         if settings.access_log_metrics else None
+
+
+def relay_file_of(settings: GatewaySettings) -> str:
+    """The file nginx writes the JSON access log to for `--access-log stdout`: the agent copies
+    it to its standard output (drivers/logfile.py)."""
+    return str(log_path(settings.nginx_prefix, settings.nginx_conf_dir, JSON_FILE_NAME))
 
 
 def gather(table: RouteTable, snapshot: Snapshot, *, certificates: CertificateStore | None,

@@ -73,13 +73,13 @@ def agent_on(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
               admin_token: str | None = None,
               tcp: Sequence[dict[str, object]] = (),
               env: dict[str, str] | None = None,
-              nofile: tuple[int, int] | None = None) -> Agent:
+              nofile: tuple[int, int] | None = None, stdout: int | None = None) -> Agent:
         wd = workdir or tmp_path / f"agent{len(agents)}"
         wd.mkdir(exist_ok=True)
         routes_file = write_routes(wd / "routes.yaml", routes, tcp)
         agent = Agent(wd, routes_file, nameserver, extra=["--poll-interval", "0.5", *extra],
                       admin_address=admin_address, task_networks=task_networks,
-                      admin_token=admin_token, env=env, nofile=nofile)
+                      admin_token=admin_token, env=env, nofile=nofile, stdout=stdout)
         agents.append(agent)
         agent.start(wait_ready=wait_ready)
         return agent

@@ -4,9 +4,14 @@ the one the task saw and the one the log line names."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import termios
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,12 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def start(dns: Dnsmasq, start_agent: StartAgent, upstream_port: int, *extra: str) -> Agent:
+def start(dns: Dnsmasq, start_agent: StartAgent, upstream_port: int, *extra: str,
+          **options: object) -> Agent:
     dns.set("tasks.managerhttp", [T1])
     return start_agent([{"hosts": ["managerhttp"], "service": "managerhttp",
-                         "port": upstream_port}], "--trusted-proxies", f"{PROXY}/32", *extra)
+                         "port": upstream_port}], "--trusted-proxies", f"{PROXY}/32", *extra,
+                       **options)
 
 
 def seen(agent: Agent, headers: dict[str, str] | None = None, source: str | None = None,
@@ -54,7 +61,8 @@ def log_line(agent: Agent, request_id: str, path: Path | None = None) -> dict[st
         found[:] = [r for r in json_lines(text) if r["request_id"] == request_id]
         return bool(found)
 
-    wait_until(there, 5, f"the access-log line of request {request_id}")
+    # nginx writes its buffer within a second, the agent copies it to stdout every second
+    wait_until(there, 10, f"the access-log line of request {request_id}")
     assert len(found) == 1, found
     return found[0]
 
@@ -102,7 +110,7 @@ def test_each_request_has_an_id_the_task_the_client_and_the_log_share(
     wait_until(lambda: any(r["uri"] == "/unrouted-probe" and r["route"] == "unrouted"
                            and r["status"] == 404 and r["service"] == ""
                            for r in json_lines(agent.log_file.read_text(errors="replace"))),
-               5, "the unrouted request's line")
+               10, "the unrouted request's line")
 
 
 def test_a_clients_traceparent_is_continued_and_a_malformed_one_replaced(
@@ -143,3 +151,56 @@ def test_the_access_log_goes_to_a_file_when_asked(
     line = log_line(agent, client["x-request-id"], path)
     assert line["route"] == "managerhttp/"
     assert json_lines(agent.log_file.read_text(errors="replace")) == []
+
+
+def test_a_reader_of_stdout_that_stalls_costs_no_request_and_no_line(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """A container's standard output is a pipe of 64 KiB that the runtime reads; when the
+    reader stalls (a log driver writing to a slow disk, a shipper behind), whatever writes into
+    the full pipe waits. nginx writing its JSON lines there itself would stop answering; through
+    the agent's file (drivers/logfile.py) every request is answered, and every line arrives,
+    whole, once the reader reads again."""
+    read_end, write_end = os.pipe()
+    try:
+        agent = start(dns, start_agent, upstream_port, stdout=write_end)
+    finally:
+        os.close(write_end)
+    user_agent = "stalled-reader-" + "u" * 1000  # about 1.6 KB a line: 3 MB in all
+    count = 2000
+
+    def one(number: int) -> str:
+        status, _, got = http_get(agent.port, "managerhttp", "/", timeout=10,
+                                  headers={"User-Agent": user_agent})
+        assert status == 200
+        return got["x-request-id"]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(one, range(count)))
+    # the agent had written until the pipe was full: its reader was in the way of the lines
+    capacity = fcntl.fcntl(read_end, 1032)  # F_GETPIPE_SZ
+    held = bytearray(4)
+
+    def unread() -> int:
+        fcntl.ioctl(read_end, termios.FIONREAD, held)
+        return int.from_bytes(held, "little")
+
+    wait_until(lambda: unread() == capacity, 10, f"the pipe to fill ({capacity} bytes)")
+    # still answering with the pipe full
+    assert agent.get("managerhttp")[0] == 200
+
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(
+        lambda: os.read(read_end, 1 << 16), b"")), daemon=True)
+    reader.start()
+    wait_until(lambda: b"".join(list(chunks)).count(user_agent.encode()) >= count, 20,
+               "every line once the pipe is read")
+    copied = agent.metrics()
+    assert copied['gateway_json_log_bytes_total{result="dropped"}'] == 0
+    assert copied['gateway_json_log_bytes_total{result="written"}'] >= count * len(user_agent)
+    agent.stop()
+    reader.join(10)
+    os.close(read_end)
+    lines = b"".join(chunks).decode().splitlines()
+    docs = [json.loads(line) for line in lines]  # each line one whole JSON document
+    assert sorted(d["request_id"] for d in docs if d["user_agent"] == user_agent) == sorted(ids)

@@ -235,12 +235,15 @@ class Agent:
                  admin_address: str = "127.0.0.1",
                  task_networks: str | None = "127.0.0.0/8",
                  admin_token: str | None = None,
-                 nofile: tuple[int, int] | None = None) -> None:
+                 nofile: tuple[int, int] | None = None, stdout: int | None = None) -> None:
         """`task_networks`: the test's tasks are on loopback, which the default
         --task-networks refuses; None runs the agent with its default. `admin_token`: given
         with --admin-token-file, and shown by admin() on every request. `nofile`: the agent's
-        (soft, hard) limit of open files, as a container's `ulimits` would give it."""
+        (soft, hard) limit of open files, as a container's `ulimits` would give it. `stdout`:
+        a descriptor for the agent's standard output (a pipe, as a container's); by default
+        it goes to the log file with its stderr."""
         self.nofile = nofile
+        self.stdout = stdout
         self.admin_token = admin_token
         if admin_token is not None:
             token_file = workdir / "admin-token"
@@ -272,8 +275,10 @@ class Agent:
 
     def start(self, wait_ready: bool = True) -> None:
         nofile = self.nofile
-        self.proc = subprocess.Popen(self.args, stdout=self.log_file.open("ab"),
-                                     stderr=subprocess.STDOUT, env=self.env,
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=log if self.stdout is None else self.stdout,
+                                     stderr=subprocess.STDOUT if self.stdout is None else log,
+                                     env=self.env,
                                      cwd=Path(__file__).resolve().parents[2],
                                      preexec_fn=None if nofile is None else lambda: (
                                          resource.setrlimit(resource.RLIMIT_NOFILE, nofile)))

@@ -1,11 +1,20 @@
-"""Reads the access-log file nginx writes for the per-route metrics (agent/gateway/traffic.py).
+"""Reads the files nginx appends its access-log lines to: the per-route metrics' lines
+(observe/traffic.py counts them) and, with `--access-log stdout`, the JSON access log, which the
+agent copies to its standard output (Relay).
 
-nginx buffers the lines (`buffer=64k flush=1s`) and appends them to one file; `poll()`, every
-POLL_INTERVAL, reads what was appended since the last poll, counts the distinct lines (most
-repeat) and feeds each one with its count. The per-request work stays in nginx, where it is a
-buffered write; the agent's work is per distinct line.
+nginx buffers the lines (`buffer=64k flush=1s`) and appends them to a file; `poll()`, every
+POLL_INTERVAL, reads what was appended since the last poll and hands the whole lines to its
+Sink. The per-request work stays in nginx, where it is a buffered write: the metrics' Sink works
+per distinct line (most repeat), the JSON log's copies bytes.
 
-Rotation keeps the file small: once it is past `rotate_size`, it is renamed to FILE.1 and
+Why the JSON log does not go from nginx to the container's stdout: that is a pipe, and a pipe
+whose reader stalls (the container runtime, a log shipper) blocks the workers that write into
+it: nginx would stop answering. Besides, only writes of up to 4 KiB (PIPE_BUF) are sure to keep
+two workers' lines apart there. Through the file, nginx writes 64 KiB at a time and never waits
+on the reader; the agent is the pipe's one writer, and copies from a thread of its own
+(docs/logs.md "Where the lines go").
+
+Rotation keeps each file small: once it is past `rotate_size`, it is renamed to FILE.1 and
 nginx's master is asked to reopen its logs (SIGUSR1); the workers write what they buffered to
 the renamed file, then open a new FILE. The renamed file is read on until no nginx process
 holds it open any more (checked before the read, so that the read after the check gets all it
@@ -16,38 +25,105 @@ and the old ones write their buffers before they exit.
 
 An nginx that died takes the agent with it (daemon.py); at start `reset()` deletes what the
 previous run left, so that counters start at 0 with the process (a reset Prometheus handles)
-and no request is counted twice.
+and no request is counted (or logged) twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-from collections import Counter
+import select
 from collections.abc import Callable, Iterable
 from pathlib import Path
-
-from agent.gateway.observe.traffic import Traffic
+from typing import Protocol
 
 log = logging.getLogger("agent.gateway.logfile")
 
 FILE_NAME = "gateway-metrics.log"
+JSON_FILE_NAME = "gateway-access.log"  # the JSON access log on its way to stdout
 POLL_INTERVAL = 1.0  # seconds; nginx's flush=1s is the other half of the delay
 ROTATE_SIZE = 16 * 1024 * 1024  # bytes: the file's size (and disk or tmpfs use) stays near it
 _CHUNK = 4 * 1024 * 1024  # bytes read at once: bounds the agent's memory whatever nginx wrote
+_TAIL = 64 * 1024  # bytes of a file's end read to find its last whole line (Relay)
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the output cannot take it
 # polls an old file may stay held before nginx is asked again to reopen its logs: a worker
 # started by a reload at the moment of the first SIGUSR1 can miss it (seen in the integration
 # test); asking again is harmless (a worker finishing its requests keeps the file anyway)
 _ASK_AGAIN = 5
 
 
-def log_path(nginx_prefix: Path | None, nginx_conf_dir: Path) -> Path:
+def log_path(nginx_prefix: Path | None, nginx_conf_dir: Path, name: str = FILE_NAME) -> Path:
     """Where nginx writes the lines: in the agent's nginx prefix, or beside the state the
     agent keeps next to the system's configuration (like gateway-tls/)."""
     if nginx_prefix is not None:
-        return nginx_prefix.absolute() / "logs" / FILE_NAME
-    return nginx_conf_dir / FILE_NAME
+        return nginx_prefix.absolute() / "logs" / name
+    return nginx_conf_dir / name
+
+
+class Sink(Protocol):
+    """What becomes of the lines of one file, read in Python (Relay copies them unread)."""
+
+    def sync(self) -> None:
+        """Before each poll."""
+
+    def take(self, lines: bytes) -> None:
+        """Whole lines, each ending in a newline."""
+
+    def unfinished(self) -> None:
+        """A file ended in a line nginx never finished (it was killed while writing)."""
+
+
+class Relay:
+    """Copies whole lines from the file to a file descriptor: the agent's standard output,
+    whose only writer it is (the agent's own log goes to stderr). To a pipe (a container's
+    output) the kernel copies them (sendfile) and they never pass through Python; an output
+    sendfile refuses (a file opened for appending) gets them read and written. Once the
+    descriptor refuses a write (closed, no reader) the lines are dropped.
+    `counted(result, bytes)`: written, dropped."""
+
+    def __init__(self, fd: int, counted: Callable[[str, int], None]) -> None:
+        self.fd = fd
+        self.counted = counted
+        self.failed = False
+        self.sendfile = True
+
+    def sync(self) -> None:
+        pass
+
+    def copy(self, source: int, start: int, end: int) -> None:
+        """Bytes [start, end) of the file open as `source`."""
+        offset = start
+        while offset < end and not self.failed:
+            try:
+                sent = self._send(source, offset, end - offset)
+            except BlockingIOError:  # an output in non-blocking mode: wait until it takes more
+                select.select([], [self.fd], [], 1.0)
+                continue
+            except OSError as exc:
+                if self.sendfile and exc.errno in _NO_SENDFILE:
+                    self.sendfile = False
+                    continue
+                self.failed = True
+                log.error("access_log_output_failed error=%r effect=%r", str(exc),
+                          "the JSON access log's lines are dropped from now on")
+                break
+            if sent == 0:  # the file is shorter than it was (truncated by hand)
+                break
+            offset += sent
+        self.counted("written", offset - start)
+        if offset < end:
+            self.counted("dropped", end - offset)
+
+    def _send(self, source: int, offset: int, count: int) -> int:
+        if self.sendfile:
+            return os.sendfile(self.fd, source, offset, count)
+        data = os.pread(source, min(count, _CHUNK), offset)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        return len(data)
 
 
 class _Open:
@@ -61,13 +137,34 @@ class _Open:
         self.rest = b""
         self.held_polls = 0
 
-    def read(self, count: Callable[[bytes], None]) -> None:
+    def read(self, sink: Sink | Relay) -> None:
+        if isinstance(sink, Relay):
+            end = self._whole_lines_end()
+            if end > self.position:
+                sink.copy(self.file.fileno(), self.position, end)
+                self.file.seek(end)
+            return
         while chunk := self.file.read(_CHUNK):
             data = self.rest + chunk
             cut = data.rfind(b"\n") + 1
             self.rest = data[cut:]
             if cut:
-                count(data[:cut])
+                sink.take(data[:cut])
+
+    def _whole_lines_end(self) -> int:
+        """Where the file's last whole line ends (a write nginx is making may be half there):
+        found in its tail, without reading the rest."""
+        fd, start = self.file.fileno(), self.position
+        size = os.fstat(fd).st_size
+        window = max(start, size - _TAIL)
+        while window < size:
+            cut = os.pread(fd, size - window, window).rfind(b"\n")
+            if cut >= 0:
+                return window + cut + 1
+            if window == start:
+                break
+            window = max(start, window - _TAIL)
+        return start
 
     @property
     def position(self) -> int:
@@ -98,11 +195,11 @@ class LogFile:
     nginx's master to reopen its logs (SIGUSR1).
     """
 
-    def __init__(self, path: Path, traffic: Traffic, *, nginx_pids: Callable[[], Iterable[int]],
+    def __init__(self, path: Path, sink: Sink | Relay, *, nginx_pids: Callable[[], Iterable[int]],
                  reopen: Callable[[], None], rotate_size: int = ROTATE_SIZE) -> None:
         self.path = path
         self.rotated = path.with_name(path.name + ".1")
-        self.traffic = traffic
+        self.sink = sink
         self.nginx_pids = nginx_pids
         self.reopen = reopen
         self.rotate_size = rotate_size
@@ -124,19 +221,13 @@ class LogFile:
                 f.file.close()
         self._current = self._old = None
 
-    def _count(self, data: bytes) -> None:
-        feed = self.traffic.feed
-        for line, n in Counter(data.split(b"\n")).items():
-            if line:
-                feed(line, n)
-
     def poll(self) -> None:
-        """Count what nginx appended since the last poll; rotate when the file is too big."""
-        self.traffic.sync()
+        """Hand on what nginx appended since the last poll; rotate when the file is too big."""
+        self.sink.sync()
         if self._old is not None:
             self._drain_old()
         if self._current is not None and self._old is None and not self._same_file():
-            self._current.read(self._count)  # what it holds so far; the rest comes later
+            self._current.read(self.sink)  # what it holds so far; the rest comes later
             self._current.path = None  # the name is another file's now, or nobody's
             self._old, self._current = self._current, None
             if not self.path.exists():  # deleted: nginx writes into nothing anyone can read
@@ -147,7 +238,7 @@ class LogFile:
                 self._current = _Open(self.path)
             except FileNotFoundError:
                 return  # nginx creates it when it starts or reopens
-        self._current.read(self._count)
+        self._current.read(self.sink)
         if self.rotate_size and self._old is None and self._current.position >= self.rotate_size:
             self._rotate()
 
@@ -177,7 +268,7 @@ class LogFile:
         old = self._old
         assert old is not None
         held = _holds(self.nginx_pids(), old.id)
-        old.read(self._count)  # after the check: everything it will ever hold when not held
+        old.read(self.sink)  # after the check: everything it will ever hold when not held
         if held:
             old.held_polls += 1
             if old.held_polls % _ASK_AGAIN == 0:  # counts stay exact; the file grows
@@ -187,8 +278,9 @@ class LogFile:
                 self._reopen()
             return
         old.file.close()
-        if old.rest:  # a line nginx never finished (it was killed while writing)
-            self.traffic.results["malformed"] += 1
+        # a line nginx never finished (it was killed while writing)
+        if old.rest and not isinstance(self.sink, Relay):
+            self.sink.unfinished()
         if old.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 old.path.unlink()

@@ -131,6 +131,12 @@ class Metrics:
         # are written by exposition() (the registry has the rest).
         self.traffic = Traffic()
         r.register(self.traffic)
+        self.json_log_bytes = Counter(  # --access-log stdout (drivers/logfile.py Relay)
+            "gateway_json_log_bytes", "Bytes of JSON access-log lines the agent copied to its "
+            "standard output, by result (written, dropped: the output refused them)",
+            ["result"], registry=r)
+        for result in ("written", "dropped"):
+            self.json_log_bytes.labels(result)
         self.trace_spans = Counter(  # --otlp-endpoint (observe/spans.py)
             "gateway_trace_spans", "Sampled requests' spans by result (exported, failed, "
             "dropped, malformed)", ["result"], registry=r)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
@@ -251,6 +252,17 @@ class Traffic(Collector):
         keep = dict(sorted(keep.items(), key=lambda kv: kv[1]))
         self._routes = {key: self._routes.get(key) or _Route() for key in keep}
         self._labels = keep
+
+    def take(self, lines: bytes) -> None:
+        """Count whole access-log lines (drivers/logfile.py): each distinct line once."""
+        feed = self.feed
+        for line, n in Counter(lines.split(b"\n")).items():
+            if line:
+                feed(line, n)
+
+    def unfinished(self) -> None:
+        """A line nginx never finished."""
+        self.results["malformed"] += 1
 
     def feed(self, line: bytes, n: int = 1) -> None:
         """Count one access-log line (without its newline) `n` times: `n` requests."""

@@ -26,9 +26,6 @@ from agent.gateway.plan.traces import sampling
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/-]{1,1023}")
 STDOUT = "stdout"
 OFF = "off"
-# nginx opens the master's standard output by this name: the container's stdout, which
-# `docker service logs` and log shippers read
-STDOUT_PATH = "/dev/stdout"
 # what the metrics line adds when spans are made of it (observe/traffic.py reads them); the
 # path comes last: it may hold a '|'
 TRACE_FIELDS = ("$msec|$gateway_trace_id|$gateway_span_id|$gateway_parent_span_id|"
@@ -47,27 +44,26 @@ class RouteName:
 
 @dataclass(frozen=True)
 class LogPlan:
-    """Where the JSON access log goes (None: off) and the buffer of each nginx worker.
+    """The file nginx writes the JSON access log to (None: off), each worker's buffer of it
+    being written 64 KiB at a time.
 
-    To a pipe (stdout) nginx writes at most 4 KiB of whole lines at once: a write of up to
-    PIPE_BUF (4096 bytes on Linux) is atomic there, so the lines of several workers never
-    interleave (one line written unbuffered, a write per request, cost a fifth of the data
-    path's requests/s in the benchmark); a file takes 64 KiB.
+    For `--access-log stdout` the file is the agent's (drivers/logfile.py JSON_FILE_NAME),
+    which copies it to its standard output: nginx never writes into the pipe itself.
     """
 
-    path: str | None = STDOUT_PATH
-    buffer: str = "4k"
+    path: str | None
     trace: bool = False  # the metrics line carries the trace fields (tracing on)
     sample: float = 1.0  # the share of the traces starting here that are sampled
 
 
-def log_plan(access_log: str, trace: bool = False, sample: float = 1.0) -> LogPlan:
-    """--access-log stdout|off|FILE as a plan."""
+def log_plan(access_log: str, relay_file: str, trace: bool = False,
+             sample: float = 1.0) -> LogPlan:
+    """--access-log stdout|off|FILE as a plan; `relay_file` is where nginx writes what the
+    agent copies to its stdout."""
     if access_log == OFF:
         return LogPlan(None, trace=trace, sample=sample)
-    if access_log == STDOUT:
-        return LogPlan(STDOUT_PATH, trace=trace, sample=sample)
-    return LogPlan(access_log, buffer="64k", trace=trace, sample=sample)
+    return LogPlan(relay_file if access_log == STDOUT else access_log, trace=trace,
+                   sample=sample)
 
 
 def route_names(routes: Sequence[Route]) -> list[RouteName]:
@@ -83,7 +79,7 @@ def context(plan: LogPlan | None, routes: Sequence[Route]) -> dict[str, object]:
     traces = sampling(plan.sample if plan is not None and plan.trace else 1.0)
     if plan is None or plan.path is None:
         return {"json_log": None, "trace_fields": plan is not None and plan.trace, **traces}
-    return {"json_log": plan.path, "json_log_buffer": plan.buffer,
+    return {"json_log": plan.path,
             "route_names": route_names(routes), "unrouted_logged": UNROUTED_ROOT,
             "trace_fields": plan.trace, **traces}
 

@@ -33,7 +33,7 @@ def test_many_routes_and_a_long_root_build_every_hash_without_a_warning(tmp_path
                    "cors": {"origins": ["https://" + "o" * 90 + ".example:65535"]}})
     table = RouteTable(parse_routes({"routes": routes}).routes)
     planner = Planner(listen="127.0.0.1:8080", status_listen="127.0.0.1:9181",
-                      logs=LogPlan("/dev/stdout", buffer="4k"))
+                      logs=LogPlan(str(tmp_path / "access.json")))
     text = planner.render(table, {"tasks.svc": Endpoints(("10.0.0.1",), "ok")}).text
     assert "map_hash_max_size 4096;" in text  # 3001 routes' roots, and the default
     checker = NginxTest(tmp_path)

@@ -186,7 +186,7 @@ def test_tracing_flags_are_off_by_default_and_validated_naming_the_flag() -> Non
 
 def test_the_template_writes_the_trace_fields_for_sampled_requests_only() -> None:
     text = Planner(listen="8080", status_listen="127.0.0.1:9181", access_log="/p/m.log",
-                   logs=log_plan("off", trace=True, sample=0.5)).render(ROUTES, {}).text
+                   logs=log_plan("off", "", trace=True, sample=0.5)).render(ROUTES, {}).text
     formats = {name: "".join(re.findall(r"'([^']*)'", body)) for name, body in
                re.findall(r"log_format (gateway_\w+) ((?:'[^']*'\s*)+);", text)}
     assert formats["gateway_traced"] == formats["gateway_metrics"].replace("g1|", "g2|", 1) \
@@ -197,7 +197,7 @@ def test_the_template_writes_the_trace_fields_for_sampled_requests_only() -> Non
     # the line the agent reads is the line nginx writes: as many fields as span_of reads
     assert formats["gateway_traced"].count("|") == LINE_FIELDS - 1
     off = Planner(listen="8080", status_listen="127.0.0.1:9181", access_log="/p/m.log",
-                  logs=log_plan("off")).render(ROUTES, {}).text
+                  logs=log_plan("off", "")).render(ROUTES, {}).text
     assert "gateway_traced" not in off
     assert "gateway_trace_sampled" not in off
 

@@ -33,6 +33,7 @@ from agent.gateway.plan.desired import Planner
 from agent.gateway.plan.mainconf import render_main_conf
 from agent.gateway.plan.naming import UNROUTED_ROOT, route_label, route_root
 from tests.support import require_programs
+from tests.support.logwriter import NginxWriter
 
 ROUTES = parse_routes({"routes": [
     {"hosts": ["managerhttp", "manager.example.com"], "service": "managerhttp", "port": 8888},
@@ -325,48 +326,6 @@ def test_a_label_is_escaped_as_prometheus_client_escapes_it() -> None:
 
 OK = record("/gateway-route/managerhttp", "200|0.001|0.001|200|0.001|10|10") + b"\n"
 FAILED = record("/gateway-route/managerhttp", "502|0.001|0.001|502|0.001|10|10") + b"\n"
-
-
-class NginxWriter:
-    """Appends lines to the file like nginx: its own descriptor, held open by a child process
-    (nginx's worker, for the reader's "does nginx still hold it" check) until a reopen."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.reopens = 0
-        self.fd = -1
-        self.worker: subprocess.Popen[bytes] | None = None
-        self._open()
-
-    def _open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.worker = subprocess.Popen(["sleep", "60"], pass_fds=[self.fd])
-
-    def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def pids(self) -> set[int]:
-        return {self.worker.pid} if self.worker is not None else set()
-
-    def reopen(self) -> None:
-        self.reopens += 1
-        self.let_go()
-        self._open()
-
-    def let_go(self) -> None:
-        os.close(self.fd)
-        if self.worker is not None:
-            self.worker.kill()
-            self.worker.wait()
-            self.worker = None
-
-
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[NginxWriter]:
-    fake = NginxWriter(tmp_path / "gateway-metrics.log")
-    yield fake
-    if fake.worker is not None:
-        fake.let_go()
 
 
 def reader(nginx: NginxWriter, rotate_size: int = ROTATE_SIZE) -> tuple[LogFile, Traffic]:

@@ -1,0 +1,101 @@
+"""The JSON access log's way to the agent's standard output (drivers/logfile.py Relay): nginx
+appends to a file, the agent copies the whole lines it holds to a real pipe or file, once each,
+across rotations; an output that refuses them costs a count, not the agent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.gateway.drivers.logfile import LogFile, Relay
+from tests.support.logwriter import NginxWriter
+
+
+def line(i: int) -> bytes:
+    return b'{"request_id":"%032x","uri":"/p?q=%d"}\n' % (i, i)
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.bytes = {"written": 0, "dropped": 0}
+
+    def __call__(self, result: str, n: int) -> None:
+        self.bytes[result] += n
+
+
+def relay(nginx: NginxWriter, out: int, rotate_size: int = 16 << 20,
+          ) -> tuple[LogFile, Counts]:
+    counts = Counts()
+    return LogFile(nginx.path, Relay(out, counts), nginx_pids=nginx.pids,
+                   reopen=nginx.reopen, rotate_size=rotate_size), counts
+
+
+def test_whole_lines_reach_a_pipe_once_and_a_half_written_line_waits(
+        nginx: NginxWriter) -> None:
+    read_end, write_end = os.pipe()
+    tail, counts = relay(nginx, write_end)
+    lines = b"".join(line(i) for i in range(500))
+    nginx.write(lines + line(500)[:10])  # nginx's write of the last line is half there
+    tail.poll()
+    assert os.read(read_end, 1 << 20) == lines
+    tail.poll()  # nothing new: nothing twice
+    nginx.write(line(500)[10:])
+    tail.poll()
+    assert os.read(read_end, 1 << 20) == line(500)
+    assert counts.bytes == {"written": len(lines) + len(line(500)), "dropped": 0}
+    tail.close()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_rotations_lose_and_repeat_no_line(nginx: NginxWriter, tmp_path: Path) -> None:
+    out = tmp_path / "stdout"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)  # sendfile takes a plain file too
+    tail, counts = relay(nginx, fd, rotate_size=4096)
+    sent = []
+    for batch in range(40):
+        chunk = b"".join(line(batch * 50 + i) for i in range(50))
+        nginx.write(chunk)
+        sent.append(chunk)
+        tail.poll()
+    for _ in range(3):  # the last rotated file, once nginx let go of it
+        tail.poll()
+    assert tail.rotations >= 10
+    assert out.read_bytes() == b"".join(sent)
+    assert counts.bytes["dropped"] == 0
+    tail.close()
+    os.close(fd)
+
+
+def test_an_output_opened_for_appending_gets_the_lines_read_and_written(
+        nginx: NginxWriter, tmp_path: Path) -> None:
+    """sendfile refuses an output opened with O_APPEND (a shell's `>>`, a test's log file)."""
+    out = tmp_path / "stdout"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    tail, counts = relay(nginx, fd)
+    lines = b"".join(line(i) for i in range(3000))
+    nginx.write(lines)
+    tail.poll()
+    assert out.read_bytes() == lines
+    assert isinstance(tail.sink, Relay)
+    assert not tail.sink.sendfile, "sendfile refused once: read and written from then on"
+    assert counts.bytes == {"written": len(lines), "dropped": 0}
+    tail.close()
+    os.close(fd)
+
+
+def test_an_output_nobody_reads_any_more_drops_the_lines_and_counts_them(
+        nginx: NginxWriter, caplog: pytest.LogCaptureFixture) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the container's runtime is gone
+    tail, counts = relay(nginx, write_end)
+    nginx.write(line(1))
+    tail.poll()  # no exception: the agent and its nginx carry on
+    nginx.write(line(2) + line(3))
+    tail.poll()
+    assert counts.bytes == {"written": 0, "dropped": len(line(1) + line(2) + line(3))}
+    assert sum("access_log_output_failed" in r.message for r in caplog.records) == 1
+    tail.close()
+    os.close(write_end)
