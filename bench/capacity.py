@@ -27,7 +27,7 @@ from bench.dns import Dnsmasq
 from bench.gateways import Gateway
 from bench.options import Options
 from bench.procs import BenchError, Procs, free_port
-from bench.sysinfo import pss_kib
+from bench.sysinfo import descendants, pss_kib
 
 SERVICE = "echo"
 TASK = net.upstream(1)
@@ -83,18 +83,9 @@ routes:
 """
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (the agent's nginx runs in a session of its own)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [pid, *(p for child in children for p in _tree(int(child)))]
-
-
 def _memory_kib(gw: Gateway) -> int:
     """PSS of the gateway's processes: the program started and all it started."""
-    return sum(pss_kib(pid) or 0 for proc in gw.procs for pid in _tree(proc.pid))
+    return sum(pss_kib(pid) or 0 for proc in gw.procs for pid in (proc.pid, *descendants(proc.pid)))
 
 
 def start_gateway(kind: str, procs: Procs, certs: Path, bundle: Path,

@@ -100,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
         ("--rounds", "rounds", int, "interleaved data-path rounds"),
         ("--threads", "threads", int, "wrk threads (the same for every gateway)"),
         ("--connections", "connections", int, "wrk connections (the same for every gateway)"),
+        ("--cost-pairs", "cost_pairs", int,
+         "back-to-back data-path pairs, option on and off, per option whose cost is measured"),
         ("--changes", "changes", int, "DNS changes of each kind for agent/HAProxy/Caddy"),
         ("--article-changes", "article_changes", int,
          "DNS changes for the article's nginx (each takes up to 30 s)"),
@@ -125,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
 def options_from(args: argparse.Namespace) -> Options:
     opts = quick(Options()) if args.quick else Options()
     changes = {f: getattr(args, f) for f in (
-        "duration", "warmup", "rounds", "threads", "connections", "changes", "article_changes",
+        "duration", "warmup", "rounds", "threads", "connections", "cost_pairs", "changes",
+        "article_changes",
         "reload_changes", "failover_trials", "route_counts", "scale_cycles", "idle_seconds",
         "hosts_per_service",
         "check_runs", "cluster_trials", "capacity_websockets", "capacity_idle",

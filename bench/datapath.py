@@ -12,7 +12,7 @@ from bench.dns import Dnsmasq
 from bench.gateways import Gateway
 from bench.options import Options
 from bench.procs import BenchError, Procs
-from bench.sysinfo import process_cpu, session_cpu
+from bench.sysinfo import process_cpu, tree_cpu
 
 SERVICE = "svc"
 TASKS = [net.upstream(1), net.upstream(2)]
@@ -61,20 +61,20 @@ def measure(gw: Gateway, opts: Options, workdir: Path, upstreams: list[str]) -> 
     gw.check_alive()
     if opts.warmup > 0:
         wrk.run(gw.url, gw.host_header, opts.warmup, opts.threads, opts.connections, workdir)
-    sids = [p.pid for p in gw.procs]
-    cpu0 = sum(session_cpu(s) for s in sids)
-    main0 = sum(process_cpu(s).total for s in sids)
+    pids = [p.pid for p in gw.procs]
+    cpu0 = sum(tree_cpu(p) for p in pids)
+    main0 = sum(process_cpu(p).total for p in pids)
     conns0 = sum(gateways.upstream_connections(a) for a in upstreams)
     result = wrk.run(gw.url, gw.host_header, opts.duration, opts.threads, opts.connections,
                      workdir)
-    cpu1 = sum(session_cpu(s) for s in sids)
-    main1 = sum(process_cpu(s).total for s in sids)
+    cpu1 = sum(tree_cpu(p) for p in pids)
+    main1 = sum(process_cpu(p).total for p in pids)
     conns1 = sum(gateways.upstream_connections(a) for a in upstreams)
     row = result.as_dict()
     # connections the upstreams accepted per 1000 requests: ~0 when the gateway keeps its
     # upstream connections alive, 1000 when it opens one per request
     row["upstream_connections_per_1000"] = (conns1 - conns0) / max(result.requests, 1) * 1000
-    if sids:
+    if pids:
         row["gateway_cpu_s"] = cpu1 - cpu0
         row["gateway_cpu_us_per_request"] = (cpu1 - cpu0) / max(result.requests, 1) * 1e6
         # the process we started itself: the agent (Python) for the agent, nginx's master
@@ -82,6 +82,29 @@ def measure(gw: Gateway, opts: Options, workdir: Path, upstreams: list[str]) -> 
         row["main_process_cpu_s"] = main1 - main0
         row["main_process_cpu_us_per_request"] = (main1 - main0) / max(result.requests, 1) * 1e6
     return row
+
+
+# what an option costs: the agent with it on (the default) against the agent with it off
+COSTS = {"json_log": ("agent", "agent-nojson"), "metrics": ("agent", "agent-nolog")}
+
+
+def paired(on: Gateway, off: Gateway, opts: Options, workdir: Path) -> dict[str, Any]:
+    """`on` and `off` measured back to back, `opts.cost_pairs` times, in the order on-off,
+    off-on, ... (a drift of the machine's load within a pair counts once each way): requests/s
+    on / off and CPU per request off / on for each pair, and their medians. The interleaved
+    rounds put seven other gateways between the two; on this shared machine the load moved
+    more in that time than a log line costs."""
+    rps, cpu = [], []
+    for k in range(opts.cost_pairs):
+        row = {}
+        for gw in ((on, off) if k % 2 == 0 else (off, on)):
+            row[gw.name] = measure(gw, opts, workdir, TASKS)
+        a, b = row[on.name], row[off.name]
+        rps.append(stats.ratio(a["rps"], b["rps"]))
+        cpu.append(stats.ratio(b["gateway_cpu_us_per_request"],
+                               a["gateway_cpu_us_per_request"]))
+    return {"on": on.name, "off": off.name, "rps_on_vs_off": rps, "cpu_off_vs_on": cpu,
+            "rps_ratio_median": stats.median(rps), "cpu_ratio_median": stats.median(cpu)}
 
 
 def _access_log_records(gw: Gateway) -> dict[str, float]:
@@ -129,6 +152,9 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
             k = rnd % len(gws)
             for gw in gws[k:] + gws[:k]:
                 rows[gw.name].append(measure(gw, opts, workdir, TASKS) | {"round": rnd})
+        by_name = {gw.name: gw for gw in gws}
+        costs = {what: paired(by_name[on], by_name[off], opts, workdir)
+                 for what, (on, off) in COSTS.items() if on in by_name and off in by_name}
         info: dict[str, dict[str, Any]] = {
             gw.name: {"label": gw.label, "detail": gw.detail, "reached": spread[gw.name]}
             for gw in gws}
@@ -170,12 +196,9 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
          "measured": f"{ratios['agent_vs_direct']:.2f}x of direct "
                      f"(HAProxy {ratios['haproxy_vs_direct']:.2f}x)",
          "met": None},
-        {"goal": "requests/s with per-route metrics on / off >= 0.97 (nginx saturated)",
-         "measured": f"{ratios['metrics_on_vs_off']:.3f}",
-         "met": ratios["metrics_on_vs_off"] >= 0.97},
-        {"goal": "requests/s with the JSON access log on / off >= 0.97 (nginx saturated)",
-         "measured": f"{ratios['json_log_on_vs_off']:.3f}",
-         "met": ratios["json_log_on_vs_off"] >= 0.97},
+        *(_cost_goal(costs[what], text) for what, text in (
+            ("metrics", "per-route metrics"), ("json_log", "the JSON access log"))
+          if what in costs),
         {"goal": "agent CPU per request with per-route metrics on < 0.2 µs",
          "measured": f"{agent_cpu:.3f} µs (off: {nolog_cpu:.3f} µs)",
          "met": agent_cpu < 0.2},
@@ -188,5 +211,15 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         "params": {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
                    "threads": opts.threads, "connections": opts.connections,
                    "upstreams": TASKS},
-        "gateways": results, "ratios": ratios, "goals": goals,
+        "gateways": results, "ratios": ratios, "costs": costs, "goals": goals,
     }
+
+
+def _cost_goal(cost: dict[str, Any], what: str) -> dict[str, Any]:
+    pairs = cost["rps_on_vs_off"]
+    return {"goal": f"requests/s with {what} on / off >= 0.97 (median of {len(pairs)} "
+                    "back-to-back pairs)",
+            "measured": f"{cost['rps_ratio_median']:.3f} (pairs {min(pairs):.2f} – "
+                        f"{max(pairs):.2f}); CPU per request off / on "
+                        f"{cost['cpu_ratio_median']:.3f}",
+            "met": cost["rps_ratio_median"] >= 0.97}

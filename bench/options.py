@@ -14,6 +14,7 @@ class Options:
     rounds: int = 5  # interleaved rounds: every gateway once per round, rotating the order
     threads: int = 1  # wrk threads, the same for every gateway
     connections: int = 32  # wrk connections, the same for every gateway
+    cost_pairs: int = 8  # back-to-back pairs per option whose cost is measured (log, metrics)
     # 2. convergence
     changes: int = 30  # DNS changes of each kind (add, remove) for the agent, HAProxy, Caddy
     article_changes: int = 30  # changes for the article's nginx, alternating add and remove
@@ -43,7 +44,8 @@ class Options:
 
 
 QUICK = {
-    "duration": 2.0, "warmup": 0.5, "rounds": 2, "changes": 3, "article_changes": 2,
+    "duration": 2.0, "warmup": 0.5, "rounds": 2, "cost_pairs": 2, "changes": 3,
+    "article_changes": 2,
     "reload_changes": 20, "failover_trials": 2, "scale_cycles": 2, "idle_seconds": 5.0,
     "check_runs": 20, "cluster_trials": 2,
     "capacity_websockets": 3000, "capacity_idle": 2000, "capacity_burst": 1000,

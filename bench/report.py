@@ -103,6 +103,18 @@ def datapath(sec: dict[str, Any]) -> list[str]:
               f"(HAProxy / no gateway {r['haproxy_vs_direct']:.2f}x), agent with 1 worker / "
               f"agent {r['agent_1w_vs_agent']:.2f}x, agent with per-route metrics (default) / "
               f"without (--access-log-metrics off) **{_n(r.get('metrics_on_vs_off'), 3)}**.", ""]
+    costs = sec.get("costs", {})
+    if costs:
+        lines += ["What an option of the agent costs, measured apart: the agent with it on "
+                  "(the default) and with it off, back to back, the order alternating from "
+                  "one pair to the next (median, and the range, of the pairs):", ""]
+        lines += _table(
+            ["option", "pairs", "req/s on / off", "range", "CPU per request off / on"],
+            [[{"json_log": "JSON access log (--access-log)",
+               "metrics": "per-route metrics (--access-log-metrics)"}.get(what, what),
+              str(len(c["rps_on_vs_off"])), _n(c["rps_ratio_median"], 3),
+              f"{_n(min(c['rps_on_vs_off']), 2)} – {_n(max(c['rps_on_vs_off']), 2)}",
+              _n(c["cpu_ratio_median"], 3)] for what, c in costs.items()])
     for name, g in sec["gateways"].items():
         rec = g.get("access_log_records")
         if rec:

@@ -44,20 +44,9 @@ def process_cpu(pid: int, children: bool = False) -> CpuTimes:
     return CpuTimes(user / CLK_TCK, system / CLK_TCK)
 
 
-def session_pids(sid: int) -> list[int]:
-    """Every live process in session `sid` (a program we started and all it forked)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            f = _stat_fields(int(entry))
-            if f is not None and int(f[3]) == sid:
-                pids.append(int(entry))
-    return pids
-
-
 def descendants(pid: int) -> list[int]:
     """Every live process `pid` started, and what they started in turn, whatever their session
-    (the agent starts nginx in a session of its own: session_pids of the agent misses it)."""
+    (the agent starts nginx in a session of its own)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -72,9 +61,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def session_cpu(sid: int) -> float:
-    """CPU seconds used so far by the live processes of a session."""
-    return sum(process_cpu(pid).total for pid in session_pids(sid))
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by `pid` and the live processes it started, in whatever session
+    (the agent's nginx, its workers)."""
+    return sum(process_cpu(p).total for p in (pid, *descendants(pid)))
 
 
 def status_kib(pid: int, field: str) -> int | None:
