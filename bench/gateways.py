@@ -296,8 +296,11 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
                 poll_interval: float | None = None, extra: Sequence[str] = (),
                 ready_timeout: float = 60.0, label: str | None = None,
                 serve_check: bool = True) -> Gateway:
-    """`gateway-agent run` with a private nginx; returns once /readyz answers 200."""
-    prefix = _prefix(procs, name)
+    """`gateway-agent run` with a private nginx; returns once /readyz answers 200. As in the
+    gateway's stack, nginx's files (its logs among them) are in memory and the agent's standard
+    output is a pipe that is read."""
+    prefix = procs.memory_dir(name)
+    prefix.chmod(0o755)  # nginx's workers drop to an unprivileged user when run as root
     port = free_port(net.GATEWAY)
     admin = (net.GATEWAY, free_port(net.GATEWAY))
     status_port = free_port(net.GATEWAY)
@@ -312,7 +315,7 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
     if poll_interval is not None:
         argv += ["--poll-interval", f"{poll_interval:g}"]
     argv += list(extra)
-    proc = procs.start(name, argv)
+    proc = procs.start(name, argv, read_stdout=True)
     settings = " ".join(extra) or "defaults"
     gw = Gateway(name, label or "agent (gateway-agent run)", net.GATEWAY, port,
                  f"gateway-agent, poll {poll_interval or 1:g}s, {settings}", [proc], admin=admin)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -85,18 +88,31 @@ def _group_members(pgid: int) -> list[int]:
 
 
 class Proc:
-    """One program we started, its output going to a log file."""
+    """One program we started, its output going to a log file; with `read_stdout`, its
+    standard output is a pipe that a thread of ours reads and discards, as a container runtime
+    reads a container's (the agent's JSON access log goes there)."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 read_stdout: bool = False) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
+        self.stdout_bytes = 0
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv, stdout=subprocess.PIPE if read_stdout else out,
+                stderr=out if read_stdout else subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **env} if env else None, cwd=cwd, start_new_session=True)
         self.pid = self.popen.pid
+        if read_stdout:
+            threading.Thread(target=self._discard, name=f"{name}-stdout", daemon=True).start()
+
+    def _discard(self) -> None:
+        pipe = self.popen.stdout
+        assert pipe is not None
+        while data := os.read(pipe.fileno(), 1 << 16):
+            self.stdout_bytes += len(data)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -149,17 +165,33 @@ class Procs:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[tuple[Proc, int]] = []
+        self.memory_dirs: list[Path] = []
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              stop_signal: int = signal.SIGTERM) -> Proc:
-        proc = Proc(name, argv, self.workdir / f"{name}.log", env=env, cwd=self.workdir)
+              stop_signal: int = signal.SIGTERM, read_stdout: bool = False) -> Proc:
+        proc = Proc(name, argv, self.workdir / f"{name}.log", env=env, cwd=self.workdir,
+                    read_stdout=read_stdout)
         self.started.append((proc, stop_signal))
         return proc
+
+    def memory_dir(self, name: str) -> Path:
+        """A folder in memory (a tmpfs), as the gateway's stack mounts one for nginx's files;
+        removed by close(). The working directory where no tmpfs is at hand."""
+        shm = Path("/dev/shm")
+        if not shm.is_dir():
+            path = self.workdir / name
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=shm))
+        self.memory_dirs.append(path)
+        return path
 
     def close(self) -> None:
         while self.started:
             proc, sig = self.started.pop()
             proc.stop(sig)
+        while self.memory_dirs:
+            shutil.rmtree(self.memory_dirs.pop(), ignore_errors=True)
 
     def __enter__(self) -> Procs:
         return self
