@@ -166,8 +166,8 @@ def test_a_reader_of_stdout_that_stalls_costs_no_request_and_no_line(
         agent = start(dns, start_agent, upstream_port, stdout=write_end)
     finally:
         os.close(write_end)
-    user_agent = "stalled-reader-" + "u" * 1000  # about 1.6 KB a line: 3 MB in all
-    count = 2000
+    user_agent = "stalled-reader-" + "u" * 4000  # about 4.6 KB a line: 3.7 MB in all
+    count = 800
 
     def one(number: int) -> str:
         status, _, got = http_get(agent.port, "managerhttp", "/", timeout=10,
