@@ -199,8 +199,9 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
         *(_cost_goal(costs[what], text) for what, text in (
             ("metrics", "per-route metrics"), ("json_log", "the JSON access log"))
           if what in costs),
-        {"goal": "agent CPU per request with per-route metrics on < 0.2 µs",
-         "measured": f"{agent_cpu:.3f} µs (off: {nolog_cpu:.3f} µs)",
+        {"goal": "agent CPU per request with per-route metrics on < 0.2 µs (its Python process "
+                 "alone: DNS polling, the metrics, the JSON log's copy to stdout)",
+         "measured": f"{agent_cpu:.3f} µs (metrics off: {nolog_cpu:.3f} µs)",
          "met": agent_cpu < 0.2},
         {"goal": "no access-log line lost: counted >= requests wrk got answered",
          "measured": f"counted {records.get('ok', math.nan):,.0f}, wrk {sent:,.0f} "

@@ -98,6 +98,9 @@ def build(settings: GatewaySettings, access_log: str | None = None,
     return reconciler, nginx, metrics, state, sources
 
 
+LAST_COPY_SECONDS = 5.0  # at the stop, for the JSON access log's last lines to reach stdout
+
+
 async def read_access_log(reader: LogFile, stop: asyncio.Event, in_thread: bool = False,
                           ) -> None:
     """Every POLL_INTERVAL, hand on what nginx appended to an access-log file; once more after
@@ -105,10 +108,12 @@ async def read_access_log(reader: LogFile, stop: asyncio.Event, in_thread: bool 
     which may wait on the reader of the pipe."""
     loop = asyncio.get_running_loop()
     next_run = loop.time()
-    while not stop.is_set():
-        next_run += POLL_INTERVAL
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, next_run - loop.time()))
+    while True:
+        last = stop.is_set()  # a poll that starts after `stop` is the last one
+        if not last:
+            next_run += POLL_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_run - loop.time()))
         try:
             if in_thread:
                 await asyncio.to_thread(reader.poll)
@@ -116,6 +121,8 @@ async def read_access_log(reader: LogFile, stop: asyncio.Event, in_thread: bool 
                 reader.poll()
         except Exception:  # a bad poll must not end the daemon; the next one carries on
             log.exception("access_log_read_failed path=%s", reader.path)
+        if last:
+            return
 
 
 async def drain(nginx: Nginx, state: State, settings: GatewaySettings,
@@ -157,12 +164,12 @@ async def run(settings: GatewaySettings) -> int:
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
     relay = None  # --access-log stdout: nginx writes a file, the agent copies it to stdout
+    copier = Relay(sys.stdout.fileno(),
+                   lambda result, n: metrics.json_log_bytes.labels(result).inc(n),
+                   backlog=2 * settings.access_log_rotate_size)
     if settings.access_log == STDOUT:
-        relay = LogFile(Path(relay_file_of(settings)),
-                        Relay(sys.stdout.fileno(),
-                              lambda result, n: metrics.json_log_bytes.labels(result).inc(n)),
-                        nginx_pids=nginx.pids, reopen=nginx.reopen_logs,
-                        rotate_size=settings.access_log_rotate_size)
+        relay = LogFile(Path(relay_file_of(settings)), copier, nginx_pids=nginx.pids,
+                        reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
     spans: Spans | None = None
     if reader is not None and tracing(settings):
         assert settings.otlp_endpoint is not None
@@ -239,6 +246,8 @@ async def run(settings: GatewaySettings) -> int:
         return 0
     finally:
         stopped.set()
+        # the last copy to stdout takes what the output takes within a few seconds, no more
+        copier.deadline = time.monotonic() + LAST_COPY_SECONDS
         for task in read_tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import select
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +49,7 @@ ROTATE_SIZE = 16 * 1024 * 1024  # bytes: the file's size (and disk or tmpfs use)
 _CHUNK = 4 * 1024 * 1024  # bytes read at once: bounds the agent's memory whatever nginx wrote
 _TAIL = 64 * 1024  # bytes of a file's end read to find its last whole line (Relay)
 _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the output cannot take it
+_SLICE = 64 * 1024  # bytes copied at once (Relay): a pipe's size, so no copy waits long
 # polls an old file may stay held before nginx is asked again to reopen its logs: a worker
 # started by a reload at the moment of the first SIGUSR1 can miss it (seen in the integration
 # test); asking again is harmless (a worker finishing its requests keeps the file anyway)
@@ -79,28 +81,58 @@ class Relay:
     """Copies whole lines from the file to a file descriptor: the agent's standard output,
     whose only writer it is (the agent's own log goes to stderr). To a pipe (a container's
     output) the kernel copies them (sendfile) and they never pass through Python; an output
-    sendfile refuses (a file opened for appending) gets them read and written. Once the
-    descriptor refuses a write (closed, no reader) the lines are dropped.
-    `counted(result, bytes)`: written, dropped."""
+    sendfile refuses (a file opened for appending) gets them read and written.
 
-    def __init__(self, fd: int, counted: Callable[[str, int], None]) -> None:
+    The copy never waits long: a poll copies what the output takes, in slices, and leaves the
+    rest for the next poll once the output has taken nothing for `wait` seconds. An output that
+    falls more than `backlog` bytes behind loses the lines in between (the line it holds half
+    of is finished first), so the file still rotates and memory stays bounded; an output that
+    refuses a write (closed, no reader) loses them all from then on. `counted(result, bytes)`:
+    written, dropped. `deadline` (a monotonic time), once set, ends every copy at that time:
+    the agent's last copy as it stops."""
+
+    def __init__(self, fd: int, counted: Callable[[str, int], None], *,
+                 backlog: int = 2 * ROTATE_SIZE, wait: float = 1.0) -> None:
         self.fd = fd
         self.counted = counted
+        self.backlog = backlog
+        self.wait = wait
         self.failed = False
         self.sendfile = True
+        self.deadline: float | None = None
 
     def sync(self) -> None:
         pass
 
-    def copy(self, source: int, start: int, end: int) -> None:
-        """Bytes [start, end) of the file open as `source`."""
+    def copy(self, source: int, start: int, end: int) -> int:
+        """Copy bytes [start, end) of the file open as `source`, whole lines; returns how far
+        the file is done with (copied, or dropped)."""
+        if self.failed:
+            self.counted("dropped", end - start)
+            return end
+        stop = end if end - start <= self.backlog else _line_end(source, start, end)
+        offset = self._copy(source, start, stop)
+        self.counted("written", offset - start)
+        if self.failed or offset == stop < end:
+            self.counted("dropped", end - offset)
+            if not self.failed:
+                log.warning("access_log_output_behind dropped_bytes=%d effect=%r", end - offset,
+                            "the output took too little for too long: lines in between lost")
+            return end
+        return offset
+
+    def _copy(self, source: int, start: int, stop: int) -> int:
         offset = start
-        while offset < end and not self.failed:
+        while offset < stop:
+            wait = self.wait
+            if self.deadline is not None:
+                wait = min(wait, self.deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            if not select.select([], [self.fd], [], wait)[1]:
+                break  # the output took nothing for a while: the next poll goes on
             try:
-                sent = self._send(source, offset, end - offset)
-            except BlockingIOError:  # an output in non-blocking mode: wait until it takes more
-                select.select([], [self.fd], [], 1.0)
-                continue
+                sent = self._send(source, offset, min(stop - offset, _SLICE))
             except OSError as exc:
                 if self.sendfile and exc.errno in _NO_SENDFILE:
                     self.sendfile = False
@@ -112,18 +144,28 @@ class Relay:
             if sent == 0:  # the file is shorter than it was (truncated by hand)
                 break
             offset += sent
-        self.counted("written", offset - start)
-        if offset < end:
-            self.counted("dropped", end - offset)
+        return offset
 
     def _send(self, source: int, offset: int, count: int) -> int:
         if self.sendfile:
             return os.sendfile(self.fd, source, offset, count)
-        data = os.pread(source, min(count, _CHUNK), offset)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-        return len(data)
+        view = memoryview(os.pread(source, count, offset))
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self.fd, view[done:])
+            except BlockingIOError:  # what was written counts; the rest comes after a wait
+                break
+        return done
+
+
+def _line_end(source: int, start: int, end: int) -> int:
+    """Where the line that the bytes before `start` leave unfinished ends (`start` when they
+    end in a newline); at most `end`, which ends a line."""
+    if start == 0 or os.pread(source, 1, start - 1) == b"\n":
+        return start
+    found = os.pread(source, min(end - start, _CHUNK), start).find(b"\n")
+    return end if found < 0 else start + found + 1
 
 
 class _Open:
@@ -141,8 +183,7 @@ class _Open:
         if isinstance(sink, Relay):
             end = self._whole_lines_end()
             if end > self.position:
-                sink.copy(self.file.fileno(), self.position, end)
-                self.file.seek(end)
+                self.file.seek(sink.copy(self.file.fileno(), self.position, end))
             return
         while chunk := self.file.read(_CHUNK):
             data = self.rest + chunk
@@ -269,6 +310,8 @@ class LogFile:
         assert old is not None
         held = _holds(self.nginx_pids(), old.id)
         old.read(self.sink)  # after the check: everything it will ever hold when not held
+        if not held and isinstance(self.sink, Relay) and old.position < old._whole_lines_end():
+            return  # the output has not taken all of it yet: the next poll goes on
         if held:
             old.held_polls += 1
             if old.held_polls % _ASK_AGAIN == 0:  # counts stay exact; the file grows
@@ -277,10 +320,14 @@ class LogFile:
                             "by its path (its folders searchable by their user)")
                 self._reopen()
             return
-        old.file.close()
         # a line nginx never finished (it was killed while writing)
-        if old.rest and not isinstance(self.sink, Relay):
+        if isinstance(self.sink, Relay):
+            unfinished = os.fstat(old.file.fileno()).st_size - old.position
+            if unfinished > 0:
+                self.sink.counted("dropped", unfinished)
+        elif old.rest:
             self.sink.unfinished()
+        old.file.close()
         if old.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 old.path.unlink()

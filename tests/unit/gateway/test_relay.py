@@ -5,6 +5,7 @@ across rotations; an output that refuses them costs a count, not the agent."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ class Counts:
         self.bytes[result] += n
 
 
-def relay(nginx: NginxWriter, out: int, rotate_size: int = 16 << 20,
-          ) -> tuple[LogFile, Counts]:
+def relay(nginx: NginxWriter, out: int, rotate_size: int = 16 << 20, backlog: int = 32 << 20,
+          wait: float = 1.0) -> tuple[LogFile, Counts]:
     counts = Counts()
-    return LogFile(nginx.path, Relay(out, counts), nginx_pids=nginx.pids,
-                   reopen=nginx.reopen, rotate_size=rotate_size), counts
+    return LogFile(nginx.path, Relay(out, counts, backlog=backlog, wait=wait),
+                   nginx_pids=nginx.pids, reopen=nginx.reopen, rotate_size=rotate_size), counts
 
 
 def test_whole_lines_reach_a_pipe_once_and_a_half_written_line_waits(
@@ -98,4 +99,58 @@ def test_an_output_nobody_reads_any_more_drops_the_lines_and_counts_them(
     assert counts.bytes == {"written": 0, "dropped": len(line(1) + line(2) + line(3))}
     assert sum("access_log_output_failed" in r.message for r in caplog.records) == 1
     tail.close()
+    os.close(write_end)
+
+
+def test_an_output_too_far_behind_loses_whole_lines_and_the_file_still_rotates(
+        nginx: NginxWriter) -> None:
+    """A reader that stalls for good: each poll copies what the pipe takes and returns (it
+    does not wait for the reader); once the output is more than `backlog` behind, the lines in
+    between are dropped and counted, the line the pipe holds half of is finished first, and
+    the file rotates as usual."""
+    read_end, write_end = os.pipe()
+    tail, counts = relay(nginx, write_end, rotate_size=8192, backlog=16384, wait=0.05)
+    sent = b""
+    for batch in range(60):  # 60 x 50 lines, about 150 KB: twice what the pipe holds
+        chunk = b"".join(line(batch * 50 + i) for i in range(50))
+        nginx.write(chunk)
+        sent += chunk
+        tail.poll()
+    assert counts.bytes["dropped"] > 0
+    assert tail.rotations >= 5
+    got = b""
+    while len(got) < counts.bytes["written"]:
+        got += os.read(read_end, 1 << 16)
+        tail.poll()
+    for _ in range(3):
+        tail.poll()
+    while True:  # what the last polls copied
+        os.set_blocking(read_end, False)
+        try:
+            got += os.read(read_end, 1 << 16)
+        except BlockingIOError:
+            break
+    assert got.endswith(b"\n")
+    lines = got.splitlines(keepends=True)
+    assert all(one in sent for one in lines), "every line whole"
+    assert len(set(lines)) == len(lines), "none twice"
+    assert counts.bytes["written"] + counts.bytes["dropped"] == len(sent)
+    tail.close()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_a_deadline_ends_the_copy_into_a_full_pipe(nginx: NginxWriter) -> None:
+    """The agent's last copy as it stops: bounded, whatever the reader does (without the
+    deadline this poll would wait 30 s for a reader)."""
+    read_end, write_end = os.pipe()
+    sink = Relay(write_end, Counts(), wait=30)
+    tail = LogFile(nginx.path, sink, nginx_pids=nginx.pids, reopen=nginx.reopen)
+    nginx.write(b"".join(line(i) for i in range(3000)))  # about 150 KB
+    sink.deadline = time.monotonic() + 0.3
+    started = time.monotonic()
+    tail.poll()
+    assert time.monotonic() - started < 2
+    tail.close()
+    os.close(read_end)
     os.close(write_end)
