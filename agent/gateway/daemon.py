@@ -163,11 +163,11 @@ async def run(settings: GatewaySettings) -> int:
         reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
-    relay = None  # --access-log stdout: nginx writes a file, the agent copies it to stdout
-    copier = Relay(sys.stdout.fileno(),
-                   lambda result, n: metrics.json_log_bytes.labels(result).inc(n),
-                   backlog=2 * settings.access_log_rotate_size)
+    relay = copier = None  # --access-log stdout: nginx writes a file, the agent copies it
     if settings.access_log == STDOUT:
+        copier = Relay(sys.stdout.fileno(),
+                       lambda result, n: metrics.json_log_bytes.labels(result).inc(n),
+                       backlog=2 * settings.access_log_rotate_size)
         relay = LogFile(Path(relay_file_of(settings)), copier, nginx_pids=nginx.pids,
                         reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
     spans: Spans | None = None
@@ -246,8 +246,8 @@ async def run(settings: GatewaySettings) -> int:
         return 0
     finally:
         stopped.set()
-        # the last copy to stdout takes what the output takes within a few seconds, no more
-        copier.deadline = time.monotonic() + LAST_COPY_SECONDS
+        if copier is not None:  # the last copy to stdout: what the output takes in seconds
+            copier.deadline = time.monotonic() + LAST_COPY_SECONDS
         for task in read_tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -100,46 +100,81 @@ class Relay:
         self.failed = False
         self.sendfile = True
         self.deadline: float | None = None
+        self.owed = b""  # the end of a line the output holds half of, when lines were dropped
 
     def sync(self) -> None:
         pass
 
-    def copy(self, source: int, start: int, end: int) -> int:
+    def copy(self, source: int, start: int, end: int, behind: int = 0) -> int:
         """Copy bytes [start, end) of the file open as `source`, whole lines; returns how far
-        the file is done with (copied, or dropped)."""
+        the file is done with (copied, or dropped). `behind`: bytes of another file still to
+        copy after these (the current file while a rotated one is copied)."""
         if self.failed:
             self.counted("dropped", end - start)
             return end
-        stop = end if end - start <= self.backlog else _line_end(source, start, end)
-        offset = self._copy(source, start, stop)
+        if end - start + behind > self.backlog:
+            return self._skip(source, start, end)
+        if self.owed and not self._pay():
+            return start
+        offset = self._copy(source, start, end)
         self.counted("written", offset - start)
-        if self.failed or offset == stop < end:
+        if self.failed:
             self.counted("dropped", end - offset)
-            if not self.failed:
-                log.warning("access_log_output_behind dropped_bytes=%d effect=%r", end - offset,
-                            "the output took too little for too long: lines in between lost")
             return end
         return offset
 
+    def _skip(self, source: int, start: int, end: int) -> int:
+        """Drop [start, end), but for the end of the line the output holds half of: kept in
+        `owed`, written before anything else, so that no line is cut."""
+        stop = _line_end(source, start, end)
+        self.owed += os.pread(source, stop - start, start)
+        self.counted("dropped", end - stop)
+        log.warning("access_log_output_behind dropped_bytes=%d effect=%r", end - stop,
+                    "the output took too little for too long: lines in between lost")
+        return end
+
+    def _pay(self) -> bool:
+        """Write what is owed; True once it is all out."""
+        while self.owed and not self.failed and self._writable():
+            try:
+                done = os.write(self.fd, self.owed)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._failed(exc)
+                self.counted("dropped", len(self.owed))
+                self.owed = b""
+                break
+            self.counted("written", done)
+            self.owed = self.owed[done:]
+        return not self.owed
+
+    def _writable(self) -> bool:
+        """Whether the output takes more within `wait` (and before the deadline)."""
+        wait = self.wait
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if wait <= 0:
+                return False
+        return bool(select.select([], [self.fd], [], wait)[1])
+
+    def _failed(self, exc: OSError) -> None:
+        self.failed = True
+        log.error("access_log_output_failed error=%r effect=%r", str(exc),
+                  "the JSON access log's lines are dropped from now on")
+
     def _copy(self, source: int, start: int, stop: int) -> int:
         offset = start
-        while offset < stop:
-            wait = self.wait
-            if self.deadline is not None:
-                wait = min(wait, self.deadline - time.monotonic())
-                if wait <= 0:
-                    break
-            if not select.select([], [self.fd], [], wait)[1]:
-                break  # the output took nothing for a while: the next poll goes on
+        while offset < stop and self._writable():  # else the next poll goes on
             try:
                 sent = self._send(source, offset, min(stop - offset, _SLICE))
+            except BlockingIOError:  # select said it would take more: it will
+                continue
             except OSError as exc:
                 if self.sendfile and exc.errno in _NO_SENDFILE:
                     self.sendfile = False
                     continue
-                self.failed = True
-                log.error("access_log_output_failed error=%r effect=%r", str(exc),
-                          "the JSON access log's lines are dropped from now on")
+                self._failed(exc)
                 break
             if sent == 0:  # the file is shorter than it was (truncated by hand)
                 break
@@ -179,11 +214,13 @@ class _Open:
         self.rest = b""
         self.held_polls = 0
 
-    def read(self, sink: Sink | Relay) -> None:
+    def read(self, sink: Sink | Relay, behind: int = 0) -> None:
+        """Hand the whole lines appended since the last read to `sink`; `behind`: see
+        Relay.copy."""
         if isinstance(sink, Relay):
             end = self._whole_lines_end()
-            if end > self.position:
-                self.file.seek(sink.copy(self.file.fileno(), self.position, end))
+            if end > self.position or sink.owed:
+                self.file.seek(sink.copy(self.file.fileno(), self.position, end, behind))
             return
         while chunk := self.file.read(_CHUNK):
             data = self.rest + chunk
@@ -279,9 +316,20 @@ class LogFile:
                 self._current = _Open(self.path)
             except FileNotFoundError:
                 return  # nginx creates it when it starts or reopens
+        if isinstance(self.sink, Relay) and self._old is not None:
+            return  # a copy keeps the order of the lines: the rotated file's go first
         self._current.read(self.sink)
         if self.rotate_size and self._old is None and self._current.position >= self.rotate_size:
             self._rotate()
+
+    def _unread_current(self) -> int:
+        """Bytes of the current file not handed on yet."""
+        try:
+            if self._current is not None:
+                return os.fstat(self._current.file.fileno()).st_size - self._current.position
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
 
     def _same_file(self) -> bool:
         assert self._current is not None
@@ -309,7 +357,8 @@ class LogFile:
         old = self._old
         assert old is not None
         held = _holds(self.nginx_pids(), old.id)
-        old.read(self.sink)  # after the check: everything it will ever hold when not held
+        # after the check: everything it will ever hold when not held
+        old.read(self.sink, behind=self._unread_current())
         if not held and isinstance(self.sink, Relay) and old.position < old._whole_lines_end():
             return  # the output has not taken all of it yet: the next poll goes on
         if held:

@@ -5,6 +5,8 @@ across rotations; an output that refuses them costs a count, not the agent."""
 from __future__ import annotations
 
 import os
+import select
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +153,83 @@ def test_a_deadline_ends_the_copy_into_a_full_pipe(nginx: NginxWriter) -> None:
     started = time.monotonic()
     tail.poll()
     assert time.monotonic() - started < 2
+    tail.close()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def drain(read_end: int) -> bytes:
+    """What the pipe holds now, without waiting."""
+    os.set_blocking(read_end, False)
+    got = b""
+    try:
+        while chunk := os.read(read_end, 1 << 16):
+            got += chunk
+    except BlockingIOError:
+        pass
+    return got
+
+
+def test_across_rotations_a_slow_reader_gets_every_line_whole_and_in_order(
+        nginx: NginxWriter) -> None:
+    """A reader that takes 4 KiB at a time, while the agent copies: each poll copies less than
+    nginx wrote, a copy stops in the middle of a line, the file rotates. A rotated file's lines
+    go out before the new file's, and the line the pipe took half of is finished first."""
+    read_end, write_end = os.pipe()
+    tail, counts = relay(nginx, write_end, rotate_size=8192, wait=0.01)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def slow_reader() -> None:
+        while not done.is_set() or select.select([read_end], [], [], 0.2)[0]:
+            if select.select([read_end], [], [], 0.05)[0]:
+                got.append(os.read(read_end, 4096))
+                time.sleep(0.0005)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    total = 0
+    for batch in range(12):  # 12 x 1000 lines, about 800 KB
+        chunk = b"".join(line(batch * 1000 + i) for i in range(1000))
+        nginx.write(chunk)
+        total += len(chunk)
+        tail.poll()
+    deadline = time.monotonic() + 30
+    while counts.bytes["written"] < total and time.monotonic() < deadline:
+        tail.poll()
+    for _ in range(3):
+        tail.poll()
+    done.set()
+    reader.join(10)
+    lines = b"".join(got).splitlines()
+    assert all(one.startswith(b'{"request_id":"') and one.endswith(b'"}') for one in lines), \
+        "no line cut or glued to another"
+    assert [int(one[15:47], 16) for one in lines] == list(range(12_000)), "all, in order"
+    assert counts.bytes == {"written": total, "dropped": 0}
+    assert tail.rotations >= 10
+    tail.close()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_a_reader_stalled_for_good_keeps_the_files_small(nginx: NginxWriter) -> None:
+    """The pipe takes part of a line, then nothing more: the files still rotate and stay
+    within the backlog, and what the pipe got is whole lines."""
+    read_end, write_end = os.pipe()
+    tail, counts = relay(nginx, write_end, rotate_size=8192, backlog=65536, wait=0.02)
+    for batch in range(60):  # 500 lines, about 34 KB, a poll: 2 MB in all
+        nginx.write(b"".join(line(batch * 500 + i) for i in range(500)))
+        tail.poll()
+        held = sum(p.stat().st_size for p in (nginx.path, tail.rotated) if p.exists())
+        assert held <= 65536 + 8192 + 34_000, f"{held} bytes held after poll {batch}"
+    assert counts.bytes["dropped"] > 1_000_000
+    got = drain(read_end)
+    os.set_blocking(read_end, True)
+    tail.poll()  # the end of the half line it owes, now that the pipe takes it
+    got += drain(read_end)
+    assert got.endswith(b"\n")
+    assert all(one.startswith(b'{"request_id":"') and one.endswith(b'"}')
+               for one in got.splitlines()), "no line cut or glued to another"
     tail.close()
     os.close(read_end)
     os.close(write_end)
