@@ -153,6 +153,18 @@ def test_the_access_log_goes_to_a_file_when_asked(
     assert json_lines(agent.log_file.read_text(errors="replace")) == []
 
 
+def test_the_access_log_does_not_need_the_metrics(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """Per-route metrics off, the JSON log on: nginx.conf's `access_log off` (nginx's default
+    log, which only the metrics' line once replaced) silenced the routes file's JSON log too."""
+    agent = start(dns, start_agent, upstream_port, "--access-log-metrics", "off")
+    _, client = seen(agent)
+    line = log_line(agent, client["x-request-id"])
+    assert (line["route"], line["status"]) == ("managerhttp/", 200)
+    assert not list(agent.prefix.rglob("access.log")), "nginx's default access log stays off"
+
+
 def test_a_reader_of_stdout_that_stalls_costs_no_request_and_no_line(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:

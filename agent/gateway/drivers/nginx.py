@@ -33,6 +33,7 @@ from agent.gateway.drivers.child import dies_with
 from agent.gateway.drivers.modules import Modules
 from agent.gateway.observe.metrics import StubStatus
 from agent.gateway.plan.mainconf import render_main_conf
+from agent.gateway.plan.observe import OFF
 from agent.gateway.settings import GatewaySettings
 
 log = logging.getLogger("agent.gateway.nginx")
@@ -128,7 +129,8 @@ class Nginx:
         return render_main_conf(
             prefix=self.layout.prefix, routes_conf=self.layout.routes_conf,
             worker_processes=self.settings.worker_processes,
-            access_log=self.settings.access_log_metrics, modules=self.modules.files,
+            access_log=self.settings.access_log_metrics or self.settings.access_log != OFF,
+            modules=self.modules.files,
             stream_conf=stream, closing=closing, open_files=self.capacity.open_files,
             worker_connections=self.capacity.worker_connections)
 

@@ -15,10 +15,12 @@ def render_main_conf(*, prefix: Path, routes_conf: Path, worker_processes: str,
                      stream_conf: Path | None = None, closing: bool = False,
                      open_files: int = 4096, worker_connections: int = 4096) -> str:
     """nginx.conf for a private nginx under `prefix` (--nginx-prefix). With `access_log` the
-    routes file sets the http-level access log (lines for the agent), else this file turns it
-    off. `modules`: dynamic modules' files (gateway/modules.py); `stream_conf`: the stream
-    context's file (tcp routes); `closing`: draining, no kept-alive connections (drain.py);
-    `open_files`, `worker_connections`: per worker (drivers/capacity.py)."""
+    routes file sets the http-level access logs (the metrics' lines for the agent, the JSON
+    log), else this file turns nginx's default one off: an `access_log off` here would silence
+    those of the routes file too, the two being the same http level. `modules`: dynamic
+    modules' files (gateway/modules.py); `stream_conf`: the stream context's file (tcp routes);
+    `closing`: draining, no kept-alive connections (drain.py); `open_files`,
+    `worker_connections`: per worker (drivers/capacity.py)."""
     template = environment(TEMPLATES).get_template("nginx.conf.j2")
     return template.render(version=__version__, prefix=str(prefix), routes_conf=str(routes_conf),
                            worker_processes=worker_processes, access_log=access_log,
