@@ -196,9 +196,10 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
          "measured": f"{ratios['agent_vs_direct']:.2f}x of direct "
                      f"(HAProxy {ratios['haproxy_vs_direct']:.2f}x)",
          "met": None},
-        *(_cost_goal(costs[what], text) for what, text in (
-            ("metrics", "per-route metrics"), ("json_log", "the JSON access log"))
-          if what in costs),
+        *([_cost_goal(costs["metrics"], "per-route metrics", "the JSON log on in both",
+                      0.97)] if "metrics" in costs else []),
+        *([_cost_goal(costs["json_log"], "the JSON access log", "the metrics on in both",
+                      None)] if "json_log" in costs else []),
         {"goal": "agent CPU per request with per-route metrics on < 0.2 µs (its Python process "
                  "alone: DNS polling, the metrics, the JSON log's copy to stdout)",
          "measured": f"{agent_cpu:.3f} µs (metrics off: {nolog_cpu:.3f} µs)",
@@ -216,11 +217,16 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
     }
 
 
-def _cost_goal(cost: dict[str, Any], what: str) -> dict[str, Any]:
+def _cost_goal(cost: dict[str, Any], what: str, other: str,
+               least: float | None) -> dict[str, Any]:
+    """The goal of an option's cost: requests/s on / off at `least`, or a figure said (None):
+    the JSON line is the one nginx formats and writes per request, its price told, not hidden
+    (docs/logs.md)."""
     pairs = cost["rps_on_vs_off"]
-    return {"goal": f"requests/s with {what} on / off >= 0.97 (median of {len(pairs)} "
-                    "back-to-back pairs)",
-            "measured": f"{cost['rps_ratio_median']:.3f} (pairs {min(pairs):.2f} – "
-                        f"{max(pairs):.2f}); CPU per request off / on "
-                        f"{cost['cpu_ratio_median']:.3f}",
-            "met": cost["rps_ratio_median"] >= 0.97}
+    ratio = cost["rps_ratio_median"]
+    goal = (f"requests/s with {what} on / off >= {least}" if least is not None
+            else f"what {what} costs: requests/s on / off")
+    return {"goal": f"{goal}, {other} (median of {len(pairs)} back-to-back pairs)",
+            "measured": f"{ratio:.3f} (pairs {min(pairs):.2f} – {max(pairs):.2f}); CPU per "
+                        f"request off / on {cost['cpu_ratio_median']:.3f}",
+            "met": ratio >= least if least is not None else None}
