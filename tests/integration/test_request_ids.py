@@ -162,7 +162,22 @@ def test_the_access_log_does_not_need_the_metrics(
     _, client = seen(agent)
     line = log_line(agent, client["x-request-id"])
     assert (line["route"], line["status"]) == ("managerhttp/", 200)
-    assert not list(agent.prefix.rglob("access.log")), "nginx's default access log stays off"
+    held = agent.logs_nginx_holds()
+    assert "gateway-access.log" in held, held
+    assert "access.log" not in held, "nginx's default access log stays off"
+
+
+def test_with_both_logs_off_nginx_writes_no_access_log(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """Neither log: nginx.conf says `access_log off`, or nginx would write its default log
+    (format combined, to its compiled-in path, outside the agent's folder)."""
+    agent = start(dns, start_agent, upstream_port, "--access-log", "off",
+                  "--access-log-metrics", "off")
+    seen(agent)
+    held = agent.logs_nginx_holds()
+    assert not held & {"access.log", "gateway-access.log", "gateway-metrics.log"}, held
+    assert json_lines(agent.log_file.read_text(errors="replace")) == []
 
 
 def test_a_reader_of_stdout_that_stalls_costs_no_request_and_no_line(

@@ -348,6 +348,27 @@ class Agent:
         wait_until(lambda: self.cycles() >= start + count, timeout,
                    f"{count} more reconcile cycles", interval=0.05)
 
+    def logs_nginx_holds(self) -> set[str]:
+        """The names of the files ending in `.log` that nginx's master and workers hold open:
+        nginx opens every access log when it reads its configuration."""
+        master = int((self.prefix / "nginx.pid").read_text())
+        pids = [master]
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if proc.name.isdigit() and int(
+                        (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    pids.append(int(proc.name))
+        assert len(pids) > 1, "nginx's workers"
+        names = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):  # a worker gone meanwhile
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(fd)
+                        if target.endswith(".log"):
+                            names.add(Path(target).name)
+        return names
+
     def backends_seen(self, host: str, requests: int = 30) -> set[str]:
         """Which upstream names answer `requests` requests for `host`."""
         seen = set()
