@@ -22,7 +22,7 @@ from agent.core.settings import read_token, redacted_url
 from agent.gateway.drain import wait_for_handover
 from agent.gateway.drivers.discovery import Discovery
 from agent.gateway.drivers.dnsserver import LocalResolver
-from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, Relay, log_path
+from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, Relay
 from agent.gateway.drivers.nginx import ApplyError, Nginx, NginxDied
 from agent.gateway.drivers.nginxversion import NginxTooOld, nginx_version
 from agent.gateway.drivers.ports import reserved_ports
@@ -34,7 +34,7 @@ from agent.gateway.observe.admin import make_app
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.spans import Spans, otlp_spans
 from agent.gateway.observe.state import State, words
-from agent.gateway.pipeline import planner_for, relay_file_of, tracing
+from agent.gateway.pipeline import access_log_of, planner_for, relay_file_of, tracing
 from agent.gateway.plan.observe import STDOUT
 from agent.gateway.reconciler import Reconciler
 from agent.gateway.settings import GatewaySettings
@@ -154,13 +154,11 @@ async def run(settings: GatewaySettings) -> int:
         log.warning("admin_without_token address=%s effect=%r", settings.admin_listen,
                     "/status and /metrics (routes, services, task addresses, errors) answer "
                     "whoever reaches this address; give --admin-token-file")
-    access_log = log_path(settings.nginx_prefix, settings.nginx_conf_dir) \
-        if settings.access_log_metrics else None
-    reconciler, nginx, metrics, state, sources = build(
-        settings, access_log=str(access_log) if access_log is not None else None)
+    access_log = access_log_of(settings)
+    reconciler, nginx, metrics, state, sources = build(settings, access_log=access_log)
     reader = None
     if access_log is not None:
-        reader = LogFile(access_log, metrics.traffic, nginx_pids=nginx.pids,
+        reader = LogFile(Path(access_log), metrics.traffic, nginx_pids=nginx.pids,
                          reopen=nginx.reopen_logs, rotate_size=settings.access_log_rotate_size)
         metrics.traffic.follow(lambda: state.routes)
     relay = copier = None  # --access-log stdout: nginx writes a file, the agent copies it

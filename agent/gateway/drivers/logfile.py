@@ -91,6 +91,8 @@ class Relay:
     written, dropped. `deadline` (a monotonic time), once set, ends every copy at that time:
     the agent's last copy as it stops."""
 
+    ordered = True  # a rotated file's lines go out before the new file's: a copy keeps order
+
     def __init__(self, fd: int, counted: Callable[[str, int], None], *,
                  backlog: int = 2 * ROTATE_SIZE, wait: float = 1.0) -> None:
         self.fd = fd
@@ -104,6 +106,22 @@ class Relay:
 
     def sync(self) -> None:
         pass
+
+    def read(self, f: _Open, behind: int = 0) -> None:
+        """Copy the whole lines `f` gained since the last read (and what is owed)."""
+        end = f.whole_lines_end()
+        if end > f.position or self.owed:
+            f.file.seek(self.copy(f.file.fileno(), f.position, end, behind))
+
+    def done(self, f: _Open) -> bool:
+        """Whether the output took every whole line of `f`."""
+        return f.position >= f.whole_lines_end()
+
+    def end(self, f: _Open) -> None:
+        """`f` ends for good: a line nginx never finished is dropped, and counted."""
+        unfinished = os.fstat(f.file.fileno()).st_size - f.position
+        if unfinished > 0:
+            self.counted("dropped", unfinished)
 
     def copy(self, source: int, start: int, end: int, behind: int = 0) -> int:
         """Copy bytes [start, end) of the file open as `source`, whole lines; returns how far
@@ -214,22 +232,7 @@ class _Open:
         self.rest = b""
         self.held_polls = 0
 
-    def read(self, sink: Sink | Relay, behind: int = 0) -> None:
-        """Hand the whole lines appended since the last read to `sink`; `behind`: see
-        Relay.copy."""
-        if isinstance(sink, Relay):
-            end = self._whole_lines_end()
-            if end > self.position or sink.owed:
-                self.file.seek(sink.copy(self.file.fileno(), self.position, end, behind))
-            return
-        while chunk := self.file.read(_CHUNK):
-            data = self.rest + chunk
-            cut = data.rfind(b"\n") + 1
-            self.rest = data[cut:]
-            if cut:
-                sink.take(data[:cut])
-
-    def _whole_lines_end(self) -> int:
+    def whole_lines_end(self) -> int:
         """Where the file's last whole line ends (a write nginx is making may be half there):
         found in its tail, without reading the rest."""
         fd, start = self.file.fileno(), self.position
@@ -247,6 +250,34 @@ class _Open:
     @property
     def position(self) -> int:
         return self.file.tell()
+
+
+class _Lines:
+    """How a Sink gets the lines of a file: read in Python, whole lines handed on and the
+    incomplete end kept for the next read (Relay is the other way: copied unread)."""
+
+    ordered = False  # counts do not depend on the order in which the files are read
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def sync(self) -> None:
+        self.sink.sync()
+
+    def read(self, f: _Open, behind: int = 0) -> None:
+        while chunk := f.file.read(_CHUNK):
+            data = f.rest + chunk
+            cut = data.rfind(b"\n") + 1
+            f.rest = data[cut:]
+            if cut:
+                self.sink.take(data[:cut])
+
+    def done(self, f: _Open) -> bool:
+        return True  # what it has not read is an incomplete end, kept in `f.rest`
+
+    def end(self, f: _Open) -> None:
+        if f.rest:  # a line nginx never finished (it was killed while writing)
+            self.sink.unfinished()
 
 
 def _holds(pids: Iterable[int], file_id: tuple[int, int]) -> bool:
@@ -278,6 +309,7 @@ class LogFile:
         self.path = path
         self.rotated = path.with_name(path.name + ".1")
         self.sink = sink
+        self._reader: Relay | _Lines = sink if isinstance(sink, Relay) else _Lines(sink)
         self.nginx_pids = nginx_pids
         self.reopen = reopen
         self.rotate_size = rotate_size
@@ -301,11 +333,11 @@ class LogFile:
 
     def poll(self) -> None:
         """Hand on what nginx appended since the last poll; rotate when the file is too big."""
-        self.sink.sync()
+        self._reader.sync()
         if self._old is not None:
             self._drain_old()
         if self._current is not None and self._old is None and not self._same_file():
-            self._current.read(self.sink)  # what it holds so far; the rest comes later
+            self._reader.read(self._current)  # what it holds so far; the rest comes later
             self._current.path = None  # the name is another file's now, or nobody's
             self._old, self._current = self._current, None
             if not self.path.exists():  # deleted: nginx writes into nothing anyone can read
@@ -316,9 +348,9 @@ class LogFile:
                 self._current = _Open(self.path)
             except FileNotFoundError:
                 return  # nginx creates it when it starts or reopens
-        if isinstance(self.sink, Relay) and self._old is not None:
-            return  # a copy keeps the order of the lines: the rotated file's go first
-        self._current.read(self.sink)
+        if self._reader.ordered and self._old is not None:
+            return  # the rotated file's lines go first
+        self._reader.read(self._current)
         if self.rotate_size and self._old is None and self._current.position >= self.rotate_size:
             self._rotate()
 
@@ -358,9 +390,9 @@ class LogFile:
         assert old is not None
         held = _holds(self.nginx_pids(), old.id)
         # after the check: everything it will ever hold when not held
-        old.read(self.sink, behind=self._unread_current())
-        if not held and isinstance(self.sink, Relay) and old.position < old._whole_lines_end():
-            return  # the output has not taken all of it yet: the next poll goes on
+        self._reader.read(old, behind=self._unread_current())
+        if not held and not self._reader.done(old):
+            return  # not all handed on yet (an output that took only part): the next poll
         if held:
             old.held_polls += 1
             if old.held_polls % _ASK_AGAIN == 0:  # counts stay exact; the file grows
@@ -369,13 +401,7 @@ class LogFile:
                             "by its path (its folders searchable by their user)")
                 self._reopen()
             return
-        # a line nginx never finished (it was killed while writing)
-        if isinstance(self.sink, Relay):
-            unfinished = os.fstat(old.file.fileno()).st_size - old.position
-            if unfinished > 0:
-                self.sink.counted("dropped", unfinished)
-        elif old.rest:
-            self.sink.unfinished()
+        self._reader.end(old)
         old.file.close()
         if old.path is not None:
             with contextlib.suppress(FileNotFoundError):
