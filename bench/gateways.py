@@ -176,9 +176,13 @@ class Gateway:
         return http_get(self.host, self.port, "/", self.host_header, timeout)
 
 
-def _prefix(procs: Procs, name: str) -> Path:
-    prefix = procs.workdir / name
-    prefix.mkdir(parents=True, exist_ok=True)
+def _prefix(procs: Procs, name: str, in_memory: bool = False) -> Path:
+    """nginx's folder: in the working directory, or `in_memory` (Procs.memory_dir)."""
+    if in_memory:
+        prefix = procs.memory_dir(name)
+    else:
+        prefix = procs.workdir / name
+        prefix.mkdir(parents=True, exist_ok=True)
     # nginx's workers drop to an unprivileged user when run as root: let them into the prefix.
     prefix.chmod(0o755)
     procs.workdir.chmod(0o755)
@@ -299,8 +303,7 @@ def start_agent(procs: Procs, resolver: str, routes: Path, name: str = "agent",
     """`gateway-agent run` with a private nginx; returns once /readyz answers 200. As in the
     gateway's stack, nginx's files (its logs among them) are in memory and the agent's standard
     output is a pipe that is read."""
-    prefix = procs.memory_dir(name)
-    prefix.chmod(0o755)  # nginx's workers drop to an unprivileged user when run as root
+    prefix = _prefix(procs, name, in_memory=True)
     port = free_port(net.GATEWAY)
     admin = (net.GATEWAY, free_port(net.GATEWAY))
     status_port = free_port(net.GATEWAY)
