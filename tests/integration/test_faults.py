@@ -32,7 +32,7 @@ import pytest
 from tests.integration.conftest import TASK_ADDRESSES
 from tests.support import free_port, require_programs, require_root, wait_until
 from tests.support.dns import ControlledDns
-from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_wrapper
+from tests.support.gateway import Agent, Dnsmasq, Upstream, http_get, nginx_children, nginx_wrapper
 
 pytestmark = pytest.mark.integration
 
@@ -403,11 +403,6 @@ def test_an_nginx_too_old_is_refused_naming_both_versions(
     lines = log_lines(agent, r"nginx_unusable")
     assert len(lines) == 1
     assert f"{old} is nginx 1.22.1; the gateway needs nginx 1.29.6 or newer" in lines[0]
-
-
-def nginx_children(master: int) -> list[int]:
-    text = Path(f"/proc/{master}/task/{master}/children").read_text()
-    return sorted(int(pid) for pid in text.split())
 
 
 def test_a_killed_worker_is_replaced_and_traffic_continues(

@@ -352,12 +352,7 @@ class Agent:
         """The names of the files ending in `.log` that nginx's master and workers hold open:
         nginx opens every access log when it reads its configuration."""
         master = int((self.prefix / "nginx.pid").read_text())
-        pids = [master]
-        for proc in Path("/proc").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if proc.name.isdigit() and int(
-                        (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
-                    pids.append(int(proc.name))
+        pids = [master, *nginx_children(master)]
         assert len(pids) > 1, "nginx's workers"
         names = set()
         for pid in pids:
@@ -377,6 +372,12 @@ class Agent:
             if status == 200:
                 seen.add(body)
         return seen
+
+
+def nginx_children(master: int) -> list[int]:
+    """The processes nginx's master started (its workers, its cache helpers)."""
+    text = Path(f"/proc/{master}/task/{master}/children").read_text()
+    return sorted(int(pid) for pid in text.split())
 
 
 def nginx_wrapper(directory: Path) -> tuple[Path, Path]:
