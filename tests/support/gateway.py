@@ -348,6 +348,14 @@ class Agent:
         wait_until(lambda: self.cycles() >= start + count, timeout,
                    f"{count} more reconcile cycles", interval=0.05)
 
+    def nginx_master_rss_kib(self) -> int:
+        """The resident memory of nginx's master: the configuration it read, and what its
+        allocator kept of the ones before (its workers are forked from it)."""
+        master = int((self.prefix / "nginx.pid").read_text())
+        status = Path(f"/proc/{master}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+
     def logs_nginx_holds(self) -> set[str]:
         """The names of the files ending in `.log` that nginx's master and workers hold open:
         nginx opens every access log when it reads its configuration."""
