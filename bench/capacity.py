@@ -11,7 +11,9 @@ processes (tests/support/load.py; this machine allows 20,000 files per process):
 
 HAProxy and Caddy run at their defaults but for what the figures need: two threads, timeouts
 long enough for an idle WebSocket, the task's address written in (discovery is not measured
-here). HAProxy sizes its `maxconn` from its file limit; Caddy has no connection limit.
+here). HAProxy sizes its `maxconn` from its file limit; Caddy has no connection limit. HAProxy
+adds the headers the agent adds (forwarded ones, a request id, a traceparent; Caddy adds its
+X-Forwarded-* itself), so that the task does the same work behind each.
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ defaults
 frontend fe
     bind {address}:{port}
     bind {address}:{https} ssl crt {pem} alpn {alpn}
+    # what the agent adds to each request (and its answer), so that the task reads as much
+    option forwardfor
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+    http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header Forwarded for=%[src];host=%[req.hdr(host)]
+    http-request set-header X-Request-Id %[unique-id]
+    http-request set-header traceparent 00-%[uuid,regsub(-,,g)]-%[uuid,regsub(-,,g),bytes(0,16)]-01
+    http-after-response set-header X-Request-Id %[unique-id]
     default_backend be
 
 backend be
