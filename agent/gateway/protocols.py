@@ -50,6 +50,8 @@ class RoutesSource(Protocol):
 
     def refresh(self) -> None: ...
 
+    def changed(self) -> bool: ...  # the routes file changed since it was read (no read)
+
 
 class CertificateStore(Protocol):
     """drivers/tls.py: the certificates to serve, and the copies nginx no longer needs."""

@@ -50,6 +50,11 @@ log = logging.getLogger("agent.gateway.reconciler")
 # most FIRST_LOOKUPS_MAX (a name nginx never asks must not keep the gateway unready for ever)
 FIRST_LOOKUPS = 1.0
 FIRST_LOOKUPS_MAX = 10.0
+# Between cycles the loop looks at the routes file's stamp this often (a stat), and a change
+# starts the next cycle at once, as the controller's routes do: a change no longer waits for
+# the next poll (up to --poll-interval). Discovery keeps its pace: a cycle looks up only the
+# names that are due (LookupBudget).
+ROUTES_WATCH = 0.2
 _FILE_NOTES: tuple[tuple[str, NoteKind], ...] = (("htpasswd", "password_file"),
                                                  ("page", "error_page"), ("ca", "ca_file"))
 
@@ -367,6 +372,12 @@ class Reconciler:
             await self._sleep_until(wake_at, stop)
 
     async def _sleep_until(self, when: float, stop: asyncio.Event) -> None:
-        """Until `when` (by the clock), or earlier when woken or stopped."""
+        """Until `when` (by the clock), or earlier when woken, stopped, or the routes file
+        changed."""
         self.wake.clear()
-        await first(stop.wait(), self.wake.wait(), asyncio.sleep(max(0.0, when - self.clock())))
+        await first(stop.wait(), self.wake.wait(), asyncio.sleep(max(0.0, when - self.clock())),
+                    self._routes_file_changed())
+
+    async def _routes_file_changed(self) -> None:
+        while not self.routes.changed():  # noqa: ASYNC110 (a file: nothing to wait on but time)
+            await asyncio.sleep(ROUTES_WATCH)

@@ -145,7 +145,7 @@ OPTIONS: tuple[Option, ...] = (
            " upstream names from its discovery, only addresses of --task-networks; other names "
            "are passed on to --nameserver (default 127.0.0.1:9182)"),
     Option("--poll-interval", "poll_interval", positive_float,
-           "seconds between discovery rounds (1)"),
+           "seconds between discovery rounds; a changed routes file starts one at once (1)"),
     Option("--dns-timeout", "dns_timeout", positive_float,
            "seconds one DNS lookup may take (0.5)"),
     Option("--dns-lookups-per-second", "dns_lookups_per_second", positive_float,

@@ -275,6 +275,24 @@ def test_admin_endpoints(dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port
     assert http_get(agent.admin_port, "x", "/reload", method="POST")[0] == 404
 
 
+def test_a_routes_file_change_is_applied_without_waiting_for_the_next_poll(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """The loop wakes when the routes file changes (a stat every 0.2 s), as it does for the
+    controller's routes: with a poll of 60 s, a change made after the first cycle serves long
+    before the next poll would have read it."""
+    dns.set("tasks.managerhttp", [T1])
+    agent = start_agent(manager_and_dmz(upstream_port)[:1], "--poll-interval", "60")
+    time.sleep(1.0)  # past the cycle after the start: the next poll is a minute away
+    assert agent.get("other.example.com")[0] == 404
+    write_routes(agent.workdir / "routes.yaml", [
+        {"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port},
+        {"hosts": ["other.example.com"], "service": "managerhttp", "port": upstream_port}])
+    wait_until(lambda: agent.get("other.example.com") == (200, "task1"), 20,
+               f"the added route to serve before the next poll; log:\n{agent.log_tail()}")
+    assert agent.get("managerhttp") == (200, "task1")
+
+
 def test_invalid_routes_change_is_refused_and_old_routes_keep_serving(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:

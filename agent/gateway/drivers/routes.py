@@ -78,6 +78,11 @@ class RoutesInput:
             log.info("routes_merged routes=%d", len(table.routes))
         self.table = table
 
+    def changed(self) -> bool:
+        """The routes file is not the one last read: another stamp (a stat, nothing read)."""
+        path = self.settings.routes
+        return path is not None and stamp(path) != self._stamp
+
     def refresh(self) -> None:
         """On a live change, a bad file is refused and the routes in use keep serving."""
         if self.sources is not None:  # the controller's routes may have changed

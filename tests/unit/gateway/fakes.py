@@ -84,6 +84,9 @@ class FakeRoutes:
     def load_initial(self) -> None:
         pass
 
+    def changed(self) -> bool:
+        return False
+
     def refresh(self) -> None:
         pass
 
