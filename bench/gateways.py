@@ -94,6 +94,16 @@ http {{
 }}
 """
 
+# HAProxy's own DNS discovery, as this benchmark configures it (here and in scale.py)
+HAPROXY_RESOLVERS = """\
+resolvers bench
+    nameserver ns1 {resolver}:53
+    accepted_payload_size 8192
+    hold valid 10s
+    timeout resolve 1s
+    timeout retry 1s
+"""
+
 HAPROXY_CONF = """\
 global
     nbthread 1
@@ -108,13 +118,7 @@ defaults
     timeout http-keep-alive 65s
     http-reuse always
 
-resolvers bench
-    nameserver ns1 {resolver}:53
-    accepted_payload_size 8192
-    hold valid 10s
-    timeout resolve 1s
-    timeout retry 1s
-
+""" + HAPROXY_RESOLVERS + """
 frontend fe
     bind {listen}
     use_backend be if {{ hdr(host) -i {server_name} }}

@@ -228,6 +228,21 @@ def scale(sec: dict[str, Any]) -> list[str]:
                      "cycle w/ reload (median)", "(worst)", "change to routed (median)",
                      "(worst)", "idle cycle (mean)", "agent RSS MiB (peak)", "nginx PSS MiB",
                      "CPU ms/poll", "idle CPU % core"], rows)
+    refs = [s for s in sec["sizes"] if s.get("haproxy")]
+    if refs:
+        lines += ["The reference: HAProxy with the same hosts in a map, a backend per service "
+                  "(`server-template` of 10 on its own DNS resolution, each name every second), "
+                  "in the same run. 'Added by reload' runs from the map file written to the new "
+                  "process routing the host (`-sf`); 'through the runtime API' from `add map` "
+                  "on its socket (no reload).", ""]
+        lines += _table(
+            ["routes", "backends", "start to routing", "added by reload, to routing",
+             "added through the runtime API", "PSS MiB after start", "after the reload",
+             "DNS lookups/s (configured)"],
+            [[str(s["routes"]), str(h["backends"]), _s(h["start_to_routing_s"]),
+              _s(h["reload_to_routing_s"]), _s(h["runtime_api_to_routing_s"]),
+              _n(h["pss_mib"], 1), _n(h["pss_after_reload_mib"], 1),
+              _n(h["dns_queries_per_s"], 0)] for s in refs for h in [s["haproxy"]]])
     for s in sec["sizes"]:
         failed = {k: v for k, v in s.get("dns_lookups", {}).items()
                   if k not in ("ok", "nodata", "nxdomain")}

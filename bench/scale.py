@@ -12,11 +12,18 @@ route removed answers 404 again, the mean duration of idle cycles from the agent
 CPU per poll in that window (no scraping inside it).
 
 The tasks only exist in DNS: nginx -t and a reload do not connect to upstreams.
+
+The reference (issue 26): HAProxy with the same hosts in a map (`use_backend` by the Host
+header, a backend per service with `server-template` on HAProxy's own DNS resolution): the time
+from its start until it routes a sampled host, the time from a host added to its map file with
+a reload (a new process taking over with `-sf`) and through its runtime API (`add map`, no
+reload) until it routes that host, and its memory (PSS) after the start and after the reload.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -170,12 +177,134 @@ def one_size(n: int, opts: Options, workdir: Path) -> dict[str, Any]:
     }
 
 
+HAPROXY_MAP = """\
+global
+    nbthread 2
+    stats socket {workdir}/haproxy-scale.sock mode 600 level admin
+
+defaults
+    mode http
+    # the tasks exist in DNS only: a routed host answers 503 at once, without a retry's wait
+    retries 0
+    timeout connect 5s
+    timeout client 65s
+    timeout server 65s
+
+""" + gateways.HAPROXY_RESOLVERS + """
+frontend fe
+    bind {listen}
+    use_backend %[req.hdr(host),lower,field(1,:),map({hosts},unrouted)]
+
+backend unrouted
+    http-request return status 404
+"""
+
+HAPROXY_BACKEND = """\
+backend s{i}
+    server-template t 10 tasks.s{i}:{port} resolvers bench init-addr none resolve-prefer ipv4
+"""
+
+
+def _haproxy_routes(port: int, host: str) -> bool:
+    try:
+        return http_get(net.GATEWAY, port, "/", host, timeout=5.0)[0] != 404
+    except OSError:
+        return False
+
+
+def _until(check: Any, within: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise BenchError(f"HAProxy did not {what} within {within:.0f}s")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def haproxy_reference(n: int, per_service: int, workdir: Path) -> dict[str, Any]:
+    """HAProxy with the same hosts in a map (the module's text); DNS as the agent's run had."""
+    from bench.procs import free_port
+
+    services = _services(n, per_service)
+    hosts = workdir / "hosts.map"
+    hosts.write_text("".join(f"h{i}.example s{i // per_service}\n" for i in range(n)))
+    port = free_port(net.GATEWAY)
+    cfg = workdir / "haproxy-scale.cfg"
+    cfg.write_text(HAPROXY_MAP.format(workdir=workdir, resolver=net.DNS_MAIN, hosts=hosts,
+                                      listen=f"{net.GATEWAY}:{port}") + "".join(
+        HAPROXY_BACKEND.format(i=i, port=net.UPSTREAM_PORT) for i in range(services)))
+    records, _ = _records(services)
+    sample = f"h{n - 1}.example"
+    with Procs(workdir) as procs:
+        dns = Dnsmasq(procs, net.DNS_MAIN)
+        dns.set(records, confirm="tasks.s0")
+        first = procs.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
+        start_s = _until(lambda: _haproxy_routes(port, sample), 120, "route a host")
+        time.sleep(3.0)
+        pss_start = pss_kib(first.pid) or 0
+        # a host added by a reload: a new process reads the map and takes over (-sf)
+        with hosts.open("a") as f:
+            f.write("added.example s0\n")
+        written = time.monotonic()
+        second = procs.start("haproxy-reloaded", ["haproxy", "-db", "-f", str(cfg),
+                                                  "-sf", str(first.pid)])
+        _until(lambda: _haproxy_routes(port, "added.example"), 120, "route the reloaded host")
+        reload_s = time.monotonic() - written
+        _until(lambda: not first.alive(), 60, "let the old process go")
+        time.sleep(3.0)
+        pss_reloaded = pss_kib(second.pid) or 0
+        # a host added through the runtime API: no reload
+        written = time.monotonic()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(workdir / "haproxy-scale.sock"))
+            sock.sendall(f"add map {hosts} api.example s0\n".encode())
+            answer = sock.recv(4096).decode(errors="replace").strip()
+        if answer:
+            raise BenchError(f"HAProxy's runtime API refused `add map`: {answer}")
+        _until(lambda: _haproxy_routes(port, "api.example"), 30, "route the added host")
+        api_s = time.monotonic() - written
+    return {"start_to_routing_s": start_s, "reload_to_routing_s": reload_s,
+            "runtime_api_to_routing_s": api_s, "pss_mib": pss_start / 1024,
+            "pss_after_reload_mib": pss_reloaded / 1024, "backends": services,
+            "dns_queries_per_s": services / 1.0}
+
+
+def _platform_goals(size: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 26's goals at 10,000 hosts (on 1,000 services with --hosts-per-service 10)."""
+    if size is None:
+        return [{"goal": "10,000 hosts: the platform's goals (issue 26)",
+                 "measured": "not measured (10000 not among --routes)", "met": None}]
+    routed = size["change_to_routed_s"]
+    ref = size.get("haproxy") or {}
+    where = f"10,000 hosts on {size['services']:,} services"
+    return [
+        {"goal": f"{where}: a route added serves within 3 s (median)",
+         "measured": "no change measured" if routed is None else
+         f"{routed['median']:.2f} s (HAProxy by reload {ref.get('reload_to_routing_s', 0):.2f}"
+         f" s, through its runtime API {ref.get('runtime_api_to_routing_s', 0):.3f} s)",
+         "met": None if routed is None else routed["median"] < 3.0},
+        {"goal": f"{where}: nginx's memory, all processes, under 250 MB",
+         "measured": f"{size['nginx_pss_mib']:.0f} MiB (HAProxy {ref.get('pss_mib', 0):.0f} MiB)",
+         "met": size["nginx_pss_mib"] * 1.048576 < 250},
+        {"goal": f"{where}: agent RSS under 120 MB",
+         "measured": f"{size['agent_rss_mib']:.0f} MiB",
+         "met": size["agent_rss_mib"] * 1.048576 < 120},
+        {"goal": f"{where}: idle CPU under 2% of a core",
+         "measured": f"{size['idle']['cpu_percent_of_core']:.2f}%",
+         "met": size["idle"]["cpu_percent_of_core"] < 2.0},
+    ]
+
+
 def run(opts: Options, workdir: Path) -> dict[str, Any]:
     sizes = []
     for n in opts.route_counts:
         sub = workdir / f"routes-{n}"
         sub.mkdir()
-        sizes.append(one_size(n, opts, sub))
+        size = one_size(n, opts, sub)
+        ref = sub / "haproxy"
+        ref.mkdir()
+        size["haproxy"] = haproxy_reference(n, opts.hosts_per_service, ref)
+        sizes.append(size)
     goals: list[dict[str, Any]] = []
     big = next((s for s in sizes if s["routes"] == 1000), None)
     if big is None:
@@ -194,6 +323,7 @@ def run(opts: Options, workdir: Path) -> dict[str, Any]:
              "measured": f"{big['idle']['cpu_percent_of_core']:.2f}%",
              "met": big["idle"]["cpu_percent_of_core"] < 2.0},
         ]
+    goals += _platform_goals(next((s for s in sizes if s["routes"] == 10_000), None))
     return {"params": {"route_counts": list(opts.route_counts), "tasks_per_service": "1-10",
                        "hosts_per_service": opts.hosts_per_service,
                        "cycles_per_size": opts.scale_cycles, "idle_s": opts.idle_seconds,
