@@ -50,7 +50,8 @@ class RoutesSource(Protocol):
 
     def refresh(self) -> None: ...
 
-    def changed(self) -> bool: ...  # the routes file changed since it was read (no read)
+    # the routes file's stamp when it changed since it was read, else None (a stat, no read)
+    def changed(self) -> object | None: ...
 
 
 class CertificateStore(Protocol):

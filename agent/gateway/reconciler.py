@@ -51,9 +51,10 @@ log = logging.getLogger("agent.gateway.reconciler")
 FIRST_LOOKUPS = 1.0
 FIRST_LOOKUPS_MAX = 10.0
 # Between cycles the loop looks at the routes file's stamp this often (a stat), and a change
-# starts the next cycle at once, as the controller's routes do: a change no longer waits for
-# the next poll (up to --poll-interval). Discovery keeps its pace: a cycle looks up only the
-# names that are due (LookupBudget).
+# that two looks in a row agree on starts the next cycle at once, as the controller's routes
+# do: a change no longer waits for the next poll (up to --poll-interval). Such an early cycle
+# looks up only the names it has never looked up (a new route's service): the budget of
+# --dns-lookups-per-second is spent by the cycles of the poll alone.
 ROUTES_WATCH = 0.2
 _FILE_NOTES: tuple[tuple[str, NoteKind], ...] = (("htpasswd", "password_file"),
                                                  ("page", "error_page"), ("ca", "ca_file"))
@@ -131,7 +132,9 @@ class Reconciler:
         if self.route_files is not None:
             self.route_files.applied(self._files)
 
-    async def discover(self) -> Snapshot:
+    async def discover(self, early: bool = False) -> Snapshot:
+        """Look up what is due (LookupBudget); in an `early` cycle (woken before the poll) only
+        the names never looked up, within the budget, and the poll's turn is left as it was."""
         table = self.routes.table
         names = [t.lookup_name for t in table.targets]
         acme = self.acme_controller
@@ -139,8 +142,11 @@ class Reconciler:
             names.append(acme[0].lookup_name)
         # a service's tasks are screened (--task-networks); a `host:` name is the operator's
         services = {t.lookup_name for t in table.targets if t.kind == "service"}
-        due = self.budget.due(names, self.snapshot)
-        self._discovered_at = self.clock()
+        if early:
+            due = [n for n in names if n not in self.snapshot][:self.budget.budget]
+        else:
+            due = self.budget.due(names, self.snapshot)
+            self._discovered_at = self.clock()
         resolved = await self.discovery.resolve(due, self.snapshot, services)
         snapshot = {n: resolved[n] if n in resolved else self.snapshot[n] for n in names
                     if n in resolved or n in self.snapshot}
@@ -274,10 +280,12 @@ class Reconciler:
                 notes.append(Note(note, refused))
         return tuple(notes)
 
-    async def cycle(self) -> Outcome:
+    async def cycle(self, early: bool = False) -> Outcome:
+        """One cycle; `early`: woken before the poll's time (discover())."""
+        self.wake.clear()  # what wakes the loop from now on is seen after this cycle
         self.routes.refresh()
         self._use_routes()
-        await self.discover()
+        await self.discover(early)
         rendered = await self.render_aside()
         self._pending_due = None
         if rendered.generation == self.nginx.generation:
@@ -336,10 +344,11 @@ class Reconciler:
         interval = self.settings.poll_interval
         next_run = self.clock()
         last_status = ""
+        scheduled = True  # the poll's cycle; else woken early (a change, a pending reload)
         while not stop.is_set():
             started = self.clock()
             try:
-                outcome = await self.cycle()
+                outcome = await self.cycle(early=not scheduled)
                 self.metrics.cycles.labels("ok").inc()
             except (RenderError, OSError, ValueError) as exc:
                 outcome = Outcome("failed", error=str(exc))
@@ -361,27 +370,32 @@ class Reconciler:
                 log.log(logging.DEBUG if quiet else logging.INFO,
                         "cycle status=%r seconds=%.3f", status, elapsed)
                 last_status = status
-            next_run += interval
-            now = self.clock()
-            if now > next_run:
-                log.warning("cycle_overran seconds=%.3f interval=%.3f", elapsed, interval)
-                next_run = now
+            if scheduled:  # an early cycle leaves the poll's time where it was
+                next_run += interval
+                now = self.clock()
+                if now > next_run:
+                    log.warning("cycle_overran seconds=%.3f interval=%.3f", elapsed, interval)
+                    next_run = now
             wake_at = next_run
             if self._pending_due is not None:
                 wake_at = min(wake_at, self._pending_due)
             await self._sleep_until(wake_at, stop)
+            scheduled = self.clock() >= next_run
 
     async def _sleep_until(self, when: float, stop: asyncio.Event) -> None:
-        """Until `when` (by the clock), or earlier when woken, stopped, or the routes file
-        changed."""
-        self.wake.clear()
+        """Until `when` (by the clock), or earlier when woken (also during the cycle: cycle()
+        clears the event), stopped, or the routes file changed."""
         await first(stop.wait(), self.wake.wait(), asyncio.sleep(max(0.0, when - self.clock())),
                     self._routes_file_changed())
 
     async def _routes_file_changed(self) -> None:
-        """When the routes file's stamp changed; looked at after ROUTES_WATCH at the earliest,
-        so that a file rewritten without pause starts a cycle 5 times a second at most."""
+        """When the routes file changed and two looks ROUTES_WATCH apart saw the same stamp
+        (a file being written in place is not read while it grows); a file rewritten without
+        pause never wakes the loop, and is read by the poll's cycles as before."""
+        seen = None
         while True:
             await asyncio.sleep(ROUTES_WATCH)
-            if self.routes.changed():
+            current = self.routes.changed()
+            if current is not None and current == seen:
                 return
+            seen = current

@@ -283,7 +283,8 @@ def test_a_routes_file_change_is_applied_without_waiting_for_the_next_poll(
     before the next poll would have read it."""
     dns.set("tasks.managerhttp", [T1])
     agent = start_agent(manager_and_dmz(upstream_port)[:1], "--poll-interval", "60")
-    time.sleep(1.0)  # past the cycle after the start: the next poll is a minute away
+    # the loop's first cycle is over (it would read the file): the next poll is a minute away
+    wait_until(lambda: agent.cycles() >= 1, 10, "the loop's first cycle")
     assert agent.get("other.example.com")[0] == 404
     write_routes(agent.workdir / "routes.yaml", [
         {"hosts": ["managerhttp"], "service": "managerhttp", "port": upstream_port},

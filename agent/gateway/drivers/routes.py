@@ -78,10 +78,14 @@ class RoutesInput:
             log.info("routes_merged routes=%d", len(table.routes))
         self.table = table
 
-    def changed(self) -> bool:
-        """The routes file is not the one last read: another stamp (a stat, nothing read)."""
+    def changed(self) -> FileStamp | None:
+        """The routes file's stamp when it is not the one last read, else None (a stat,
+        nothing read)."""
         path = self.settings.routes
-        return path is not None and stamp(path) != self._stamp
+        if path is None:
+            return None
+        current = stamp(path)
+        return current if current is not None and current != self._stamp else None
 
     def refresh(self) -> None:
         """On a live change, a bad file is refused and the routes in use keep serving."""

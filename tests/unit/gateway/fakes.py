@@ -75,6 +75,7 @@ class FakeRoutes:
         self.table = table
         self.error: str | None = None
         self.pending: str | None = None
+        self.stamp: object | None = None  # changed(): the routes file changed, and how
         self._url = url
 
     @property
@@ -84,8 +85,8 @@ class FakeRoutes:
     def load_initial(self) -> None:
         pass
 
-    def changed(self) -> bool:
-        return False
+    def changed(self) -> object | None:
+        return self.stamp  # a test sets what the file's stamp looks like
 
     def refresh(self) -> None:
         pass

@@ -6,6 +6,7 @@ and the real nginx in tests/integration."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,49 @@ async def test_nginx_keeps_an_answer_until_the_agent_looks_that_name_up_again() 
     assert ttls[:200] == [0] * 200  # spread over the rotation
     assert ttls[-200:] == [5] * 200
     assert r.answer_ttl("tasks.unknown") == 0
+
+
+async def test_an_early_cycle_looks_up_only_names_never_looked_up() -> None:
+    """A cycle woken before the poll (a changed routes file, the controller's routes) spends
+    none of the poll's budget: it looks up a new route's service, nothing else."""
+    r, discovery = reconciler(50, per_second=200)
+    await r.discover()
+    r.routes.table = parse_routes({"routes": [
+        *({"hosts": [f"s{i}.example"], "service": f"s{i}", "port": 80} for i in range(50)),
+        {"hosts": ["new.example"], "service": "new", "port": 80}]}, "test")
+    await r.discover(early=True)
+    assert discovery.rounds[-1] == ["tasks.new"]
+    await r.discover(early=True)
+    assert discovery.rounds[-1] == []
+    await r.discover()  # the poll's: every name again
+    assert len(discovery.rounds[-1]) == 51
+
+
+async def test_a_changed_routes_file_wakes_the_loop_and_only_the_poll_looks_everything_up(
+        ) -> None:
+    """The loop runs on the real clock: the routes file looks changed all along (two looks
+    agree), so the loop wakes about every 0.4 s; the names are looked up by the poll's cycles
+    alone, once a second."""
+    table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
+                                      "port": 80} for i in range(50)]}, "test")
+    discovery = FakeDiscovery()
+    routes = FakeRoutes(table)
+    settings = Settings(poll_interval=1.0)
+    r = Reconciler(settings, FakeNginx(), discovery, planner_for(settings), Metrics(), State(),
+                   routes=routes, clock=time.monotonic)
+    await r.start()
+    routes.stamp = "another file"
+    stop = asyncio.Event()
+    loop = asyncio.create_task(r.run(stop))
+    await asyncio.sleep(2.5)
+    stop.set()
+    await loop
+    rounds = discovery.rounds[1:]  # after the start's
+    full = [names for names in rounds if names]
+    early = [names for names in rounds if not names]
+    assert len(early) >= 2, f"the loop did not wake for the file: {len(rounds)} cycles"
+    assert 2 <= len(full) <= 3, f"{len(full)} full lookup rounds in 2.5 s at a 1 s poll"
+    assert all(len(names) == 50 for names in full)
 
 
 # --- cycles: a real Planner, a fake nginx and discovery, a fake clock -------------------------
