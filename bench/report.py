@@ -205,7 +205,8 @@ def failover(sec: dict[str, Any]) -> list[str]:
 
 def scale(sec: dict[str, Any]) -> list[str]:
     per = sec["params"].get("hosts_per_service", 1)
-    lines = ["One agent at a time, default settings (1 s polling); each route has a host of its "
+    lines = ["One agent at a time, default settings (1 s polling) but `--nginx-return-memory on`"
+             " (a reload gives nginx's old configuration back); each route has a host of its "
              f"own, {per} route(s) on each service of 1 to 10 tasks (tasks exist in DNS only). "
              "'Cycle with a reload' is one resolve-render-validate-reload-verify cycle, as the "
              "agent logs it with its status line; 'change to routed' runs from the routes file "

@@ -72,6 +72,9 @@ class GatewaySettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     task_networks: tuple[Network, ...] = DEFAULT_TASK_NETWORKS
     worker_processes: str = "auto"
+    # glibc maps nginx's 16 KB pool blocks alone: a reload gives the old configuration's memory
+    # back, for an mmap per gzipped answer (agent/gateway/drivers/nginx.py, MMAP_THRESHOLD)
+    nginx_return_memory: bool = False
     open_files: str = "auto"  # per nginx worker; auto: the hard limit (agent/gateway/capacity.py)
     log_format: str = "text"
     log_level: str = "info"
@@ -180,6 +183,9 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated CIDRs whose X-Forwarded-* headers are kept (default: none)"),
     Option("--worker-processes", "worker_processes", worker_processes,
            "nginx worker_processes (auto)"),
+    Option("--nginx-return-memory", "nginx_return_memory", on_off,
+           "on or off: nginx gives a reload's old configuration back to the system (worth it "
+           "at thousands of hosts; each gzipped answer then costs a memory mapping) (off)"),
     Option("--open-files", "open_files", open_files,
            "open files per nginx worker (worker_rlimit_nofile; worker_connections is this less "
            "a reserve of an eighth, at most 4096): 'auto' raises the limit to the hard one the "

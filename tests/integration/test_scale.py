@@ -3,7 +3,8 @@ answered by its own task, and a route added later serves while the others keep s
 while the new workers look their upstreams up: nginx carries resolved addresses over a reload
 in the one shared zone, agent/gateway/plan/scale.py). With more services than the agent looks
 up in a cycle, nginx asks for each name only as often as the agent looks it up. After the
-reload nginx holds one configuration, not two (agent/gateway/drivers/nginx.py, MMAP_THRESHOLD)."""
+reload nginx holds one configuration, not two (--nginx-return-memory, agent/gateway/drivers/
+nginx.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_ten_thousand_hosts_ready_means_serving_and_a_route_change_applies(
     last = SERVICES - 1
     dns.set(f"tasks.s{last}", [TASK_ADDRESSES[last % len(TASK_ADDRESSES)]])
     agent = start_agent(_routes(False, upstream_port), "--dns-lookups-per-second",
-                        str(PER_SECOND), wait_ready=False)
+                        str(PER_SECOND), "--nginx-return-memory", "on", wait_ready=False)
     wait_until(agent.ready, 90, f"the agent to be ready; log:\n{agent.log_tail()}")
     sample = random.Random(26).sample(range(HOSTS), SAMPLE)
     # ready: every sampled host answered by its own service's task at once, no 502
