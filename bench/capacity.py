@@ -12,8 +12,9 @@ processes (tests/support/load.py; this machine allows 20,000 files per process):
 HAProxy and Caddy run at their defaults but for what the figures need: two threads, timeouts
 long enough for an idle WebSocket, the task's address written in (discovery is not measured
 here). HAProxy sizes its `maxconn` from its file limit; Caddy has no connection limit. HAProxy
-adds the headers the agent adds (forwarded ones, a request id, a traceparent; Caddy adds its
-X-Forwarded-* itself), so that the task does the same work behind each.
+sends the task the headers the agent sends it here (X-Forwarded-For/-Proto/-Host, X-Real-IP,
+X-Client-Verify over HTTPS, a request id, a traceparent), so that the task reads as much behind
+both; Caddy sends its own X-Forwarded-For/-Proto/-Host.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ frontend fe
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header Forwarded for=%[src];host=%[req.hdr(host)]
+    http-request set-header X-Client-Verify NONE if {{ ssl_fc }}
     http-request set-header X-Request-Id %[unique-id]
     http-request set-header traceparent 00-%[uuid,regsub(-,,g)]-%[uuid,regsub(-,,g),bytes(0,16)]-01
     http-after-response set-header X-Request-Id %[unique-id]
