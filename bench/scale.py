@@ -25,13 +25,14 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import admin, gateways, net, stats
 from bench.dns import Dnsmasq
 from bench.options import Options
-from bench.procs import BenchError, Procs, http_get
+from bench.procs import BenchError, Procs, free_port, http_get, wait_until
 from bench.sysinfo import descendants, process_cpu, pss_kib, status_kib
 
 HIST = "gateway_reconcile_duration_seconds"
@@ -207,25 +208,19 @@ backend s{i}
 
 
 def _haproxy_routes(port: int, host: str) -> bool:
-    try:
-        return http_get(net.GATEWAY, port, "/", host, timeout=5.0)[0] != 404
-    except OSError:
-        return False
+    """HAProxy routes `host` (a connection refused meanwhile: wait_until tries again)."""
+    return http_get(net.GATEWAY, port, "/", host, timeout=5.0)[0] != 404
 
 
-def _until(check: Any, within: float, what: str) -> float:
+def _seconds_until(probe: Callable[[], bool], within: float, what: str) -> float:
+    """How long wait_until waited for `probe`."""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise BenchError(f"HAProxy did not {what} within {within:.0f}s")
-        time.sleep(0.02)
+    wait_until(probe, within, what)
     return time.monotonic() - started
 
 
 def haproxy_reference(n: int, per_service: int, workdir: Path) -> dict[str, Any]:
     """HAProxy with the same hosts in a map (the module's text); DNS as the agent's run had."""
-    from bench.procs import free_port
-
     services = _services(n, per_service)
     hosts = workdir / "hosts.map"
     hosts.write_text("".join(f"h{i}.example s{i // per_service}\n" for i in range(n)))
@@ -240,7 +235,8 @@ def haproxy_reference(n: int, per_service: int, workdir: Path) -> dict[str, Any]
         dns = Dnsmasq(procs, net.DNS_MAIN)
         dns.set(records, confirm="tasks.s0")
         first = procs.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
-        start_s = _until(lambda: _haproxy_routes(port, sample), 120, "route a host")
+        start_s = _seconds_until(lambda: _haproxy_routes(port, sample), 120,
+                                 "HAProxy to route a host")
         time.sleep(3.0)
         pss_start = pss_kib(first.pid) or 0
         # a host added by a reload: a new process reads the map and takes over (-sf)
@@ -249,9 +245,10 @@ def haproxy_reference(n: int, per_service: int, workdir: Path) -> dict[str, Any]
         written = time.monotonic()
         second = procs.start("haproxy-reloaded", ["haproxy", "-db", "-f", str(cfg),
                                                   "-sf", str(first.pid)])
-        _until(lambda: _haproxy_routes(port, "added.example"), 120, "route the reloaded host")
+        wait_until(lambda: _haproxy_routes(port, "added.example"), 120,
+                   "HAProxy to route the host added by a reload")
         reload_s = time.monotonic() - written
-        _until(lambda: not first.alive(), 60, "let the old process go")
+        wait_until(lambda: not first.alive(), 60, "HAProxy's old process to go")
         time.sleep(3.0)
         pss_reloaded = pss_kib(second.pid) or 0
         # a host added through the runtime API: no reload
@@ -262,7 +259,8 @@ def haproxy_reference(n: int, per_service: int, workdir: Path) -> dict[str, Any]
             answer = sock.recv(4096).decode(errors="replace").strip()
         if answer:
             raise BenchError(f"HAProxy's runtime API refused `add map`: {answer}")
-        _until(lambda: _haproxy_routes(port, "api.example"), 30, "route the added host")
+        wait_until(lambda: _haproxy_routes(port, "api.example"), 30,
+                   "HAProxy to route the host added through its API")
         api_s = time.monotonic() - written
     return {"start_to_routing_s": start_s, "reload_to_routing_s": reload_s,
             "runtime_api_to_routing_s": api_s, "pss_mib": pss_start / 1024,
