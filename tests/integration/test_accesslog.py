@@ -271,8 +271,7 @@ def test_after_nginx_died_the_restarted_agent_counts_from_zero_and_nothing_twice
         assert agent.get("managerhttp")[0] == 200
     wait_until(lambda: requests_by_class(agent.metrics(), "managerhttp/") == {"2xx": 7}, 10,
                "seven requests counted")
-    master = int((agent.prefix / "nginx.pid").read_text())
-    os.kill(master, signal.SIGKILL)
+    os.kill(agent.nginx_master(), signal.SIGKILL)
     assert agent.proc is not None
     assert agent.proc.wait(15) == 1, "the agent ends with nginx; swarm restarts the task"
     agent.start()  # the same prefix: the file of the previous run is still there

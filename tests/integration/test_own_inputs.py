@@ -178,7 +178,7 @@ def test_nginx_does_not_outlive_an_agent_killed_outright(
         start_agent: StartAgent) -> None:
     dns.set("tasks.web", [T1])
     agent = start_agent([{"hosts": ["web"], "service": "web", "port": upstream_port}])
-    master = int((agent.prefix / "nginx.pid").read_text())
+    master = agent.nginx_master()
     assert agent.get("web") == (200, "task1")
     assert not _port_free(agent.port)
     try:

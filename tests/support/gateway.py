@@ -348,18 +348,21 @@ class Agent:
         wait_until(lambda: self.cycles() >= start + count, timeout,
                    f"{count} more reconcile cycles", interval=0.05)
 
+    def nginx_master(self) -> int:
+        """The pid of nginx's master, from its pid file in the agent's nginx prefix."""
+        return int((self.prefix / "nginx.pid").read_text())
+
     def nginx_master_rss_kib(self) -> int:
         """The resident memory of nginx's master: the configuration it read, and what its
         allocator kept of the ones before (its workers are forked from it)."""
-        master = int((self.prefix / "nginx.pid").read_text())
-        status = Path(f"/proc/{master}/status").read_text()
+        status = Path(f"/proc/{self.nginx_master()}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines()
                         if line.startswith("VmRSS:")))
 
     def logs_nginx_holds(self) -> set[str]:
         """The names of the files ending in `.log` that nginx's master and workers hold open:
         nginx opens every access log when it reads its configuration."""
-        master = int((self.prefix / "nginx.pid").read_text())
+        master = self.nginx_master()
         pids = [master, *nginx_children(master)]
         assert len(pids) > 1, "nginx's workers"
         names = set()
