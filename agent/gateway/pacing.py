@@ -28,7 +28,7 @@ class LookupBudget:
         if len(names) <= self.budget:
             self._rest, self._index = [], {}
             return list(names)
-        due = [n for n in names if n not in known]
+        due = [n for n in names if n not in known]  # never looked up: first, whatever the turn
         rest = sorted(n for n in names if n in known)
         take = max(0, self.budget - len(due))
         if rest and take:
@@ -38,6 +38,11 @@ class LookupBudget:
         if rest != self._rest:
             self._rest, self._index = rest, {n: i for i, n in enumerate(rest)}
         return due
+
+    def new(self, names: Sequence[str], known: Collection[str]) -> list[str]:
+        """The names never looked up, within the budget: all an early cycle (woken before the
+        poll) looks up; the turn of due() is left as it was."""
+        return [n for n in names if n not in known][:self.budget]
 
     def cycles_until(self, name: str) -> int:
         """The cycles until `name` is looked up again: 1 when every name is looked up each

@@ -143,7 +143,7 @@ class Reconciler:
         # a service's tasks are screened (--task-networks); a `host:` name is the operator's
         services = {t.lookup_name for t in table.targets if t.kind == "service"}
         if early:
-            due = [n for n in names if n not in self.snapshot][:self.budget.budget]
+            due = self.budget.new(names, self.snapshot)
         else:
             due = self.budget.due(names, self.snapshot)
             self._discovered_at = self.clock()
