@@ -109,6 +109,60 @@ def test_counts_match_the_requests_sent_per_route_and_status_class(
     assert 'gateway_access_log_records_total{result="dropped"}' not in m, "a file drops nothing"
 
 
+def test_hosts_routed_alike_share_a_server_and_each_counts_under_its_own_route(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """Hosts whose one route is `/` to the same service share one server block (plan/scale.py):
+    each host's requests still go to its service and count under its own route, its refusals
+    (413 before any proxying) too; a host with other settings keeps a server of its own."""
+    dns.set("tasks.shop", [T1])
+    dns.set("tasks.blog", [T2])
+    routes: list[dict[str, object]] = [
+        {"hosts": ["a.shop.example"], "service": "shop", "port": upstream_port,
+         "max_body_size": "1k"},
+        {"hosts": ["b.shop.example"], "service": "shop", "port": upstream_port,
+         "max_body_size": "1k"},
+        {"hosts": ["c.shop.example", "d.shop.example"], "service": "shop",
+         "port": upstream_port, "max_body_size": "1k"},
+        {"hosts": ["big.shop.example"], "service": "shop", "port": upstream_port},
+        {"hosts": ["a.blog.example"], "service": "blog", "port": upstream_port,
+         "max_body_size": "1k"},
+    ]
+    agent = start(start_agent, routes)
+    conf = (agent.prefix / "conf.d" / "gateway.conf").read_text()
+    names = [line.strip() for line in conf.splitlines() if line.strip().startswith("server_name")]
+    assert "server_name a.shop.example b.shop.example c.shop.example d.shop.example;" in names
+    assert "server_name big.shop.example;" in names
+    assert "server_name a.blog.example;" in names
+    assert conf.count("root $gateway_host_root;") == 1, "one shared location"
+
+    sent: Counter[tuple[str, str]] = Counter()
+    for host, route, task in (("a.shop.example", "a.shop.example/", "task1"),
+                              ("b.shop.example", "b.shop.example/", "task1"),
+                              ("c.shop.example", "c.shop.example/", "task1"),
+                              ("d.shop.example", "c.shop.example/", "task1"),
+                              ("big.shop.example", "big.shop.example/", "task1"),
+                              ("a.blog.example", "a.blog.example/", "task2")):
+        for _ in range(3):
+            assert agent.get(host) == (200, task), host
+            sent[(route, "2xx")] += 1
+        if host != "big.shop.example":
+            assert post(agent, host, b"x" * 2048) == 413, host
+            sent[(route, "4xx")] += 1
+    assert agent.get("e.shop.example")[0] == 404, "a name of no route is not in the map"
+    want = {route: {klass: float(n) for (r, klass), n in sent.items() if r == route}
+            for route, _ in sent}
+
+    def counted() -> dict[str, dict[str, float]]:
+        m = agent.metrics()
+        return {route: requests_by_class(m, route) for route in want}
+
+    wait_until(lambda: counted() == want, 5, f"the counts {want}, /metrics had {counted()}")
+    m = agent.metrics()
+    assert routes_in(m) == set(want) | {"unrouted"}
+    assert m['gateway_access_log_records_total{result="unknown_route"}'] == 0
+
+
 def test_a_dead_task_shows_as_upstream_errors_and_retries_while_clients_get_200(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:

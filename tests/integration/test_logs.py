@@ -79,6 +79,9 @@ def test_json_logs_carry_each_field(dns: Dnsmasq, tasks: dict[str, Upstream],
     # the access log goes to stdout too (by default), one line per request with its own fields
     access = [d for d in docs if "request_id" in d]
     assert [d["host"] for d in access if d["status"] == 200][:1] == ["web.example"]
+    # the two hosts on one service share a server block (plan/scale.py): each its own route
+    assert {(d["host"], d["route"], d["service"]) for d in access if d["status"] == 200} == {
+        ("web.example", "web.example/", "web"), ("other.example", "other.example/", "web")}
     assert all({"ts", "level", "logger", "msg"} <= set(d) for d in docs if d not in access)
     # nginx's own lines, relayed: its level and pid as fields
     said = named(agent, "nginx_log")

@@ -32,7 +32,12 @@ from agent.gateway.plan.naming import UNROUTED_ROOT, digest, sticky_var
 from agent.gateway.plan.observe import LogPlan
 from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
-from agent.gateway.plan.scale import GENERATION_PLACEHOLDER, scale_context, share_zone
+from agent.gateway.plan.scale import (
+    GENERATION_PLACEHOLDER,
+    scale_context,
+    share_servers,
+    share_zone,
+)
 from agent.gateway.plan.stream import StreamRenderer
 from agent.gateway.plan.traffic import traffic_context
 from agent.gateway.plan.upstreams import (
@@ -120,6 +125,8 @@ class Planner:
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
+        # hosts routed alike in one server each (plan/scale.py)
+        http_servers, https_servers = share_servers(http_servers), share_servers(https_servers)
         acme_upstream = None
         if acme is not None and any(s.acme for s in http_servers):
             addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses

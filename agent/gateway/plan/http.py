@@ -120,6 +120,9 @@ class Server:
     certificate: Served | None = None  # an HTTPS server, with this certificate
     hsts: int = 0  # HTTPS: Strict-Transport-Security max-age (0: none)
     acme: bool = False  # plain HTTP: /.well-known/acme-challenge/ goes to the controller
+    # hosts routed alike that share this server (plan/scale.py): each host and the root of its
+    # route, which the one location takes from a map of $host; empty: the location's own root
+    host_roots: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_root(self) -> bool:

@@ -238,13 +238,14 @@ def https_renderer() -> Planner:
 
 
 def servers_of(text: str) -> dict[tuple[str, bool], str]:
-    """Each server block by (its server_name, HTTPS or not)."""
+    """Each server block by (each of its names, HTTPS or not): hosts routed alike share one."""
     out = {}
     for block in text.split("\nserver {")[1:]:
         names = re.search(r"server_name ([^;]*);", block)
         if names is None:  # the agent's status server
             continue
-        out[(names.group(1), " ssl" in block.split("\n", 2)[1])] = block
+        for name in names.group(1).split():
+            out[(name, " ssl" in block.split("\n", 2)[1])] = block
     return out
 
 
