@@ -4,7 +4,8 @@ while the new workers look their upstreams up: nginx carries resolved addresses 
 in the one shared zone, agent/gateway/plan/scale.py). With more services than the agent looks
 up in a cycle, nginx asks for each name only as often as the agent looks it up. After the
 reload nginx holds one configuration, not two (--nginx-return-memory, agent/gateway/drivers/
-nginx.py)."""
+nginx.py). The hosts of a service share one server block, and each counts under its own
+route (plan/scale.py)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def test_ten_thousand_hosts_ready_means_serving_and_a_route_change_applies(
     time.sleep(4.0)
     rate = (agent.metrics()[answered] - before) / (time.monotonic() - started)
     assert 5 < rate < 50, f"nginx asked the agent {rate:.0f} times a second for 100 names"
+
+    status, body = agent.admin("/metrics")
+    assert status == 200, status
+    # the hosts of a service share one server block (plan/scale.py): each sampled host's
+    # request counted under its own route
+    lines = [f'gateway_http_requests_total{{route="h{i}.example/",status_class="2xx"}} 1.0'
+             for i in sample]
+    assert all(line in body for line in lines), [ln for ln in lines if ln not in body][:3]
 
     started_rss = agent.nginx_master_rss_kib()
     # written whole, then moved into place: the agent never reads half a file
