@@ -23,6 +23,7 @@ from agent.gateway.drain import wait_for_handover
 from agent.gateway.drivers.discovery import Discovery
 from agent.gateway.drivers.dnsserver import LocalResolver
 from agent.gateway.drivers.logfile import POLL_INTERVAL, LogFile, Relay
+from agent.gateway.drivers.memory import fixed_thresholds
 from agent.gateway.drivers.nginx import ApplyError, Nginx, NginxDied
 from agent.gateway.drivers.nginxversion import NginxTooOld, nginx_version
 from agent.gateway.drivers.ports import reserved_ports
@@ -142,6 +143,7 @@ async def drain(nginx: Nginx, state: State, settings: GatewaySettings,
 
 
 async def run(settings: GatewaySettings) -> int:
+    fixed_thresholds()  # large blocks of memory are given back when freed (drivers/memory.py)
     try:
         version = nginx_version(settings.nginx_binary)
     except NginxTooOld as exc:
