@@ -275,3 +275,29 @@ def test_acme_covers_only_names_a_ca_issues_for(host: str) -> None:
 @pytest.mark.parametrize("tls", ["ACME", "yes", "letsencrypt", {"acme": "true"}, {"acme": 1}])
 def test_other_values_for_acme_are_refused_naming_the_place(tls: object) -> None:
     assert errors_of(one(tls=tls))[0].startswith("routes[0].tls")
+
+
+def test_a_large_table_made_again_after_its_parse_is_the_same_table() -> None:
+    """A table of COMPACT_FROM routes or more is made again from its pickle (compact()): the
+    same routes, tcp routes and derived values, every field of every route kept."""
+    from agent.core.routes import COMPACT_FROM
+    from agent.core.yamlfile import load_yaml
+
+    lines = ["routes:"]
+    for i in range(COMPACT_FROM):
+        lines += [f"  - hosts: [h{i}.example, 'w{i}.example']", f"    service: s{i % 7}",
+                  "    port: 8080", "    path: /app" if i % 2 else "    websocket: true",
+                  "    tls: {redirect: true}" if i % 3 == 0 else "    read_timeout: 2m",
+                  "    headers: {request: {X-A: b}}" if i % 5 == 0 else "    compress: true"]
+    lines += ["tcp:", "  - listen: 5432", "    service: db", "    port: 5432"]
+    text = "\n".join(lines) + "\n"
+    made_again = parse_routes_text(text)
+    parsed = parse_routes(load_yaml(text))
+    assert made_again is not parsed
+    assert made_again == parsed
+    assert [r.model_dump() for r in made_again.routes] == [r.model_dump() for r in parsed.routes]
+    assert [r.model_fields_set for r in made_again.routes] == \
+        [r.model_fields_set for r in parsed.routes]
+    assert made_again.targets == parsed.targets
+    assert made_again.tls_hosts == parsed.tls_hosts
+    assert len(made_again.tcp) == 1
