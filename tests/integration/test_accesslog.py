@@ -137,13 +137,16 @@ def test_hosts_routed_alike_share_a_server_and_each_counts_under_its_own_route(
     assert conf.count("root $gateway_host_root;") == 1, "one shared location"
 
     sent: Counter[tuple[str, str]] = Counter()
-    for host, route, task in (("a.shop.example", "a.shop.example/", "task1"),
-                              ("b.shop.example", "b.shop.example/", "task1"),
-                              ("c.shop.example", "c.shop.example/", "task1"),
-                              ("d.shop.example", "c.shop.example/", "task1"),
-                              ("big.shop.example", "big.shop.example/", "task1"),
-                              ("a.blog.example", "a.blog.example/", "task2")):
-        for _ in range(3):
+    # a number of requests of its own for each host: a host counted under another's route
+    # shows
+    for times, (host, route, task) in enumerate((
+            ("a.shop.example", "a.shop.example/", "task1"),
+            ("b.shop.example", "b.shop.example/", "task1"),
+            ("c.shop.example", "c.shop.example/", "task1"),
+            ("d.shop.example", "c.shop.example/", "task1"),
+            ("big.shop.example", "big.shop.example/", "task1"),
+            ("a.blog.example", "a.blog.example/", "task2")), 1):
+        for _ in range(times):
             assert agent.get(host) == (200, task), host
             sent[(route, "2xx")] += 1
         if host != "big.shop.example":

@@ -34,6 +34,7 @@ from agent.gateway.plan.observe import context as observe_context
 from agent.gateway.plan.paths import paths_context
 from agent.gateway.plan.scale import (
     GENERATION_PLACEHOLDER,
+    HOST_ROOTS_MARK,
     scale_context,
     share_servers,
     share_zone,
@@ -99,6 +100,10 @@ class Planner:
         directory, name = (template.parent, template.name) if template else (
             TEMPLATES, "gateway.conf.j2")
         self._template = environment(directory).get_template(name)
+        # hosts routed alike share a server (plan/scale.py) where the template knows it: a
+        # template of its own written before would write a shared location's empty root
+        self.share_servers = template is None or HOST_ROOTS_MARK in template.read_text(
+            encoding="utf-8")
 
     def render(self, table: RouteTable, snapshot: Snapshot, tls: TlsPlan | None = None,
                acme: tuple[Target, int] | None = None,
@@ -125,8 +130,9 @@ class Planner:
         if self.https_listen is None:
             tls = None
         http_servers, https_servers = with_tls(servers(routes, upstreams, files), tls)
-        # hosts routed alike in one server each (plan/scale.py)
-        http_servers, https_servers = share_servers(http_servers), share_servers(https_servers)
+        if self.share_servers:  # hosts routed alike in one server each (plan/scale.py)
+            http_servers, https_servers = share_servers(http_servers), share_servers(
+                https_servers)
         acme_upstream = None
         if acme is not None and any(s.acme for s in http_servers):
             addresses = snapshot.get(acme[0].lookup_name, Endpoints()).addresses

@@ -59,6 +59,9 @@ NAMES_MIN = 512  # nginx's default server_names_hash_max_size
 MAP_MIN = 2048  # nginx's default map_hash_max_size
 # the variable a shared server's location takes its root from (gateway.conf.j2)
 HOST_ROOT_VAR = "gateway_host_root"
+# a template (--template) that says this knows shared servers; one that does not gets a server
+# per host as before (docs/configuration.md, "Your own template")
+HOST_ROOTS_MARK = "host_roots"
 # where the template writes the generation, until its digest is known (plan/desired.py): '[' is
 # in no host name nor path
 GENERATION_PLACEHOLDER = "[generation]"
