@@ -144,7 +144,9 @@ def _load_fast(text: str) -> Any:
         root = loader.get_single_node()
         if root is None:
             return None
-        if not _no_alias(root):
+        # an alias needs an anchor, written with '&': a text without one has none (an alias
+        # of no anchor is an error of the composer's), and is not walked
+        if "&" in text and not _no_alias(root):
             return _NOT_READ
         return loader.construct_document(root)
     except yaml.YAMLError:

@@ -92,3 +92,15 @@ def test_libyaml_is_there() -> None:
     """The image and the tests install PyYAML with libyaml; without it the careful loader
     would read everything (correct, five times slower at thousands of routes)."""
     assert yaml.__with_libyaml__
+
+
+def test_a_text_without_an_anchor_is_read_fast_and_an_alias_of_none_is_refused() -> None:
+    """The fast path walks a document for aliases only when the text writes an anchor ('&'):
+    an alias needs one. An alias of no anchor is still an error, and a wildcard host's '*'
+    inside a string is no alias."""
+    assert load_yaml('routes:\n  - hosts: ["*.a.example"]\n') == {
+        "routes": [{"hosts": ["*.a.example"]}]}
+    with pytest.raises(YamlError, match="undefined alias"):
+        load_yaml("a: *x\n")
+    with pytest.raises(YamlError, match="contains itself"):
+        load_yaml("a: &x [1, *x]\n")
