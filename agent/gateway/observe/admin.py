@@ -168,12 +168,17 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
         return response
 
     app = web.Application(middlewares=[authorized])
-    async def metrics_text(request: web.Request) -> web.Response:
+    async def metrics_text(request: web.Request) -> web.StreamResponse:
         """Prometheus's text format whatever the client accepts (every Prometheus reads it);
-        compressed when the client asks."""
-        body = metrics.exposition(request.query.getall("name[]", []))
-        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: TEXT_FORMAT})
+        compressed when the client asks. Sent a part at a time (chunked): at 10,000 routes a
+        scrape is 36 MB, which built whole, encoded and compressed took the agent's memory
+        100 MiB above its resting size."""
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: TEXT_FORMAT})
         response.enable_compression()
+        await response.prepare(request)
+        for chunk in metrics.exposition_chunks(request.query.getall("name[]", [])):
+            await response.write(chunk)
+        await response.write_eof()
         return response
 
     for path, handler in (("/metrics", metrics_text), ("/healthz", healthz),

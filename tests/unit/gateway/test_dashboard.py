@@ -224,6 +224,47 @@ async def test_status_without_traffic_metrics_or_vrrp_file(tmp_path: Path) -> No
     assert doc["vrrp"] is None
 
 
+
+async def test_metrics_are_sent_a_family_at_a_time_whole_and_compressed_on_request(
+        tmp_path: Path) -> None:
+    """/metrics goes out in parts (chunked: at 10,000 routes it is 36 MB, never built whole);
+    what arrives is exposition(), plain or gzip-compressed, and `name[]` keeps its families
+    only."""
+    import gzip
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def family_names(text: bytes) -> list[str]:
+        return [f.name for f in text_string_to_metric_families(text.decode())]
+
+    state = State(routes=ROUTES)
+    metrics = Metrics()
+    metrics.traffic.follow(lambda: state.routes)
+    client = await client_for(state, Settings(nginx_prefix=tmp_path), metrics)
+    try:
+        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        assert plain.headers.get("Transfer-Encoding") == "chunked"
+        assert plain.content_type == "text/plain"
+        body = await plain.read()
+        # the per-route families as exposition() writes them, after the registry's (whose
+        # process figures move between two calls)
+        routes_part = metrics.traffic.http_text().encode()
+        assert body.endswith(routes_part)
+        assert body.startswith(b"# HELP ")
+        assert family_names(body) == family_names(metrics.exposition())
+        packed = await client.get("/metrics", headers={"Accept-Encoding": "gzip"},
+                                  auto_decompress=False)
+        assert packed.headers.get("Content-Encoding") == "gzip"
+        unpacked = gzip.decompress(await packed.read())
+        assert unpacked.endswith(routes_part)
+        assert family_names(unpacked) == family_names(metrics.exposition())
+        some = await client.get("/metrics", params={"name[]": "gateway_upstream_retries_total"})
+        text = await some.text()
+        assert 'gateway_upstream_retries_total{route="managerhttp/"} 0.0' in text
+        assert "gateway_http_requests_total" not in text
+    finally:
+        await client.close()
+
 def test_every_file_of_the_page_is_package_data() -> None:
     """The wheel carries what [tool.setuptools.package-data] names: every file of the page."""
     root = Path(__file__).resolve().parents[3]
