@@ -135,16 +135,16 @@ def parse_routes(data: Any, source: str = "routes") -> RouteTable:
 
 def parse_routes_text(text: str, source: str = "routes") -> RouteTable:
     """The routes of a YAML text. A table of COMPACT_FROM routes or more is made again once
-    the parse's garbage is gone (compact())."""
+    the parse's garbage is gone (_compact())."""
     table = _parse_text(text, source)
     if len(table.routes) + len(table.tcp) < COMPACT_FROM:
         return table
     blob = pickle.dumps(table, pickle.HIGHEST_PROTOCOL)
     del table  # the last reference: the parse's objects are all free now
-    return compact(blob)
+    return _compact(blob)
 
 
-def compact(blob: bytes) -> RouteTable:
+def _compact(blob: bytes) -> RouteTable:
     """The table pickled in `blob`, its objects made in one go. Parsing a routes file makes
     three times the table's objects (the YAML document, the model's validation) interleaved
     with the table's; freed, they leave Python's small-object arenas partly used, which are
@@ -166,7 +166,7 @@ def _parse_text(text: str, source: str) -> RouteTable:
     return parse_routes(data, source)
 
 
-# a table of this many routes or more is compacted after its parse (compact())
+# a table of this many routes or more is compacted after its parse (_compact())
 COMPACT_FROM = 1000
 # a routes file holds at most this much (10,000 routes are about 1 MiB)
 MAX_ROUTES_FILE = 4 * MiB

@@ -152,7 +152,7 @@ def test_hosts_routed_alike_share_a_server_and_each_counts_under_its_own_route(
         if host != "big.shop.example":
             assert post(agent, host, b"x" * 2048) == 413, host
             sent[(route, "4xx")] += 1
-    assert agent.get("e.shop.example")[0] == 404, "a name of no route is not in the map"
+    assert agent.get("e.shop.example")[0] == 404, "a name no route gives: the default server"
     want = {route: {klass: float(n) for (r, klass), n in sent.items() if r == route}
             for route, _ in sent}
 

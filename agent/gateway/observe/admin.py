@@ -173,11 +173,16 @@ def make_app(state: State, nginx: Nginx, metrics: Metrics, settings: GatewaySett
         compressed when the client asks. Sent a part at a time (chunked): at 10,000 routes a
         scrape is 36 MB, which built whole, encoded and compressed took the agent's memory
         100 MiB above its resting size."""
+        if request.method == hdrs.METH_HEAD:  # a streamed body would go out unframed
+            return web.Response(headers={hdrs.CONTENT_TYPE: TEXT_FORMAT})
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: TEXT_FORMAT})
         response.enable_compression()
         await response.prepare(request)
-        for chunk in metrics.exposition_chunks(request.query.getall("name[]", [])):
-            await response.write(chunk)
+        try:
+            for chunk in metrics.exposition_chunks(request.query.getall("name[]", [])):
+                await response.write(chunk)
+        except ConnectionError:  # the scraper went away (its timeout): nothing to answer
+            return response
         await response.write_eof()
         return response
 

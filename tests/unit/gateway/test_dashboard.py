@@ -265,6 +265,29 @@ async def test_metrics_are_sent_a_family_at_a_time_whole_and_compressed_on_reque
     finally:
         await client.close()
 
+
+async def test_a_head_of_metrics_sends_no_body_and_the_connection_serves_on(
+        tmp_path: Path) -> None:
+    """HEAD /metrics answers headers only: a streamed body sent for it would reach the client
+    unframed, as the start of its next answer on the same connection."""
+    import asyncio
+
+    client = await client_for(State(routes=ROUTES), Settings(nginx_prefix=tmp_path))
+    try:
+        assert client.server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answers = (await asyncio.wait_for(reader.read(), 5)).decode()
+        writer.close()
+    finally:
+        await client.close()
+    head, rest = answers.split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 200"), head
+    assert rest.startswith("HTTP/1.1 200"), rest[:80]  # the next answer, nothing between
+
+
 def test_every_file_of_the_page_is_package_data() -> None:
     """The wheel carries what [tool.setuptools.package-data] names: every file of the page."""
     root = Path(__file__).resolve().parents[3]
