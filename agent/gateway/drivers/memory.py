@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 
 _libc = ctypes.CDLL(None)
 _trim: Callable[[int], int] | None = getattr(_libc, "malloc_trim", None)
@@ -21,6 +22,8 @@ M_TRIM_THRESHOLD = -1
 # blocks of this size and more are mapped alone, and unmapped when freed: a /metrics of 10,000
 # routes (36 MB) and the buffers that send it, a render's text
 MMAP_THRESHOLD = 1 << 20
+# glibc's own environment variables for what fixed_thresholds() sets
+OWN_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def give_back() -> None:
@@ -31,12 +34,16 @@ def give_back() -> None:
 
 
 
-def fixed_thresholds() -> None:
+def fixed_thresholds(environ: Mapping[str, str] = os.environ) -> None:
     """Keep glibc from raising its thresholds as the agent runs. By default, freeing a mapped
     block raises the size below which blocks come from the heap (up to 32 MiB) and the free
     heap kept at its top (up to 64 MiB): after one scrape of a large /metrics, the next ones
     were built on the heap and left it larger (each scrape grew the agent at 10,000 routes by
-    up to 50 MiB). Fixed, large blocks are mapped alone and the heap's free top goes back."""
+    up to 50 MiB). Fixed, large blocks are mapped alone and the heap's free top goes back.
+    An operator's own setting (glibc's environment variables or tunables) is left as it is."""
+    if any(name in environ for name in OWN_SETTINGS) or \
+            "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return
     if _mallopt is not None:
         _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         _mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD)
