@@ -33,7 +33,6 @@ def give_back() -> None:
         _trim(0)
 
 
-
 def fixed_thresholds(environ: Mapping[str, str] = os.environ) -> None:
     """Keep glibc from raising its thresholds as the agent runs. By default, freeing a mapped
     block raises the size below which blocks come from the heap (up to 32 MiB) and the free
