@@ -224,7 +224,6 @@ async def test_status_without_traffic_metrics_or_vrrp_file(tmp_path: Path) -> No
     assert doc["vrrp"] is None
 
 
-
 async def test_metrics_are_sent_a_family_at_a_time_whole_and_compressed_on_request(
         tmp_path: Path) -> None:
     """/metrics goes out in parts (chunked: at 10,000 routes it is 36 MB, never built whole);
