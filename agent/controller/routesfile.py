@@ -41,7 +41,7 @@ class RoutesFile:
         self._read, self._stamp = True, current
         before = (self.table, self.error)
         try:
-            self.table = load_routes(self.path)
+            self.table = load_routes(self.path, self.table)
             self.error = None
             self._good = True
         except RoutesError as exc:

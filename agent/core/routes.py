@@ -12,11 +12,12 @@ the file's.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -47,6 +48,9 @@ FileKind = Literal["htpasswd", "page", "ca"]
 class RouteTable:
     routes: tuple[Route, ...]
     tcp: tuple[TcpRoute, ...] = ()  # the file's `tcp:` routes (core/tcp.py)
+    # a file's table: each route by the digest of its item in the file, for the next read of
+    # that file to take the routes whose item has not changed as they are (parse_routes())
+    by_item: Mapping[bytes, Route] = field(default_factory=dict, compare=False, repr=False)
 
     def for_zone(self, zone: str | None) -> RouteTable:
         if zone is None:
@@ -101,9 +105,34 @@ class RoutesError(ValueError):
         super().__init__(f"{source}: " + "; ".join(self.errors))
 
 
-def parse_routes(data: Any, source: str = "routes") -> RouteTable:
+def parse_routes(data: Any, source: str = "routes",
+                 previous: RouteTable | None = None) -> RouteTable:
     """A routes document (`{"routes": [...]}`); the routes must not claim one host and path
-    twice, nor one host with two `tls`. Raises RoutesError with every problem at once."""
+    twice, nor one host with two `tls`. Raises RoutesError with every problem at once.
+
+    A route whose item is the same as one of `previous`'s (by_item) is that route, not made
+    again: a change of one route in ten thousand makes one route. The conflict rule still
+    sees every route."""
+    return _parse(data, source, previous).table()
+
+
+class _Parsed(NamedTuple):
+    routes: tuple[Route, ...]
+    tcp: tuple[TcpRoute, ...]
+    digests: bytes  # each route's item's digest, DIGEST_SIZE bytes each (_digest())
+    made: int  # routes made, not taken from the previous table
+
+    def table(self) -> RouteTable:
+        """The table, each route by its item's digest. Called once the document is gone,
+        the digests' objects fill the holes it left in Python's small-object arenas instead
+        of keeping part of each of its pools (_compact() says why that matters)."""
+        d = self.digests
+        by_item = {key: route for i, route in enumerate(self.routes)
+                   if (key := d[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]) != _NO_DIGEST}
+        return RouteTable(self.routes, self.tcp, by_item)
+
+
+def _parse(data: Any, source: str, previous: RouteTable | None) -> _Parsed:
     if not isinstance(data, Mapping):
         raise RoutesError(source, ["(top level): expected a mapping with a 'routes' list"])
     data = dict(data)
@@ -111,6 +140,15 @@ def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     if tcp_data is not None:  # a file of tcp routes only needs no `routes: []`
         data.setdefault("routes", [])
     tcp, tcp_errors = parse_tcp(tcp_data)
+    items = data.get("routes")
+    digests = b""
+    if isinstance(items, list):
+        known = previous.by_item if previous is not None else {}
+        digests = b"".join(_digest(item) for item in items)
+        data["routes"] = [known.get(digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE], item)
+                          for i, item in enumerate(items)]
+    made = sum(not isinstance(item, Route) for item in data["routes"]) \
+        if isinstance(items, list) else 0
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
@@ -130,17 +168,35 @@ def parse_routes(data: Any, source: str = "routes") -> RouteTable:
     errors = sorted(errors, key=lambda e: ".tls: " in e.split(" ")[0]) + tcp_errors
     if errors:
         raise RoutesError(source, errors)
-    return RouteTable(parsed.routes, tcp)
+    return _Parsed(parsed.routes, tcp, digests, made)
 
 
-def parse_routes_text(text: str, source: str = "routes") -> RouteTable:
-    """The routes of a YAML text. A table of COMPACT_FROM routes or more is made again once
-    the parse's garbage is gone (_compact())."""
-    table = _parse_text(text, source)
-    if len(table.routes) + len(table.tcp) < COMPACT_FROM:
+DIGEST_SIZE = 16
+_NO_DIGEST = bytes(DIGEST_SIZE)  # an item that cannot be pickled: taken by no later read
+
+
+def _digest(item: Any) -> bytes:
+    """A digest of a route's item as the YAML reader gave it (plain dicts, lists, strings,
+    numbers), or _NO_DIGEST for one that cannot be pickled. Equal digests mean equal items:
+    the pickle says every type and value, and the digest is a cryptographic one."""
+    try:
+        blob = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        return _NO_DIGEST
+    return hashlib.blake2b(blob, digest_size=DIGEST_SIZE).digest()
+
+
+def parse_routes_text(text: str, source: str = "routes",
+                      previous: RouteTable | None = None) -> RouteTable:
+    """The routes of a YAML text (parse_routes(), taking `previous`'s unchanged routes). A
+    table that made COMPACT_FROM routes or more is made again once the parse's garbage is
+    gone (_compact())."""
+    parsed = _parse_text(text, source, previous)  # the YAML document is gone on return
+    table = parsed.table()
+    if parsed.made < COMPACT_FROM:
         return table
     blob = pickle.dumps(table, pickle.HIGHEST_PROTOCOL)
-    del table  # the last reference: the parse's objects are all free now
+    del table, parsed  # the last references: the parse's objects are all free now
     return _compact(blob)
 
 
@@ -156,17 +212,17 @@ def _compact(blob: bytes) -> RouteTable:
     return table
 
 
-def _parse_text(text: str, source: str) -> RouteTable:
+def _parse_text(text: str, source: str, previous: RouteTable | None) -> _Parsed:
     try:
         data = load_yaml(text)
     except YamlError as exc:
         raise RoutesError(source, [str(exc)]) from None
     if data is None:
         raise RoutesError(source, ["(top level): the file is empty; expected 'routes:'"])
-    return parse_routes(data, source)
+    return _parse(data, source, previous)
 
 
-# a table of this many routes or more is compacted after its parse (_compact())
+# a table that made this many routes or more is compacted after its parse (_compact())
 COMPACT_FROM = 1000
 # a routes file holds at most this much (10,000 routes are about 1 MiB)
 MAX_ROUTES_FILE = 4 * MiB
@@ -176,11 +232,13 @@ class RoutesUnreadable(RoutesError):
     """The routes file could not be read (its text was not reached): a reader may try again."""
 
 
-def load_routes(path: Path) -> RouteTable:
+def load_routes(path: Path, previous: RouteTable | None = None) -> RouteTable:
+    """The routes file at `path` (parse_routes_text(): `previous`, the table last read from
+    it, gives the routes whose item has not changed)."""
     try:
         text = read_bounded(path, MAX_ROUTES_FILE).decode("utf-8")
     except OSError as exc:
         raise RoutesUnreadable(str(path), [f"cannot read: {exc}"]) from None
     except (TooLarge, UnicodeDecodeError) as exc:
         raise RoutesError(str(path), [f"cannot read: {exc}"]) from None
-    return parse_routes_text(text, str(path))
+    return parse_routes_text(text, str(path), previous)

@@ -52,10 +52,12 @@ def off_reserved(routes: Iterable[TcpRoute], reserved: Mapping[int, str],
     return tuple(kept), errors
 
 
-def load_for_gateway(path: Path, settings: Settings) -> RouteTable:
-    """load_routes(), and the tcp routes this gateway serves kept off its own ports: a
-    RoutesError with every problem, as for any other error of the file."""
-    table = load_routes(path)
+def load_for_gateway(path: Path, settings: Settings,
+                     previous: RouteTable | None = None) -> RouteTable:
+    """load_routes() (`previous`: the table last read from the file), and the tcp routes this
+    gateway serves kept off its own ports: a RoutesError with every problem, as for any other
+    error of the file."""
+    table = load_routes(path, previous)
     errors = port_conflicts(table, reserved_ports(settings), settings.zone)
     if errors:
         raise RoutesError(str(path), errors)

@@ -100,7 +100,7 @@ class RoutesInput:
             return
         self._stamp = current
         try:
-            table = load_for_gateway(path, self.settings)
+            table = load_for_gateway(path, self.settings, self._file)
         except RoutesError as exc:
             # not read at all (no descriptor left, a moment without the file): read it again
             # then, not only when it changes

@@ -140,3 +140,18 @@ async def test_a_missing_file_at_start_serves_none_of_it_and_says_so(tmp_path: P
     (error,) = doc["errors"]
     assert "cannot read" in error
     assert error.endswith("none of its routes are served")
+
+
+def test_the_controller_reads_its_file_again_keeping_the_unchanged_routes(
+        tmp_path: Path) -> None:
+    """As the gateway does: a changed file makes only its changed routes (core/routes.py)."""
+    a = {"hosts": ["a.example"], "service": "a", "port": 80}
+    b = {"hosts": ["b.example"], "service": "b", "port": 80}
+    path = write(tmp_path / "routes.yaml", [a, b])
+    given = RoutesFile(path)
+    assert given.refresh()
+    before = given.table.routes
+    write(path, [a, {**b, "port": 81}])
+    assert given.refresh()
+    assert given.table.routes[0] is before[0]
+    assert given.table.routes[1].port == 81

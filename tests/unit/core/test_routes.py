@@ -301,3 +301,62 @@ def test_a_large_table_made_again_after_its_parse_is_the_same_table() -> None:
     assert made_again.targets == parsed.targets
     assert made_again.tls_hosts == parsed.tls_hosts
     assert len(made_again.tcp) == 1
+
+
+def _file(routes: list[str]) -> str:
+    return "routes:\n" + "".join(routes)
+
+
+def _route(host: str, service: str, extra: str = "") -> str:
+    return f"  - hosts: [{host}]\n    service: {service}\n    port: 8080\n{extra}"
+
+
+def test_a_file_read_again_keeps_the_routes_whose_item_did_not_change() -> None:
+    """The previous table's routes are taken as they are where their item is the same: a
+    change of one route makes one route (its garbage, not ten thousand routes', is what the
+    next read leaves in the agent's memory). The table is the one a fresh read gives."""
+    items = [_route(f"h{i}.example", f"s{i}") for i in range(5)]
+    first = parse_routes_text(_file(items))
+    items[2] = _route("h2.example", "s2", "    websocket: true\n")
+    items.insert(4, _route("new.example", "s9"))
+    second = parse_routes_text(_file(items), previous=first)
+    assert second == parse_routes_text(_file(items))
+    kept = [r for r in second.routes if any(r is old for old in first.routes)]
+    assert [r.hosts[0] for r in kept] == ["h0.example", "h1.example", "h3.example",
+                                          "h4.example"]
+    assert second.routes[2].websocket
+    assert not first.routes[2].websocket
+    # read again unchanged: every route is the previous one
+    third = parse_routes_text(_file(items), previous=second)
+    assert all(a is b for a, b in zip(third.routes, second.routes, strict=True))
+
+
+def test_an_item_that_differs_in_type_only_is_not_taken_for_the_previous_one() -> None:
+    """`port: 8080` and `port: "8080"` are different items: the second is refused, not
+    served as the route the first made."""
+    first = parse_routes_text("routes:\n  - {hosts: [a.example], service: a, port: 8080}\n")
+    with pytest.raises(RoutesError, match=r"routes\[0\]\.port"):
+        parse_routes_text('routes:\n  - {hosts: [a.example], service: a, port: "8080"}\n',
+                          previous=first)
+
+
+def test_a_kept_route_still_meets_the_conflict_rule_at_its_new_place() -> None:
+    """Routes taken from the previous table are checked against the new ones: a new route
+    that claims a kept route's host and path is refused, named by its place in the file."""
+    first = parse_routes_text(_file([_route("a.example", "a"), _route("b.example", "b")]))
+    with pytest.raises(RoutesError) as info:
+        parse_routes_text(_file([_route("b.example", "b"), _route("c.example", "c"),
+                                 _route("b.example", "z")]), previous=first)
+    assert [e.split(":")[0] for e in info.value.errors] == ["routes[2].hosts[0]"]
+
+
+def test_routes_file_read_again_after_a_change_keeps_the_other_routes(tmp_path: Path) -> None:
+    """load_routes() with the table last read from the file: what the gateway and the
+    controller do on each change of it."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(_file([_route("a.example", "a"), _route("b.example", "b")]))
+    first = load_routes(path)
+    path.write_text(_file([_route("a.example", "a"), _route("b.example", "c")]))
+    second = load_routes(path, first)
+    assert second.routes[0] is first.routes[0]
+    assert second.routes[1].service == "c"

@@ -338,3 +338,20 @@ async def test_a_routes_file_that_cannot_be_read_is_tried_again_with_backoff(
     routes.write_text("routes: [{hosts: [app.example, b.example], service: app, port: 80}]\n")
     assert (await rig.cycle(20.5)).startswith("reloaded")
     assert rig.reconciler.state.routes_error is None
+
+
+def test_a_changed_routes_file_keeps_the_routes_it_did_not_change(tmp_path: Path) -> None:
+    """The gateway reads its file again with the table it last read: the routes whose item
+    is the same are those objects (core/routes.py), the changed one is new."""
+    routes = tmp_path / "routes.yml"
+    routes.write_text("routes: [{hosts: [a.example], service: a, port: 80},\n"
+                      "         {hosts: [b.example], service: b, port: 80}]\n")
+    settings = Settings(upstream_mode="static", routes=routes)
+    given = RoutesInput(settings, Metrics())
+    given.load_initial()
+    before = given.table.routes
+    routes.write_text("routes: [{hosts: [a.example], service: a, port: 80},\n"
+                      "         {hosts: [b.example], service: b, port: 81}]\n")
+    given.refresh()
+    assert given.table.routes[0] is before[0]
+    assert given.table.routes[1].port == 81
