@@ -37,7 +37,6 @@ import struct
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -49,6 +48,7 @@ import dns.rrset
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.core.settings import HostPort
+from agent.gateway.drivers.dnsquery import udp_with_fallback
 from agent.gateway.model import Endpoints, Snapshot
 
 log = logging.getLogger("agent.gateway.dnsserver")
@@ -267,7 +267,7 @@ class LocalResolver:
             return _wire(_servfail(query), size)
         self._forwards += 1
         try:
-            response, _ = await dns.asyncquery.udp_with_fallback(
+            response, _ = await udp_with_fallback(
                 query, self.nameserver.host, timeout=self.timeout, port=self.nameserver.port)
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             log.debug("resolver_forward_failed name=%s error=%r",

@@ -186,3 +186,18 @@ def test_a_free_port_is_never_one_nginx_listens_on() -> None:
     with udp, tcp:
         assert udp.getsockname()[1] not in low
         assert tcp.getsockname()[1] == udp.getsockname()[1]
+
+
+def test_the_agent_loads_no_dns_over_quic_client() -> None:
+    """dnspython loads a QUIC client when aioquic is installed, as it is here (the tests' HTTP/3
+    client): the agent, which forwards over UDP and TCP only, does not (drivers/dnsquery.py)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    assert importlib.util.find_spec("aioquic") is not None, "aioquic: a test dependency"
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, agent.gateway.daemon, agent.gateway.cli; "
+         "print(sorted({m.split('.')[0] for m in sys.modules} & {'aioquic', 'dns'}))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["['dns']"], loaded
