@@ -89,7 +89,8 @@ def build(settings: GatewaySettings, access_log: str | None = None,
     resolver = LocalResolver(settings.resolver_listen, lambda: state.snapshot, settings.nameserver,
                              settings.dns_timeout, metrics.registry, state.first_lookups.discard,
                              avoid=reserved_ports(settings),
-                             ttl=lambda name: reconciler.answer_ttl(name))
+                             ttl=lambda name: reconciler.answer_ttl(name),
+                             asked=lambda name: reconciler.look_again(name))
     reconciler = Reconciler(settings, nginx, discovery, planner, metrics, state,
                             routes=RoutesInput(settings, metrics, sources),
                             certificates=certificates, route_files=route_files,

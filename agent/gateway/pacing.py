@@ -1,10 +1,11 @@
-"""How fast the gateway acts: the DNS lookup budget (--dns-lookups-per-second), and reloads
-coalesced (--reload-min-interval) and backed off after a refusal, with the one Backoff
-(core/aio.py). Pure bookkeeping on a clock the caller gives: no I/O, no sleeping."""
+"""How fast the gateway acts: the DNS lookup budget (--dns-lookups-per-second), when each name
+was looked up, and reloads coalesced (--reload-min-interval) and backed off after a refusal,
+with the one Backoff (core/aio.py). Pure bookkeeping on a clock the caller gives: no I/O, no
+sleeping."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from agent.core.aio import Backoff
 
@@ -51,6 +52,44 @@ class LookupBudget:
         if i is None:
             return 1
         return (i - self._cursor) % len(self._rest) // self.budget + 1
+
+
+class LookupTimes:
+    """When each name was last looked up, by a round of the poll or because nginx asked for it
+    (Reconciler.look_again). nginx asks for a name once a second; an answer from a lookup of
+    FRESH seconds ago at most is as good as a new one, and a round leaves out the names nginx's
+    questions had looked up within half its interval (nginx asks for them again before the
+    next round)."""
+
+    FRESH = 0.1  # seconds
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._at: dict[str, float] = {}
+        self._asked: dict[str, float] = {}  # looked up because nginx asked
+
+    def looked(self, names: Iterable[str], at: float, asked: bool = False) -> None:
+        for name in names:
+            self._at[name] = at
+            if asked:
+                self._asked[name] = at
+
+    def stale(self, name: str, now: float) -> bool:
+        """A lookup of `name` now would tell something newer than the last one."""
+        at = self._at.get(name)
+        return at is None or now - at >= self.FRESH
+
+    def recent(self, names: Iterable[str], now: float) -> set[str]:
+        """Those of `names` that nginx's questions had looked up within half an interval: a
+        round may leave them out."""
+        half = self.interval / 2
+        return {n for n in names if (at := self._asked.get(n)) is not None and now - at < half}
+
+    def keep(self, names: Collection[str]) -> None:
+        """Forget the names no longer wanted."""
+        for known in (self._at, self._asked):
+            for name in [n for n in known if n not in names]:
+                del known[name]
 
 
 class ReloadPacer:

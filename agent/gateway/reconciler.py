@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from agent.core.aio import first
@@ -28,7 +28,7 @@ from agent.gateway.drivers.ports import unbindable, without_ports
 from agent.gateway.model import FilesPlan, Note, NoteKind, Outcome, Rendered, Snapshot, TlsPlan
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State, change_words, describe_change, words
-from agent.gateway.pacing import LookupBudget, ReloadPacer
+from agent.gateway.pacing import LookupBudget, LookupTimes, ReloadPacer
 from agent.gateway.pipeline import gather
 from agent.gateway.plan.desired import Inputs, Planner, acme_target
 from agent.gateway.plan.filters import RenderError
@@ -56,6 +56,10 @@ FIRST_LOOKUPS_MAX = 10.0
 # looks up only the names it has never looked up (a new route's service): the budget of
 # --dns-lookups-per-second is spent by the cycles of the poll alone.
 ROUTES_WATCH = 0.2
+# the names nginx asks for within this many seconds are looked up in one round (look_again):
+# nginx asks for every name at its start, and again a second after each answer, so its
+# questions come together
+ASKED_WINDOW = 0.01
 _FILE_NOTES: tuple[tuple[str, NoteKind], ...] = (("htpasswd", "password_file"),
                                                  ("page", "error_page"), ("ca", "ca_file"))
 
@@ -80,6 +84,15 @@ class Reconciler:
         self.clock = clock
         self.wake = asyncio.Event()
         self.budget = LookupBudget(settings.dns_lookups_per_second, settings.poll_interval)
+        self.lookups = LookupTimes(settings.poll_interval)
+        self._ask_driven = False  # nginx's questions start lookups (look_again)
+        self._asked: tuple[set[str], asyncio.Future[None]] | None = None  # the next such round
+        self._asked_task: asyncio.Task[None] | None = None
+        # the names being looked up (or about to be, by the next round of nginx's questions),
+        # and when that is done: a name is never in two lookups at once, so that the later
+        # answer is always the newer one (and its failure is said once, its recovery once)
+        self._looking: dict[str, asyncio.Future[None]] = {}
+        self._screened: set[str] = set()  # the services' names (discovery's `screened`)
         self.pacer = ReloadPacer(settings.reload_min_interval)
         self.snapshot: Snapshot = {}  # what discovery knows now
         self._tls: TlsPlan | None = None
@@ -141,16 +154,31 @@ class Reconciler:
         if acme is not None and not is_address(acme[0].name):
             names.append(acme[0].lookup_name)
         # a service's tasks are screened (--task-networks); a `host:` name is the operator's
-        services = {t.lookup_name for t in table.targets if t.kind == "service"}
+        services = self._screened = {t.lookup_name for t in table.targets
+                                     if t.kind == "service"}
+        now = self.clock()
         if early:
             due = self.budget.new(names, self.snapshot)
         else:
             due = self.budget.due(names, self.snapshot)
-            self._discovered_at = self.clock()
-        resolved = await self.discovery.resolve(due, self.snapshot, services)
-        snapshot = {n: resolved[n] if n in resolved else self.snapshot[n] for n in names
-                    if n in resolved or n in self.snapshot}
-        self.snapshot = self.state.snapshot = snapshot
+            self._discovered_at = now
+            # with twice the names within the budget, nginx's questions start lookups too
+            # (look_again): a round leaves out the names they looked up lately
+            self._ask_driven = 2 * len(names) <= self.budget.budget
+            recent = self.lookups.recent(due, now)
+            due = [n for n in due if n not in recent]
+            self.lookups.keep(set(names))
+        due = [n for n in due if n not in self._looking]
+        self.lookups.looked(due, now)
+        done = asyncio.get_running_loop().create_future()
+        self._looking.update(dict.fromkeys(due, done))
+        try:
+            resolved = await self.discovery.resolve(due, self.snapshot, services)
+            snapshot = {n: resolved[n] if n in resolved else self.snapshot[n] for n in names
+                        if n in resolved or n in self.snapshot}
+            self.snapshot = self.state.snapshot = snapshot
+        finally:  # (an answer waiting for these lookups gets what they found)
+            self._done_looking(due, done)
         # The nameserver works if it answered anything; one service failing (a typo, a name the
         # resolver forwards upstream) must not make the whole gateway unready.
         if not snapshot or not all(e.stale for e in snapshot.values()):
@@ -160,6 +188,47 @@ class Reconciler:
             for t in table.targets})
         self.metrics.routes.set(len(table.routes) + len(table.tcp))  # http and tcp
         return snapshot
+
+    def look_again(self, name: str) -> asyncio.Future[None] | None:
+        """nginx asks for `name` (drivers/dnsserver.py waits for this before answering): a
+        lookup of it now, in a round with the others asked within ASKED_WINDOW, when nginx's
+        questions start lookups (twice the names fit --dns-lookups-per-second) and the last
+        lookup of it is not fresh. nginx asks once a second: a task added is then seen within
+        that second, not after the next round of the poll as well. None: nothing to wait for."""
+        if not self._ask_driven or name not in self.snapshot:
+            return None
+        if (looking := self._looking.get(name)) is not None:
+            return looking
+        if not self.lookups.stale(name, self.clock()):
+            return None
+        if self._asked is None:
+            self._asked = (set(), asyncio.get_running_loop().create_future())
+            self._asked_task = asyncio.get_running_loop().create_task(self._asked_round())
+        self._asked[0].add(name)
+        self._looking[name] = self._asked[1]
+        return self._asked[1]
+
+    async def _asked_round(self) -> None:
+        await asyncio.sleep(ASKED_WINDOW)
+        assert self._asked is not None
+        names, done = self._asked
+        self._asked = None
+        self.lookups.looked(names, self.clock(), asked=True)
+        try:
+            resolved = await self.discovery.resolve(names, self.snapshot, self._screened)
+            fresh = {n: e for n, e in resolved.items() if n in self.snapshot}  # (still wanted)
+            if fresh:
+                self.snapshot = self.state.snapshot = {**self.snapshot, **fresh}
+        except Exception as exc:  # the poll's next round looks them up again
+            log.warning("dns_lookup_failed names=%d error=%r", len(names), str(exc))
+        finally:  # (the answers waiting for these lookups get what they found)
+            self._done_looking(names, done)
+
+    def _done_looking(self, names: Iterable[str], done: asyncio.Future[None]) -> None:
+        for name in names:
+            if self._looking.get(name) is done:
+                del self._looking[name]
+        done.set_result(None)
 
     def answer_ttl(self, name: str) -> int:
         """The seconds nginx may keep the agent's answer for `name`: until the agent looks it

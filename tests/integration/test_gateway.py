@@ -70,6 +70,26 @@ def test_task_added_gets_traffic_and_removed_task_stops(
     assert agent.metrics()['gateway_upstream_endpoints{service="managerhttp"}'] == 1
 
 
+def test_nginx_learns_of_a_task_within_seconds_whatever_the_poll(
+        dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
+        start_agent: StartAgent) -> None:
+    """nginx asks the agent for its upstreams' names once a second, and the agent looks a
+    name up when nginx asks for it (drivers/dnsserver.py, the reconciler's look_again): with
+    a poll of 60 s, a task added gets traffic and a task removed stops getting it within a
+    few seconds, without a reload."""
+    dns.set("tasks.managerhttp", [T1])
+    agent = start_agent(manager_and_dmz(upstream_port)[:1], "--poll-interval", "60")
+    assert agent.backends_seen("managerhttp") == {"task1"}
+    before = reloads(agent)
+    dns.set("tasks.managerhttp", [T1, T2])
+    wait_until(lambda: "task2" in agent.backends_seen("managerhttp", 4), 10.0,
+               "the new task to get traffic long before the next poll (60 s)")
+    dns.set("tasks.managerhttp", [T2])
+    wait_until(lambda: agent.backends_seen("managerhttp", 10) == {"task2"}, 10.0,
+               "the removed task to stop getting traffic long before the next poll")
+    assert reloads(agent) == before
+
+
 def test_service_without_tasks_answers_503_and_nginx_stays_up(
         dns: Dnsmasq, tasks: dict[str, Upstream], upstream_port: int,
         start_agent: StartAgent) -> None:

@@ -16,6 +16,10 @@ addresses the filter refuses. So nginx asks the agent, which answers from its di
   No task (NXDOMAIN or every address refused): NXDOMAIN, on which nginx drops its peers;
   never answered yet: SERVFAIL, on which nginx keeps what it has and asks again in a second
   (ngx_http_upstream_zone_module.c: only NXDOMAIN removes peers);
+- a known name whose last lookup is not fresh, while the agent has the budget to look a name up
+  whenever nginx asks (`asked`: the reconciler's look_again): looked up first, so that nginx
+  learns of a task within its one second between questions and not a poll later; the answer
+  waits ASKED_WAIT at most, then says what the agent knows;
 - a `tasks.` name discovery does not know: SERVFAIL. It is never forwarded: the answer from
   outside for such a name is what the filter is for;
 - any other name (an OCSP responder, for ssl_stapling): forwarded to --nameserver, its answer
@@ -34,7 +38,7 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 
 import dns.exception
@@ -60,6 +64,8 @@ UDP_SIZE = 512  # without EDNS; nginx sends none, and retries over TCP on a trun
 MAX_CACHED = 65536  # replies kept; past it the cache starts again (a client varying its flags)
 MAX_FORWARDS = 32  # forwarded queries in flight; more are answered SERVFAIL
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+ASKED_WAIT = 0.3  # seconds an answer waits for the lookup nginx's question started (< 1 s,
+# nginx's resolver_timeout)
 
 
 class ResolverError(OSError):
@@ -164,6 +170,13 @@ def local_reply(query: dns.message.Message, snapshot: Snapshot, ttl: Callable[[s
     return reply, "answered", name, seconds  # (no record of that type: NOERROR, no data)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A lookup of the name asked for, to be waited for before the answer (respond())."""
+
+    lookup: Awaitable[None]
+
+
 class LocalResolver:
     """Answers nginx's lookups on `listen` (UDP and TCP, one port) from `snapshot()`.
 
@@ -172,13 +185,16 @@ class LocalResolver:
     from discovery (readiness: nginx has asked for its upstreams). A free port is none of
     `avoid`: nginx binds the HTTPS port for UDP too (HTTP/3), and the kernel may hand that very
     number out as a free UDP port when it lies in the ephemeral range. `ttl` gives a name's
-    time to live (the reconciler's answer_ttl; TTL without it)."""
+    time to live (the reconciler's answer_ttl; TTL without it); `asked`, a lookup of a name
+    nginx asks for, to be waited for before answering (None: none is due)."""
 
     def __init__(self, listen: HostPort, snapshot: Callable[[], Snapshot],
                  nameserver: HostPort, timeout: float, registry: CollectorRegistry,
                  looked_up: Callable[[str], None] | None = None,
-                 avoid: Collection[int] = (), ttl: Callable[[str], int] | None = None) -> None:
+                 avoid: Collection[int] = (), ttl: Callable[[str], int] | None = None,
+                 asked: Callable[[str], Awaitable[None] | None] | None = None) -> None:
         self.snapshot = snapshot
+        self.asked = asked
         self.ttl = ttl if ttl is not None else lambda name: TTL
         self.nameserver = nameserver
         self.timeout = timeout
@@ -218,15 +234,18 @@ class LocalResolver:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def respond(self, data: bytes, udp: bool) -> bytes | dns.message.Message | None:
-        """The reply to `data`; or the parsed query, to be forwarded; None: no reply (not a
-        query)."""
+    def respond(self, data: bytes, udp: bool, waited: bool = False,
+                ) -> bytes | dns.message.Message | Asked | None:
+        """The reply to `data`; or the parsed query, to be forwarded; or the lookup to wait for
+        before answering (`waited`: it is done); None: no reply (not a query)."""
         key = (b"u" if udp else b"t") + data[2:]
         kept = self._kept.get(key)
         snapshot = self.snapshot()
         if kept is not None:
             endpoints = snapshot.get(kept.name)
             if endpoints is not None and _basis(endpoints) == kept.basis:
+                if not waited and (lookup := self._asked(kept.name)) is not None:
+                    return Asked(lookup)
                 if kept.ttl_at and (ttl := self.ttl(kept.name)) != kept.ttl:
                     kept = self._kept[key] = kept.with_ttl(ttl)
                 (self._answered if kept.basis[0] else self._nxdomain).inc()
@@ -243,6 +262,8 @@ class LocalResolver:
         reply, result, name, ttl = local_reply(query, snapshot, self.ttl)
         if reply is None:
             return query
+        if not waited and name in snapshot and (lookup := self._asked(name)) is not None:
+            return Asked(lookup)
         self.metrics.queries.labels(result).inc()
         wire = _wire(reply, max(UDP_SIZE, query.payload) if udp and query.edns >= 0 else
                      UDP_SIZE if udp else None)
@@ -254,6 +275,20 @@ class LocalResolver:
         if endpoints is not None:
             self._told(name)
         return wire
+
+    def _asked(self, name: str) -> Awaitable[None] | None:
+        return self.asked(name) if self.asked is not None else None
+
+    async def answer_asked(self, data: bytes, udp: bool, lookup: Awaitable[None],
+                           ) -> bytes | None:
+        """The reply to `data` once `lookup` is done, or ASKED_WAIT later (forwarded, should
+        the name have left discovery meanwhile)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(lookup), ASKED_WAIT)
+        out = self.respond(data, udp, waited=True)
+        if isinstance(out, dns.message.Message):
+            return await self.forward(out, udp)
+        return out if isinstance(out, bytes) else None
 
     def _told(self, name: str) -> None:
         if self.looked_up is not None:
@@ -294,6 +329,8 @@ class LocalResolver:
                     size = struct.unpack("!H", await reader.readexactly(2))[0]
                     data = await reader.readexactly(size)
                 out = self.respond(data, udp=False)
+                if isinstance(out, Asked):
+                    out = await self.answer_asked(data, False, out.lookup)
                 if out is None:
                     break
                 if isinstance(out, dns.message.Message):
@@ -330,7 +367,16 @@ class _Udp(asyncio.DatagramProtocol):
         if isinstance(out, bytes):
             self.transport.sendto(out, addr)
             return
+        if isinstance(out, Asked):
+            self.server.spawn(self._asked(data, out.lookup, addr))
+            return
         self.server.spawn(self._forward(out, addr))
+
+    async def _asked(self, data: bytes, lookup: Awaitable[None],
+                     addr: tuple[str | int, ...]) -> None:
+        out = await self.server.answer_asked(data, True, lookup)
+        if out is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(out, addr)
 
     async def _forward(self, query: dns.message.Message, addr: tuple[str | int, ...]) -> None:
         out = await self.server.forward(query, udp=True)

@@ -4,8 +4,10 @@ discovery, byte for byte as nginx receives it (messages parsed by dnspython)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.rcode
@@ -14,7 +16,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.core.settings import HostPort
-from agent.gateway.drivers.dnsserver import TTL, LocalResolver, ResolverError, _bind
+from agent.gateway.drivers.dnsserver import (
+    ASKED_WAIT,
+    TTL,
+    LocalResolver,
+    ResolverError,
+    _bind,
+)
 from agent.gateway.model import Endpoints, Snapshot
 
 
@@ -23,11 +31,14 @@ class Fixture:
         self.snapshot: dict[str, Endpoints] = {}
         self.ttls: dict[str, int] = {}  # the reconciler's answer_ttl; 0 for a name not in it
         self.asked: list[str] = []
+        # the reconciler's look_again: a lookup nginx's question waits for (None: none)
+        self.look_again: Callable[[str], Awaitable[None] | None] = lambda name: None
         self.registry = CollectorRegistry()
         # nothing listens on port 9 of 127.0.0.55: a forwarded query would fail
         self.server = LocalResolver(HostPort("127.0.0.1", 0), self.current,
                                     HostPort("127.0.0.55", 9), 0.2, self.registry,
-                                    self.asked.append, ttl=lambda n: self.ttls.get(n, 0))
+                                    self.asked.append, ttl=lambda n: self.ttls.get(n, 0),
+                                    asked=lambda n: self.look_again(n))
 
     def current(self) -> Snapshot:
         return self.snapshot
@@ -201,3 +212,59 @@ def test_the_agent_loads_no_dns_over_quic_client() -> None:
          "print(sorted({m.split('.')[0] for m in sys.modules} & {'aioquic', 'dns'}))"],
         capture_output=True, text=True, check=True).stdout.split()
     assert loaded == ["['dns']"], loaded
+
+
+@contextlib.asynccontextmanager
+async def serving(f: Fixture) -> AsyncIterator[HostPort]:
+    """The server started on its loopback port, closed within the test's own loop."""
+    await f.server.start()
+    try:
+        yield f.server.address
+    finally:
+        await f.server.close()
+
+
+async def test_a_question_that_starts_a_lookup_is_answered_with_what_it_found(
+        f: Fixture) -> None:
+    """nginx's question for a name whose lookup is due (the reconciler's look_again) waits
+    for that lookup: over UDP and TCP, on a kept reply too, the answer has the new task."""
+    async with serving(f) as where:
+        await _asks_wait_for_the_lookup(f, where)
+
+
+async def _asks_wait_for_the_lookup(f: Fixture, where: HostPort) -> None:
+    f.snapshot["tasks.web"] = Endpoints(("10.0.1.2",), "ok")
+
+    async def ask(tcp: bool = False) -> list[str]:
+        query = dns.message.make_query("tasks.web", "A")
+        if tcp:
+            reply = await dns.asyncquery.tcp(query, where.host, timeout=2, port=where.port)
+        else:
+            reply = await dns.asyncquery.udp(query, where.host, timeout=2, port=where.port)
+        return addresses(reply)
+
+    assert await ask() == ["10.0.1.2"]  # no lookup due: the reply is kept
+    for tcp, task in ((False, "10.0.1.3"), (True, "10.0.1.4")):
+        async def lookup(task: str = task) -> None:
+            await asyncio.sleep(0.05)
+            f.snapshot = {"tasks.web": Endpoints(("10.0.1.2", task), "ok")}
+
+        f.look_again = lambda name: asyncio.ensure_future(lookup())
+        assert await ask(tcp) == ["10.0.1.2", task]
+    assert f.asked == ["tasks.web"] * 3
+
+
+async def test_a_lookup_that_takes_too_long_leaves_the_answer_as_it_was(f: Fixture) -> None:
+    """nginx gives up on an answer after a second (resolver_timeout): past ASKED_WAIT the
+    agent answers with what it knows, and the lookup goes on."""
+    f.snapshot["tasks.web"] = Endpoints(("10.0.1.2",), "ok")
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    f.look_again = lambda name: never
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with serving(f) as where:
+        reply = await dns.asyncquery.udp(dns.message.make_query("tasks.web", "A"),
+                                         where.host, timeout=2, port=where.port)
+    assert addresses(reply) == ["10.0.1.2"]
+    assert loop.time() - started >= ASKED_WAIT
+    assert not never.done()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from agent.core.routes import parse_routes
 from agent.gateway.drivers.routes import RoutesInput
-from agent.gateway.model import Outcome
+from agent.gateway.model import Endpoints, Outcome, Snapshot
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State, words
 from agent.gateway.pipeline import planner_for
@@ -64,6 +64,76 @@ async def test_a_new_target_is_looked_up_at_once_whatever_the_budget() -> None:
     assert "tasks.new" in discovery.rounds[-1]
     assert len(discovery.rounds[-1]) == 200
     assert r.state.snapshot["tasks.new"].addresses == ("10.0.0.2",)
+
+
+async def test_names_nginx_asks_for_are_looked_up_then_in_one_round() -> None:
+    """With twice the names within the budget, nginx's question for a name whose last lookup
+    is not fresh starts a lookup (drivers/dnsserver.py waits for it): the names asked for
+    together go in one round, and what it found is what the agent knows (and answers)."""
+    clock = Clock()
+    r, discovery = reconciler(50, per_second=200, clock=clock)
+    await r.discover()
+    assert r.look_again("tasks.s1") is None  # looked up by this very round: fresh
+    clock.now += 0.5
+    discovery.tasks["tasks.s1"] = ("10.0.0.7", "10.0.0.8")
+    first = r.look_again("tasks.s1")
+    assert first is not None
+    assert r.look_again("tasks.s2") is first
+    assert r.look_again("tasks.unknown") is None  # not a name discovery knows
+    await first
+    assert discovery.rounds[-1] == ["tasks.s1", "tasks.s2"]
+    assert r.state.snapshot["tasks.s1"].addresses == ("10.0.0.7", "10.0.0.8")
+    assert r.look_again("tasks.s1") is None  # fresh again
+    # the poll's next round leaves out what nginx's questions looked up lately
+    clock.now += 0.3
+    await r.discover()
+    assert len(discovery.rounds[-1]) == 48
+    assert "tasks.s1" not in discovery.rounds[-1]
+
+
+async def test_past_half_the_budget_nginx_s_questions_start_no_lookup() -> None:
+    """--dns-lookups-per-second holds: with more than half the budget's names, nginx is
+    answered from the rounds of the poll alone, and every round asks every name."""
+    clock = Clock()
+    r, discovery = reconciler(150, per_second=200, clock=clock)
+    await r.discover()
+    clock.now += 0.5
+    assert r.look_again("tasks.s1") is None
+    await r.discover()
+    assert [len(names) for names in discovery.rounds] == [150, 150]
+
+
+async def test_a_name_is_never_in_two_lookups_at_once() -> None:
+    """nginx's question for a name that a round of the poll is looking up waits for that
+    round, and starts no lookup of its own: the later answer is always the newer one, and a
+    failure and its recovery are each said once."""
+    clock = Clock()
+    r, discovery = reconciler(2, per_second=200, clock=clock)
+    await r.discover()
+    clock.now += 0.5
+    gate = asyncio.Event()
+    resolve = discovery.resolve
+
+    async def slow(names: Iterable[str], previous: Snapshot,
+                   screened: Collection[str] = ()) -> dict[str, Endpoints]:
+        found = await resolve(names, previous, screened)
+        await gate.wait()
+        return found
+
+    discovery.resolve = slow  # type: ignore[method-assign]
+    discovery.tasks["tasks.s0"] = ("10.0.0.9",)
+    round_ = asyncio.create_task(r.discover())
+    await asyncio.sleep(0)  # the round has asked
+    clock.now += 0.2
+    asked = r.look_again("tasks.s0")
+    assert asked is not None
+    await asyncio.sleep(0.05)  # longer than a round of nginx's questions takes to start
+    assert not asked.done()
+    gate.set()
+    await asked  # done with the round, its answer known
+    assert r.state.snapshot["tasks.s0"].addresses == ("10.0.0.9",)
+    await round_
+    assert len(discovery.rounds) == 2
 
 
 async def test_nginx_keeps_an_answer_until_the_agent_looks_that_name_up_again() -> None:
