@@ -58,8 +58,8 @@ class LookupTimes:
     """When each name was last looked up, by a round of the poll or because nginx asked for it
     (Reconciler.look_again). nginx asks for a name once a second; an answer from a lookup of
     FRESH seconds ago at most is as good as a new one, and a round leaves out the names nginx's
-    questions had looked up within half its interval (nginx asks for them again before the
-    next round)."""
+    questions looked up within its interval (nginx asks for them again, and so looks them up,
+    before the next round)."""
 
     FRESH = 0.1  # seconds
 
@@ -80,16 +80,42 @@ class LookupTimes:
         return at is None or now - at >= self.FRESH
 
     def recent(self, names: Iterable[str], now: float) -> set[str]:
-        """Those of `names` that nginx's questions had looked up within half an interval: a
-        round may leave them out."""
-        half = self.interval / 2
-        return {n for n in names if (at := self._asked.get(n)) is not None and now - at < half}
+        """Those of `names` that nginx's questions looked up within an interval: a round may
+        leave them out."""
+        return {n for n in names
+                if (at := self._asked.get(n)) is not None and now - at < self.interval}
 
     def keep(self, names: Collection[str]) -> None:
         """Forget the names no longer wanted."""
         for known in (self._at, self._asked):
             for name in [n for n in known if n not in names]:
                 del known[name]
+
+
+class TokenBucket:
+    """At most `rate` a second, and at most a second's worth at once. What is spent without
+    asking (spend()) is owed: takes wait until it is paid back."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        self.rate = rate
+        self._tokens = 0.0
+        self._at: float | None = None
+
+    def take(self, n: int, now: float) -> bool:
+        self._refill(now)
+        if self._tokens < n:
+            return False
+        self._tokens -= n
+        return True
+
+    def spend(self, n: int, now: float) -> None:
+        self._refill(now)
+        self._tokens -= n
+
+    def _refill(self, now: float) -> None:
+        elapsed = now - self._at if self._at is not None else 1.0  # (full at first)
+        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        self._at = now
 
 
 class ReloadPacer:

@@ -25,10 +25,19 @@ from agent.gateway import persist
 from agent.gateway.drivers.memory import give_back
 from agent.gateway.drivers.nginx import ApplyError
 from agent.gateway.drivers.ports import unbindable, without_ports
-from agent.gateway.model import FilesPlan, Note, NoteKind, Outcome, Rendered, Snapshot, TlsPlan
+from agent.gateway.model import (
+    Endpoints,
+    FilesPlan,
+    Note,
+    NoteKind,
+    Outcome,
+    Rendered,
+    Snapshot,
+    TlsPlan,
+)
 from agent.gateway.observe.metrics import Metrics
 from agent.gateway.observe.state import State, change_words, describe_change, words
-from agent.gateway.pacing import LookupBudget, LookupTimes, ReloadPacer
+from agent.gateway.pacing import LookupBudget, LookupTimes, ReloadPacer, TokenBucket
 from agent.gateway.pipeline import gather
 from agent.gateway.plan.desired import Inputs, Planner, acme_target
 from agent.gateway.plan.filters import RenderError
@@ -85,9 +94,11 @@ class Reconciler:
         self.wake = asyncio.Event()
         self.budget = LookupBudget(settings.dns_lookups_per_second, settings.poll_interval)
         self.lookups = LookupTimes(settings.poll_interval)
-        self._ask_driven = False  # nginx's questions start lookups (look_again)
+        # --dns-lookups-per-second: the poll's rounds spend it (LookupBudget paces them), and
+        # nginx's questions start lookups (look_again) with what they leave
+        self._asked_budget = TokenBucket(settings.dns_lookups_per_second)
         self._asked: tuple[set[str], asyncio.Future[None]] | None = None  # the next such round
-        self._asked_task: asyncio.Task[None] | None = None
+        self._asked_tasks: set[asyncio.Task[None]] = set()
         # the names being looked up (or about to be, by the next round of nginx's questions),
         # and when that is done: a name is never in two lookups at once, so that the later
         # answer is always the newer one (and its failure is said once, its recovery once)
@@ -127,10 +138,13 @@ class Reconciler:
     def acme_controller(self) -> tuple[Target, int] | None:
         return acme_target(self.routes.url, self.routes.table)
 
-    def _applied(self, rendered: Rendered, at: float, detail: str) -> None:
+    def _applied(self, rendered: Rendered, at: float, detail: str,
+                 snapshot: Snapshot | None = None) -> None:
         """nginx serves `rendered` (started with it, or reloaded): remember what it was made
-        of, say so, save the endpoints, and let the stores drop the files it no longer uses."""
-        self._applied_snapshot = self.snapshot
+        of (`snapshot`: the endpoints known when it was applied, before a lookup nginx's
+        question started meanwhile), say so, save the endpoints, and let the stores drop the
+        files it no longer uses."""
+        self._applied_snapshot = snapshot if snapshot is not None else self.snapshot
         self._applied_routes = self._table
         self.state.routes_pending = self.routes.pending
         self.state.applied_generation = rendered.generation
@@ -158,17 +172,15 @@ class Reconciler:
                                      if t.kind == "service"}
         now = self.clock()
         if early:
-            due = self.budget.new(names, self.snapshot)
+            due = [n for n in self.budget.new(names, self.snapshot) if n not in self._looking]
         else:
             due = self.budget.due(names, self.snapshot)
             self._discovered_at = now
-            # with twice the names within the budget, nginx's questions start lookups too
-            # (look_again): a round leaves out the names they looked up lately
-            self._ask_driven = 2 * len(names) <= self.budget.budget
+            # a round leaves out the names nginx's questions looked up within its interval
             recent = self.lookups.recent(due, now)
-            due = [n for n in due if n not in recent]
+            due = [n for n in due if n not in recent and n not in self._looking]
             self.lookups.keep(set(names))
-        due = [n for n in due if n not in self._looking]
+        self._asked_budget.spend(len(due), now)  # (whatever it has: nginx's questions wait)
         self.lookups.looked(due, now)
         done = asyncio.get_running_loop().create_future()
         self._looking.update(dict.fromkeys(due, done))
@@ -183,52 +195,63 @@ class Reconciler:
         # resolver forwards upstream) must not make the whole gateway unready.
         if not snapshot or not all(e.stale for e in snapshot.values()):
             self.state.last_discovery_ok = self.clock()
-        self.metrics.set_endpoints({
-            t.name: (len(snapshot[t.lookup_name].addresses), snapshot[t.lookup_name].stale)
-            for t in table.targets})
+        known = [(t.name, snapshot.get(t.lookup_name, Endpoints())) for t in table.targets]
+        self.metrics.set_endpoints({name: (len(e.addresses), e.stale) for name, e in known})
         self.metrics.routes.set(len(table.routes) + len(table.tcp))  # http and tcp
         return snapshot
 
     def look_again(self, name: str) -> asyncio.Future[None] | None:
         """nginx asks for `name` (drivers/dnsserver.py waits for this before answering): a
-        lookup of it now, in a round with the others asked within ASKED_WINDOW, when nginx's
-        questions start lookups (twice the names fit --dns-lookups-per-second) and the last
-        lookup of it is not fresh. nginx asks once a second: a task added is then seen within
-        that second, not after the next round of the poll as well. None: nothing to wait for."""
-        if not self._ask_driven or name not in self.snapshot:
+        lookup of it now, in a round with the others asked within ASKED_WINDOW, when its last
+        lookup is not fresh and what the poll's rounds leave of --dns-lookups-per-second has
+        room for it (a round's control query counted too). nginx asks once a second: a task
+        added is then seen within that second, not after the next round of the poll as well.
+        A name being looked up already: that lookup. None: nothing to wait for."""
+        if name not in self.snapshot:
             return None
         if (looking := self._looking.get(name)) is not None:
             return looking
-        if not self.lookups.stale(name, self.clock()):
+        now = self.clock()
+        if not self.lookups.stale(name, now) or \
+                not self._asked_budget.take(1 if self._asked is not None else 2, now):
             return None
         if self._asked is None:
             self._asked = (set(), asyncio.get_running_loop().create_future())
-            self._asked_task = asyncio.get_running_loop().create_task(self._asked_round())
+            task = asyncio.get_running_loop().create_task(self._asked_round(self._asked))
+            self._asked_tasks.add(task)
+            task.add_done_callback(self._asked_tasks.discard)
         self._asked[0].add(name)
         self._looking[name] = self._asked[1]
         return self._asked[1]
 
-    async def _asked_round(self) -> None:
-        await asyncio.sleep(ASKED_WINDOW)
-        assert self._asked is not None
-        names, done = self._asked
-        self._asked = None
-        self.lookups.looked(names, self.clock(), asked=True)
+    async def _asked_round(self, asked: tuple[set[str], asyncio.Future[None]]) -> None:
+        names, done = asked
         try:
+            await asyncio.sleep(ASKED_WINDOW)
+            if self._asked is asked:
+                self._asked = None
+            self.lookups.looked(names, self.clock(), asked=True)
             resolved = await self.discovery.resolve(names, self.snapshot, self._screened)
             fresh = {n: e for n, e in resolved.items() if n in self.snapshot}  # (still wanted)
-            if fresh:
+            if any(self.snapshot[n] != e for n, e in fresh.items()):
+                # nginx hears of it at once; the loop's cycle renders what depends on it (a
+                # service gone to or from no task) and says what changed, without waiting
+                # for the poll
                 self.snapshot = self.state.snapshot = {**self.snapshot, **fresh}
+                self.wake.set()
         except Exception as exc:  # the poll's next round looks them up again
             log.warning("dns_lookup_failed names=%d error=%r", len(names), str(exc))
         finally:  # (the answers waiting for these lookups get what they found)
+            if self._asked is asked:
+                self._asked = None
             self._done_looking(names, done)
 
     def _done_looking(self, names: Iterable[str], done: asyncio.Future[None]) -> None:
         for name in names:
             if self._looking.get(name) is done:
                 del self._looking[name]
-        done.set_result(None)
+        if not done.done():
+            done.set_result(None)
 
     def answer_ttl(self, name: str) -> int:
         """The seconds nginx may keep the agent's answer for `name`: until the agent looks it
@@ -295,7 +318,8 @@ class Reconciler:
         return key, inputs
 
     async def apply(self, rendered: Rendered) -> Outcome:
-        change = describe_change(self._applied_snapshot, self.snapshot,
+        snapshot = self.snapshot
+        change = describe_change(self._applied_snapshot, snapshot,
                                  self._applied_routes, self._table)
         started = time.time()
         try:
@@ -313,7 +337,7 @@ class Reconciler:
             return Outcome("refused", change, error=str(exc))
         self.pacer.reloaded(self.clock())
         self.metrics.reloads.labels("success").inc()
-        self._applied(rendered, started, change_words(change))
+        self._applied(rendered, started, change_words(change), snapshot)
         return Outcome("reloaded", change)
 
     def _followed_without_reload(self) -> Outcome:

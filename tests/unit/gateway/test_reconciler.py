@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
+import pytest
+
 from agent.core.routes import parse_routes
 from agent.gateway.drivers.routes import RoutesInput
 from agent.gateway.model import Endpoints, Outcome, Snapshot
@@ -22,11 +24,11 @@ from tests.unit.gateway.fakes import Clock, FakeDiscovery, FakeNginx, FakeRoutes
 
 
 def reconciler(services: int, per_second: float, clock: Clock | None = None,
-               ) -> tuple[Reconciler, FakeDiscovery]:
+               interval: float = 1.0) -> tuple[Reconciler, FakeDiscovery]:
     table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
                                       "port": 80} for i in range(services)]}, "test")
     discovery = FakeDiscovery()
-    settings = Settings(poll_interval=1.0, dns_lookups_per_second=per_second)
+    settings = Settings(poll_interval=interval, dns_lookups_per_second=per_second)
     r = Reconciler(settings, FakeNginx(), discovery, planner_for(settings), Metrics(), State(),
                    routes=FakeRoutes(table), clock=clock or Clock())
     return r, discovery
@@ -91,16 +93,74 @@ async def test_names_nginx_asks_for_are_looked_up_then_in_one_round() -> None:
     assert "tasks.s1" not in discovery.rounds[-1]
 
 
-async def test_past_half_the_budget_nginx_s_questions_start_no_lookup() -> None:
-    """--dns-lookups-per-second holds: with more than half the budget's names, nginx is
-    answered from the rounds of the poll alone, and every round asks every name."""
+@pytest.mark.parametrize(("services", "per_second", "interval"), [
+    (10, 200, 1.0), (100, 200, 1.0), (150, 200, 1.0), (300, 200, 1.0), (100, 20, 10.0)])
+async def test_nginx_s_questions_and_the_poll_keep_to_the_budget(
+        services: int, per_second: float, interval: float) -> None:
+    """--dns-lookups-per-second holds over time: the poll's rounds spend it, and nginx's
+    questions (each name once a second, as nginx asks) start lookups with what is left (a
+    round's control query counted): 20 s of both, the lookups within 20 s of the budget and
+    one second's worth. Where the budget has room, the questions start most lookups."""
     clock = Clock()
-    r, discovery = reconciler(150, per_second=200, clock=clock)
+    r, discovery = reconciler(services, per_second=per_second, clock=clock, interval=interval)
+    names = [f"tasks.s{i}" for i in range(services)]
+    await r.discover()
+    first = len(discovery.rounds)
+    asked_at = {n: -1.0 for n in names}
+    polled = 1
+    for step in range(1, 201):  # 20 s in steps of 0.1 s
+        clock.now = step / 10
+        if clock.now >= polled * interval:
+            polled += 1
+            await r.discover()
+        due = [n for n in names if clock.now - asked_at[n] >= 1.0]
+        waits = [f for n in due if (f := r.look_again(n)) is not None]
+        for n in due:
+            asked_at[n] = clock.now
+        for f in set(waits):
+            await f
+    lookups = sum(len(names) for names in discovery.rounds[first:])
+    assert lookups <= per_second * 21, lookups
+    if 2 * services <= per_second:
+        assert lookups >= services * 18  # each name about once a second, by nginx's asking
+
+
+async def test_an_early_cycle_s_new_names_are_paid_back_before_nginx_s_questions_look_up(
+        ) -> None:
+    """50 names, then 240: the early cycle looks the 190 new ones up whatever the budget, and
+    nginx's questions start only the lookups the budget has left after them (10 of 200)."""
+    clock = Clock()
+    r, discovery = reconciler(50, per_second=200, clock=clock)
     await r.discover()
     clock.now += 0.5
-    assert r.look_again("tasks.s1") is None
+    r.routes.table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
+                                               "port": 80} for i in range(240)]}, "test")
+    await r.discover(early=True)
+    assert len(discovery.rounds[-1]) == 190
+    waits = [f for i in range(50) if (f := r.look_again(f"tasks.s{i}")) is not None]
+    assert len(waits) == 9  # and the round's control query
+    await waits[0]
+
+
+async def test_what_nginx_s_question_found_wakes_the_loop() -> None:
+    """A lookup nginx's question started finds the service gone to no task: nginx is told at
+    once, and the loop's cycle, which renders the 503 of a service with no task, does not
+    wait for the poll (60 s here); a lookup that finds nothing new wakes nothing."""
+    clock = Clock()
+    r, discovery = reconciler(5, per_second=200, clock=clock, interval=60.0)
     await r.discover()
-    assert [len(names) for names in discovery.rounds] == [150, 150]
+    r.wake.clear()
+    clock.now += 1.0
+    same = r.look_again("tasks.s1")
+    assert same is not None
+    await same
+    assert not r.wake.is_set()
+    discovery.tasks["tasks.s0"] = ()
+    gone = r.look_again("tasks.s0")
+    assert gone is not None
+    await gone
+    assert r.state.snapshot["tasks.s0"].addresses == ()
+    assert r.wake.is_set()
 
 
 async def test_a_name_is_never_in_two_lookups_at_once() -> None:
