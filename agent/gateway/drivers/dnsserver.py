@@ -16,10 +16,10 @@ addresses the filter refuses. So nginx asks the agent, which answers from its di
   No task (NXDOMAIN or every address refused): NXDOMAIN, on which nginx drops its peers;
   never answered yet: SERVFAIL, on which nginx keeps what it has and asks again in a second
   (ngx_http_upstream_zone_module.c: only NXDOMAIN removes peers);
-- a known name whose last lookup is not fresh, while the agent has the budget to look a name up
-  whenever nginx asks (`asked`: the reconciler's look_again): looked up first, so that nginx
-  learns of a task within its one second between questions and not a poll later; the answer
-  waits ASKED_WAIT at most, then says what the agent knows;
+- a known name whose last lookup is not fresh, when --dns-lookups-per-second has room (`asked`:
+  the reconciler's look_again): looked up first, so that nginx learns of a task within its one
+  second between questions and not a poll later; the answer waits ASKED_WAIT at most, then
+  says what the agent knows;
 - a `tasks.` name discovery does not know: SERVFAIL. It is never forwarded: the answer from
   outside for such a name is what the filter is for;
 - any other name (an OCSP responder, for ssl_stapling): forwarded to --nameserver, its answer
