@@ -58,10 +58,12 @@ class LookupTimes:
     """When each name was last looked up, by a round of the poll or because nginx asked for it
     (Reconciler.look_again). nginx asks for a name once a second; an answer from a lookup of
     FRESH seconds ago at most is as good as a new one, and a round leaves out the names nginx's
-    questions looked up within its interval (nginx asks for them again, and so looks them up,
-    before the next round)."""
+    questions looked up within the last second or so (within its interval, if shorter): nginx
+    is asking for those, and their next question looks them up. A name whose questions the
+    budget refused is looked up by the next round."""
 
     FRESH = 0.1  # seconds
+    ASKING = 1.0 + FRESH  # nginx asks once a second: a name asked for within this is asked for
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -80,10 +82,10 @@ class LookupTimes:
         return at is None or now - at >= self.FRESH
 
     def recent(self, names: Iterable[str], now: float) -> set[str]:
-        """Those of `names` that nginx's questions looked up within an interval: a round may
-        leave them out."""
-        return {n for n in names
-                if (at := self._asked.get(n)) is not None and now - at < self.interval}
+        """Those of `names` that nginx's questions looked up within ASKING seconds (or the
+        interval, if shorter): a round may leave them out."""
+        within = min(self.interval, self.ASKING)
+        return {n for n in names if (at := self._asked.get(n)) is not None and now - at < within}
 
     def keep(self, names: Collection[str]) -> None:
         """Forget the names no longer wanted."""

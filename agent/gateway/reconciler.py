@@ -62,8 +62,9 @@ FIRST_LOOKUPS_MAX = 10.0
 # Between cycles the loop looks at the routes file's stamp this often (a stat), and a change
 # that two looks in a row agree on starts the next cycle at once, as the controller's routes
 # do: a change no longer waits for the next poll (up to --poll-interval). Such an early cycle
-# looks up only the names it has never looked up (a new route's service): the budget of
-# --dns-lookups-per-second is spent by the cycles of the poll alone.
+# looks up only the names it has never looked up (a new route's service), whatever the budget
+# of --dns-lookups-per-second: the poll's turn stays as it was, and nginx's questions start no
+# lookup (look_again) until the budget has these back.
 ROUTES_WATCH = 0.2
 # the names nginx asks for within this many seconds are looked up in one round (look_again):
 # nginx asks for every name at its start, and again a second after each answer, so its
@@ -216,35 +217,42 @@ class Reconciler:
                 not self._asked_budget.take(1 if self._asked is not None else 2, now):
             return None
         if self._asked is None:
-            self._asked = (set(), asyncio.get_running_loop().create_future())
-            task = asyncio.get_running_loop().create_task(self._asked_round(self._asked))
+            asked = self._asked = (set(), asyncio.get_running_loop().create_future())
+            task = asyncio.get_running_loop().create_task(self._asked_round(asked))
             self._asked_tasks.add(task)
-            task.add_done_callback(self._asked_tasks.discard)
+            task.add_done_callback(lambda task: self._asked_ended(task, asked))
         self._asked[0].add(name)
         self._looking[name] = self._asked[1]
         return self._asked[1]
 
     async def _asked_round(self, asked: tuple[set[str], asyncio.Future[None]]) -> None:
-        names, done = asked
+        await asyncio.sleep(ASKED_WINDOW)
+        names = asked[0]
+        if self._asked is asked:
+            self._asked = None
+        started = self.clock()
         try:
-            await asyncio.sleep(ASKED_WINDOW)
-            if self._asked is asked:
-                self._asked = None
-            self.lookups.looked(names, self.clock(), asked=True)
             resolved = await self.discovery.resolve(names, self.snapshot, self._screened)
-            fresh = {n: e for n, e in resolved.items() if n in self.snapshot}  # (still wanted)
-            if any(self.snapshot[n] != e for n, e in fresh.items()):
-                # nginx hears of it at once; the loop's cycle renders what depends on it (a
-                # service gone to or from no task) and says what changed, without waiting
-                # for the poll
-                self.snapshot = self.state.snapshot = {**self.snapshot, **fresh}
-                self.wake.set()
         except Exception as exc:  # the poll's next round looks them up again
             log.warning("dns_lookup_failed names=%d error=%r", len(names), str(exc))
-        finally:  # (the answers waiting for these lookups get what they found)
-            if self._asked is asked:
-                self._asked = None
-            self._done_looking(names, done)
+            return
+        self.lookups.looked(names, started, asked=True)
+        fresh = {n: e for n, e in resolved.items() if n in self.snapshot}  # (still wanted)
+        if any(self.snapshot[n] != e for n, e in fresh.items()):
+            # nginx hears of it at once; the loop's cycle renders what depends on it (a
+            # service gone to or from no task) and says what changed, without waiting for
+            # the poll
+            self.snapshot = self.state.snapshot = {**self.snapshot, **fresh}
+            self.wake.set()
+
+    def _asked_ended(self, task: asyncio.Task[None],
+                     asked: tuple[set[str], asyncio.Future[None]]) -> None:
+        """A round of nginx's questions ended, however (cancelled before it began too): the
+        answers waiting for it get what it found, and its names are free for the next."""
+        self._asked_tasks.discard(task)
+        if self._asked is asked:
+            self._asked = None
+        self._done_looking(*asked)
 
     def _done_looking(self, names: Iterable[str], done: asyncio.Future[None]) -> None:
         for name in names:

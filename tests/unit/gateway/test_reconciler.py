@@ -6,6 +6,7 @@ and the real nginx in tests/integration."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -140,6 +141,68 @@ async def test_an_early_cycle_s_new_names_are_paid_back_before_nginx_s_questions
     waits = [f for i in range(50) if (f := r.look_again(f"tasks.s{i}")) is not None]
     assert len(waits) == 9  # and the round's control query
     await waits[0]
+
+
+async def test_no_name_goes_unlooked_for_longer_than_an_interval_and_nginx_s_second() -> None:
+    """nginx asks for each name once a second at its own moment; the budget (20 a second for
+    100 names, a poll of 10 s) refuses most questions. Whatever the budget refused, a name is
+    looked up again within an interval and a second: the poll's round leaves out only the
+    names nginx's questions looked up within the last second or so."""
+    clock = Clock()
+    r, discovery = reconciler(100, per_second=20, clock=clock, interval=10.0)
+    seen: dict[str, list[float]] = {}
+    resolve = discovery.resolve
+
+    async def timed(names: Iterable[str], previous: Snapshot,
+                    screened: Collection[str] = ()) -> dict[str, Endpoints]:
+        names = list(names)
+        for n in names:
+            seen.setdefault(n, []).append(clock.now)
+        return await resolve(names, previous, screened)
+
+    discovery.resolve = timed  # type: ignore[method-assign]
+    await r.discover()
+    polled = 1
+    for step in range(1, 601):  # 60 s in steps of 0.1 s
+        clock.now = step / 10
+        if clock.now >= polled * 10.0:
+            polled += 1
+            await r.discover()
+        phase = step % 10
+        waits = {f for i in range(phase, 100, 10) if (f := r.look_again(f"tasks.s{i}"))}
+        for f in waits:
+            await f
+    gaps = [b - a for times in seen.values() for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= 10.0 + 1.1 + 1e-9, max(gaps)
+
+
+async def test_a_round_of_questions_cancelled_before_it_began_frees_its_waiters() -> None:
+    clock = Clock()
+    r, discovery = reconciler(2, per_second=200, clock=clock)
+    await r.discover()
+    clock.now += 0.5
+    asked = r.look_again("tasks.s0")
+    assert asked is not None
+    for task in list(r._asked_tasks):
+        task.cancel()
+    await asyncio.sleep(0.05)
+    assert asked.done()
+    again = r.look_again("tasks.s0")  # a new round, not the dead one
+    assert again is not None
+    assert again is not asked
+    await again
+    assert discovery.rounds[-1] == ["tasks.s0"]
+
+
+async def test_an_early_cycle_with_more_new_names_than_the_budget_carries_on() -> None:
+    """The names it leaves for later have no endpoints yet: counted as none, not a failure."""
+    r, discovery = reconciler(50, per_second=200)
+    await r.discover()
+    r.routes.table = parse_routes({"routes": [{"hosts": [f"s{i}.example"], "service": f"s{i}",
+                                               "port": 80} for i in range(400)]}, "test")
+    await r.discover(early=True)
+    assert len(discovery.rounds[-1]) == 200
+    assert len(r.state.snapshot) == 250
 
 
 async def test_what_nginx_s_question_found_wakes_the_loop() -> None:
