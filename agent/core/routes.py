@@ -126,9 +126,8 @@ class _Parsed(NamedTuple):
         """The table, each route by its item's digest. Called once the document is gone,
         the digests' objects fill the holes it left in Python's small-object arenas instead
         of keeping part of each of its pools (_compact() says why that matters)."""
-        d = self.digests
         by_item = {key: route for i, route in enumerate(self.routes)
-                   if (key := d[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]) != _NO_DIGEST}
+                   if (key := _nth(self.digests, i)) != _NO_DIGEST}
         return RouteTable(self.routes, self.tcp, by_item)
 
 
@@ -142,13 +141,12 @@ def _parse(data: Any, source: str, previous: RouteTable | None) -> _Parsed:
     tcp, tcp_errors = parse_tcp(tcp_data)
     items = data.get("routes")
     digests = b""
+    made = 0
     if isinstance(items, list):
         known = previous.by_item if previous is not None else {}
         digests = b"".join(_digest(item) for item in items)
-        data["routes"] = [known.get(digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE], item)
-                          for i, item in enumerate(items)]
-    made = sum(not isinstance(item, Route) for item in data["routes"]) \
-        if isinstance(items, list) else 0
+        data["routes"] = [known.get(_nth(digests, i), item) for i, item in enumerate(items)]
+        made = sum(not isinstance(item, Route) for item in data["routes"])
     try:
         parsed = _RoutesFile.model_validate(data)
     except ValidationError as exc:
@@ -173,6 +171,11 @@ def _parse(data: Any, source: str, previous: RouteTable | None) -> _Parsed:
 
 DIGEST_SIZE = 16
 _NO_DIGEST = bytes(DIGEST_SIZE)  # an item that cannot be pickled: taken by no later read
+
+
+def _nth(digests: bytes, i: int) -> bytes:
+    """The i-th digest of `digests` (_digest()s joined)."""
+    return digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
 
 
 def _digest(item: Any) -> bytes:

@@ -98,10 +98,10 @@ class TokenBucket:
     """At most `rate` a second, and at most a second's worth at once. What is spent without
     asking (spend()) is owed: takes wait until it is paid back."""
 
-    def __init__(self, rate: float = 0.0) -> None:
+    def __init__(self, rate: float) -> None:
         self.rate = rate
-        self._tokens = 0.0
-        self._at: float | None = None
+        self._tokens = rate  # full at first
+        self._at: float | None = None  # when last refilled
 
     def take(self, n: int, now: float) -> bool:
         self._refill(now)
@@ -115,8 +115,8 @@ class TokenBucket:
         self._tokens -= n
 
     def _refill(self, now: float) -> None:
-        elapsed = now - self._at if self._at is not None else 1.0  # (full at first)
-        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        if self._at is not None:
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
 

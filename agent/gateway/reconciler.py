@@ -97,7 +97,7 @@ class Reconciler:
         self.lookups = LookupTimes(settings.poll_interval)
         # --dns-lookups-per-second: the poll's rounds spend it (LookupBudget paces them), and
         # nginx's questions start lookups (look_again) with what they leave
-        self._asked_budget = TokenBucket(settings.dns_lookups_per_second)
+        self._lookup_bucket = TokenBucket(settings.dns_lookups_per_second)
         self._asked: tuple[set[str], asyncio.Future[None]] | None = None  # the next such round
         self._asked_tasks: set[asyncio.Task[None]] = set()
         # the names being looked up (or about to be, by the next round of nginx's questions),
@@ -173,15 +173,16 @@ class Reconciler:
                                      if t.kind == "service"}
         now = self.clock()
         if early:
-            due = [n for n in self.budget.new(names, self.snapshot) if n not in self._looking]
+            due = self.budget.new(names, self.snapshot)
         else:
             due = self.budget.due(names, self.snapshot)
             self._discovered_at = now
-            # a round leaves out the names nginx's questions looked up within its interval
+            # a round leaves out the names nginx is asking for (LookupTimes.recent)
             recent = self.lookups.recent(due, now)
-            due = [n for n in due if n not in recent and n not in self._looking]
+            due = [n for n in due if n not in recent]
             self.lookups.keep(set(names))
-        self._asked_budget.spend(len(due), now)  # (whatever it has: nginx's questions wait)
+        due = [n for n in due if n not in self._looking]
+        self._lookup_bucket.spend(len(due), now)  # (whatever it has: nginx's questions wait)
         self.lookups.looked(due, now)
         done = asyncio.get_running_loop().create_future()
         self._looking.update(dict.fromkeys(due, done))
@@ -214,7 +215,7 @@ class Reconciler:
             return looking
         now = self.clock()
         if not self.lookups.stale(name, now) or \
-                not self._asked_budget.take(1 if self._asked is not None else 2, now):
+                not self._lookup_bucket.take(1 if self._asked is not None else 2, now):
             return None
         if self._asked is None:
             asked = self._asked = (set(), asyncio.get_running_loop().create_future())

@@ -194,7 +194,7 @@ class LocalResolver:
                  avoid: Collection[int] = (), ttl: Callable[[str], int] | None = None,
                  asked: Callable[[str], Awaitable[None] | None] | None = None) -> None:
         self.snapshot = snapshot
-        self.asked = asked
+        self.asked = asked if asked is not None else lambda name: None
         self.ttl = ttl if ttl is not None else lambda name: TTL
         self.nameserver = nameserver
         self.timeout = timeout
@@ -244,7 +244,7 @@ class LocalResolver:
         if kept is not None:
             endpoints = snapshot.get(kept.name)
             if endpoints is not None and _basis(endpoints) == kept.basis:
-                if not waited and (lookup := self._asked(kept.name)) is not None:
+                if not waited and (lookup := self.asked(kept.name)) is not None:
                     return Asked(lookup)
                 if kept.ttl_at and (ttl := self.ttl(kept.name)) != kept.ttl:
                     kept = self._kept[key] = kept.with_ttl(ttl)
@@ -262,7 +262,7 @@ class LocalResolver:
         reply, result, name, ttl = local_reply(query, snapshot, self.ttl)
         if reply is None:
             return query
-        if not waited and name in snapshot and (lookup := self._asked(name)) is not None:
+        if not waited and name in snapshot and (lookup := self.asked(name)) is not None:
             return Asked(lookup)
         self.metrics.queries.labels(result).inc()
         wire = _wire(reply, max(UDP_SIZE, query.payload) if udp and query.edns >= 0 else
@@ -275,9 +275,6 @@ class LocalResolver:
         if endpoints is not None:
             self._told(name)
         return wire
-
-    def _asked(self, name: str) -> Awaitable[None] | None:
-        return self.asked(name) if self.asked is not None else None
 
     async def answer_asked(self, data: bytes, udp: bool, lookup: Awaitable[None],
                            ) -> bytes | None:
